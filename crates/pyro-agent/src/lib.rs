@@ -1,0 +1,17 @@
+//! The in-guest agent of pyro, as a library for its binary.
+//!
+//! The agent runs as PID 1 inside each sandbox's microVM:
+//! - [`init`] is stage 1 (`/init` of the initramfs): mounts, kernel modules, disks found
+//!   by label, the overlay root and the switch into it; plus clock, entropy, poweroff.
+//! - [`reaper`] reaps every child and orphan and hands exit statuses to whoever spawned
+//!   them: every process must be started through [`reaper::spawn`].
+//! - [`exec`] runs one command: raw output streamed in chunks under backpressure, output
+//!   caps, timeouts that kill the whole process tree, shell-like 126/127 codes.
+//! - [`sys`] holds the thin `unsafe` wrappers around the system calls above.
+
+pub mod exec;
+pub mod init;
+pub mod reaper;
+pub mod server;
+pub mod sys;
+pub mod transport;

@@ -1,0 +1,248 @@
+//! Serving sessions: one task per session, one task per stream (request).
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pyro_proto::api::{AgentError, Empty, ErrorCode, ExecResult, PingResult, Request};
+use pyro_proto::{Config, Message, MsgKind, RecvHalf, SendHalf, Session, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::exec;
+
+/// Largest stdin an exec may carry (it is buffered in guest memory before the process starts).
+pub const MAX_STDIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// Process-wide facts the handlers report.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentInfo {
+    /// When the agent started.
+    pub started: Instant,
+    /// Whether it runs as PID 1.
+    pub pid1: bool,
+}
+
+/// Serves one transport until the peer goes away.
+pub async fn serve<T>(io: T, info: AgentInfo) -> Result<(), pyro_proto::ProtoError>
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let config = Config {
+        // The host may connect long before it speaks; wait for it.
+        handshake_timeout: Duration::from_secs(24 * 3600),
+        ..Config::default()
+    };
+    let (session, mut incoming) = Session::server(io, config).await?;
+    while let Some(stream) = incoming.accept().await {
+        tokio::spawn(handle(stream, info));
+    }
+    drop(session);
+    Ok(())
+}
+
+async fn handle(stream: Stream, info: AgentInfo) {
+    let (mut tx, mut rx) = stream.split();
+    let first = match rx.recv().await {
+        Ok(Some(msg)) if msg.kind == MsgKind::REQUEST => msg,
+        Ok(_) => {
+            reply_err(
+                &mut tx,
+                ErrorCode::BadRequest,
+                "a call must start with a request",
+            )
+            .await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let req: Request = match first.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            let detail = match &e {
+                pyro_proto::ProtoError::Json { source } => source.to_string(),
+                other => other.to_string(),
+            };
+            reply_err(
+                &mut tx,
+                ErrorCode::BadRequest,
+                &format!("invalid request: {detail}"),
+            )
+            .await;
+            return;
+        }
+    };
+    match req {
+        Request::Ping => {
+            let res = PingResult {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol_version: pyro_proto::PROTOCOL_VERSION,
+                pid1: info.pid1,
+                uptime_ms: info.started.elapsed().as_millis() as u64,
+            };
+            reply_ok(&mut tx, &res).await;
+        }
+        Request::Exec(req) => handle_exec(tx, rx, req).await,
+        Request::SyncClock(c) => {
+            if !info.pid1 {
+                reply_err(
+                    &mut tx,
+                    ErrorCode::Unsupported,
+                    "the clock is only set inside a guest",
+                )
+                .await;
+                return;
+            }
+            match crate::init::set_clock(u128::from(c.unix_nanos)) {
+                Ok(()) => reply_ok(&mut tx, &Empty {}).await,
+                Err(e) => {
+                    reply_err(
+                        &mut tx,
+                        ErrorCode::Io,
+                        &format!("setting the clock failed: {e}"),
+                    )
+                    .await
+                }
+            }
+        }
+        Request::Shutdown(s) => {
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+            reply_ok(&mut tx, &Empty {}).await;
+            if s.poweroff && info.pid1 {
+                // Give the reply a moment to leave before the machine goes away.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::init::poweroff();
+            }
+        }
+    }
+}
+
+async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::ExecRequest) {
+    let mut stdin = None;
+    if req.stdin {
+        let mut buf = BytesMut::new();
+        loop {
+            match rx.recv().await {
+                Ok(Some(m)) if m.kind == MsgKind::STDIN => {
+                    if buf.len() + m.body.len() > MAX_STDIN_BYTES {
+                        let msg = format!("stdin exceeds the limit of {MAX_STDIN_BYTES} bytes");
+                        reply_err(&mut tx, ErrorCode::BadRequest, &msg).await;
+                        return;
+                    }
+                    buf.extend_from_slice(&m.body);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        stdin = Some(buf.freeze());
+    }
+    let spec = exec::ExecSpec {
+        command: match req.command {
+            pyro_proto::api::Command::Argv(a) => exec::Command::Argv(a),
+            pyro_proto::api::Command::Shell(s) => exec::Command::Shell(s),
+        },
+        cwd: req.cwd.map(Into::into),
+        env: req.env,
+        timeout: req.timeout_ms.map(Duration::from_millis),
+        max_output_bytes: req.max_output_bytes,
+        stdin,
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<exec::Output>(16);
+    let run = exec::run(spec, out_tx);
+    tokio::pin!(run);
+    // Output is forwarded while the command runs; a CANCEL message, a reset stream or a dead
+    // session drops `run`, which kills the command's whole tree.
+    let mut rx_open = true;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            chunk = out_rx.recv() => {
+                if let Some(chunk) = chunk {
+                    let msg = match chunk {
+                        exec::Output::Stdout(b) => Message::new(MsgKind::STDOUT, b),
+                        exec::Output::Stderr(b) => Message::new(MsgKind::STDERR, b),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            control = rx.recv(), if rx_open => {
+                match control {
+                    Ok(Some(m)) if m.kind == MsgKind::CANCEL => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => rx_open = false,
+                    Err(_) => return,
+                }
+            }
+            res = &mut run => break res,
+        }
+    };
+    // Forward what the command wrote after the last poll.
+    while let Ok(chunk) = out_rx.try_recv() {
+        let msg = match chunk {
+            exec::Output::Stdout(b) => Message::new(MsgKind::STDOUT, b),
+            exec::Output::Stderr(b) => Message::new(MsgKind::STDERR, b),
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+    match outcome {
+        Ok(o) => {
+            let res = ExecResult {
+                exit_code: o.exit_code,
+                signal: o.signal,
+                timed_out: o.timed_out,
+                duration_ms: o.duration_ms,
+                stdout_bytes: o.stdout_bytes,
+                stderr_bytes: o.stderr_bytes,
+                stdout_truncated: o.stdout_truncated,
+                stderr_truncated: o.stderr_truncated,
+                spawn_error: o.spawn_error,
+            };
+            reply_ok(&mut tx, &res).await;
+        }
+        Err(exec::ExecError::BadRequest { reason }) => {
+            reply_err(&mut tx, ErrorCode::BadRequest, &reason).await;
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            reply_err(&mut tx, ErrorCode::Internal, &msg).await;
+        }
+    }
+}
+
+async fn reply_ok<T: serde::Serialize>(tx: &mut SendHalf, value: &T) {
+    let msg = match Message::json(MsgKind::RESPONSE, value) {
+        Ok(m) => m,
+        Err(e) => {
+            reply_err(
+                tx,
+                ErrorCode::Internal,
+                &format!("encoding the result failed: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    if tx.send(msg).await.is_ok() {
+        let _ = tx.finish();
+    }
+}
+
+async fn reply_err(tx: &mut SendHalf, code: ErrorCode, message: &str) {
+    let err = AgentError::new(code, message);
+    let body = serde_json::to_vec(&err).unwrap_or_else(|_| Bytes::from_static(b"{}").to_vec());
+    if tx.send(Message::new(MsgKind::ERROR, body)).await.is_ok() {
+        let _ = tx.finish();
+    }
+}

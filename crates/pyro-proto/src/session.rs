@@ -1,0 +1,845 @@
+//! Sessions: many concurrent streams multiplexed over one byte stream, with flow control.
+//!
+//! A [`Session`] owns one transport (a vsock connection, a virtio-serial port, a Unix socket).
+//! Both ends first exchange a `Hello` frame (magic, protocol version, window, frame limit),
+//! then either end may [`Session::open`] streams. A stream carries [`Message`]s in both
+//! directions; each direction ends with `End`, or the whole stream is aborted with `Reset`.
+//!
+//! Flow control is per stream and per direction: a sender may have at most the peer's window
+//! of message bytes in flight; the receiver grants credit back as its application consumes
+//! messages. A slow consumer therefore stalls only its own stream, never the session, and no
+//! side buffers more than `window` bytes per stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::frame::{Decoder, Frame, FrameKind, HEADER_LEN, MAX_FRAME_PAYLOAD};
+use crate::{Message, PROTOCOL_VERSION, ProtoError};
+
+const MAGIC: &[u8; 4] = b"PYRO";
+const HELLO_LEN: usize = 4 + 2 + 2 + 4 + 4;
+
+/// Tunables of a session. Both ends may choose different values; each side honours the
+/// window and frame size the *peer* announced.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bytes of message data the peer may send on one stream before waiting for credit.
+    pub window: u32,
+    /// Largest frame payload we accept.
+    pub max_frame: u32,
+    /// How long to wait for the peer's `Hello`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            window: 1024 * 1024,
+            max_frame: MAX_FRAME_PAYLOAD,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the peer announced in its `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's protocol version.
+    pub version: u16,
+    /// The peer's receive window per stream.
+    pub window: u32,
+    /// The largest frame payload the peer accepts.
+    pub max_frame: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Client,
+    Server,
+}
+
+enum Inbound {
+    Msg(Message),
+    End,
+    Reset(String),
+}
+
+/// Send credit of one stream direction.
+struct Credit {
+    avail: Mutex<u64>,
+    notify: Notify,
+    dead: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Credit {
+    fn new(initial: u32) -> Self {
+        Self {
+            avail: Mutex::new(u64::from(initial)),
+            notify: Notify::new(),
+            dead: AtomicBool::new(false),
+            reason: Mutex::new(None),
+        }
+    }
+
+    fn kill(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert_with(|| reason.to_string());
+        }
+        self.dead.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Inbound>,
+    credit: Arc<Credit>,
+    /// How many more message bytes the peer may send us before we grant more.
+    recv_budget: u64,
+}
+
+struct State {
+    streams: HashMap<u32, Slot>,
+    next_id: u32,
+    closed: Option<String>,
+    accept_tx: Option<mpsc::UnboundedSender<Stream>>,
+    pings: HashMap<u64, oneshot::Sender<()>>,
+    next_ping: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    out: mpsc::UnboundedSender<Frame>,
+    peer: PeerInfo,
+    config: Config,
+    closed_notify: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state itself stays consistent
+        // because every critical section is a handful of map operations.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_frame(&self, frame: Frame) -> Result<(), ProtoError> {
+        self.out.send(frame).map_err(|_| ProtoError::SessionClosed {
+            reason: self.close_reason(),
+        })
+    }
+
+    fn close_reason(&self) -> String {
+        self.lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "session closed".to_string())
+    }
+
+    fn shut(&self, reason: &str) {
+        // Tells the writer to finish: it writes this frame (if the transport still works) and
+        // exits, releasing the transport.
+        let _ = self
+            .out
+            .send(Frame::new(FrameKind::GoAway, 0, Bytes::new()));
+        let slots: Vec<Slot> = {
+            let mut st = self.lock();
+            if st.closed.is_none() {
+                st.closed = Some(reason.to_string());
+            }
+            st.accept_tx = None;
+            st.pings.clear();
+            st.streams.drain().map(|(_, s)| s).collect()
+        };
+        for slot in slots {
+            slot.credit.kill(reason);
+            // Dropping `slot.tx` makes the receiver see the session end.
+        }
+        self.closed_notify.notify_waiters();
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.shut("session dropped");
+        // The writer drains the GoAway before it notices the channel closing; the reader is
+        // stopped at once so the transport is released.
+        if let Some(reader) = self.tasks.first() {
+            reader.abort();
+        }
+    }
+}
+
+/// One multiplexed session. Cheap to clone; the transport closes when the last clone and
+/// every stream opened on it are dropped.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.inner.shared.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Streams opened by the peer, in order.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::UnboundedReceiver<Stream>,
+    _session: Session,
+}
+
+impl Incoming {
+    /// The next stream the peer opened; `None` once the session has ended.
+    pub async fn accept(&mut self) -> Option<Stream> {
+        self.rx.recv().await
+    }
+}
+
+impl Session {
+    /// Performs the handshake as the connecting side and starts the session.
+    pub async fn client<T>(io: T, config: Config) -> Result<Session, ProtoError>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (session, _incoming) = Self::start(io, config, Role::Client).await?;
+        Ok(session)
+    }
+
+    /// Performs the handshake as the serving side; streams the client opens arrive on the
+    /// returned [`Incoming`].
+    pub async fn server<T>(io: T, config: Config) -> Result<(Session, Incoming), ProtoError>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Self::start(io, config, Role::Server).await
+    }
+
+    async fn start<T>(io: T, config: Config, role: Role) -> Result<(Session, Incoming), ProtoError>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut hello = BytesMut::with_capacity(HELLO_LEN);
+        hello.put_slice(MAGIC);
+        hello.put_u16(PROTOCOL_VERSION);
+        hello.put_u16(0);
+        hello.put_u32(config.window);
+        hello.put_u32(config.max_frame);
+        let mut buf = BytesMut::new();
+        Frame::new(FrameKind::Hello, 0, hello.freeze()).encode(&mut buf);
+        wr.write_all(&buf).await.map_err(ProtoError::io)?;
+        wr.flush().await.map_err(ProtoError::io)?;
+
+        let decoder = Decoder::new(config.max_frame.max(HELLO_LEN as u32));
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let hello = tokio::time::timeout(config.handshake_timeout, async {
+            loop {
+                if let Some(frame) = decoder.decode(&mut rbuf).map_err(ProtoError::Frame)? {
+                    return Ok::<Frame, ProtoError>(frame);
+                }
+                let n = rd.read_buf(&mut rbuf).await.map_err(ProtoError::io)?;
+                if n == 0 {
+                    return Err(ProtoError::SessionClosed {
+                        reason: "peer closed the connection during the handshake".into(),
+                    });
+                }
+            }
+        })
+        .await
+        .map_err(|_| ProtoError::HandshakeTimeout {
+            after: config.handshake_timeout,
+        })??;
+        let peer = parse_hello(&hello)?;
+
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (accept_tx, accept_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                streams: HashMap::new(),
+                next_id: if role == Role::Client { 1 } else { 2 },
+                closed: None,
+                accept_tx: if role == Role::Server {
+                    Some(accept_tx)
+                } else {
+                    None
+                },
+                pings: HashMap::new(),
+                next_ping: 0,
+            }),
+            out: out_tx,
+            peer,
+            config: config.clone(),
+            closed_notify: Notify::new(),
+        });
+        // `Incoming` must hold the session, and the reader needs to build `Stream`s that hold
+        // it too; the reader therefore receives the `Session` through a oneshot once built.
+        let (sess_tx, sess_rx) = oneshot::channel::<std::sync::Weak<Inner>>();
+        let reader = tokio::spawn(reader_task(rd, rbuf, decoder, shared.clone(), sess_rx));
+        let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
+        let inner = Arc::new(Inner {
+            shared,
+            tasks: vec![reader, writer],
+        });
+        let _ = sess_tx.send(Arc::downgrade(&inner));
+        let session = Session { inner };
+        let incoming = Incoming {
+            rx: accept_rx,
+            _session: session.clone(),
+        };
+        Ok((session, incoming))
+    }
+
+    /// What the peer announced.
+    pub fn peer(&self) -> PeerInfo {
+        self.inner.shared.peer
+    }
+
+    /// Whether the session has ended (transport closed, protocol error, or dropped).
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.lock().closed.is_some()
+    }
+
+    /// Resolves once the session has ended, with the reason.
+    pub async fn closed(&self) -> String {
+        loop {
+            let notified = self.inner.shared.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.inner.shared.lock().closed.clone() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
+    /// Opens a new stream. The peer learns of it with the first frame; data may follow at once.
+    pub fn open(&self) -> Result<Stream, ProtoError> {
+        let shared = &self.inner.shared;
+        let (id, rx, credit) = {
+            let mut st = shared.lock();
+            if let Some(reason) = &st.closed {
+                return Err(ProtoError::SessionClosed {
+                    reason: reason.clone(),
+                });
+            }
+            let id = st.next_id;
+            st.next_id = st.next_id.wrapping_add(2);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let credit = Arc::new(Credit::new(shared.peer.window));
+            st.streams.insert(
+                id,
+                Slot {
+                    tx,
+                    credit: credit.clone(),
+                    recv_budget: u64::from(shared.config.window),
+                },
+            );
+            (id, rx, credit)
+        };
+        shared.send_frame(Frame::new(FrameKind::Open, id, Bytes::new()))?;
+        Ok(Stream::new(self.clone(), id, rx, credit))
+    }
+
+    /// Round-trips a ping through the peer.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, ProtoError> {
+        let shared = &self.inner.shared;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = shared.lock();
+            st.next_ping += 1;
+            let id = st.next_ping;
+            st.pings.insert(id, tx);
+            id
+        };
+        let start = std::time::Instant::now();
+        shared.send_frame(Frame::new(FrameKind::Ping, 0, id.to_be_bytes().to_vec()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(_)) => Err(ProtoError::SessionClosed {
+                reason: shared.close_reason(),
+            }),
+            Err(_) => Err(ProtoError::Timeout { after: timeout }),
+        }
+    }
+}
+
+fn parse_hello(frame: &Frame) -> Result<PeerInfo, ProtoError> {
+    if frame.kind != FrameKind::Hello || frame.payload.len() < HELLO_LEN {
+        return Err(ProtoError::Protocol {
+            detail: "the peer did not start with a hello frame".into(),
+        });
+    }
+    let mut p = frame.payload.clone();
+    let mut magic = [0u8; 4];
+    p.copy_to_slice(&mut magic);
+    if &magic != MAGIC {
+        return Err(ProtoError::BadMagic);
+    }
+    let version = p.get_u16();
+    let _flags = p.get_u16();
+    let window = p.get_u32();
+    let max_frame = p.get_u32();
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
+    }
+    // A peer window smaller than one full frame could never carry a maximal message.
+    if window < 1024 || max_frame < 1024 {
+        return Err(ProtoError::Protocol {
+            detail: format!(
+                "peer announced an unusable window ({window}) or frame size ({max_frame})"
+            ),
+        });
+    }
+    Ok(PeerInfo {
+        version,
+        window,
+        max_frame,
+    })
+}
+
+async fn writer_task<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    shared: Arc<Shared>,
+) {
+    tokio::pin!(wr);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        let goaway = frame.kind == FrameKind::GoAway;
+        frame.encode(&mut buf);
+        // Batch whatever else is queued into the same write.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => f.encode(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&buf).await {
+            shared.shut(&format!("write failed: {e}"));
+            return;
+        }
+        buf.clear();
+        if let Err(e) = wr.flush().await {
+            shared.shut(&format!("flush failed: {e}"));
+            return;
+        }
+        if goaway {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn reader_task<R: AsyncRead>(
+    rd: R,
+    mut buf: BytesMut,
+    decoder: Decoder,
+    shared: Arc<Shared>,
+    session: oneshot::Receiver<std::sync::Weak<Inner>>,
+) {
+    let Ok(session) = session.await else {
+        return;
+    };
+    tokio::pin!(rd);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = dispatch(&shared, &session, frame) {
+                        shared.shut(&reason);
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared.shut(&format!("protocol error: {e}"));
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < HEADER_LEN {
+            buf.reserve(64 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                shared.shut("the peer closed the connection");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.shut(&format!("read failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one inbound frame. An `Err` is a protocol violation that ends the session.
+fn dispatch(
+    shared: &Arc<Shared>,
+    session: &std::sync::Weak<Inner>,
+    frame: Frame,
+) -> Result<(), String> {
+    match frame.kind {
+        FrameKind::Hello => Err("unexpected second hello".into()),
+        FrameKind::Open => {
+            let id = frame.stream;
+            let mut st = shared.lock();
+            let Some(accept) = st.accept_tx.clone() else {
+                drop(st);
+                let _ = shared.send_frame(Frame::new(
+                    FrameKind::Reset,
+                    id,
+                    Bytes::from_static(b"this side accepts no streams"),
+                ));
+                return Ok(());
+            };
+            if st.streams.contains_key(&id) || id == 0 {
+                return Err(format!("peer reopened stream {id}"));
+            }
+            let Some(inner) = session.upgrade() else {
+                return Ok(());
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let credit = Arc::new(Credit::new(shared.peer.window));
+            st.streams.insert(
+                id,
+                Slot {
+                    tx,
+                    credit: credit.clone(),
+                    recv_budget: u64::from(shared.config.window),
+                },
+            );
+            drop(st);
+            let stream = Stream::new(Session { inner }, id, rx, credit);
+            let _ = accept.send(stream);
+            Ok(())
+        }
+        FrameKind::Data => {
+            let mut st = shared.lock();
+            let Some(slot) = st.streams.get_mut(&frame.stream) else {
+                // The stream was dropped locally; late data is discarded.
+                return Ok(());
+            };
+            let len = frame.payload.len() as u64;
+            if len > slot.recv_budget {
+                return Err(format!(
+                    "peer overran the flow-control window on stream {}",
+                    frame.stream
+                ));
+            }
+            slot.recv_budget -= len;
+            let msg = Message::decode(frame.payload).map_err(|e| e.to_string())?;
+            let _ = slot.tx.send(Inbound::Msg(msg));
+            Ok(())
+        }
+        FrameKind::Window => {
+            if frame.payload.len() != 4 {
+                return Err("malformed window frame".into());
+            }
+            let mut p = frame.payload;
+            let grant = u64::from(p.get_u32());
+            let st = shared.lock();
+            if let Some(slot) = st.streams.get(&frame.stream) {
+                if let Ok(mut avail) = slot.credit.avail.lock() {
+                    *avail = avail.saturating_add(grant);
+                }
+                slot.credit.notify.notify_waiters();
+            }
+            Ok(())
+        }
+        FrameKind::End => {
+            let st = shared.lock();
+            if let Some(slot) = st.streams.get(&frame.stream) {
+                let _ = slot.tx.send(Inbound::End);
+            }
+            Ok(())
+        }
+        FrameKind::Reset => {
+            let reason = String::from_utf8_lossy(&frame.payload).into_owned();
+            let slot = shared.lock().streams.remove(&frame.stream);
+            if let Some(slot) = slot {
+                slot.credit.kill(&reason);
+                let _ = slot.tx.send(Inbound::Reset(reason));
+            }
+            Ok(())
+        }
+        FrameKind::Ping => {
+            let _ = shared.send_frame(Frame::new(FrameKind::Pong, 0, frame.payload));
+            Ok(())
+        }
+        FrameKind::Pong => {
+            if frame.payload.len() == 8 {
+                let mut p = frame.payload;
+                let id = p.get_u64();
+                if let Some(tx) = shared.lock().pings.remove(&id) {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(())
+        }
+        FrameKind::GoAway => Err("the peer closed the session".into()),
+    }
+}
+
+struct StreamCore {
+    session: Session,
+    id: u32,
+    sent_end: AtomicBool,
+    recv_end: AtomicBool,
+}
+
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        let shared = &self.session.inner.shared;
+        let removed = shared.lock().streams.remove(&self.id);
+        let complete = self.sent_end.load(Ordering::SeqCst) && self.recv_end.load(Ordering::SeqCst);
+        if removed.is_some() && !complete {
+            let _ = shared.send_frame(Frame::new(
+                FrameKind::Reset,
+                self.id,
+                Bytes::from_static(b"stream dropped"),
+            ));
+        }
+    }
+}
+
+/// One bidirectional stream of messages.
+pub struct Stream {
+    send: SendHalf,
+    recv: RecvHalf,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.send.core.id)
+            .finish()
+    }
+}
+
+/// The sending side of a [`Stream`].
+pub struct SendHalf {
+    core: Arc<StreamCore>,
+    credit: Arc<Credit>,
+}
+
+impl std::fmt::Debug for SendHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHalf")
+            .field("id", &self.core.id)
+            .finish()
+    }
+}
+
+/// The receiving side of a [`Stream`].
+pub struct RecvHalf {
+    core: Arc<StreamCore>,
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    consumed: u64,
+}
+
+impl std::fmt::Debug for RecvHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvHalf")
+            .field("id", &self.core.id)
+            .finish()
+    }
+}
+
+impl Stream {
+    fn new(
+        session: Session,
+        id: u32,
+        rx: mpsc::UnboundedReceiver<Inbound>,
+        credit: Arc<Credit>,
+    ) -> Self {
+        let core = Arc::new(StreamCore {
+            session,
+            id,
+            sent_end: AtomicBool::new(false),
+            recv_end: AtomicBool::new(false),
+        });
+        Self {
+            send: SendHalf {
+                core: core.clone(),
+                credit,
+            },
+            recv: RecvHalf {
+                core,
+                rx,
+                consumed: 0,
+            },
+        }
+    }
+
+    /// The stream id (odd: opened by the client, even: by the server).
+    pub fn id(&self) -> u32 {
+        self.send.core.id
+    }
+
+    /// Sends one message, waiting for flow-control credit if needed.
+    pub async fn send(&mut self, msg: Message) -> Result<(), ProtoError> {
+        self.send.send(msg).await
+    }
+
+    /// Receives the next message; `Ok(None)` once the peer has ended its side.
+    pub async fn recv(&mut self) -> Result<Option<Message>, ProtoError> {
+        self.recv.recv().await
+    }
+
+    /// Ends our sending side.
+    pub fn finish(&mut self) -> Result<(), ProtoError> {
+        self.send.finish()
+    }
+
+    /// Splits into halves usable from different tasks.
+    pub fn split(self) -> (SendHalf, RecvHalf) {
+        (self.send, self.recv)
+    }
+}
+
+impl SendHalf {
+    /// Sends one message, waiting for flow-control credit if needed.
+    pub async fn send(&mut self, msg: Message) -> Result<(), ProtoError> {
+        let shared = self.core.session.inner.shared.clone();
+        let need = msg.wire_len() as u64;
+        let max = u64::from(
+            shared
+                .peer
+                .max_frame
+                .min(shared.config.max_frame)
+                .min(shared.peer.window),
+        );
+        if need > max {
+            return Err(ProtoError::MessageTooLarge { len: need, max });
+        }
+        if self.core.sent_end.load(Ordering::SeqCst) {
+            return Err(ProtoError::Protocol {
+                detail: "send after finish".into(),
+            });
+        }
+        loop {
+            let notified = self.credit.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.credit.dead.load(Ordering::SeqCst) {
+                return Err(self.dead_error());
+            }
+            {
+                let mut avail = self.credit.avail.lock().unwrap_or_else(|p| p.into_inner());
+                if *avail >= need {
+                    *avail -= need;
+                    break;
+                }
+            }
+            notified.await;
+        }
+        let mut payload = BytesMut::with_capacity(need as usize);
+        msg.encode_into(&mut payload);
+        shared.send_frame(Frame::new(FrameKind::Data, self.core.id, payload.freeze()))
+    }
+
+    fn dead_error(&self) -> ProtoError {
+        let reason = self
+            .credit
+            .reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "stream reset".into());
+        ProtoError::StreamReset { reason }
+    }
+
+    /// Ends our sending side. Idempotent.
+    pub fn finish(&mut self) -> Result<(), ProtoError> {
+        if self.core.sent_end.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.core.session.inner.shared.send_frame(Frame::new(
+            FrameKind::End,
+            self.core.id,
+            Bytes::new(),
+        ))
+    }
+
+    /// Aborts the whole stream with a reason the peer sees.
+    pub fn reset(self, reason: &str) {
+        let shared = &self.core.session.inner.shared;
+        if shared.lock().streams.remove(&self.core.id).is_some() {
+            let _ = shared.send_frame(Frame::new(
+                FrameKind::Reset,
+                self.core.id,
+                Bytes::copy_from_slice(reason.as_bytes()),
+            ));
+        }
+        self.credit.kill(reason);
+    }
+}
+
+impl RecvHalf {
+    /// Receives the next message; `Ok(None)` once the peer has ended its side.
+    pub async fn recv(&mut self) -> Result<Option<Message>, ProtoError> {
+        match self.rx.recv().await {
+            Some(Inbound::Msg(msg)) => {
+                self.consumed += msg.wire_len() as u64;
+                let shared = &self.core.session.inner.shared;
+                let window = u64::from(shared.config.window);
+                // Grant in batches, but always once everything delivered so far has been
+                // consumed: otherwise a sender waiting for room for a large message could
+                // wait forever on a small, un-granted remainder.
+                if self.consumed >= window / 4 || self.rx.is_empty() {
+                    let grant = self.consumed;
+                    self.consumed = 0;
+                    let still_open = {
+                        let mut st = shared.lock();
+                        match st.streams.get_mut(&self.core.id) {
+                            Some(slot) => {
+                                slot.recv_budget += grant;
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    if still_open {
+                        // Bounded by the window, so the cast cannot truncate.
+                        let grant = grant.min(u64::from(u32::MAX)) as u32;
+                        let _ = shared.send_frame(Frame::new(
+                            FrameKind::Window,
+                            self.core.id,
+                            grant.to_be_bytes().to_vec(),
+                        ));
+                    }
+                }
+                Ok(Some(msg))
+            }
+            Some(Inbound::End) => {
+                self.core.recv_end.store(true, Ordering::SeqCst);
+                Ok(None)
+            }
+            Some(Inbound::Reset(reason)) => Err(ProtoError::StreamReset { reason }),
+            None => Err(ProtoError::SessionClosed {
+                reason: self.core.session.inner.shared.close_reason(),
+            }),
+        }
+    }
+}
