@@ -1,1 +1,423 @@
-fn main() {}
+//! `pyro`: the command-line face of pyro. It parses, calls [`pyro_core::Pyro`], and renders;
+//! it holds no business logic.
+
+mod bench;
+mod doctor;
+mod render;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pyro_core::{
+    BackendChoice, Command, CoreError, CreateVm, ExecOptions, ProgressEvent, ProgressFn, Pyro,
+    PyroOptions,
+};
+use pyro_proto::api::Output;
+
+/// Sandboxes for AI coding agents: run commands in disposable microVMs.
+#[derive(Parser, Debug)]
+#[command(name = "pyro", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// Manage environments (guest images).
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Run one command in a fresh sandbox, then destroy it.
+    Run(RunArgs),
+    /// Check whether this host can run sandboxes, and say why not.
+    Doctor(DoctorArgs),
+    /// Run `git --version` in a debian:12 sandbox and print the result as JSON.
+    Demo(DemoArgs),
+    /// Measure cold start and exec round trips (median, p95) per available backend.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum EnvCmd {
+    /// List the catalog and what is installed.
+    List(JsonFlag),
+    /// Build (or find) an environment in the local cache.
+    Pull(EnvArg),
+    /// Show an environment's details.
+    Inspect(EnvArg),
+    /// Delete stale and unreferenced cache entries.
+    Prune(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+struct JsonFlag {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EnvArg {
+    /// Environment name (debian:12, debian:12-base, debian:12-build).
+    environment: String,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Environment name (debian:12, debian:12-base, debian:12-build).
+    environment: String,
+    /// Virtual CPUs (1-8).
+    #[arg(long, default_value_t = 1)]
+    vcpu_count: i64,
+    /// Guest memory in MiB (256-32768).
+    #[arg(long, default_value_t = 1024)]
+    mem_mib: i64,
+    /// Seconds before the command's whole process tree is killed (exit code 124).
+    #[arg(long, default_value_t = 30)]
+    timeout_seconds: i64,
+    /// Lifetime of the sandbox in seconds (60-3600).
+    #[arg(long, default_value_t = 600)]
+    ttl_seconds: i64,
+    /// Give the guest network access (not available in this version).
+    #[arg(long)]
+    network: bool,
+    /// VMM: auto, firecracker or qemu.
+    #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
+    backend: String,
+    /// Print the whole result as JSON on stdout (output is captured, not streamed).
+    #[arg(long)]
+    json: bool,
+    /// Run the command words joined by spaces through `/bin/sh -c` (default: exec directly).
+    #[arg(long)]
+    shell: bool,
+    /// Working directory in the guest.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Environment variable for the command (repeatable), KEY=VALUE.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Bytes of each output stream kept in the JSON result (default 1 MiB).
+    #[arg(long)]
+    max_output_bytes: Option<u64>,
+    /// The command and its arguments (after `--`, or directly after the environment).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Platform to report (only linux-x86_64 is supported).
+    #[arg(long, default_value = "linux-x86_64")]
+    platform: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Network demo (not available in this version).
+    #[arg(long)]
+    network: bool,
+}
+
+/// An error the CLI reports and exits 1 on; `json` selects the error shape.
+struct Failure {
+    error: anyhow::Error,
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("[error] cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(Failure { error, json }) => {
+            if json {
+                let v = serde_json::json!({"ok": false, "error": format!("{error:#}"), "error_kind": error_kind(&error)});
+                println!("{}", render::pretty(&v));
+            } else {
+                eprintln!("[error] {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_kind(e: &anyhow::Error) -> serde_json::Value {
+    e.downcast_ref::<CoreError>()
+        .map(|c| serde_json::to_value(c.kind()).unwrap_or(serde_json::Value::Null))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PYRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fail(json: bool) -> impl Fn(anyhow::Error) -> Failure {
+    move |error| Failure { error, json }
+}
+
+fn open_pyro(backend: Option<&str>) -> anyhow::Result<Pyro> {
+    let mut opts = PyroOptions::from_env()?;
+    if let Some(b) = backend {
+        opts.backend = b.parse::<BackendChoice>()?;
+    }
+    Ok(Pyro::new(opts)?)
+}
+
+/// Progress lines on stderr (human mode only).
+fn stderr_progress(environment: String) -> ProgressFn {
+    Arc::new(move |ev: &ProgressEvent| {
+        let line = match ev {
+            ProgressEvent::Pull(p) => format!(
+                "[pull] environment={} step={}/{} phase={} elapsed={:.1}s {}",
+                environment,
+                p.step,
+                p.total,
+                p.phase,
+                p.elapsed.as_secs_f64(),
+                p.message
+            ),
+            ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
+            ProgressEvent::Phase { phase, vm_id } => match vm_id {
+                Some(id) => format!("[run] phase={phase} vm_id={id}"),
+                None => format!("[run] phase={phase} environment={environment}"),
+            },
+        };
+        eprintln!("{}", line.trim_end());
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Top::Env(cmd) => env_cmd(cmd).await,
+        Top::Run(args) => run_cmd(args).await,
+        Top::Doctor(args) => doctor::run(&args.platform, args.json).map_err(fail(args.json)),
+        Top::Demo(args) => demo(args).await.map_err(fail(true)),
+        Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
+    }
+}
+
+async fn env_cmd(cmd: EnvCmd) -> Result<ExitCode, Failure> {
+    match cmd {
+        EnvCmd::List(f) => {
+            let pyro = open_pyro(None).map_err(fail(f.json))?;
+            let list = pyro.list_environments();
+            if f.json {
+                render::print_json(&list);
+            } else {
+                println!("Catalog version: {}", list.catalog_version);
+                for e in &list.environments {
+                    println!(
+                        "{} [{}] {}",
+                        e.name,
+                        if e.installed {
+                            "installed"
+                        } else {
+                            "not installed"
+                        },
+                        e.description
+                    );
+                }
+            }
+        }
+        EnvCmd::Pull(a) => {
+            let pyro = open_pyro(None).map_err(fail(a.json))?;
+            let progress: ProgressFn = if a.json {
+                pyro_core::no_progress()
+            } else {
+                stderr_progress(a.environment.clone())
+            };
+            pyro.pull_environment(&a.environment, progress)
+                .await
+                .map_err(|e| fail(a.json)(e.into()))?;
+            let info = pyro
+                .inspect_environment(&a.environment)
+                .map_err(|e| fail(a.json)(e.into()))?;
+            if a.json {
+                render::print_json(&info);
+            } else {
+                render::env_block("Pulled", &info);
+            }
+        }
+        EnvCmd::Inspect(a) => {
+            let pyro = open_pyro(None).map_err(fail(a.json))?;
+            let info = pyro
+                .inspect_environment(&a.environment)
+                .map_err(|e| fail(a.json)(e.into()))?;
+            if a.json {
+                render::print_json(&info);
+            } else {
+                render::env_block("Environment", &info);
+            }
+        }
+        EnvCmd::Prune(f) => {
+            let pyro = open_pyro(None).map_err(fail(f.json))?;
+            let r = pyro
+                .prune_environments()
+                .map_err(|e| fail(f.json)(e.into()))?;
+            if f.json {
+                render::print_json(&r);
+            } else {
+                println!(
+                    "Deleted {} cached environment {}.",
+                    r.count,
+                    if r.count == 1 { "entry" } else { "entries" }
+                );
+                for d in &r.deleted_environment_dirs {
+                    println!("- {d}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_env_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--env `{p}` must have the form KEY=VALUE"))?;
+        map.insert(k.to_string(), v.to_string());
+    }
+    Ok(map)
+}
+
+async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
+    let json = args.json;
+    let f = fail(json);
+    let mut words = args.command.clone();
+    if words.first().map(String::as_str) == Some("--") {
+        words.remove(0);
+    }
+    if words.is_empty() {
+        return Err(f(anyhow::anyhow!(
+            "a command is required: pyro run {} -- CMD [ARGS...]",
+            args.environment
+        )));
+    }
+    let command = if args.shell {
+        Command::Shell(words.join(" "))
+    } else {
+        Command::Argv(words)
+    };
+    let pyro = open_pyro(Some(&args.backend)).map_err(&f)?;
+    let mut exec = ExecOptions::new(command);
+    exec.timeout_seconds = args.timeout_seconds;
+    exec.cwd = args.cwd.clone();
+    exec.env = parse_env_pairs(&args.env).map_err(&f)?;
+    exec.max_output_bytes = args.max_output_bytes;
+    exec.stream_all = !json;
+    let create = CreateVm {
+        environment: args.environment.clone(),
+        vcpu_count: args.vcpu_count,
+        mem_mib: args.mem_mib,
+        ttl_seconds: args.ttl_seconds,
+        network: args.network,
+        backend: None,
+    };
+    let progress = if json {
+        pyro_core::no_progress()
+    } else {
+        stderr_progress(args.environment.clone())
+    };
+    let mut stdout_ok = true;
+    let mut sink = |o: &Output| match o {
+        Output::Stdout(b) => {
+            if stdout_ok {
+                let mut out = std::io::stdout().lock();
+                if out.write_all(b).and_then(|_| out.flush()).is_err() {
+                    // A closed pipe (e.g. `| head`) is not an error; stop writing.
+                    stdout_ok = false;
+                }
+            }
+        }
+        Output::Stderr(b) => {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(b).and_then(|_| err.flush());
+        }
+    };
+    let on_output: Option<pyro_core::OutputFn<'_>> = if json { None } else { Some(&mut sink) };
+    let run = pyro.run_in_vm(create, exec, progress, on_output);
+    let result = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => {
+            pyro.shutdown().await;
+            eprintln!("[run] interrupted; the sandbox was destroyed");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let result = result.map_err(|e| f(e.into()))?;
+    if json {
+        render::print_json(&result);
+    } else {
+        if let Some(e) = &result.spawn_error {
+            eprintln!("[run] {e}");
+        }
+        eprintln!(
+            "[run] environment={} backend={} execution_mode={} exit_code={} duration_ms={}{}{}",
+            result.environment,
+            result.backend,
+            result.execution_mode,
+            result.exit_code,
+            result.duration_ms,
+            result
+                .boot_ms
+                .map(|b| format!(" boot_ms={b}"))
+                .unwrap_or_default(),
+            if result.timed_out {
+                " timed_out=yes"
+            } else {
+                ""
+            },
+        );
+    }
+    Ok(ExitCode::from((result.exit_code & 0xff) as u8))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let pyro = open_pyro(None)?;
+    let mut create = CreateVm::new("debian:12");
+    create.network = args.network;
+    let exec = ExecOptions::new(Command::Argv(vec!["git".into(), "--version".into()]));
+    let r = pyro
+        .run_in_vm(create, exec, stderr_progress("debian:12".into()), None)
+        .await?;
+    render::print_json(&r);
+    Ok(ExitCode::SUCCESS)
+}

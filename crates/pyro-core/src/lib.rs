@@ -1,1 +1,1166 @@
-//! placeholder
+//! `pyro-core`: the one core behind every face of pyro (CLI, MCP, Python via JSON-RPC).
+//!
+//! [`Pyro`] owns the environment cache, the state directory and the ephemeral VMs of this
+//! process. Each VM gets a private directory `<state>/vms/<id>/` holding its writable disk,
+//! sockets, console log and an `owner.json` naming the process that owns it, so that VMs
+//! orphaned by a crash are found and removed by the next `pyro` process ([`Pyro::reap_orphans`]).
+//!
+//! The lifecycle methods keep the reference's names and result fields: [`Pyro::create_vm`],
+//! [`Pyro::start_vm`], [`Pyro::exec_vm`], [`Pyro::stop_vm`], [`Pyro::delete_vm`],
+//! [`Pyro::status_vm`], [`Pyro::network_info_vm`], [`Pyro::reap_expired`] and
+//! [`Pyro::run_in_vm`]. Validation lives here so every surface gets it.
+
+pub mod backend;
+pub mod error;
+pub mod host;
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pyro_proto::Session;
+use pyro_proto::api::{self, Output};
+use tokio::sync::Mutex;
+
+pub use backend::{BackendChoice, BackendKind, HostFacts};
+pub use error::{CoreError, ErrorKind, Result};
+pub use model::*;
+
+use backend::{Backend, BootSpec, Machine};
+
+/// Allowed vCPU counts.
+pub const VCPU_RANGE: (i64, i64) = (1, 8);
+/// Allowed guest memory, MiB.
+pub const MEM_RANGE: (i64, i64) = (256, 32768);
+/// Allowed TTL, seconds.
+pub const TTL_RANGE: (i64, i64) = (60, 3600);
+/// Largest exec timeout, seconds (one day; the reference had none).
+pub const MAX_TIMEOUT_SECONDS: i64 = 86_400;
+/// Size of each sandbox's writable disk (sparse; only written blocks use space).
+pub const UPPER_DISK_MIB: u64 = 4096;
+/// Output kept per stream in a captured result, unless the caller asks otherwise.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
+/// Extra time the host waits beyond a command's own timeout before giving up on the agent.
+pub const HOST_GRACE: Duration = Duration::from_secs(30);
+
+/// Where things live and which VMM to use.
+#[derive(Clone, Debug)]
+pub struct PyroOptions {
+    /// State directory (VM directories); created 0700.
+    pub state_dir: PathBuf,
+    /// Environment and binary cache.
+    pub cache_dir: PathBuf,
+    /// VMM choice.
+    pub backend: BackendChoice,
+    /// The static guest agent; found automatically when `None`.
+    pub agent_bin: Option<PathBuf>,
+    /// Most VMs alive at once in this process.
+    pub max_active_vms: usize,
+    /// How long to wait for a booting guest's agent.
+    pub boot_timeout: Duration,
+}
+
+impl PyroOptions {
+    /// Defaults from the environment: `PYRO_STATE_DIR`, `PYRO_CACHE_DIR`, `PYRO_BACKEND`,
+    /// `PYRO_AGENT_BIN`, `PYRO_BOOT_TIMEOUT_SECS`.
+    pub fn from_env() -> Result<Self> {
+        let backend = match std::env::var("PYRO_BACKEND") {
+            Ok(v) if !v.is_empty() => v.parse()?,
+            _ => BackendChoice::Auto,
+        };
+        let boot_timeout = std::env::var("PYRO_BOOT_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(180));
+        Ok(Self {
+            state_dir: host::default_state_dir()?,
+            cache_dir: pyro_image::default_cache_dir()?,
+            backend,
+            agent_bin: std::env::var_os("PYRO_AGENT_BIN").map(PathBuf::from),
+            max_active_vms: 64,
+            boot_timeout,
+        })
+    }
+}
+
+/// A progress report from a long operation.
+#[derive(Clone, Debug)]
+pub enum ProgressEvent {
+    /// A step of building an environment.
+    Pull(pyro_image::Progress),
+    /// Provisioning the Firecracker binary.
+    Provision(String),
+    /// A lifecycle phase of a one-shot run (`create`, `start`, `execute`).
+    Phase {
+        /// The phase.
+        phase: &'static str,
+        /// The VM, once it has an id.
+        vm_id: Option<String>,
+    },
+}
+
+/// Where progress goes.
+pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+
+/// A progress sink that drops everything.
+pub fn no_progress() -> ProgressFn {
+    Arc::new(|_| {})
+}
+
+/// Parameters of [`Pyro::create_vm`].
+#[derive(Clone, Debug)]
+pub struct CreateVm {
+    /// Catalog name.
+    pub environment: String,
+    /// 1..=8.
+    pub vcpu_count: i64,
+    /// 256..=32768.
+    pub mem_mib: i64,
+    /// 60..=3600.
+    pub ttl_seconds: i64,
+    /// Guest networking (not available in this version: refused).
+    pub network: bool,
+    /// Per-call backend choice; `None` uses the instance default.
+    pub backend: Option<BackendChoice>,
+}
+
+impl CreateVm {
+    /// The reference's defaults for `environment`.
+    pub fn new(environment: impl Into<String>) -> Self {
+        Self {
+            environment: environment.into(),
+            vcpu_count: 1,
+            mem_mib: 1024,
+            ttl_seconds: 600,
+            network: false,
+            backend: None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Executed directly (no shell).
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+impl Command {
+    fn display(&self) -> String {
+        match self {
+            Self::Argv(a) => host::shell_join(a),
+            Self::Shell(s) => s.clone(),
+        }
+    }
+}
+
+/// Parameters of one exec.
+#[derive(Clone, Debug)]
+pub struct ExecOptions {
+    /// The command.
+    pub command: Command,
+    /// Seconds before the command's whole process tree is killed (1..=86400).
+    pub timeout_seconds: i64,
+    /// Working directory in the guest (default `/workspace`).
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Bytes for the command's stdin (else `/dev/null`).
+    pub stdin: Option<Bytes>,
+    /// Output kept per stream in the result (default [`DEFAULT_MAX_OUTPUT_BYTES`]).
+    pub max_output_bytes: Option<u64>,
+    /// Whether the guest should send all output (for a live stream to a terminal) even
+    /// beyond `max_output_bytes`; the result still keeps only the limit.
+    pub stream_all: bool,
+}
+
+impl ExecOptions {
+    /// Defaults: 30 s timeout, cwd `/workspace`, 1 MiB kept per stream.
+    pub fn new(command: Command) -> Self {
+        Self {
+            command,
+            timeout_seconds: 30,
+            cwd: None,
+            env: BTreeMap::new(),
+            stdin: None,
+            max_output_bytes: None,
+            stream_all: false,
+        }
+    }
+}
+
+/// Round-trip samples from [`Pyro::round_trips`], in milliseconds.
+#[derive(Clone, Debug)]
+pub struct RoundTrips {
+    /// `exec true` round trips.
+    pub exec_ms: Vec<f64>,
+    /// Protocol ping round trips.
+    pub ping_ms: Vec<f64>,
+}
+
+/// A callback receiving output chunks as they arrive.
+pub type OutputFn<'a> = &'a mut (dyn FnMut(&Output) + Send);
+
+struct Vm {
+    info: VmInfo,
+    dir: PathBuf,
+    env: pyro_image::Installed,
+    backend_choice: BackendChoice,
+    machine: Option<Box<dyn Machine>>,
+    session: Option<Session>,
+    created: Instant,
+    boot_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OwnerRecord {
+    owner_pid: u32,
+    owner_start_ticks: u64,
+    vmm_pid: Option<u32>,
+    vmm_start_ticks: Option<u64>,
+}
+
+/// The pyro core: environments, ephemeral VMs, and (later) workspaces.
+pub struct Pyro {
+    opts: PyroOptions,
+    cache: pyro_image::Cache,
+    facts: HostFacts,
+    vms: StdMutex<HashMap<String, Arc<Mutex<Vm>>>>,
+    backends: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
+}
+
+impl std::fmt::Debug for Pyro {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pyro")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_range(field: &'static str, value: i64, (min, max): (i64, i64)) -> Result<()> {
+    if value < min || value > max {
+        return Err(CoreError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Validates exec parameters (shared by every exec entry point).
+pub fn validate_exec(opts: &ExecOptions) -> Result<()> {
+    check_range(
+        "timeout_seconds",
+        opts.timeout_seconds,
+        (1, MAX_TIMEOUT_SECONDS),
+    )?;
+    match &opts.command {
+        Command::Argv(a) if a.is_empty() => {
+            return Err(CoreError::Invalid {
+                field: "command",
+                reason: "a command is required".into(),
+            });
+        }
+        Command::Argv(a) if a[0].is_empty() => {
+            return Err(CoreError::Invalid {
+                field: "command",
+                reason: "the program name is empty".into(),
+            });
+        }
+        Command::Shell(s) if s.trim().is_empty() => {
+            return Err(CoreError::Invalid {
+                field: "command",
+                reason: "a command is required".into(),
+            });
+        }
+        _ => {}
+    }
+    let all = match &opts.command {
+        Command::Argv(a) => a.iter().any(|s| s.contains('\0')),
+        Command::Shell(s) => s.contains('\0'),
+    };
+    if all {
+        return Err(CoreError::Invalid {
+            field: "command",
+            reason: "NUL bytes cannot be passed to a program".into(),
+        });
+    }
+    if let Some(cwd) = &opts.cwd {
+        if !cwd.starts_with('/') {
+            return Err(CoreError::Invalid {
+                field: "cwd",
+                reason: format!("`{cwd}` is not an absolute guest path"),
+            });
+        }
+    }
+    for k in opts.env.keys() {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(CoreError::Invalid {
+                field: "env",
+                reason: format!("`{k}` is not a valid environment variable name"),
+            });
+        }
+    }
+    if let Some(m) = opts.max_output_bytes {
+        if m == 0 {
+            return Err(CoreError::Invalid {
+                field: "max_output_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Pyro {
+    /// Opens the cache and state directories (creating them) and probes the host.
+    pub fn new(opts: PyroOptions) -> Result<Self> {
+        host::ensure_private_dir(&opts.state_dir)?;
+        host::ensure_private_dir(&opts.state_dir.join("vms"))?;
+        let cache = pyro_image::Cache::open(opts.cache_dir.clone())?;
+        Ok(Self {
+            opts,
+            cache,
+            facts: HostFacts::probe(),
+            vms: StdMutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &PyroOptions {
+        &self.opts
+    }
+
+    /// The host facts probed at construction.
+    pub fn host_facts(&self) -> &HostFacts {
+        &self.facts
+    }
+
+    /// The environment cache.
+    pub fn cache(&self) -> &pyro_image::Cache {
+        &self.cache
+    }
+
+    fn vm_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Vm>>>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---------------------------------------------------------------- environments
+
+    /// The catalog with install state.
+    pub fn list_environments(&self) -> EnvironmentList {
+        EnvironmentList {
+            catalog_version: pyro_image::catalog::CATALOG_VERSION.to_string(),
+            environments: pyro_image::list(&self.cache),
+        }
+    }
+
+    /// Details of one environment (no building).
+    pub fn inspect_environment(&self, name: &str) -> Result<pyro_image::EnvironmentInfo> {
+        Ok(pyro_image::inspect(&self.cache, name)?)
+    }
+
+    /// Builds (or finds) an environment; idempotent, safe under concurrent pulls.
+    pub async fn pull_environment(
+        &self,
+        name: &str,
+        progress: ProgressFn,
+    ) -> Result<pyro_image::Installed> {
+        pyro_image::lookup(name)?;
+        let agent = host::locate_agent(self.opts.agent_bin.as_deref())?;
+        let cache = self.cache.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            pyro_image::ensure_environment(&cache, &name, &agent, &mut |p| {
+                progress(&ProgressEvent::Pull(p))
+            })
+        })
+        .await
+        .map_err(|e| CoreError::Boot {
+            reason: format!("environment build task failed: {e}"),
+            console_tail: String::new(),
+        })?
+        .map_err(CoreError::from)
+    }
+
+    /// Removes stale cache entries.
+    pub fn prune_environments(&self) -> Result<PruneResult> {
+        let r = pyro_image::prune(&self.cache)?;
+        Ok(PruneResult {
+            count: r.deleted.len(),
+            deleted_environment_dirs: r.deleted,
+            freed_bytes: r.freed_bytes,
+        })
+    }
+
+    // ---------------------------------------------------------------- backends
+
+    /// The backend `choice` resolves to on this host, created on first use.
+    pub async fn backend(
+        &self,
+        choice: BackendChoice,
+        progress: &ProgressFn,
+    ) -> Result<Arc<dyn Backend>> {
+        let kind = backend::resolve(choice, &self.facts)?;
+        let mut map = self.backends.lock().await;
+        if let Some(b) = map.get(&kind) {
+            return Ok(b.clone());
+        }
+        let b: Arc<dyn Backend> = match kind {
+            BackendKind::Qemu => Arc::new(backend::QemuBackend::new(&self.facts)?),
+            BackendKind::Firecracker => {
+                let cache_dir = self.opts.cache_dir.clone();
+                let progress = progress.clone();
+                let fc = tokio::task::spawn_blocking(move || {
+                    backend::FirecrackerBackend::new(&cache_dir, &mut |m| {
+                        progress(&ProgressEvent::Provision(m.to_string()))
+                    })
+                })
+                .await
+                .map_err(|e| CoreError::BackendUnavailable {
+                    backend: "firecracker",
+                    reason: format!("provisioning task failed: {e}"),
+                })??;
+                Arc::new(fc)
+            }
+        };
+        map.insert(kind, b.clone());
+        Ok(b)
+    }
+
+    // ---------------------------------------------------------------- VMs
+
+    /// Creates a VM (state `created`): validates, builds the environment if missing, makes the
+    /// VM's directory and writable disk. Nothing is booted yet.
+    pub async fn create_vm(&self, req: CreateVm, progress: ProgressFn) -> Result<VmInfo> {
+        check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
+        check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
+        check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
+        let entry = pyro_image::lookup(&req.environment)?;
+        if req.network {
+            return Err(CoreError::NetworkUnsupported);
+        }
+        let choice = req.backend.unwrap_or(self.opts.backend);
+        let kind = backend::resolve(choice, &self.facts)?;
+        self.reap_orphans();
+        self.reap_expired().await;
+        if self.vm_map().len() >= self.opts.max_active_vms {
+            return Err(CoreError::Capacity {
+                max: self.opts.max_active_vms,
+            });
+        }
+        let env = self.pull_environment(&req.environment, progress).await?;
+        let id = host::new_id();
+        let dir = self.opts.state_dir.join("vms").join(&id);
+        host::ensure_private_dir(&dir)?;
+        let made = async {
+            self.write_owner(&dir, None)?;
+            let upper = dir.join("upper.ext4");
+            self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
+            Ok::<_, CoreError>(())
+        }
+        .await;
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let created_at = host::now();
+        let mut metadata = BTreeMap::new();
+        metadata.insert("kernel_release".into(), env.kernel_release.clone());
+        metadata.insert("environment_digest".into(), env.digests.rootfs.clone());
+        metadata.insert("agent_digest".into(), env.digests.agent.clone());
+        let info = VmInfo {
+            vm_id: id.clone(),
+            environment: req.environment.clone(),
+            environment_version: Some(entry.version.to_string()),
+            vcpu_count: req.vcpu_count as u8,
+            mem_mib: req.mem_mib as u32,
+            ttl_seconds: req.ttl_seconds as u64,
+            created_at,
+            expires_at: created_at + req.ttl_seconds as f64,
+            state: VmState::Created,
+            network_enabled: false,
+            allow_host_compat: false,
+            guest_ip: None,
+            tap_name: None,
+            execution_mode: "pending".into(),
+            backend: kind.as_str().into(),
+            metadata,
+        };
+        let vm = Vm {
+            info: info.clone(),
+            dir,
+            env,
+            backend_choice: choice,
+            machine: None,
+            session: None,
+            created: Instant::now(),
+            boot_ms: None,
+        };
+        self.vm_map().insert(id, Arc::new(Mutex::new(vm)));
+        Ok(info)
+    }
+
+    fn write_owner(&self, dir: &Path, vmm_pid: Option<u32>) -> Result<()> {
+        let me = std::process::id();
+        let rec = OwnerRecord {
+            owner_pid: me,
+            owner_start_ticks: host::process_start_ticks(me).unwrap_or(0),
+            vmm_pid,
+            vmm_start_ticks: vmm_pid.and_then(host::process_start_ticks),
+        };
+        let path = dir.join("owner.json");
+        let tmp = dir.join("owner.json.tmp");
+        let body = serde_json::to_vec(&rec).map_err(|e| CoreError::Invalid {
+            field: "owner record",
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&tmp, body).map_err(|e| CoreError::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| CoreError::io("rename", &path, e))
+    }
+
+    fn get_vm(&self, id: &str) -> Result<Arc<Mutex<Vm>>> {
+        self.vm_map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoreError::VmNotFound { id: id.to_string() })
+    }
+
+    async fn check_expiry(&self, id: &str, vm: &Vm) -> Result<()> {
+        if host::now() >= vm.info.expires_at {
+            let ttl = vm.info.ttl_seconds;
+            let _ = id;
+            return Err(CoreError::Expired {
+                id: vm.info.vm_id.clone(),
+                ttl_seconds: ttl,
+            });
+        }
+        Ok(())
+    }
+
+    /// Boots a created (or stopped) VM and waits until its agent answers.
+    pub async fn start_vm(&self, id: &str, progress: ProgressFn) -> Result<VmInfo> {
+        let handle = self.get_vm(id)?;
+        let mut vm = handle.lock().await;
+        if let Err(e) = self.check_expiry(id, &vm).await {
+            drop(vm);
+            self.reap_expired().await;
+            return Err(e);
+        }
+        if vm.info.state == VmState::Started {
+            return Err(CoreError::WrongState {
+                id: id.into(),
+                state: "started".into(),
+                operation: "start",
+                needed: "created or stopped",
+            });
+        }
+        let backend = self.backend(vm.backend_choice, &progress).await?;
+        let upper = vm.dir.join("upper.ext4");
+        let boot_start = Instant::now();
+        let mut machine = backend
+            .boot(BootSpec {
+                id,
+                workdir: &vm.dir,
+                env: &vm.env,
+                upper: &upper,
+                vcpu_count: vm.info.vcpu_count,
+                mem_mib: vm.info.mem_mib,
+                persistent: false,
+            })
+            .await?;
+        self.write_owner(&vm.dir, Some(machine.pid()))?;
+        match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
+            Ok(session) => {
+                vm.session = Some(session);
+            }
+            Err(e) => {
+                machine.kill().await;
+                return Err(e);
+            }
+        }
+        let _ = boot_start;
+        vm.boot_ms = Some(vm.created.elapsed().as_millis() as u64);
+        vm.machine = Some(machine);
+        vm.info.state = VmState::Started;
+        vm.info.execution_mode = backend.kind().execution_mode().into();
+        Ok(vm.info.clone())
+    }
+
+    /// Runs one command in a started VM, then deletes the VM (the reference's contract),
+    /// also when the exec fails.
+    pub async fn exec_vm(
+        &self,
+        id: &str,
+        opts: ExecOptions,
+        on_output: Option<OutputFn<'_>>,
+    ) -> Result<VmExecResult> {
+        validate_exec(&opts)?;
+        let handle = self.get_vm(id)?;
+        let result = {
+            let vm = handle.lock().await;
+            if let Err(e) = self.check_expiry(id, &vm).await {
+                drop(vm);
+                self.reap_expired().await;
+                return Err(e);
+            }
+            if vm.info.state != VmState::Started {
+                return Err(CoreError::WrongState {
+                    id: id.into(),
+                    state: vm.info.state.as_str().into(),
+                    operation: "exec",
+                    needed: "started",
+                });
+            }
+            let session = vm.session.clone();
+            let info = vm.info.clone();
+            let boot_ms = vm.boot_ms;
+            drop(vm);
+            match session {
+                Some(s) => run_exec(&s, &info, opts, on_output).await.map(|mut r| {
+                    r.boot_ms = boot_ms;
+                    r
+                }),
+                None => Err(CoreError::WrongState {
+                    id: id.into(),
+                    state: "started without an agent connection".into(),
+                    operation: "exec",
+                    needed: "started",
+                }),
+            }
+        };
+        self.destroy(id).await;
+        result.map(|mut r| {
+            r.cleanup = Cleanup {
+                vm_id: id.to_string(),
+                deleted: true,
+                reason: "post_exec_cleanup".into(),
+            };
+            r
+        })
+    }
+
+    /// Powers a started VM off (its disk is kept until delete).
+    pub async fn stop_vm(&self, id: &str) -> Result<VmInfo> {
+        let handle = self.get_vm(id)?;
+        let mut vm = handle.lock().await;
+        if let Some(session) = vm.session.take() {
+            let req = api::Request::Shutdown(api::Shutdown { poweroff: true });
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                api::call::<api::Empty>(&session, &req),
+            )
+            .await;
+        }
+        if let Some(mut m) = vm.machine.take() {
+            // Give the guest a moment to power off by itself, then make sure.
+            for _ in 0..50 {
+                if m.exited() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            m.kill().await;
+        }
+        if vm.info.state == VmState::Started {
+            vm.info.state = VmState::Stopped;
+        }
+        Ok(vm.info.clone())
+    }
+
+    /// Deletes a VM in any state: kills its VMM and removes its directory.
+    pub async fn delete_vm(&self, id: &str) -> Result<DeleteResult> {
+        self.get_vm(id)?;
+        self.destroy(id).await;
+        Ok(DeleteResult {
+            vm_id: id.to_string(),
+            deleted: true,
+            reason: "explicit_delete".into(),
+        })
+    }
+
+    async fn destroy(&self, id: &str) {
+        let handle = self.vm_map().remove(id);
+        if let Some(handle) = handle {
+            let mut vm = handle.lock().await;
+            vm.session = None;
+            if let Some(mut m) = vm.machine.take() {
+                m.kill().await;
+            }
+            let _ = std::fs::remove_dir_all(&vm.dir);
+        }
+    }
+
+    /// Status of a VM, checking that a started VM's VMM is really alive.
+    pub async fn status_vm(&self, id: &str) -> Result<VmInfo> {
+        let handle = self.get_vm(id)?;
+        let mut vm = handle.lock().await;
+        if let Err(e) = self.check_expiry(id, &vm).await {
+            drop(vm);
+            self.reap_expired().await;
+            return Err(e);
+        }
+        let dead = vm.machine.as_mut().map(|m| m.exited()).unwrap_or(false);
+        if dead {
+            vm.machine = None;
+            vm.session = None;
+            vm.info.state = VmState::Stopped;
+            vm.info
+                .metadata
+                .insert("last_error".into(), "the VMM process exited".into());
+        }
+        Ok(vm.info.clone())
+    }
+
+    /// Network description (networking is not available in this version).
+    pub async fn network_info_vm(&self, id: &str) -> Result<NetworkInfo> {
+        let info = self.status_vm(id).await?;
+        Ok(NetworkInfo {
+            vm_id: info.vm_id,
+            network_enabled: false,
+            outbound_connectivity_expected: false,
+            reason: "guest networking is not available in this version of pyro".into(),
+        })
+    }
+
+    /// Deletes every VM of this process whose TTL has run out.
+    pub async fn reap_expired(&self) -> ReapResult {
+        let now = host::now();
+        let candidates: Vec<(String, Arc<Mutex<Vm>>)> = self
+            .vm_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut deleted = Vec::new();
+        for (id, handle) in candidates {
+            let expired = match handle.try_lock() {
+                Ok(vm) => now >= vm.info.expires_at,
+                Err(_) => false,
+            };
+            if expired {
+                self.destroy(&id).await;
+                deleted.push(id);
+            }
+        }
+        deleted.sort();
+        ReapResult {
+            count: deleted.len(),
+            deleted_vm_ids: deleted,
+        }
+    }
+
+    /// Removes VM directories left by pyro processes that died (crash, SIGKILL): kills
+    /// their VMM if it still runs, then deletes the directory. Returns the ids removed.
+    pub fn reap_orphans(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join("vms")) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let owner: Option<OwnerRecord> = std::fs::read(dir.join("owner.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let orphaned = match &owner {
+                Some(o) => !host::process_alive(o.owner_pid, o.owner_start_ticks),
+                // A directory without a readable owner record is only reaped once it is
+                // old enough that it cannot be one being created right now.
+                None => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60)),
+            };
+            if !orphaned {
+                continue;
+            }
+            if let Some(OwnerRecord {
+                vmm_pid: Some(pid),
+                vmm_start_ticks: Some(ticks),
+                ..
+            }) = owner
+            {
+                if host::process_alive(pid, ticks) {
+                    // SAFETY: kill(2) on a pid whose start time we just matched.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                removed.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        removed
+    }
+
+    /// Creates, starts, runs one command and deletes the VM, whatever happens.
+    pub async fn run_in_vm(
+        &self,
+        create: CreateVm,
+        exec: ExecOptions,
+        progress: ProgressFn,
+        on_output: Option<OutputFn<'_>>,
+    ) -> Result<VmExecResult> {
+        validate_exec(&exec)?;
+        progress(&ProgressEvent::Phase {
+            phase: "create",
+            vm_id: None,
+        });
+        let info = self.create_vm(create, progress.clone()).await?;
+        let id = info.vm_id.clone();
+        progress(&ProgressEvent::Phase {
+            phase: "start",
+            vm_id: Some(id.clone()),
+        });
+        if let Err(e) = self.start_vm(&id, progress.clone()).await {
+            self.destroy(&id).await;
+            return Err(e);
+        }
+        progress(&ProgressEvent::Phase {
+            phase: "execute",
+            vm_id: Some(id.clone()),
+        });
+        // exec_vm deletes the VM on success and failure alike.
+        self.exec_vm(&id, exec, on_output).await
+    }
+
+    /// Boots one VM and measures `n` exec round trips (`true`) and `n` protocol pings on it,
+    /// then deletes it. Used by `pyro bench`.
+    pub async fn round_trips(&self, create: CreateVm, n: usize) -> Result<RoundTrips> {
+        let info = self.create_vm(create, no_progress()).await?;
+        let id = info.vm_id.clone();
+        let measured = async {
+            self.start_vm(&id, no_progress()).await?;
+            let session = {
+                let handle = self.get_vm(&id)?;
+                let vm = handle.lock().await;
+                vm.session.clone()
+            }
+            .ok_or_else(|| CoreError::VmNotFound { id: id.clone() })?;
+            let mut exec_ms = Vec::with_capacity(n);
+            let mut ping_ms = Vec::with_capacity(n);
+            for _ in 0..n {
+                let req = api::ExecRequest {
+                    command: api::Command::Argv(vec!["true".into()]),
+                    cwd: None,
+                    env: BTreeMap::new(),
+                    timeout_ms: Some(30_000),
+                    max_output_bytes: Some(1024),
+                    stdin: false,
+                };
+                let t = Instant::now();
+                api::exec(&session, req, None, |_| {}).await?;
+                exec_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                api::call::<api::PingResult>(&session, &api::Request::Ping).await?;
+                ping_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, CoreError>(RoundTrips { exec_ms, ping_ms })
+        }
+        .await;
+        self.destroy(&id).await;
+        measured
+    }
+
+    /// Ids of the VMs alive in this process.
+    pub fn vm_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.vm_map().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Kills and removes every VM of this process (used on shutdown).
+    pub async fn shutdown(&self) {
+        for id in self.vm_ids() {
+            self.destroy(&id).await;
+        }
+    }
+}
+
+/// Connects to the agent through the machine's `CONNECT` socket, retrying until it answers,
+/// the VMM dies, or the deadline passes.
+async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
+    let deadline = Instant::now() + timeout;
+    let socket = machine.agent_socket();
+    let console = machine.console_log();
+    loop {
+        if machine.exited() {
+            return Err(CoreError::Boot {
+                reason: "the VMM exited before the guest agent answered".into(),
+                console_tail: backend::console_tail(&console, 4000),
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CoreError::Boot {
+                reason: format!(
+                    "the guest agent did not answer within {} s",
+                    timeout.as_secs()
+                ),
+                console_tail: backend::console_tail(&console, 4000),
+            });
+        }
+        // Short attempts, so a dead VMM is noticed quickly.
+        let attempt = left.min(Duration::from_millis(500));
+        if let Ok(stream) =
+            pyro_firecracker::vsock::connect(&socket, pyro_proto::AGENT_PORT, attempt).await
+        {
+            let cfg = pyro_proto::Config {
+                handshake_timeout: left,
+                ..pyro_proto::Config::default()
+            };
+            // The agent (or the relay) answers the handshake once it is ready.
+            let handshake = Session::client(stream, cfg);
+            tokio::pin!(handshake);
+            let session = loop {
+                tokio::select! {
+                    r = &mut handshake => break r,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if machine.exited() {
+                            return Err(CoreError::Boot {
+                                reason: "the VMM exited before the guest agent answered".into(),
+                                console_tail: backend::console_tail(&console, 4000),
+                            });
+                        }
+                    }
+                }
+            };
+            match session {
+                Ok(s) => {
+                    sync_clock(&s).await;
+                    return Ok(s);
+                }
+                Err(e) => {
+                    tracing::debug!("agent handshake failed, retrying: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn sync_clock(session: &Session) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let req = api::Request::SyncClock(api::SyncClock { unix_nanos: nanos });
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        api::call::<api::Empty>(session, &req),
+    )
+    .await;
+}
+
+/// Output collected for a result: the first `limit` bytes, plus the total.
+struct Capture {
+    data: Vec<u8>,
+    limit: usize,
+}
+
+impl Capture {
+    fn push(&mut self, b: &[u8]) {
+        let room = self.limit.saturating_sub(self.data.len());
+        self.data.extend_from_slice(&b[..b.len().min(room)]);
+    }
+}
+
+fn render_output(data: &[u8], truncated: bool, total: u64) -> (String, Option<String>) {
+    let exact = match std::str::from_utf8(data) {
+        Ok(_) => None,
+        Err(_) => Some(base64(data)),
+    };
+    let mut text = String::from_utf8_lossy(data).into_owned();
+    if truncated {
+        if !text.ends_with('\n') && !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "[pyro: output truncated: {} of {} bytes shown]\n",
+            data.len(),
+            total
+        ));
+    }
+    (text, exact)
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+async fn run_exec(
+    session: &Session,
+    info: &VmInfo,
+    opts: ExecOptions,
+    mut on_output: Option<OutputFn<'_>>,
+) -> Result<VmExecResult> {
+    let limit = opts.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+    let command_text = opts.command.display();
+    let req = api::ExecRequest {
+        command: match opts.command {
+            Command::Argv(a) => api::Command::Argv(a),
+            Command::Shell(s) => api::Command::Shell(s),
+        },
+        cwd: Some(opts.cwd.unwrap_or_else(|| "/workspace".into())),
+        env: opts.env,
+        timeout_ms: Some(opts.timeout_seconds as u64 * 1000),
+        max_output_bytes: if opts.stream_all { None } else { Some(limit) },
+        stdin: false,
+    };
+    let mut out = Capture {
+        data: Vec::new(),
+        limit: limit as usize,
+    };
+    let mut err = Capture {
+        data: Vec::new(),
+        limit: limit as usize,
+    };
+    let host_deadline = Duration::from_secs(opts.timeout_seconds as u64) + HOST_GRACE;
+    let call = api::exec(session, req, opts.stdin, |o| {
+        match &o {
+            Output::Stdout(b) => out.push(b),
+            Output::Stderr(b) => err.push(b),
+        }
+        if let Some(cb) = on_output.as_mut() {
+            cb(&o);
+        }
+    });
+    let res = tokio::time::timeout(host_deadline, call)
+        .await
+        .map_err(|_| CoreError::AgentTimeout {
+            seconds: host_deadline.as_secs(),
+        })??;
+    let stdout_truncated = res.stdout_truncated || res.stdout_bytes > out.data.len() as u64;
+    let stderr_truncated = res.stderr_truncated || res.stderr_bytes > err.data.len() as u64;
+    let (stdout, stdout_base64) = render_output(&out.data, stdout_truncated, res.stdout_bytes);
+    let (stderr, stderr_base64) = render_output(&err.data, stderr_truncated, res.stderr_bytes);
+    Ok(VmExecResult {
+        vm_id: info.vm_id.clone(),
+        environment: info.environment.clone(),
+        environment_version: info.environment_version.clone(),
+        command: command_text,
+        stdout,
+        stderr,
+        exit_code: res.exit_code,
+        duration_ms: res.duration_ms,
+        execution_mode: info.execution_mode.clone(),
+        cleanup: Cleanup {
+            vm_id: info.vm_id.clone(),
+            deleted: false,
+            reason: String::new(),
+        },
+        timed_out: res.timed_out,
+        signal: res.signal,
+        stdout_bytes: res.stdout_bytes,
+        stderr_bytes: res.stderr_bytes,
+        stdout_truncated,
+        stderr_truncated,
+        stdout_base64,
+        stderr_base64,
+        spawn_error: res.spawn_error,
+        backend: info.backend.clone(),
+        boot_ms: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn exec_validation_rejects_bad_input() {
+        let mut o = ExecOptions::new(Command::Argv(vec![]));
+        assert!(
+            validate_exec(&o)
+                .unwrap_err()
+                .to_string()
+                .contains("command is required")
+        );
+        o.command = Command::Shell("  ".into());
+        assert!(validate_exec(&o).is_err());
+        o.command = Command::Argv(vec!["true".into()]);
+        o.timeout_seconds = 0;
+        assert!(matches!(
+            validate_exec(&o),
+            Err(CoreError::OutOfRange {
+                field: "timeout_seconds",
+                ..
+            })
+        ));
+        o.timeout_seconds = 5;
+        o.cwd = Some("relative".into());
+        assert!(matches!(
+            validate_exec(&o),
+            Err(CoreError::Invalid { field: "cwd", .. })
+        ));
+        o.cwd = None;
+        o.env.insert("1BAD".into(), "x".into());
+        assert!(matches!(
+            validate_exec(&o),
+            Err(CoreError::Invalid { field: "env", .. })
+        ));
+        o.env.clear();
+        assert!(validate_exec(&o).is_ok());
+    }
+
+    #[test]
+    fn truncated_output_carries_a_marker_and_non_utf8_keeps_exact_bytes() {
+        let (text, exact) = render_output(b"abc", true, 10);
+        assert_eq!(text, "abc\n[pyro: output truncated: 3 of 10 bytes shown]\n");
+        assert!(exact.is_none());
+        let (text, exact) = render_output(&[0xff, b'a'], false, 2);
+        assert_eq!(text, "\u{fffd}a");
+        assert_eq!(exact.as_deref(), Some("/2E="));
+    }
+}

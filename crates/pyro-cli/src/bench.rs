@@ -1,0 +1,186 @@
+//! `pyro bench`: cold start of `pyro run ENV -- true` (end to end, including the CLI's own
+//! start) and exec round trips on one booted sandbox, per available backend, reported as
+//! median and p95.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use pyro_core::{BackendChoice, BackendKind, CreateVm, HostFacts};
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Samples per measurement.
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Environment to measure with.
+    #[arg(long, default_value = "debian:12")]
+    environment: String,
+    /// Backends to measure (repeatable); default: every backend this host can run.
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Summary statistics of a sample, in milliseconds.
+#[derive(Serialize, Debug, Clone)]
+pub struct Stats {
+    samples: usize,
+    median_ms: f64,
+    p95_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let median = if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    Stats {
+        samples: v.len(),
+        median_ms: median,
+        p95_ms: percentile(&v, 95.0),
+        min_ms: v.first().copied().unwrap_or(f64::NAN),
+        max_ms: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+#[derive(Serialize)]
+struct BackendResult {
+    backend: String,
+    run_true: Stats,
+    exec_round_trip: Stats,
+    ping_round_trip: Stats,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.iterations == 0 {
+        anyhow::bail!("--iterations must be at least 1");
+    }
+    let facts = HostFacts::probe();
+    let kinds: Vec<BackendKind> = if args.backends.is_empty() {
+        let mut k = vec![BackendKind::Qemu];
+        if facts.kvm_accelerates() {
+            k.insert(0, BackendKind::Firecracker);
+        }
+        k
+    } else {
+        args.backends
+            .iter()
+            .map(|b| pyro_core::backend::resolve(b.parse::<BackendChoice>()?, &facts))
+            .collect::<Result<_, _>>()?
+    };
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for kind in kinds {
+        let pyro = crate::open_pyro(Some(kind.as_str()))?;
+        // Build the environment first so the measurement is of runs, not of the build.
+        pyro.pull_environment(
+            &args.environment,
+            crate::stderr_progress(args.environment.clone()),
+        )
+        .await?;
+        eprintln!(
+            "[bench] backend={} measuring `pyro run {} -- true` x{}",
+            kind.as_str(),
+            args.environment,
+            args.iterations
+        );
+        let mut runs = Vec::new();
+        for i in 0..args.iterations {
+            let t = Instant::now();
+            let out = tokio::process::Command::new(&exe)
+                .args([
+                    "run",
+                    "--backend",
+                    kind.as_str(),
+                    &args.environment,
+                    "--",
+                    "true",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "run {i} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            runs.push(ms);
+        }
+        eprintln!(
+            "[bench] backend={} measuring exec and ping round trips x{}",
+            kind.as_str(),
+            args.iterations
+        );
+        let mut create = CreateVm::new(args.environment.clone());
+        create.backend = Some(match kind {
+            BackendKind::Firecracker => BackendChoice::Firecracker,
+            BackendKind::Qemu => BackendChoice::Qemu,
+        });
+        let rt = pyro.round_trips(create, args.iterations).await?;
+        results.push(BackendResult {
+            backend: kind.as_str().into(),
+            run_true: stats(runs),
+            exec_round_trip: stats(rt.exec_ms),
+            ping_round_trip: stats(rt.ping_ms),
+        });
+    }
+    if args.json {
+        crate::render::print_json(&results);
+    } else {
+        println!(
+            "{:<12} {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+        );
+        for r in &results {
+            for (name, s) in [
+                ("run -- true (e2e)", &r.run_true),
+                ("exec round trip", &r.exec_round_trip),
+                ("ping round trip", &r.ping_round_trip),
+            ] {
+                println!(
+                    "{:<12} {:<22} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                    r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_p95_follow_nearest_rank() {
+        let s = stats((1..=20).map(f64::from).collect());
+        assert_eq!(s.median_ms, 10.5);
+        assert_eq!(s.p95_ms, 19.0);
+        let s = stats(vec![5.0, 1.0, 3.0]);
+        assert_eq!(s.median_ms, 3.0);
+        assert_eq!(s.p95_ms, 5.0);
+        assert_eq!(s.min_ms, 1.0);
+    }
+}

@@ -1,0 +1,449 @@
+//! The VMM backends behind one trait, and how `auto` picks one.
+//!
+//! Everything above [`Backend`] is shared: a booted [`Machine`] exposes one Unix socket that
+//! speaks Firecracker's hybrid-vsock `CONNECT <port>` handshake. Firecracker provides that
+//! socket itself; for QEMU a relay (in this process) offers it on top of the virtio-serial
+//! port, so the host-side client code is the same for both.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{CoreError, Result};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which VMM to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// Firecracker when KVM is hardware-assisted, else QEMU.
+    Auto,
+    /// Firecracker.
+    Firecracker,
+    /// QEMU `microvm` (KVM when hardware-assisted, else TCG).
+    Qemu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "firecracker" => Ok(Self::Firecracker),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(CoreError::Invalid {
+                field: "backend",
+                reason: format!("`{other}` is not one of auto, firecracker, qemu"),
+            }),
+        }
+    }
+}
+
+/// A concrete backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Firecracker.
+    Firecracker,
+    /// QEMU.
+    Qemu,
+}
+
+impl BackendKind {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+
+    /// The `execution_mode` of sandboxes on this backend.
+    pub fn execution_mode(self) -> &'static str {
+        match self {
+            Self::Firecracker => "guest_vsock",
+            Self::Qemu => "guest_serial",
+        }
+    }
+}
+
+/// The host facts that decide the backend.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostFacts {
+    /// `/dev/kvm` exists.
+    pub kvm_exists: bool,
+    /// `/dev/kvm` can be opened read-write.
+    pub kvm_usable: bool,
+    /// KVM is hardware-assisted (vmx/svm and kvm_intel/kvm_amd).
+    pub kvm_hardware_assisted: bool,
+    /// KVM is the paravirtual kvm_pvm, which cannot run ordinary guest kernels.
+    pub kvm_paravirtual: bool,
+    /// Human summary.
+    pub kvm_reason: String,
+}
+
+impl HostFacts {
+    /// Reads the facts of this host.
+    pub fn probe() -> Self {
+        let k = pyro_firecracker::kvm_status();
+        Self {
+            kvm_exists: k.exists,
+            kvm_usable: k.readable && k.writable,
+            kvm_hardware_assisted: k.hardware_assisted,
+            kvm_paravirtual: k.paravirtual_pvm,
+            kvm_reason: k.reason.clone(),
+        }
+    }
+
+    /// Whether guests can use KVM acceleration here.
+    pub fn kvm_accelerates(&self) -> bool {
+        self.kvm_usable && self.kvm_hardware_assisted
+    }
+}
+
+/// Resolves `auto` and checks an explicit choice against the host.
+pub fn resolve(choice: BackendChoice, facts: &HostFacts) -> Result<BackendKind> {
+    match choice {
+        BackendChoice::Auto => Ok(if facts.kvm_accelerates() {
+            BackendKind::Firecracker
+        } else {
+            BackendKind::Qemu
+        }),
+        BackendChoice::Qemu => Ok(BackendKind::Qemu),
+        BackendChoice::Firecracker => {
+            if facts.kvm_accelerates() {
+                Ok(BackendKind::Firecracker)
+            } else {
+                Err(CoreError::BackendUnavailable {
+                    backend: "firecracker",
+                    reason: format!(
+                        "Firecracker needs hardware-assisted KVM ({}); use --backend qemu or auto",
+                        facts.kvm_reason
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Debug)]
+pub struct BootSpec<'a> {
+    /// The sandbox id.
+    pub id: &'a str,
+    /// Its private directory (all sockets and logs live here, by relative path).
+    pub workdir: &'a Path,
+    /// The environment's artifacts.
+    pub env: &'a pyro_image::Installed,
+    /// The per-sandbox writable disk.
+    pub upper: &'a Path,
+    /// Virtual CPUs.
+    pub vcpu_count: u8,
+    /// Guest memory.
+    pub mem_mib: u32,
+    /// Whether the VMM must outlive this process (workspaces) or die with it (one-shot runs).
+    pub persistent: bool,
+}
+
+/// A VMM able to boot sandboxes.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Which one it is.
+    fn kind(&self) -> BackendKind;
+    /// Starts the VMM; returns once the agent socket can be connected to (the guest may
+    /// still be booting: connecting retries until the agent answers).
+    fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>>;
+}
+
+/// One running VMM process.
+pub trait Machine: Send + std::fmt::Debug {
+    /// The VMM's pid.
+    fn pid(&self) -> u32;
+    /// The Unix socket speaking the `CONNECT <port>` handshake.
+    fn agent_socket(&self) -> PathBuf;
+    /// The guest console log.
+    fn console_log(&self) -> PathBuf;
+    /// Whether the VMM has exited.
+    fn exited(&mut self) -> bool;
+    /// Kills the VMM (and anything serving it) and waits for it.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// Kernel command-line fragment shared by both backends: the host's clock, so the guest
+/// starts with the right time even before the agent is asked to sync it.
+pub(crate) fn clock_param() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("pyro.clock={}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// Reads the last `max` bytes of a console log, lossily.
+pub(crate) fn console_tail(path: &Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// QEMU
+
+/// The QEMU backend.
+#[derive(Debug)]
+pub struct QemuBackend {
+    qemu: PathBuf,
+    accel: pyro_qemu::Accel,
+}
+
+impl QemuBackend {
+    /// Finds the QEMU binary and picks the accelerator.
+    pub fn new(facts: &HostFacts) -> Result<Self> {
+        let qemu = pyro_qemu::locate_qemu().map_err(|e| CoreError::BackendUnavailable {
+            backend: "qemu",
+            reason: e.to_string(),
+        })?;
+        let accel = if facts.kvm_accelerates() {
+            pyro_qemu::Accel::Kvm
+        } else {
+            pyro_qemu::Accel::Tcg
+        };
+        Ok(Self { qemu, accel })
+    }
+}
+
+#[derive(Debug)]
+struct QemuMachine {
+    vm: pyro_qemu::Qemu,
+    relay: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
+    console: PathBuf,
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        Box::pin(async move {
+            let qspec = pyro_qemu::QemuSpec {
+                kernel: spec.env.kernel.clone(),
+                initrd: spec.env.initramfs.clone(),
+                rootfs: spec.env.rootfs.clone(),
+                upper: spec.upper.to_path_buf(),
+                vcpu_count: spec.vcpu_count,
+                mem_mib: spec.mem_mib,
+                accel: self.accel,
+                extra_cmdline: clock_param(),
+                upper_cache_unsafe: !spec.persistent,
+            };
+            let opts = pyro_qemu::LaunchOptions {
+                qemu: self.qemu.clone(),
+                workdir: spec.workdir.to_path_buf(),
+                die_with_parent: !spec.persistent,
+                new_session: true,
+            };
+            let vm = pyro_qemu::launch(&qspec, &opts)
+                .await
+                .map_err(|e| CoreError::Boot {
+                    reason: e.to_string(),
+                    console_tail: String::new(),
+                })?;
+            let agent_sock = vm.agent_socket_path();
+            let socket = spec.workdir.join("vsock.sock");
+            let listen = socket.clone();
+            let relay = tokio::spawn(async move {
+                if let Err(e) = pyro_qemu::run_relay(&agent_sock, &listen, None).await {
+                    tracing::debug!("relay ended: {e}");
+                }
+            });
+            let console = vm.console_log_path();
+            Ok(Box::new(QemuMachine {
+                vm,
+                relay,
+                socket,
+                console,
+            }) as Box<dyn Machine>)
+        })
+    }
+}
+
+impl Machine for QemuMachine {
+    fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+    fn agent_socket(&self) -> PathBuf {
+        self.socket.clone()
+    }
+    fn console_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+    fn exited(&mut self) -> bool {
+        !matches!(self.vm.try_wait(), Ok(None))
+    }
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.relay.abort();
+            let _ = self.vm.kill().await;
+            let _ = std::fs::remove_file(&self.socket);
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Firecracker
+
+/// The Firecracker backend.
+#[derive(Debug)]
+pub struct FirecrackerBackend {
+    binaries: pyro_firecracker::Binaries,
+}
+
+impl FirecrackerBackend {
+    /// Locates (or provisions, sha256-verified, into the cache) the Firecracker binaries.
+    pub fn new(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Self> {
+        let binaries = match pyro_firecracker::locate(cache_dir) {
+            Ok(b) => b,
+            Err(_) => pyro_firecracker::provision(cache_dir, progress).map_err(|e| {
+                CoreError::BackendUnavailable {
+                    backend: "firecracker",
+                    reason: e.to_string(),
+                }
+            })?,
+        };
+        Ok(Self { binaries })
+    }
+
+    /// The boot arguments given to the guest kernel.
+    pub fn boot_args() -> String {
+        format!(
+            "console=ttyS0 reboot=k panic=1 quiet 8250.nr_uarts=1 {}",
+            clock_param()
+        )
+    }
+}
+
+#[derive(Debug)]
+struct FcMachine {
+    vm: pyro_firecracker::Firecracker,
+}
+
+impl Backend for FirecrackerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        Box::pin(async move {
+            let vspec = pyro_firecracker::VmSpec {
+                kernel: spec.env.kernel.clone(),
+                initrd: Some(spec.env.initramfs.clone()),
+                boot_args: Self::boot_args(),
+                drives: vec![
+                    pyro_firecracker::DriveSpec {
+                        id: "rootfs".into(),
+                        path: spec.env.rootfs.clone(),
+                        read_only: true,
+                    },
+                    pyro_firecracker::DriveSpec {
+                        id: "upper".into(),
+                        path: spec.upper.to_path_buf(),
+                        read_only: false,
+                    },
+                ],
+                vcpu_count: spec.vcpu_count,
+                mem_mib: spec.mem_mib,
+                vsock_cid: Some(3),
+            };
+            let opts = pyro_firecracker::LaunchOptions {
+                binaries: self.binaries.clone(),
+                workdir: spec.workdir.to_path_buf(),
+                jailer: pyro_firecracker::JailerMode::Auto,
+                die_with_parent: !spec.persistent,
+                new_session: true,
+            };
+            let vm =
+                pyro_firecracker::launch(&vspec, &opts)
+                    .await
+                    .map_err(|e| CoreError::Boot {
+                        reason: format!("{e}"),
+                        console_tail: String::new(),
+                    })?;
+            Ok(Box::new(FcMachine { vm }) as Box<dyn Machine>)
+        })
+    }
+}
+
+impl Machine for FcMachine {
+    fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+    fn agent_socket(&self) -> PathBuf {
+        self.vm.vsock_path()
+    }
+    fn console_log(&self) -> PathBuf {
+        self.vm.console_path()
+    }
+    fn exited(&mut self) -> bool {
+        !matches!(self.vm.try_wait(), Ok(None))
+    }
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.vm.kill().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(hw: bool, pvm: bool) -> HostFacts {
+        HostFacts {
+            kvm_exists: true,
+            kvm_usable: true,
+            kvm_hardware_assisted: hw,
+            kvm_paravirtual: pvm,
+            kvm_reason: if pvm {
+                "paravirtual kvm_pvm".into()
+            } else {
+                "ok".into()
+            },
+        }
+    }
+
+    #[test]
+    fn auto_picks_qemu_on_paravirtual_kvm() {
+        assert_eq!(
+            resolve(BackendChoice::Auto, &facts(false, true)).unwrap(),
+            BackendKind::Qemu
+        );
+    }
+
+    #[test]
+    fn auto_picks_firecracker_on_hardware_kvm() {
+        assert_eq!(
+            resolve(BackendChoice::Auto, &facts(true, false)).unwrap(),
+            BackendKind::Firecracker
+        );
+    }
+
+    #[test]
+    fn explicit_firecracker_without_hardware_kvm_is_refused_with_the_reason() {
+        let err = resolve(BackendChoice::Firecracker, &facts(false, true)).unwrap_err();
+        assert!(err.to_string().contains("kvm_pvm"), "{err}");
+    }
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!(
+            "QEMU".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Qemu
+        );
+        assert!("vmware".parse::<BackendChoice>().is_err());
+    }
+}

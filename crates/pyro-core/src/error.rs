@@ -1,0 +1,188 @@
+//! The core's error type: every failure a surface can report, with the facts it needs.
+
+use std::path::PathBuf;
+
+use pyro_proto::api::CallError;
+
+/// Broad class of an error, used by surfaces to pick exit codes and error types
+/// (the Python SDK maps `InvalidInput`/`NotFound` to `ValueError`, the rest to `RuntimeError`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The caller passed something invalid; nothing was changed.
+    InvalidInput,
+    /// A named object does not exist.
+    NotFound,
+    /// The object is in the wrong state for the operation.
+    State,
+    /// The host cannot do this (missing tools, KVM, binaries).
+    Unavailable,
+    /// Something failed while doing the work.
+    Runtime,
+}
+
+/// Every error of `pyro-core`.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A number outside its allowed range.
+    #[error("{field} must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        /// The parameter.
+        field: &'static str,
+        /// What was given.
+        value: i64,
+        /// Smallest allowed.
+        min: i64,
+        /// Largest allowed.
+        max: i64,
+    },
+    /// Any other invalid parameter.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The parameter.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No VM with this id exists in this process.
+    #[error("unknown vm `{id}`")]
+    VmNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The VM is in the wrong state.
+    #[error("vm `{id}` is {state}; {operation} needs a vm that is {needed}")]
+    WrongState {
+        /// The VM.
+        id: String,
+        /// Its state.
+        state: String,
+        /// What was asked.
+        operation: &'static str,
+        /// The state(s) that would allow it.
+        needed: &'static str,
+    },
+    /// The VM's TTL ran out; it was deleted.
+    #[error("vm `{id}` expired (ttl {ttl_seconds} s) and has been deleted")]
+    Expired {
+        /// The VM.
+        id: String,
+        /// Its TTL.
+        ttl_seconds: u64,
+    },
+    /// Too many sandboxes at once.
+    #[error("the limit of {max} active vms in this process is reached")]
+    Capacity {
+        /// The limit.
+        max: usize,
+    },
+    /// Guest networking was asked for.
+    #[error(
+        "guest networking is not available in this version of pyro; run without --network \
+         (network=false)"
+    )]
+    NetworkUnsupported,
+    /// An environment (image) problem.
+    #[error(transparent)]
+    Image(#[from] pyro_image::ImageError),
+    /// The requested backend cannot run here.
+    #[error("the {backend} backend is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The static guest agent binary could not be found.
+    #[error(
+        "cannot find the static guest agent binary `pyro-agent` (looked in: {}); build it \
+         with `scripts/build-agent.sh` or set PYRO_AGENT_BIN",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AgentBinaryMissing {
+        /// Every place looked at.
+        searched: Vec<PathBuf>,
+    },
+    /// The agent binary exists but is dynamically linked.
+    #[error(
+        "the guest agent `{path}` is not statically linked; rebuild it with scripts/build-agent.sh"
+    )]
+    AgentNotStatic {
+        /// The binary.
+        path: PathBuf,
+    },
+    /// The VMM failed to start or the guest never answered.
+    #[error("the sandbox did not boot: {reason}{}", console_suffix(console_tail))]
+    Boot {
+        /// What went wrong.
+        reason: String,
+        /// The end of the guest console, if any.
+        console_tail: String,
+    },
+    /// Talking to the guest agent failed.
+    #[error("guest agent call failed")]
+    Agent(#[from] CallError),
+    /// The guest agent did not answer within the host's deadline.
+    #[error("the guest agent did not answer within {seconds} s")]
+    AgentTimeout {
+        /// The deadline.
+        seconds: u64,
+    },
+    /// A host filesystem operation failed.
+    #[error("cannot {action} `{path}`")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn console_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\n--- guest console (last lines) ---\n{}", tail.trim_end())
+    }
+}
+
+impl CoreError {
+    /// The broad class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::OutOfRange { .. } | Self::Invalid { .. } | Self::NetworkUnsupported => {
+                ErrorKind::InvalidInput
+            }
+            Self::Image(pyro_image::ImageError::UnknownEnvironment { .. }) => {
+                ErrorKind::InvalidInput
+            }
+            Self::VmNotFound { .. } => ErrorKind::NotFound,
+            Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
+                ErrorKind::State
+            }
+            Self::BackendUnavailable { .. }
+            | Self::AgentBinaryMissing { .. }
+            | Self::AgentNotStatic { .. } => ErrorKind::Unavailable,
+            Self::Image(pyro_image::ImageError::MissingTool { .. }) => ErrorKind::Unavailable,
+            _ => ErrorKind::Runtime,
+        }
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias for the core.
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

@@ -1,0 +1,746 @@
+//! Finding QEMU, building its command line, and running one microVM.
+//!
+//! The VM is `-M microvm` with ACPI left on (Debian's stock kernel finds virtio-mmio devices
+//! only through ACPI), two virtio-blk disks (the read-only environment rootfs and the
+//! sandbox's writable upper disk; the guest finds them by ext4 label, never by order), one
+//! virtio-serial port named [`pyro_proto::SERIAL_PORT_NAME`] for the agent, a QMP monitor,
+//! and the serial console written to [`CONSOLE_LOG`].
+//!
+//! QEMU's current directory is the sandbox's working directory and every socket it creates
+//! is named relative to it, so paths stay short (a Unix socket path has a 108-byte limit)
+//! and a migration stream taken in one directory restores in another.
+
+use std::ffi::OsString;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::process::{Child, Command};
+
+use crate::QemuError;
+use crate::qmp::Qmp;
+
+/// The agent's virtio-serial chardev socket, relative to the working directory.
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// The QMP socket, relative to the working directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// The guest's serial console output, relative to the working directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// QEMU's own stdout and stderr, relative to the working directory.
+pub const STDERR_LOG: &str = "qemu.stderr";
+/// The conventional name of the [`relay`](crate::relay)'s listening socket in the working
+/// directory (the QEMU counterpart of Firecracker's hybrid-vsock socket).
+pub const RELAY_SOCKET: &str = "vsock.sock";
+/// Environment variable naming the QEMU binary to use.
+pub const QEMU_ENV: &str = "PYRO_QEMU";
+/// The QEMU binary looked up on `PATH`.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// The fixed part of the guest kernel command line.
+const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet 8250.nr_uarts=1";
+/// How often [`launch`] looks for QEMU's sockets.
+const SOCKET_POLL: Duration = Duration::from_millis(2);
+/// How long [`launch`] waits for QEMU's sockets.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a log an error quotes.
+const TAIL_BYTES: u64 = 4096;
+
+/// How guest code is executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware-assisted KVM (`-accel kvm -cpu host`). Only sensible where KVM has vmx/svm;
+    /// on a paravirtual KVM no Linux guest gets through boot.
+    Kvm,
+    /// QEMU's software emulator (`-accel tcg -cpu max`): slower, works everywhere, still a
+    /// real VM boundary.
+    Tcg,
+}
+
+/// What to boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuSpec {
+    /// Uncompressed ELF kernel with a PVH note (`vmlinux`).
+    pub kernel: PathBuf,
+    /// The initramfs (the agent as `/init`, plus modules).
+    pub initrd: PathBuf,
+    /// The environment's root filesystem image, attached read-only.
+    pub rootfs: PathBuf,
+    /// The sandbox's writable disk (overlay upper layer).
+    pub upper: PathBuf,
+    /// Virtual CPUs.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Appended to the kernel command line (may be empty).
+    pub extra_cmdline: String,
+    /// Attach the upper disk with `cache=unsafe` (guest flushes are ignored: faster, but a
+    /// host crash can lose writes). For throwaway sandboxes.
+    pub upper_cache_unsafe: bool,
+}
+
+/// How to run QEMU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// The QEMU binary (see [`locate_qemu`]).
+    pub qemu: PathBuf,
+    /// The sandbox's working directory: QEMU's current directory, where its sockets and logs
+    /// are created. Created if missing.
+    pub workdir: PathBuf,
+    /// Send SIGKILL to QEMU when the thread that spawned it exits (`PR_SET_PDEATHSIG`). The
+    /// kernel ties this to the spawning *thread*: call [`launch`] from a long-lived runtime
+    /// thread, not from a short-lived blocking-pool thread.
+    pub die_with_parent: bool,
+    /// Start QEMU in a new session (`setsid`) so it outlives the caller's terminal.
+    pub new_session: bool,
+}
+
+/// Facts about the host and the moment of boot that go onto the kernel command line. Kept
+/// apart from [`QemuSpec`] so that [`build_argv`] stays a pure function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootParams {
+    /// The host's TSC frequency in kHz, passed as `tsc_early_khz` under TCG (the guest TSC
+    /// runs at the host's rate there; calibrating it against the emulated PIT sometimes
+    /// hangs). `None` omits the parameter.
+    pub tsc_khz: Option<u64>,
+    /// Wall-clock time since the UNIX epoch, passed as `pyro.clock` so the guest starts with
+    /// the right date.
+    pub unix_time: Duration,
+}
+
+impl BootParams {
+    /// The host's TSC frequency from `/proc/cpuinfo` and the current time.
+    pub fn current() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self {
+            tsc_khz: tsc_khz_from_cpuinfo(&cpuinfo),
+            unix_time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The first `cpu MHz` value of a `/proc/cpuinfo` text, in kHz.
+fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        if key.trim() != "cpu MHz" {
+            return None;
+        }
+        let mhz: f64 = value.trim().parse().ok()?;
+        // A positive, finite value below 2^53 converts exactly enough.
+        (mhz.is_finite() && mhz > 0.0 && mhz < 1.0e9).then(|| (mhz * 1000.0).round() as u64)
+    })
+}
+
+/// The guest kernel command line for `spec`.
+pub fn kernel_cmdline(spec: &QemuSpec, boot: &BootParams) -> String {
+    let mut cmdline = String::from(BASE_CMDLINE);
+    if let (Accel::Tcg, Some(khz)) = (spec.accel, boot.tsc_khz) {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    cmdline.push_str(&format!(
+        " pyro.clock={}.{:09}",
+        boot.unix_time.as_secs(),
+        boot.unix_time.subsec_nanos()
+    ));
+    let extra = spec.extra_cmdline.trim();
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+/// A path as a QEMU option value: commas are doubled, QEMU's escape.
+fn opt_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// QEMU's arguments (without the program name) for `spec`. Socket and log paths are relative:
+/// QEMU must run with the working directory as its current directory. File paths in `spec`
+/// are used as given; [`launch`] makes them absolute first.
+pub fn build_argv(spec: &QemuSpec, boot: &BootParams) -> Vec<String> {
+    let mut argv: Vec<String> = Vec::with_capacity(48);
+    let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| (*s).to_string()));
+    push(&["-M", "microvm"]);
+    match spec.accel {
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+    }
+    push(&[
+        "-m",
+        &format!("{}M", spec.mem_mib),
+        "-smp",
+        &spec.vcpu_count.max(1).to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={CONSOLE_LOG}"),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-kernel",
+        &opt_path(&spec.kernel),
+        "-initrd",
+        &opt_path(&spec.initrd),
+        "-append",
+        &kernel_cmdline(spec, boot),
+    ]);
+    push(&[
+        "-drive",
+        &format!(
+            "id=root,file={},format=raw,if=none,readonly=on",
+            opt_path(&spec.rootfs)
+        ),
+        "-device",
+        "virtio-blk-device,drive=root",
+    ]);
+    let cache = if spec.upper_cache_unsafe {
+        ",cache=unsafe"
+    } else {
+        ""
+    };
+    push(&[
+        "-drive",
+        &format!(
+            "id=upper,file={},format=raw,if=none{cache}",
+            opt_path(&spec.upper)
+        ),
+        "-device",
+        "virtio-blk-device,drive=upper",
+    ]);
+    push(&[
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        &format!("socket,id=agent,path={AGENT_SOCKET},server=on,wait=off"),
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            pyro_proto::SERIAL_PORT_NAME
+        ),
+    ]);
+    push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
+    argv
+}
+
+/// Finds the QEMU binary: `$PYRO_QEMU` when set, else `qemu-system-x86_64` on `PATH`.
+///
+/// # Errors
+///
+/// [`QemuError::EnvNotExecutable`] when `$PYRO_QEMU` is set but unusable,
+/// [`QemuError::NotFound`] (naming the Debian package) when nothing is on `PATH`.
+pub fn locate_qemu() -> Result<PathBuf, QemuError> {
+    locate_in(std::env::var_os(QEMU_ENV), std::env::var_os("PATH"))
+}
+
+fn locate_in(env: Option<OsString>, path: Option<OsString>) -> Result<PathBuf, QemuError> {
+    if let Some(value) = env.filter(|v| !v.is_empty()) {
+        let candidate = PathBuf::from(value);
+        return if is_executable(&candidate) {
+            Ok(candidate)
+        } else {
+            Err(QemuError::EnvNotExecutable { path: candidate })
+        };
+    }
+    let path = path.unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(QEMU_BINARY))
+        .find(|candidate| is_executable(candidate))
+        .ok_or(QemuError::NotFound)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, QemuError> {
+    std::path::absolute(path).map_err(|source| QemuError::Io {
+        op: "resolve",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes `path`, ignoring a missing file.
+fn remove_stale(path: &Path) -> Result<(), QemuError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(QemuError::Io {
+            op: "remove stale",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The last few KiB of a file, lossily decoded ("" when unreadable).
+fn tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = file.take(TAIL_BYTES).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// Starts QEMU for `spec` and returns once its agent and QMP sockets exist (the guest is
+/// then booting; the agent answers later, see [`relay`](crate::relay)).
+///
+/// Stale sockets in the working directory are removed first. QEMU's stdout and stderr go to
+/// [`STDERR_LOG`].
+///
+/// # Errors
+///
+/// [`QemuError::Io`] preparing the directory or files, [`QemuError::Spawn`],
+/// [`QemuError::Exited`] (with QEMU's stderr and the console tail) when it exits during
+/// startup, [`QemuError::StartTimeout`] (after killing it) when the sockets never appear.
+pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuError> {
+    let workdir = absolute(&opts.workdir)?;
+    std::fs::create_dir_all(&workdir).map_err(|source| QemuError::Io {
+        op: "create working directory",
+        path: workdir.clone(),
+        source,
+    })?;
+    let spec = QemuSpec {
+        kernel: absolute(&spec.kernel)?,
+        initrd: absolute(&spec.initrd)?,
+        rootfs: absolute(&spec.rootfs)?,
+        upper: absolute(&spec.upper)?,
+        ..spec.clone()
+    };
+    for name in [AGENT_SOCKET, QMP_SOCKET] {
+        remove_stale(&workdir.join(name))?;
+    }
+    let log_path = workdir.join(STDERR_LOG);
+    let log = std::fs::File::create(&log_path).map_err(|source| QemuError::Io {
+        op: "create",
+        path: log_path.clone(),
+        source,
+    })?;
+    let log_out = log.try_clone().map_err(|source| QemuError::Io {
+        op: "duplicate",
+        path: log_path.clone(),
+        source,
+    })?;
+
+    let argv = build_argv(&spec, &BootParams::current());
+    tracing::debug!(qemu = %opts.qemu.display(), ?argv, workdir = %workdir.display(), "starting QEMU");
+    let mut cmd = Command::new(&opts.qemu);
+    cmd.args(&argv)
+        .current_dir(&workdir)
+        .stdin(Stdio::null())
+        .stdout(log_out)
+        .stderr(log)
+        .kill_on_drop(false);
+    let die_with_parent = opts.die_with_parent;
+    let new_session = opts.new_session;
+    // SAFETY: getpid has no preconditions. In the child only async-signal-safe calls
+    // (prctl, getppid, setsid, _exit) are made, and nothing is allocated.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and obeys the rules above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if die_with_parent {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
+            if new_session && libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|source| QemuError::Spawn {
+        qemu: opts.qemu.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or_default();
+    let mut qemu = Qemu {
+        child,
+        pid,
+        workdir,
+    };
+    loop {
+        if let Some(status) = qemu.poll()? {
+            return Err(QemuError::Exited {
+                status: status.to_string(),
+                stderr: tail(&log_path),
+                console_tail: tail(&qemu.console_log_path()),
+            });
+        }
+        if is_socket(&qemu.agent_socket_path()) && is_socket(&qemu.qmp_socket_path()) {
+            tracing::debug!(pid, elapsed = ?started.elapsed(), "QEMU sockets ready");
+            return Ok(qemu);
+        }
+        if started.elapsed() >= START_TIMEOUT {
+            let _ = qemu.kill().await;
+            return Err(QemuError::StartTimeout {
+                workdir: qemu.workdir.clone(),
+                after: START_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(SOCKET_POLL).await;
+    }
+}
+
+/// A running QEMU process. Dropping the handle leaves QEMU running (use [`Qemu::kill`]);
+/// with [`LaunchOptions::die_with_parent`] it still dies with the spawning thread.
+#[derive(Debug)]
+pub struct Qemu {
+    child: Child,
+    pid: u32,
+    workdir: PathBuf,
+}
+
+impl Qemu {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The absolute working directory.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// QEMU's chardev socket for the agent's serial port (serves one client: the relay).
+    pub fn agent_socket_path(&self) -> PathBuf {
+        self.workdir.join(AGENT_SOCKET)
+    }
+
+    /// The QMP socket.
+    pub fn qmp_socket_path(&self) -> PathBuf {
+        self.workdir.join(QMP_SOCKET)
+    }
+
+    /// The guest's serial console log.
+    pub fn console_log_path(&self) -> PathBuf {
+        self.workdir.join(CONSOLE_LOG)
+    }
+
+    /// QEMU's own stdout and stderr.
+    pub fn stderr_log_path(&self) -> PathBuf {
+        self.workdir.join(STDERR_LOG)
+    }
+
+    /// Opens a QMP connection. QEMU serves one QMP client at a time: drop it when done.
+    ///
+    /// # Errors
+    ///
+    /// See [`Qmp::connect`].
+    pub async fn qmp(&self) -> Result<Qmp, QemuError> {
+        Qmp::connect(&self.qmp_socket_path()).await
+    }
+
+    /// Kills QEMU with SIGKILL, reaps it and removes its sockets. Fine to call after it
+    /// has exited.
+    ///
+    /// # Errors
+    ///
+    /// [`QemuError::Process`] when signalling or reaping fails.
+    pub async fn kill(&mut self) -> Result<ExitStatus, QemuError> {
+        if let Some(status) = self.poll()? {
+            return Ok(status);
+        }
+        self.child
+            .start_kill()
+            .map_err(|source| QemuError::Process {
+                op: "kill",
+                pid: self.pid,
+                source,
+            })?;
+        self.wait().await
+    }
+
+    /// Waits for QEMU to exit, then removes its sockets.
+    ///
+    /// # Errors
+    ///
+    /// [`QemuError::Process`] when reaping fails.
+    pub async fn wait(&mut self) -> Result<ExitStatus, QemuError> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|source| QemuError::Process {
+                op: "wait for",
+                pid: self.pid,
+                source,
+            })?;
+        self.remove_sockets();
+        Ok(status)
+    }
+
+    /// QEMU's exit status if it has exited (its sockets are then removed), else `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`QemuError::Process`] when polling fails.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, QemuError> {
+        self.poll()
+    }
+
+    fn poll(&mut self) -> Result<Option<ExitStatus>, QemuError> {
+        let status = self.child.try_wait().map_err(|source| QemuError::Process {
+            op: "poll",
+            pid: self.pid,
+            source,
+        })?;
+        if status.is_some() {
+            self.remove_sockets();
+        }
+        Ok(status)
+    }
+
+    /// QEMU leaves its listening sockets behind when killed.
+    fn remove_sockets(&self) {
+        for name in [AGENT_SOCKET, QMP_SOCKET] {
+            let _ = remove_stale(&self.workdir.join(name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> QemuSpec {
+        QemuSpec {
+            kernel: "/c/vmlinux".into(),
+            initrd: "/c/initrd.cpio".into(),
+            rootfs: "/c/root,fs.ext4".into(),
+            upper: "/w/upper.ext4".into(),
+            vcpu_count: 2,
+            mem_mib: 384,
+            accel,
+            extra_cmdline: String::new(),
+            upper_cache_unsafe: false,
+        }
+    }
+
+    const BOOT: BootParams = BootParams {
+        tsc_khz: Some(2_596_144),
+        unix_time: Duration::new(1_700_000_000, 5_000_000),
+    };
+
+    /// The values following each occurrence of `flag`.
+    fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_argv_has_the_microvm_shape() {
+        let argv = build_argv(&spec(Accel::Tcg), &BOOT);
+        assert_eq!(after(&argv, "-M"), ["microvm"], "ACPI must stay on");
+        assert_eq!(after(&argv, "-accel"), ["tcg"]);
+        assert_eq!(after(&argv, "-cpu"), ["max"]);
+        assert_eq!(after(&argv, "-m"), ["384M"]);
+        assert_eq!(after(&argv, "-smp"), ["2"]);
+        for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
+            assert!(argv.iter().any(|a| a == flag), "{flag} missing");
+        }
+        assert_eq!(after(&argv, "-display"), ["none"]);
+        assert_eq!(after(&argv, "-kernel"), ["/c/vmlinux"]);
+        assert_eq!(after(&argv, "-initrd"), ["/c/initrd.cpio"]);
+        assert_eq!(after(&argv, "-serial"), ["chardev:console"]);
+        assert_eq!(
+            after(&argv, "-qmp"),
+            ["unix:qmp.sock,server=on,wait=off"],
+            "sockets are relative to the working directory"
+        );
+        let chardevs = after(&argv, "-chardev");
+        assert_eq!(
+            chardevs,
+            [
+                "file,id=console,path=console.log",
+                "socket,id=agent,path=agent.sock,server=on,wait=off"
+            ]
+        );
+        let devices = after(&argv, "-device");
+        assert_eq!(
+            devices,
+            [
+                "virtio-blk-device,drive=root",
+                "virtio-blk-device,drive=upper",
+                "virtio-serial-device",
+                "virtserialport,chardev=agent,name=org.pyro.agent.0",
+            ]
+        );
+    }
+
+    #[test]
+    fn kvm_argv_uses_the_host_cpu() {
+        let argv = build_argv(&spec(Accel::Kvm), &BOOT);
+        assert_eq!(after(&argv, "-accel"), ["kvm"]);
+        assert_eq!(after(&argv, "-cpu"), ["host"]);
+        assert!(!argv.iter().any(|a| a == "tcg"));
+    }
+
+    #[test]
+    fn rootfs_is_read_only_and_commas_are_escaped() {
+        let argv = build_argv(&spec(Accel::Tcg), &BOOT);
+        let drives = after(&argv, "-drive");
+        assert_eq!(
+            drives,
+            [
+                "id=root,file=/c/root,,fs.ext4,format=raw,if=none,readonly=on",
+                "id=upper,file=/w/upper.ext4,format=raw,if=none",
+            ]
+        );
+    }
+
+    #[test]
+    fn upper_cache_unsafe_is_only_set_when_asked() {
+        let mut s = spec(Accel::Tcg);
+        let argv = build_argv(&s, &BOOT);
+        assert!(!argv.iter().any(|a| a.contains("cache=unsafe")));
+        s.upper_cache_unsafe = true;
+        let argv = build_argv(&s, &BOOT);
+        let drives = after(&argv, "-drive");
+        assert!(
+            !drives[0].contains("cache="),
+            "the rootfs keeps its default"
+        );
+        assert!(drives[1].ends_with(",cache=unsafe"), "{}", drives[1]);
+    }
+
+    #[test]
+    fn tcg_cmdline_pins_the_tsc_and_the_clock() {
+        let mut s = spec(Accel::Tcg);
+        s.extra_cmdline = " pyro.debug=1 ".into();
+        let argv = build_argv(&s, &BOOT);
+        assert_eq!(
+            after(&argv, "-append"),
+            [
+                "console=ttyS0 panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz=2596144 \
+                 pyro.clock=1700000000.005000000 pyro.debug=1"
+            ]
+        );
+    }
+
+    #[test]
+    fn kvm_cmdline_has_no_tsc_hint() {
+        let cmdline = kernel_cmdline(&spec(Accel::Kvm), &BOOT);
+        assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
+        assert!(
+            cmdline.ends_with("pyro.clock=1700000000.005000000"),
+            "{cmdline}"
+        );
+    }
+
+    #[test]
+    fn unknown_tsc_frequency_omits_the_hint() {
+        let boot = BootParams {
+            tsc_khz: None,
+            ..BOOT
+        };
+        let cmdline = kernel_cmdline(&spec(Accel::Tcg), &boot);
+        assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
+    }
+
+    #[test]
+    fn zero_vcpus_become_one() {
+        let mut s = spec(Accel::Tcg);
+        s.vcpu_count = 0;
+        assert_eq!(after(&build_argv(&s, &BOOT), "-smp"), ["1"]);
+    }
+
+    #[test]
+    fn tsc_frequency_comes_from_cpu_mhz() {
+        let text = "processor\t: 0\nmodel name\t: Some CPU @ 2.60GHz\ncpu MHz\t\t: 2596.144\n\
+                    processor\t: 1\ncpu MHz\t\t: 2600.000\n";
+        assert_eq!(tsc_khz_from_cpuinfo(text), Some(2_596_144));
+        assert_eq!(tsc_khz_from_cpuinfo("cpu MHz : fast\n"), None);
+        assert_eq!(tsc_khz_from_cpuinfo("cpu MHz : -5\n"), None);
+        assert_eq!(tsc_khz_from_cpuinfo(""), None);
+    }
+
+    #[test]
+    fn current_boot_params_read_this_host() {
+        let boot = BootParams::current();
+        assert!(boot.unix_time.as_secs() > 1_600_000_000);
+    }
+
+    #[test]
+    fn pyro_qemu_env_wins_and_must_be_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("my-qemu");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        let err = locate_in(Some(bin.clone().into()), None).unwrap_err();
+        assert!(matches!(err, QemuError::EnvNotExecutable { .. }), "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(locate_in(Some(bin.clone().into()), None).unwrap(), bin);
+    }
+
+    #[test]
+    fn qemu_is_found_on_path_or_the_error_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let path = std::env::join_paths([empty.path(), dir.path()]).unwrap();
+        let err = locate_in(Some(OsString::new()), Some(path.clone())).unwrap_err();
+        assert!(err.to_string().contains("qemu-system-x86"), "{err}");
+        let bin = dir.path().join(QEMU_BINARY);
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(locate_in(None, Some(path)).unwrap(), bin);
+    }
+
+    #[test]
+    fn tail_keeps_the_end_of_long_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("log");
+        let mut text = "x".repeat(10_000);
+        text.push_str("the end\n");
+        std::fs::write(&f, &text).unwrap();
+        let t = tail(&f);
+        assert!(t.ends_with("the end"));
+        assert!(t.len() <= TAIL_BYTES as usize);
+        assert_eq!(tail(&dir.path().join("missing")), "");
+    }
+}
