@@ -199,19 +199,29 @@ fn open_pyro(backend: Option<&str>) -> anyhow::Result<Pyro> {
     Ok(Pyro::new(opts)?)
 }
 
-/// Progress lines on stderr (human mode only).
+/// Progress lines on stderr (human mode only). Build steps print when they start, and at
+/// most every 5 s while they run (with the latest tool output line), so a terminal shows
+/// steady progress without a flood.
 fn stderr_progress(environment: String) -> ProgressFn {
+    let last: std::sync::Mutex<(&'static str, f64)> = std::sync::Mutex::new(("", 0.0));
     Arc::new(move |ev: &ProgressEvent| {
         let line = match ev {
-            ProgressEvent::Pull(p) => format!(
-                "[pull] environment={} step={}/{} phase={} elapsed={:.1}s {}",
-                environment,
-                p.step,
-                p.total,
-                p.phase,
-                p.elapsed.as_secs_f64(),
-                p.message
-            ),
+            ProgressEvent::Pull(p) => {
+                let t = p.elapsed.as_secs_f64();
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if last.0 == p.phase && t - last.1 < 5.0 {
+                    return;
+                }
+                *last = (p.phase, t);
+                let mut msg: String = p.message.lines().next().unwrap_or("").to_string();
+                if msg.chars().count() > 100 {
+                    msg = msg.chars().take(100).collect::<String>() + "...";
+                }
+                format!(
+                    "[pull] environment={} step={}/{} phase={} elapsed={:.1}s {}",
+                    environment, p.step, p.total, p.phase, t, msg
+                )
+            }
             ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(id) => format!("[run] phase={phase} vm_id={id}"),

@@ -453,15 +453,9 @@ impl Pyro {
     /// Creates a VM (state `created`): validates, builds the environment if missing, makes the
     /// VM's directory and writable disk. Nothing is booted yet.
     pub async fn create_vm(&self, req: CreateVm, progress: ProgressFn) -> Result<VmInfo> {
-        check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
-        check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
-        check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
+        let kind = self.validate_create(&req)?;
         let entry = pyro_image::lookup(&req.environment)?;
-        if req.network {
-            return Err(CoreError::NetworkUnsupported);
-        }
         let choice = req.backend.unwrap_or(self.opts.backend);
-        let kind = backend::resolve(choice, &self.facts)?;
         self.reap_orphans();
         self.reap_expired().await;
         if self.vm_map().len() >= self.opts.max_active_vms {
@@ -519,6 +513,18 @@ impl Pyro {
         };
         self.vm_map().insert(id, Arc::new(Mutex::new(vm)));
         Ok(info)
+    }
+
+    /// Checks create parameters without side effects; returns the backend they resolve to.
+    pub fn validate_create(&self, req: &CreateVm) -> Result<BackendKind> {
+        pyro_image::lookup(&req.environment)?;
+        check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
+        check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
+        check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
+        if req.network {
+            return Err(CoreError::NetworkUnsupported);
+        }
+        backend::resolve(req.backend.unwrap_or(self.opts.backend), &self.facts)
     }
 
     fn write_owner(&self, dir: &Path, vmm_pid: Option<u32>) -> Result<()> {
@@ -822,6 +828,7 @@ impl Pyro {
         on_output: Option<OutputFn<'_>>,
     ) -> Result<VmExecResult> {
         validate_exec(&exec)?;
+        self.validate_create(&create)?;
         progress(&ProgressEvent::Phase {
             phase: "create",
             vm_id: None,

@@ -311,8 +311,9 @@ fn tail(path: &Path) -> String {
     String::from_utf8_lossy(&buf).trim().to_string()
 }
 
-/// Starts QEMU for `spec` and returns once its agent and QMP sockets exist (the guest is
-/// then booting; the agent answers later, see [`relay`](crate::relay)).
+/// Starts QEMU for `spec` and returns once its agent and QMP sockets exist and QMP has
+/// greeted (the machine is built and the guest is booting; the agent answers later, see
+/// [`relay`](crate::relay)).
 ///
 /// Stale sockets in the working directory are removed first. QEMU's stdout and stderr go to
 /// [`STDERR_LOG`].
@@ -321,7 +322,8 @@ fn tail(path: &Path) -> String {
 ///
 /// [`QemuError::Io`] preparing the directory or files, [`QemuError::Spawn`],
 /// [`QemuError::Exited`] (with QEMU's stderr and the console tail) when it exits during
-/// startup, [`QemuError::StartTimeout`] (after killing it) when the sockets never appear.
+/// startup, [`QemuError::StartTimeout`] (after killing it) when it does not come up, or the
+/// QMP error (after killing it) when its monitor misbehaves.
 pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuError> {
     let workdir = absolute(&opts.workdir)?;
     std::fs::create_dir_all(&workdir).map_err(|source| QemuError::Io {
@@ -401,26 +403,58 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         pid,
         workdir,
     };
+    let exited = |qemu: &Qemu, status: ExitStatus| QemuError::Exited {
+        status: status.to_string(),
+        stderr: tail(&log_path),
+        console_tail: tail(&qemu.console_log_path()),
+    };
+    // QEMU creates its chardev sockets early, before it opens the disks and loads the
+    // kernel, so existing sockets do not yet mean a working VM.
     loop {
         if let Some(status) = qemu.poll()? {
-            return Err(QemuError::Exited {
-                status: status.to_string(),
-                stderr: tail(&log_path),
-                console_tail: tail(&qemu.console_log_path()),
-            });
+            return Err(exited(&qemu, status));
         }
         if is_socket(&qemu.agent_socket_path()) && is_socket(&qemu.qmp_socket_path()) {
-            tracing::debug!(pid, elapsed = ?started.elapsed(), "QEMU sockets ready");
-            return Ok(qemu);
+            break;
         }
         if started.elapsed() >= START_TIMEOUT {
-            let _ = qemu.kill().await;
-            return Err(QemuError::StartTimeout {
-                workdir: qemu.workdir.clone(),
-                after: START_TIMEOUT,
-            });
+            return Err(qemu.start_timeout().await);
         }
         tokio::time::sleep(SOCKET_POLL).await;
+    }
+    // It answers QMP only from its main loop, which starts once the machine is built: a
+    // greeting means the disks opened and the kernel loaded.
+    let qmp_path = qemu.qmp_socket_path();
+    let mut handshake = std::pin::pin!(Qmp::connect(&qmp_path));
+    loop {
+        tokio::select! {
+            res = &mut handshake => match res {
+                Ok(_qmp) => {
+                    tracing::debug!(pid, elapsed = ?started.elapsed(), "QEMU is up");
+                    return Ok(qemu);
+                }
+                Err(e) => {
+                    // Most likely QEMU is exiting: give it a moment to say why.
+                    let grace = Instant::now();
+                    while grace.elapsed() < Duration::from_secs(1) {
+                        if let Some(status) = qemu.poll()? {
+                            return Err(exited(&qemu, status));
+                        }
+                        tokio::time::sleep(SOCKET_POLL).await;
+                    }
+                    let _ = qemu.kill().await;
+                    return Err(e);
+                }
+            },
+            () = tokio::time::sleep(SOCKET_POLL) => {
+                if let Some(status) = qemu.poll()? {
+                    return Err(exited(&qemu, status));
+                }
+                if started.elapsed() >= START_TIMEOUT {
+                    return Err(qemu.start_timeout().await);
+                }
+            }
+        }
     }
 }
 
@@ -533,6 +567,15 @@ impl Qemu {
         Ok(status)
     }
 
+    /// Kills a QEMU that did not come up in time and describes the failure.
+    async fn start_timeout(&mut self) -> QemuError {
+        let _ = self.kill().await;
+        QemuError::StartTimeout {
+            workdir: self.workdir.clone(),
+            after: START_TIMEOUT,
+        }
+    }
+
     /// QEMU leaves its listening sockets behind when killed.
     fn remove_sockets(&self) {
         for name in [AGENT_SOCKET, QMP_SOCKET] {
@@ -542,6 +585,7 @@ impl Qemu {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

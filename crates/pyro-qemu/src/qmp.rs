@@ -355,6 +355,7 @@ impl Qmp {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use tokio::io::AsyncBufReadExt;

@@ -356,6 +356,7 @@ fn reset_reason(e: &ProtoError) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

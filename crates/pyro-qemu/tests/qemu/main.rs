@@ -2,6 +2,8 @@
 //! chardev, and QEMU itself booting the real guest (kernel, initramfs, rootfs, agent) under
 //! TCG.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod guest;
 mod relay;
 mod util;

@@ -114,12 +114,9 @@ async fn two_clients_share_the_one_serial_session_concurrently() {
             res.unwrap();
         }
     };
-    tokio::time::timeout(
-        60 * SECOND,
-        async { tokio::join!(work(a, 1), work(b, 7)) },
-    )
-    .await
-    .expect("concurrent calls through the relay did not finish");
+    tokio::time::timeout(60 * SECOND, async { tokio::join!(work(a, 1), work(b, 7)) })
+        .await
+        .expect("concurrent calls through the relay did not finish");
     assert_eq!(s.fake.connections.load(Ordering::SeqCst), 1);
     assert_eq!(
         s.fake.streams.load(Ordering::SeqCst),
@@ -138,9 +135,7 @@ async fn unknown_ports_and_garbage_get_err_and_are_closed() {
     raw.read_to_string(&mut reply).await.unwrap();
     assert_eq!(reply, "ERR unknown port\n");
 
-    let err = vsock::connect(&s.listen, 52, 2 * SECOND)
-        .await
-        .unwrap_err();
+    let err = vsock::connect(&s.listen, 52, 2 * SECOND).await.unwrap_err();
     assert!(
         matches!(&err, VsockError::Rejected { reply, .. } if reply == "ERR unknown port"),
         "{err:?}"
@@ -234,7 +229,10 @@ async fn the_relay_ends_when_qemu_goes_away() {
         .expect("the relay did not end after QEMU's socket closed")
         .unwrap();
     res.unwrap();
-    wait_until("the relay removed its socket", SECOND, || !s.listen.exists()).await;
+    wait_until("the relay removed its socket", SECOND, || {
+        !s.listen.exists()
+    })
+    .await;
 
     // The client's open stream fails and its session ends.
     let err = tokio::time::timeout(5 * SECOND, stream.recv())

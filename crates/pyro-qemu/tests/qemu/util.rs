@@ -48,9 +48,8 @@ impl FakeQemu {
             // abruptly, the way a dying QEMU does, without a polite end of session.
             let (agent_io, mut host_io) = tokio::io::duplex(256 * 1024);
             let agent = tokio::spawn(async move {
-                let (_session, mut incoming) = Session::server(agent_io, Config::default())
-                    .await
-                    .unwrap();
+                let (_session, mut incoming) =
+                    Session::server(agent_io, Config::default()).await.unwrap();
                 let mut handlers = tokio::task::JoinSet::new();
                 while let Some(stream) = incoming.accept().await {
                     s.fetch_add(1, Ordering::SeqCst);
