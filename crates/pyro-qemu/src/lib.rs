@@ -4,7 +4,7 @@
 //!
 //! This crate knows how to run one VM and nothing about workspaces:
 //!
-//! - [`launch`] finds the QEMU binary ([`locate_qemu`]), builds its command line
+//! - [`launch`](mod@launch) finds the QEMU binary ([`locate_qemu`]), builds its command line
 //!   ([`build_argv`], pure and unit-tested) and starts it ([`launch()`]) in a per-sandbox
 //!   working directory, returning a [`Qemu`] handle. QEMU runs with that directory as its
 //!   current directory so every socket it creates has a short, *relative* name

@@ -237,11 +237,36 @@ async fn a_real_guest_answers_through_qemu_and_the_relay() {
     assert!(again.uptime_ms >= pong.uptime_ms);
     drop(qmp);
 
+    // A relay that dies (a persistent workspace's relay process crashing or being
+    // restarted) can be replaced: the agent starts a new session on its port.
+    relay.abort();
+    let _ = relay.await;
+    tokio::time::timeout(Duration::from_secs(5), session.closed())
+        .await
+        .expect("the client's session outlived its relay");
+    assert!(!listen.exists(), "an aborted relay removes its socket");
+    let t_relay2 = Instant::now();
+    let relay = {
+        let (agent_sock, listen) = (qemu.agent_socket_path(), listen.clone());
+        tokio::spawn(async move { run_relay(&agent_sock, &listen, None).await })
+    };
+    let conn = pyro_firecracker::vsock::connect(
+        &listen,
+        pyro_proto::AGENT_PORT,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let session = Session::client(conn, Config::default()).await.unwrap();
+    let third: PingResult = api::call(&session, &Request::Ping).await.unwrap();
+    let t_relay2 = t_relay2.elapsed();
+    assert!(third.uptime_ms >= again.uptime_ms, "the same guest answers");
+
     eprintln!(
         "TIMINGS (TCG): QEMU start -> sockets {t_sockets:?}, -> relay ready (agent \
          handshake) {t_ready:?}, -> first ping answered {t_ping:?}; agent uptime at ping \
          {} ms; exec git --version {t_exec:?}; ping call after cont {rtt:?}; migrate of a \
-         paused 256 MiB guest {t_migrate:?} ({state} bytes)",
+         paused 256 MiB guest {t_migrate:?} ({state} bytes); new relay -> ping {t_relay2:?}",
         pong.uptime_ms
     );
 
