@@ -154,7 +154,6 @@ async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::E
     tokio::pin!(run);
     // Output is forwarded while the command runs; a CANCEL message, a reset stream or a dead
     // session drops `run`, which kills the command's whole tree.
-    let mut rx_open = true;
     let outcome = loop {
         tokio::select! {
             biased;
@@ -169,11 +168,12 @@ async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::E
                     }
                 }
             }
-            control = rx.recv(), if rx_open => {
+            // After the client's `End`, `recv` waits until the stream is reset or the
+            // session dies, both of which cancel the command.
+            control = rx.recv() => {
                 match control {
                     Ok(Some(m)) if m.kind == MsgKind::CANCEL => return,
-                    Ok(Some(_)) => {}
-                    Ok(None) => rx_open = false,
+                    Ok(_) => {}
                     Err(_) => return,
                 }
             }

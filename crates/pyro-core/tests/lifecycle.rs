@@ -21,7 +21,9 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn vm_dirs(state: &std::path::Path) -> usize {
-    std::fs::read_dir(state.join("vms")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(state.join("vms"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -29,7 +31,10 @@ fn create_start_stop_start_delete() {
     let state = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let p = pyro(state.path());
-        let info = p.create_vm(CreateVm::new("debian:12"), no_progress()).await.unwrap();
+        let info = p
+            .create_vm(CreateVm::new("debian:12"), no_progress())
+            .await
+            .unwrap();
         assert_eq!(info.state, VmState::Created);
         assert_eq!(info.execution_mode, "pending");
         assert_eq!(info.vcpu_count, 1);
@@ -40,7 +45,11 @@ fn create_start_stop_start_delete() {
 
         // exec before start is refused and changes nothing.
         let err = p
-            .exec_vm(&id, ExecOptions::new(Command::Argv(vec!["true".into()])), None)
+            .exec_vm(
+                &id,
+                ExecOptions::new(Command::Argv(vec!["true".into()])),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, CoreError::WrongState { .. }), "{err}");
@@ -55,12 +64,18 @@ fn create_start_stop_start_delete() {
         let stopped = p.stop_vm(&id).await.unwrap();
         assert_eq!(stopped.state, VmState::Stopped);
         // Stopped VMs boot again from the same writable disk.
-        assert_eq!(p.start_vm(&id, no_progress()).await.unwrap().state, VmState::Started);
+        assert_eq!(
+            p.start_vm(&id, no_progress()).await.unwrap().state,
+            VmState::Started
+        );
 
         let del = p.delete_vm(&id).await.unwrap();
         assert!(del.deleted);
         assert_eq!(del.reason, "explicit_delete");
-        assert!(matches!(p.status_vm(&id).await, Err(CoreError::VmNotFound { .. })));
+        assert!(matches!(
+            p.status_vm(&id).await,
+            Err(CoreError::VmNotFound { .. })
+        ));
         assert_eq!(vm_dirs(state.path()), 0);
     });
 }
@@ -70,9 +85,15 @@ fn exec_vm_runs_once_then_deletes_the_vm() {
     let state = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let p = pyro(state.path());
-        let id = p.create_vm(CreateVm::new("debian:12"), no_progress()).await.unwrap().vm_id;
+        let id = p
+            .create_vm(CreateVm::new("debian:12"), no_progress())
+            .await
+            .unwrap()
+            .vm_id;
         p.start_vm(&id, no_progress()).await.unwrap();
-        let mut exec = ExecOptions::new(Command::Shell("echo $GREETING from $(hostname) in $(pwd)".into()));
+        let mut exec = ExecOptions::new(Command::Shell(
+            "echo $GREETING from $(hostname) in $(pwd)".into(),
+        ));
         exec.env.insert("GREETING".into(), "hello".into());
         exec.cwd = Some("/tmp".into());
         let r = p.exec_vm(&id, exec, None).await.unwrap();
@@ -80,7 +101,10 @@ fn exec_vm_runs_once_then_deletes_the_vm() {
         assert_eq!(r.exit_code, 0);
         assert!(r.cleanup.deleted);
         assert_eq!(r.cleanup.reason, "post_exec_cleanup");
-        assert!(matches!(p.status_vm(&id).await, Err(CoreError::VmNotFound { .. })));
+        assert!(matches!(
+            p.status_vm(&id).await,
+            Err(CoreError::VmNotFound { .. })
+        ));
         assert_eq!(vm_dirs(state.path()), 0);
     });
 }
@@ -90,13 +114,20 @@ fn failed_exec_still_cleans_up() {
     let state = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let p = pyro(state.path());
-        let id = p.create_vm(CreateVm::new("debian:12"), no_progress()).await.unwrap().vm_id;
+        let id = p
+            .create_vm(CreateVm::new("debian:12"), no_progress())
+            .await
+            .unwrap()
+            .vm_id;
         p.start_vm(&id, no_progress()).await.unwrap();
         let mut exec = ExecOptions::new(Command::Argv(vec!["true".into()]));
         exec.cwd = Some("/does/not/exist".into());
         let err = p.exec_vm(&id, exec, None).await.unwrap_err();
         assert!(err.to_string().contains("guest agent"), "{err}");
-        assert!(matches!(p.status_vm(&id).await, Err(CoreError::VmNotFound { .. })));
+        assert!(matches!(
+            p.status_vm(&id).await,
+            Err(CoreError::VmNotFound { .. })
+        ));
         assert_eq!(vm_dirs(state.path()), 0);
     });
 }
@@ -106,7 +137,11 @@ fn status_notices_a_dead_vmm() {
     let state = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let p = pyro(state.path());
-        let id = p.create_vm(CreateVm::new("debian:12"), no_progress()).await.unwrap().vm_id;
+        let id = p
+            .create_vm(CreateVm::new("debian:12"), no_progress())
+            .await
+            .unwrap()
+            .vm_id;
         p.start_vm(&id, no_progress()).await.unwrap();
         // Kill the VMM behind pyro's back: its pid is recorded in owner.json.
         let owner: serde_json::Value = serde_json::from_slice(
@@ -119,7 +154,10 @@ fn status_notices_a_dead_vmm() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let info = p.status_vm(&id).await.unwrap();
         assert_eq!(info.state, VmState::Stopped);
-        assert_eq!(info.metadata.get("last_error").map(String::as_str), Some("the VMM process exited"));
+        assert_eq!(
+            info.metadata.get("last_error").map(String::as_str),
+            Some("the VMM process exited")
+        );
         p.delete_vm(&id).await.unwrap();
         assert_eq!(vm_dirs(state.path()), 0);
     });

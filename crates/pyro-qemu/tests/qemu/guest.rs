@@ -250,13 +250,10 @@ async fn a_real_guest_answers_through_qemu_and_the_relay() {
         let (agent_sock, listen) = (qemu.agent_socket_path(), listen.clone());
         tokio::spawn(async move { run_relay(&agent_sock, &listen, None).await })
     };
-    let conn = pyro_firecracker::vsock::connect(
-        &listen,
-        pyro_proto::AGENT_PORT,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let conn =
+        pyro_firecracker::vsock::connect(&listen, pyro_proto::AGENT_PORT, Duration::from_secs(30))
+            .await
+            .unwrap();
     let session = Session::client(conn, Config::default()).await.unwrap();
     let third: PingResult = api::call(&session, &Request::Ping).await.unwrap();
     let t_relay2 = t_relay2.elapsed();
