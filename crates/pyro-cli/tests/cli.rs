@@ -459,3 +459,22 @@ fn env_commands_report_the_catalog() {
     assert_eq!(json(&first)["source_digest"], json(&again)["source_digest"]);
     assert_eq!(json(&again)["installed"], true);
 }
+
+#[test]
+fn base_environment_has_bash_but_not_git() {
+    let s = Sandbox::new();
+    let out = s.pyro(&[
+        "run",
+        "debian:12-base",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "bash -c 'echo $BASH_VERSION' >/dev/null && command -v git || echo no-git",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v = json(&out);
+    assert_eq!(v["stdout"], "no-git\n");
+    assert_eq!(v["environment"], "debian:12-base");
+    s.assert_clean();
+}
