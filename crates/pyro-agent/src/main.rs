@@ -14,11 +14,9 @@ use pyro_agent::{init, reaper, transport};
 fn main() -> ExitCode {
     let started = Instant::now();
     let pid1 = std::process::id() == 1;
-    if pid1 {
-        if let Err(e) = init::run_stage1() {
-            eprintln!("pyro-agent: stage 1 failed: {e}");
-            init::poweroff();
-        }
+    if pid1 && let Err(e) = init::run_stage1() {
+        eprintln!("pyro-agent: stage 1 failed: {e}");
+        init::poweroff();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen_unix = match args.as_slice() {

@@ -22,10 +22,14 @@ impl FdStream {
     /// Wraps `fd`, switching it to non-blocking mode.
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
         set_nonblocking(fd.as_raw_fd())?;
-        Ok(Self {
-            fd: AsyncFd::new(fd)?,
-        })
+        Ok(Self { fd: register(fd)? })
     }
+}
+
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is an open descriptor that stays open, and refers to the same
+    // file description, until the `AsyncFd` owning it drops it.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -171,9 +175,7 @@ impl VsockListener {
         if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            fd: AsyncFd::new(fd)?,
-        })
+        Ok(Self { fd: register(fd)? })
     }
 
     /// Accepts the next connection.

@@ -1,6 +1,8 @@
 //! The agent binary served over a Unix socket on the host, driven through the real protocol
 //! client: many concurrent calls on one session, streaming, cancellation, typed errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

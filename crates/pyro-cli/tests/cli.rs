@@ -5,6 +5,8 @@
 //! directories and no VMM process whose working directory is in it. The environment cache is
 //! shared (`PYRO_CACHE_DIR`, built once by whichever test runs first, under a lock).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,10 +64,10 @@ fn processes_in(dir: &Path) -> Vec<u32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-            if cwd.starts_with(dir) {
-                out.push(pid);
-            }
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            && cwd.starts_with(dir)
+        {
+            out.push(pid);
         }
     }
     out

@@ -49,19 +49,19 @@ pub fn locate_agent(explicit: Option<&Path>) -> Result<PathBuf> {
         if let Some(p) = std::env::var_os("PYRO_AGENT_BIN") {
             candidates.push(PathBuf::from(p));
         }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(dir) = exe.parent() {
-                candidates.push(dir.join("pyro-agent"));
-                // A cargo target dir: target/{debug,release}/pyro next to
-                // target/x86_64-unknown-linux-gnu/release/pyro-agent.
-                if let Some(target) = dir.parent() {
-                    candidates.push(target.join("x86_64-unknown-linux-gnu/release/pyro-agent"));
-                    candidates.push(target.join("x86_64-unknown-linux-gnu/debug/pyro-agent"));
-                }
-                if let Some(target) = dir.parent().and_then(Path::parent) {
-                    // target/debug/deps/<test binary>
-                    candidates.push(target.join("x86_64-unknown-linux-gnu/release/pyro-agent"));
-                }
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            candidates.push(dir.join("pyro-agent"));
+            // A cargo target dir: target/{debug,release}/pyro next to
+            // target/x86_64-unknown-linux-gnu/release/pyro-agent.
+            if let Some(target) = dir.parent() {
+                candidates.push(target.join("x86_64-unknown-linux-gnu/release/pyro-agent"));
+                candidates.push(target.join("x86_64-unknown-linux-gnu/debug/pyro-agent"));
+            }
+            if let Some(target) = dir.parent().and_then(Path::parent) {
+                // target/debug/deps/<test binary>
+                candidates.push(target.join("x86_64-unknown-linux-gnu/release/pyro-agent"));
             }
         }
         candidates.push(PathBuf::from("/usr/local/lib/pyro/pyro-agent"));

@@ -301,13 +301,13 @@ pub fn validate_exec(opts: &ExecOptions) -> Result<()> {
             reason: "NUL bytes cannot be passed to a program".into(),
         });
     }
-    if let Some(cwd) = &opts.cwd {
-        if !cwd.starts_with('/') {
-            return Err(CoreError::Invalid {
-                field: "cwd",
-                reason: format!("`{cwd}` is not an absolute guest path"),
-            });
-        }
+    if let Some(cwd) = &opts.cwd
+        && !cwd.starts_with('/')
+    {
+        return Err(CoreError::Invalid {
+            field: "cwd",
+            reason: format!("`{cwd}` is not an absolute guest path"),
+        });
     }
     for k in opts.env.keys() {
         let ok = !k.is_empty()
@@ -320,13 +320,13 @@ pub fn validate_exec(opts: &ExecOptions) -> Result<()> {
             });
         }
     }
-    if let Some(m) = opts.max_output_bytes {
-        if m == 0 {
-            return Err(CoreError::Invalid {
-                field: "max_output_bytes",
-                reason: "must be at least 1".into(),
-            });
-        }
+    if let Some(m) = opts.max_output_bytes
+        && m == 0
+    {
+        return Err(CoreError::Invalid {
+            field: "max_output_bytes",
+            reason: "must be at least 1".into(),
+        });
     }
     Ok(())
 }
@@ -806,11 +806,10 @@ impl Pyro {
                 vmm_start_ticks: Some(ticks),
                 ..
             }) = owner
+                && host::process_alive(pid, ticks)
             {
-                if host::process_alive(pid, ticks) {
-                    // SAFETY: kill(2) on a pid whose start time we just matched.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
+                // SAFETY: kill(2) on a pid whose start time we just matched.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
             if std::fs::remove_dir_all(&dir).is_ok() {
                 removed.push(entry.file_name().to_string_lossy().into_owned());

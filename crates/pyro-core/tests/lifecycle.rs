@@ -1,5 +1,7 @@
 //! The VM lifecycle through the Rust library, on real sandboxes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::time::Duration;
 
 use pyro_core::{
