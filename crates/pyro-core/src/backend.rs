@@ -238,7 +238,7 @@ impl Backend for QemuBackend {
                 vcpu_count: spec.vcpu_count,
                 mem_mib: spec.mem_mib,
                 accel: self.accel,
-                extra_cmdline: clock_param(),
+                extra_cmdline: String::new(),
                 upper_cache_unsafe: !spec.persistent,
             };
             let opts = pyro_qemu::LaunchOptions {

@@ -2,7 +2,9 @@
 //!
 //! QEMU exposes the guest agent's virtio-serial port as a Unix-socket chardev that serves a
 //! single client. [`run_relay`] is that client: it opens one pyro session over the port
-//! (the agent answers the handshake once its stage 1 has mounted the root filesystem), then
+//! (the agent speaks first, once its stage 1 has mounted the root filesystem; whatever an
+//! earlier relay's session left in the port before that hello is skipped, so a relay can be
+//! restarted, or reattached after a snapshot restore, without restarting the guest), then
 //! listens on its own Unix socket and speaks Firecracker's hybrid-vsock handshake there:
 //! a client writes `CONNECT <port>\n`; for [`pyro_proto::AGENT_PORT`] the relay answers
 //! `OK 1\n`, anything else gets `ERR unknown port\n` and is closed. After `OK`, the client
@@ -20,10 +22,14 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use pyro_proto::frame::{FrameKind, HEADER_LEN};
 use pyro_proto::{Config, ProtoError, RecvHalf, SendHalf, Session, Stream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -129,7 +135,17 @@ pub async fn run_relay_with(
     ready: Option<oneshot::Sender<()>>,
     opts: &RelayOptions,
 ) -> Result<(), RelayError> {
-    let conn = connect_agent(agent_sock, opts.connect_timeout).await?;
+    let mut conn = connect_agent(agent_sock, opts.connect_timeout).await?;
+    let hello = await_agent_hello(&mut conn, opts.handshake_timeout)
+        .await
+        .map_err(|source| RelayError::Handshake {
+            path: agent_sock.to_owned(),
+            source,
+        })?;
+    let conn = Replay {
+        prefix: hello,
+        inner: conn,
+    };
     let config = Config {
         handshake_timeout: opts.handshake_timeout,
         ..Config::default()
@@ -216,6 +232,110 @@ async fn connect_agent(path: &Path, timeout: Duration) -> Result<UnixStream, Rel
                 });
             }
         }
+    }
+}
+
+/// Reads from QEMU's agent socket until the agent's `Hello` frame arrives and returns the
+/// bytes from that frame on; everything before it is discarded.
+///
+/// Bytes before the hello are the tail of an earlier session: when a relay goes away, the
+/// agent's old session still writes its `GoAway`, which the guest kernel holds until the
+/// next host connects. And nothing is sent before the agent's hello, because until the
+/// agent has reopened its port our own hello could land in (and die with) the old session.
+/// The agent always speaks first, so waiting costs nothing.
+async fn await_agent_hello(conn: &mut UnixStream, timeout: Duration) -> Result<Bytes, ProtoError> {
+    let read = async {
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut skipped = 0usize;
+        loop {
+            if let Some(at) = find_hello(&buf) {
+                if skipped + at > 0 {
+                    tracing::debug!(
+                        bytes = skipped + at,
+                        "discarded the tail of an earlier agent session"
+                    );
+                }
+                return Ok(buf.split_off(at).freeze());
+            }
+            // Keep only what could be the start of a hello that has not fully arrived.
+            if buf.len() > HELLO_SIGNATURE {
+                let drop_len = buf.len() - HELLO_SIGNATURE;
+                skipped += drop_len;
+                let _ = buf.split_to(drop_len);
+            }
+            let n = conn
+                .read_buf(&mut buf)
+                .await
+                .map_err(|source| ProtoError::Io { source })?;
+            if n == 0 {
+                return Err(ProtoError::SessionClosed {
+                    reason: "QEMU closed the agent socket before the agent spoke".into(),
+                });
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ProtoError::HandshakeTimeout { after: timeout })?
+}
+
+/// Bytes of a hello frame that [`find_hello`] checks: the header and the magic.
+const HELLO_SIGNATURE: usize = HEADER_LEN + MAGIC.len();
+/// The session magic at the start of a hello payload.
+const MAGIC: &[u8; 4] = b"PYRO";
+/// Hello payload sizes accepted as plausible (the current one is 16 bytes).
+const HELLO_PAYLOAD: std::ops::RangeInclusive<u32> = 16..=4096;
+
+/// Offset of the first plausible hello frame in `buf`: kind `Hello`, stream 0, a small
+/// length, then the magic.
+fn find_hello(buf: &[u8]) -> Option<usize> {
+    (0..buf.len().saturating_sub(HELLO_SIGNATURE - 1)).find(|&at| {
+        let h = &buf[at..at + HELLO_SIGNATURE];
+        let len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        h[0] == FrameKind::Hello as u8
+            && h[1..5] == [0, 0, 0, 0]
+            && HELLO_PAYLOAD.contains(&len)
+            && &h[HEADER_LEN..] == MAGIC
+    })
+}
+
+/// A stream that first yields `prefix`, then reads from `inner`; writes go to `inner`.
+struct Replay {
+    prefix: Bytes,
+    inner: UnixStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = buf.remaining().min(self.prefix.len());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -385,6 +505,88 @@ mod tests {
             reason: "the peer closed the connection".into(),
         };
         assert!(reset_reason(&e).contains("peer session ended"));
+    }
+
+    /// A hello frame as the agent sends it.
+    fn hello() -> Vec<u8> {
+        let mut h = vec![0u8, 0, 0, 0, 0, 0, 0, 0, 16];
+        h.extend_from_slice(b"PYRO");
+        h.extend_from_slice(&[0, 1, 0, 0, 0, 0x10, 0, 0, 0, 4, 0, 0]);
+        h
+    }
+
+    #[test]
+    fn the_hello_is_found_behind_a_stale_goaway() {
+        let goaway = [8u8, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut buf = goaway.to_vec();
+        buf.extend(hello());
+        assert_eq!(find_hello(&buf), Some(goaway.len()));
+        assert_eq!(find_hello(&hello()), Some(0));
+        assert_eq!(find_hello(&hello()[..HELLO_SIGNATURE - 1]), None);
+        assert_eq!(find_hello(&hello()[..HELLO_SIGNATURE]), Some(0));
+        assert_eq!(find_hello(b""), None);
+    }
+
+    #[test]
+    fn the_magic_inside_data_is_not_a_hello() {
+        // A data frame on stream 1 whose payload happens to contain the magic.
+        let mut buf = vec![2u8, 0, 0, 0, 1, 0, 0, 0, 8];
+        buf.extend_from_slice(b"\x04aPYROzz");
+        assert_eq!(find_hello(&buf), None);
+        // A header-shaped prefix with an implausible length.
+        let mut buf = vec![0u8, 0, 0, 0, 0, 0, 0, 0, 3];
+        buf.extend_from_slice(b"PYRO");
+        assert_eq!(find_hello(&buf), None);
+    }
+
+    #[tokio::test]
+    async fn the_hello_is_awaited_across_reads_and_replayed() {
+        let (mut relay_end, mut qemu_end) = UnixStream::pair().unwrap();
+        let writer = tokio::spawn(async move {
+            // Old-session debris, then the hello in small pieces.
+            let mut bytes = vec![8u8, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3];
+            bytes.extend(hello());
+            for piece in bytes.chunks(3) {
+                qemu_end.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            qemu_end.write_all(b"after").await.unwrap();
+            qemu_end
+        });
+        let prefix = await_agent_hello(&mut relay_end, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            prefix.starts_with(&hello()[..HELLO_SIGNATURE]),
+            "{prefix:?}"
+        );
+        let _qemu_end = writer.await.unwrap();
+        let mut replay = Replay {
+            prefix,
+            inner: relay_end,
+        };
+        let mut got = vec![0u8; hello().len() + 5];
+        replay.read_exact(&mut got).await.unwrap();
+        let mut want = hello();
+        want.extend_from_slice(b"after");
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_hello_times_out_or_sees_eof() {
+        let (mut relay_end, qemu_end) = UnixStream::pair().unwrap();
+        let err = await_agent_hello(&mut relay_end, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProtoError::HandshakeTimeout { .. }),
+            "{err:?}"
+        );
+        drop(qemu_end);
+        let err = await_agent_hello(&mut relay_end, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProtoError::SessionClosed { .. }), "{err:?}");
     }
 
     #[tokio::test]

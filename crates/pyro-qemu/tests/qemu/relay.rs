@@ -307,3 +307,29 @@ async fn a_missing_agent_socket_is_reported_after_the_connect_timeout() {
     );
     assert!(started.elapsed() >= Duration::from_millis(100));
 }
+
+#[tokio::test]
+async fn debris_of_an_earlier_session_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let listen = dir.path().join("vsock.sock");
+    // A GoAway and a stray window grant from the agent's previous session.
+    const DEBRIS: &[u8] = &[
+        8, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 1, 0,
+    ];
+    let fake = FakeQemu::start_after(&agent_sock, DEBRIS);
+    let relay = {
+        let (a, l) = (agent_sock.clone(), listen.clone());
+        tokio::spawn(async move { run_relay(&a, &l, None).await })
+    };
+    let session = client(&listen).await;
+    let pong: PingResult = api::call(&session, &Request::Ping).await.unwrap();
+    assert_eq!(pong.agent_version, "fake");
+    assert_eq!(fake.connections.load(Ordering::SeqCst), 1);
+    fake.kill();
+    tokio::time::timeout(5 * SECOND, relay)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

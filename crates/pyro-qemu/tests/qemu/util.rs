@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pyro_proto::api::{PingResult, Request};
 use pyro_proto::{Config, Message, MsgKind, Session, Stream};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,6 +35,12 @@ pub struct FakeQemu {
 impl FakeQemu {
     /// Binds `path` and starts serving.
     pub fn start(path: &Path) -> FakeQemu {
+        Self::start_after(path, &[])
+    }
+
+    /// Like [`FakeQemu::start`], but the connection first delivers `debris`: what an
+    /// earlier session of the agent left in the serial port.
+    pub fn start_after(path: &Path, debris: &'static [u8]) -> FakeQemu {
         let listener = UnixListener::bind(path).unwrap();
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let streams = Arc::new(AtomicUsize::new(0));
@@ -42,6 +49,7 @@ impl FakeQemu {
         let task = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
             c.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(debris).await.unwrap();
             // QEMU serves one client: later connections are never accepted.
             let _listener = listener;
             // The agent runs behind an in-memory pipe so that `kill` can cut the socket
