@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/install-rust.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/build.sh
 exec target/release/pyro run debian:12 -- git --version

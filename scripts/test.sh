@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/install-rust.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 # The guest agent is built static (release: smaller initramfs, faster guest).
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p pyro-agent --target x86_64-unknown-linux-gnu

@@ -7,9 +7,12 @@
 //!   them: every process must be started through [`reaper::spawn`].
 //! - [`exec`] runs one command: raw output streamed in chunks under backpressure, output
 //!   caps, timeouts that kill the whole process tree, shell-like 126/127 codes.
+//! - [`fs`] serves file operations confined to a root (`/workspace`): list, read, atomic
+//!   batched writes, tar export and streaming tar import.
 //! - [`sys`] holds the thin `unsafe` wrappers around the system calls above.
 
 pub mod exec;
+pub mod fs;
 pub mod init;
 pub mod reaper;
 pub mod server;

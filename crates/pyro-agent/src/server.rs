@@ -114,6 +114,12 @@ async fn handle(stream: Stream, info: AgentInfo) {
                 crate::init::poweroff();
             }
         }
+        Request::ListFiles(req) => crate::fs::serve_list(tx, req).await,
+        Request::ReadFile(req) => crate::fs::serve_read(tx, req).await,
+        Request::WriteFiles(req) => crate::fs::serve_write(tx, rx, req).await,
+        Request::ExportTar(req) => crate::fs::serve_export(tx, req).await,
+        Request::ImportTar(req) => crate::fs::serve_import(tx, rx, req).await,
+        Request::Sync => crate::fs::serve_sync(tx).await,
     }
 }
 

@@ -4,13 +4,13 @@
 mod bench;
 mod doctor;
 mod render;
+mod workspace;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use pyro_core::{
     BackendChoice, Command, CoreError, CreateVm, ExecOptions, ProgressEvent, ProgressFn, Pyro,
@@ -33,12 +33,21 @@ enum Top {
     Env(EnvCmd),
     /// Run one command in a fresh sandbox, then destroy it.
     Run(RunArgs),
+    /// Persistent workspaces: one sandbox across many calls.
+    #[command(subcommand)]
+    Workspace(workspace::WorkspaceCmd),
     /// Check whether this host can run sandboxes, and say why not.
     Doctor(DoctorArgs),
     /// Run `git --version` in a debian:12 sandbox and print the result as JSON.
     Demo(DemoArgs),
     /// Measure cold start and exec round trips (median, p95) per available backend.
     Bench(bench::BenchArgs),
+    /// Internal: relay a persistent QEMU sandbox's agent port to DIR/vsock.sock.
+    #[command(name = "__relay", hide = true)]
+    Relay {
+        /// The sandbox directory (holding QEMU's agent.sock).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,11 +116,7 @@ struct RunArgs {
     #[arg(long)]
     max_output_bytes: Option<u64>,
     /// The command and its arguments (after `--`, or directly after the environment).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -172,7 +177,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bad argument caught by the CLI itself (reported with `error_kind: invalid_input`).
+#[derive(Debug)]
+struct InputError(String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Builds an [`InputError`].
+fn input_err(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(InputError(msg.into()))
+}
+
 fn error_kind(e: &anyhow::Error) -> serde_json::Value {
+    if e.downcast_ref::<InputError>().is_some() {
+        return serde_json::json!("invalid_input");
+    }
     e.downcast_ref::<CoreError>()
         .map(|c| serde_json::to_value(c.kind()).unwrap_or(serde_json::Value::Null))
         .unwrap_or(serde_json::Value::Null)
@@ -191,12 +216,14 @@ fn fail(json: bool) -> impl Fn(anyhow::Error) -> Failure {
     move |error| Failure { error, json }
 }
 
+/// Opens the core. Commands that boot sandboxes pass their `--backend` (which clap fills
+/// from `PYRO_BACKEND`); the others do not depend on a backend at all.
 fn open_pyro(backend: Option<&str>) -> anyhow::Result<Pyro> {
-    let mut opts = PyroOptions::from_env()?;
-    if let Some(b) = backend {
-        opts.backend = b.parse::<BackendChoice>()?;
-    }
-    Ok(Pyro::new(opts)?)
+    let choice = match backend {
+        Some(b) => b.parse::<BackendChoice>()?,
+        None => BackendChoice::Auto,
+    };
+    Ok(Pyro::new(PyroOptions::from_env_with_backend(choice)?)?)
 }
 
 /// Progress lines on stderr (human mode only). Build steps print when they start, and at
@@ -236,9 +263,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Top::Env(cmd) => env_cmd(cmd).await,
         Top::Run(args) => run_cmd(args).await,
+        Top::Workspace(cmd) => workspace::run(cmd).await,
         Top::Doctor(args) => doctor::run(&args.platform, args.json).map_err(fail(args.json)),
         Top::Demo(args) => demo(args).await.map_err(fail(true)),
         Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
+        Top::Relay { dir } => {
+            let agent = dir.join(pyro_qemu::AGENT_SOCKET);
+            let listen = dir.join(pyro_qemu::RELAY_SOCKET);
+            let boot = std::env::var("PYRO_BOOT_TIMEOUT_SECS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(180);
+            let opts = pyro_qemu::RelayOptions {
+                handshake_timeout: std::time::Duration::from_secs(boot),
+                ..pyro_qemu::RelayOptions::default()
+            };
+            pyro_qemu::run_relay_with(&agent, &listen, None, &opts)
+                .await
+                .map_err(|e| fail(false)(e.into()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -322,7 +366,7 @@ fn parse_env_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>>
     for p in pairs {
         let (k, v) = p
             .split_once('=')
-            .with_context(|| format!("--env `{p}` must have the form KEY=VALUE"))?;
+            .ok_or_else(|| input_err(format!("--env `{p}` must have the form KEY=VALUE")))?;
         map.insert(k.to_string(), v.to_string());
     }
     Ok(map)
@@ -336,10 +380,10 @@ async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
         words.remove(0);
     }
     if words.is_empty() {
-        return Err(f(anyhow::anyhow!(
+        return Err(f(input_err(format!(
             "a command is required: pyro run {} -- CMD [ARGS...]",
             args.environment
-        )));
+        ))));
     }
     let command = if args.shell {
         Command::Shell(words.join(" "))

@@ -146,6 +146,11 @@ pub struct BootSpec<'a> {
     pub mem_mib: u32,
     /// Whether the VMM must outlive this process (workspaces) or die with it (one-shot runs).
     pub persistent: bool,
+    /// For persistent QEMU sandboxes: the `pyro` binary to run as `pyro __relay DIR`, a
+    /// detached process that outlives this one. One-shot sandboxes relay in-process.
+    pub relay_bin: Option<&'a Path>,
+    /// How long the guest may take to boot (the relay waits this long for the agent).
+    pub boot_timeout: std::time::Duration,
 }
 
 /// A VMM able to boot sandboxes.
@@ -169,6 +174,42 @@ pub trait Machine: Send + std::fmt::Debug {
     fn exited(&mut self) -> bool;
     /// Kills the VMM (and anything serving it) and waits for it.
     fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// The pid of a separate relay process, if the backend runs one.
+    fn relay_pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Starts `bin __relay DIR` detached (own session, stdio to `DIR/relay.log`), for a
+/// persistent QEMU sandbox whose relay must outlive the calling process.
+pub fn spawn_relay_process(bin: &Path, dir: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log_path = dir.join("relay.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| CoreError::io("create", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| CoreError::io("duplicate", &log_path, e))?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("__relay")
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| CoreError::io("start the relay", bin, e))?;
+    Ok(child.id())
 }
 
 /// Kernel command-line fragment shared by both backends: the host's clock, so the guest
@@ -216,9 +257,15 @@ impl QemuBackend {
 }
 
 #[derive(Debug)]
+enum Relay {
+    Task(tokio::task::JoinHandle<()>),
+    Process(u32),
+}
+
+#[derive(Debug)]
 struct QemuMachine {
     vm: pyro_qemu::Qemu,
-    relay: tokio::task::JoinHandle<()>,
+    relay: Relay,
     socket: PathBuf,
     console: PathBuf,
 }
@@ -254,13 +301,31 @@ impl Backend for QemuBackend {
                     console_tail: String::new(),
                 })?;
             let agent_sock = vm.agent_socket_path();
-            let socket = spec.workdir.join("vsock.sock");
+            let socket = spec.workdir.join(pyro_qemu::RELAY_SOCKET);
             let listen = socket.clone();
-            let relay = tokio::spawn(async move {
-                if let Err(e) = pyro_qemu::run_relay(&agent_sock, &listen, None).await {
-                    tracing::debug!("relay ended: {e}");
+            let relay = match spec.relay_bin {
+                Some(bin) => match spawn_relay_process(bin, spec.workdir) {
+                    Ok(pid) => Relay::Process(pid),
+                    Err(e) => {
+                        let mut vm = vm;
+                        let _ = vm.kill().await;
+                        return Err(e);
+                    }
+                },
+                None => {
+                    let opts = pyro_qemu::RelayOptions {
+                        handshake_timeout: spec.boot_timeout,
+                        ..pyro_qemu::RelayOptions::default()
+                    };
+                    Relay::Task(tokio::spawn(async move {
+                        if let Err(e) =
+                            pyro_qemu::run_relay_with(&agent_sock, &listen, None, &opts).await
+                        {
+                            tracing::warn!("relay ended: {e}");
+                        }
+                    }))
                 }
-            });
+            };
             let console = vm.console_log_path();
             Ok(Box::new(QemuMachine {
                 vm,
@@ -287,10 +352,22 @@ impl Machine for QemuMachine {
     }
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.relay.abort();
+            match &self.relay {
+                Relay::Task(t) => t.abort(),
+                Relay::Process(pid) => {
+                    // SAFETY: kill(2) on the relay process this handle started.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                }
+            }
             let _ = self.vm.kill().await;
             let _ = std::fs::remove_file(&self.socket);
         })
+    }
+    fn relay_pid(&self) -> Option<u32> {
+        match self.relay {
+            Relay::Process(pid) => Some(pid),
+            Relay::Task(_) => None,
+        }
     }
 }
 

@@ -62,6 +62,39 @@ pub enum CoreError {
         /// The state(s) that would allow it.
         needed: &'static str,
     },
+    /// No workspace with this id exists.
+    #[error("unknown workspace `{id}`")]
+    WorkspaceNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The workspace is in the wrong state for the operation.
+    #[error("workspace `{id}` is {state}; {operation} needs it started{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    WorkspaceState {
+        /// The workspace.
+        id: String,
+        /// Its state.
+        state: String,
+        /// The operation asked for.
+        operation: &'static str,
+        /// Why it is in that state, when known.
+        detail: Option<String>,
+    },
+    /// The state database failed.
+    #[error("state store")]
+    Store(#[from] crate::store::StoreError),
+    /// A workspace lock could not be taken.
+    #[error("workspace lock")]
+    Lock(#[from] crate::lock::LockError),
+    /// A name or label broke a rule.
+    #[error(transparent)]
+    Validation(#[from] crate::store::ValidationError),
+    /// A patch could not be parsed.
+    #[error("invalid patch: {0}")]
+    PatchParse(#[from] pyro_patch::PatchError),
+    /// A patch did not apply; nothing was changed.
+    #[error("the patch does not apply (nothing was changed): {0}")]
+    PatchApply(#[from] pyro_patch::ApplyError),
     /// The VM's TTL ran out; it was deleted.
     #[error("vm `{id}` expired (ttl {ttl_seconds} s) and has been deleted")]
     Expired {
@@ -96,7 +129,7 @@ pub enum CoreError {
     /// The static guest agent binary could not be found.
     #[error(
         "cannot find the static guest agent binary `pyro-agent` (looked in: {}); build it \
-         with `scripts/build-agent.sh` or set PYRO_AGENT_BIN",
+         with `scripts/build.sh` or set PYRO_AGENT_BIN",
         searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     AgentBinaryMissing {
@@ -104,9 +137,7 @@ pub enum CoreError {
         searched: Vec<PathBuf>,
     },
     /// The agent binary exists but is dynamically linked.
-    #[error(
-        "the guest agent `{path}` is not statically linked; rebuild it with scripts/build-agent.sh"
-    )]
+    #[error("the guest agent `{path}` is not statically linked; rebuild it with scripts/build.sh")]
     AgentNotStatic {
         /// The binary.
         path: PathBuf,
@@ -159,7 +190,11 @@ impl CoreError {
             Self::Image(pyro_image::ImageError::UnknownEnvironment { .. }) => {
                 ErrorKind::InvalidInput
             }
-            Self::VmNotFound { .. } => ErrorKind::NotFound,
+            Self::Validation(_) | Self::PatchParse(_) | Self::PatchApply(_) => {
+                ErrorKind::InvalidInput
+            }
+            Self::VmNotFound { .. } | Self::WorkspaceNotFound { .. } => ErrorKind::NotFound,
+            Self::WorkspaceState { .. } => ErrorKind::State,
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
                 ErrorKind::State
             }
@@ -167,6 +202,11 @@ impl CoreError {
             | Self::AgentBinaryMissing { .. }
             | Self::AgentNotStatic { .. } => ErrorKind::Unavailable,
             Self::Image(pyro_image::ImageError::MissingTool { .. }) => ErrorKind::Unavailable,
+            Self::Agent(pyro_proto::api::CallError::Agent(e)) => match e.code {
+                pyro_proto::api::ErrorCode::BadRequest => ErrorKind::InvalidInput,
+                pyro_proto::api::ErrorCode::NotFound => ErrorKind::NotFound,
+                _ => ErrorKind::Runtime,
+            },
             _ => ErrorKind::Runtime,
         }
     }

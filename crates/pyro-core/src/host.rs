@@ -67,17 +67,23 @@ pub fn locate_agent(explicit: Option<&Path>) -> Result<PathBuf> {
         candidates.push(PathBuf::from("/usr/local/lib/pyro/pyro-agent"));
         candidates.push(PathBuf::from("/usr/lib/pyro/pyro-agent"));
     }
+    // The first static candidate wins; a dynamic one (e.g. a plain `cargo build` leaves
+    // target/debug/pyro-agent) is skipped, and only reported when nothing better exists.
+    let mut dynamic = None;
     for c in &candidates {
         if c.is_file() {
-            if !is_static_elf(c) {
-                return Err(CoreError::AgentNotStatic { path: c.clone() });
+            if is_static_elf(c) {
+                return Ok(c.clone());
             }
-            return Ok(c.clone());
+            dynamic.get_or_insert_with(|| c.clone());
         }
     }
-    Err(CoreError::AgentBinaryMissing {
-        searched: candidates,
-    })
+    match dynamic {
+        Some(path) => Err(CoreError::AgentNotStatic { path }),
+        None => Err(CoreError::AgentBinaryMissing {
+            searched: candidates,
+        }),
+    }
 }
 
 /// Whether `path` is an ELF64 executable without a program interpreter (statically linked).
@@ -130,7 +136,14 @@ pub fn ensure_private_dir(path: &Path) -> Result<()> {
 /// `~/.local/share/pyro`.
 pub fn default_state_dir() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PYRO_STATE_DIR").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_absolute() {
+            return Err(CoreError::Invalid {
+                field: "PYRO_STATE_DIR",
+                reason: format!("`{}` is not an absolute path", p.display()),
+            });
+        }
+        return Ok(p);
     }
     if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| Path::new(p).is_absolute()) {
         return Ok(PathBuf::from(p).join("pyro"));

@@ -10,10 +10,14 @@
 //! [`Pyro::status_vm`], [`Pyro::network_info_vm`], [`Pyro::reap_expired`] and
 //! [`Pyro::run_in_vm`]. Validation lives here so every surface gets it.
 
+pub mod archive;
 pub mod backend;
 pub mod error;
 pub mod host;
+pub mod lock;
 pub mod model;
+pub mod store;
+pub mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -67,10 +71,17 @@ impl PyroOptions {
     /// Defaults from the environment: `PYRO_STATE_DIR`, `PYRO_CACHE_DIR`, `PYRO_BACKEND`,
     /// `PYRO_AGENT_BIN`, `PYRO_BOOT_TIMEOUT_SECS`.
     pub fn from_env() -> Result<Self> {
-        let backend = match std::env::var("PYRO_BACKEND") {
-            Ok(v) if !v.is_empty() => v.parse()?,
-            _ => BackendChoice::Auto,
-        };
+        let mut opts = Self::from_env_with_backend(BackendChoice::Auto)?;
+        if let Ok(v) = std::env::var("PYRO_BACKEND")
+            && !v.is_empty()
+        {
+            opts.backend = v.parse()?;
+        }
+        Ok(opts)
+    }
+
+    /// Like [`Self::from_env`], but with the backend given (ignoring `PYRO_BACKEND`).
+    pub fn from_env_with_backend(backend: BackendChoice) -> Result<Self> {
         let boot_timeout = std::env::var("PYRO_BOOT_TIMEOUT_SECS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
@@ -593,6 +604,8 @@ impl Pyro {
                 vcpu_count: vm.info.vcpu_count,
                 mem_mib: vm.info.mem_mib,
                 persistent: false,
+                relay_bin: None,
+                boot_timeout: self.opts.boot_timeout,
             })
             .await?;
         self.write_owner(&vm.dir, Some(machine.pid()))?;
@@ -905,7 +918,7 @@ impl Pyro {
 
 /// Connects to the agent through the machine's `CONNECT` socket, retrying until it answers,
 /// the VMM dies, or the deadline passes.
-async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
+pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
     let socket = machine.agent_socket();
     let console = machine.console_log();
@@ -990,7 +1003,7 @@ impl Capture {
     }
 }
 
-fn render_output(data: &[u8], truncated: bool, total: u64) -> (String, Option<String>) {
+pub(crate) fn render_output(data: &[u8], truncated: bool, total: u64) -> (String, Option<String>) {
     let exact = match std::str::from_utf8(data) {
         Ok(_) => None,
         Err(_) => Some(base64(data)),

@@ -121,7 +121,7 @@ pub struct VmExecResult {
     pub spawn_error: Option<String>,
     /// pyro extension: `firecracker` or `qemu`.
     pub backend: String,
-    /// pyro extension: time from VM creation to the agent answering, when this call booted it.
+    /// pyro extension: time from VM creation to its agent first answering.
     pub boot_ms: Option<u64>,
 }
 
@@ -176,4 +176,103 @@ pub struct EnvironmentList {
     pub catalog_version: String,
     /// Every catalog entry, sorted by name.
     pub environments: Vec<pyro_image::EnvironmentInfo>,
+}
+
+/// How `/workspace` was seeded.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct WorkspaceSeed {
+    /// `empty`, `directory` or `tar_archive`.
+    pub mode: String,
+    /// The resolved host path of the seed.
+    pub seed_path: Option<String>,
+    /// Always `/workspace`.
+    pub destination: String,
+    /// Members imported.
+    pub entry_count: u64,
+    /// Bytes of file content imported.
+    pub bytes_written: u64,
+}
+
+/// The last command run in a workspace.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastCommand {
+    /// 1-based sequence number.
+    pub sequence: u64,
+    /// The command text.
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Exit status.
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// Description of one workspace.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkspaceInfo {
+    /// 12 lowercase hex characters.
+    pub workspace_id: String,
+    /// Free-form name.
+    pub name: Option<String>,
+    /// Labels, sorted by key.
+    pub labels: BTreeMap<String, String>,
+    /// Catalog name.
+    pub environment: String,
+    /// Environment version.
+    pub environment_version: Option<String>,
+    /// Virtual CPUs.
+    pub vcpu_count: u8,
+    /// Guest memory.
+    pub mem_mib: u32,
+    /// Running-time budget in seconds (it only runs while the workspace is started).
+    pub ttl_seconds: u64,
+    /// pyro extension: seconds of running time left before the workspace is stopped.
+    pub ttl_remaining_seconds: f64,
+    /// UNIX time of creation.
+    pub created_at: f64,
+    /// UNIX time of the last mutating operation.
+    pub last_activity_at: f64,
+    /// When a started workspace will be stopped by its TTL (null while stopped).
+    pub expires_at: Option<f64>,
+    /// `started` or `stopped`.
+    pub state: String,
+    /// Always `off` in this version.
+    pub network_policy: String,
+    /// Always false in this version.
+    pub network_enabled: bool,
+    /// Always false: pyro never runs commands on the host.
+    pub allow_host_compat: bool,
+    /// Guest IP (null: no networking).
+    pub guest_ip: Option<String>,
+    /// Host TAP (null: no networking).
+    pub tap_name: Option<String>,
+    /// `guest_vsock` (firecracker) or `guest_serial` (qemu).
+    pub execution_mode: String,
+    /// pyro extension: the VMM.
+    pub backend: String,
+    /// Always `/workspace`.
+    pub workspace_path: String,
+    /// How it was seeded.
+    pub workspace_seed: WorkspaceSeed,
+    /// Secrets (none in this version).
+    pub secrets: Vec<serde_json::Value>,
+    /// Commands run since creation or the last reset.
+    pub command_count: u64,
+    /// The most recent command.
+    pub last_command: Option<LastCommand>,
+    /// Resets so far.
+    pub reset_count: u64,
+    /// UNIX time of the last reset.
+    pub last_reset_at: Option<f64>,
+    /// Services (none in this version).
+    pub service_count: u64,
+    /// Running services (none in this version).
+    pub running_service_count: u64,
+    /// pyro extension: why the workspace stopped unexpectedly, if it did.
+    pub last_error: Option<String>,
+    /// Descriptive extras (never host paths).
+    pub metadata: BTreeMap<String, String>,
 }

@@ -4,14 +4,22 @@
 //! for requests that take input, `STDIN`/`DATA` messages, then `End`. The agent answers with
 //! any number of `STDOUT`/`STDERR`/`EVENT` messages, then exactly one `RESPONSE` or `ERROR`,
 //! then `End`.
+//!
+//! File operations ([`ListFiles`], [`ReadFile`], [`WriteFiles`], [`ExportTar`], [`ImportTar`])
+//! name paths relative to a root directory (`/workspace` in a guest), either relative
+//! (`src/a.rs`) or absolute under the root (`/workspace/src/a.rs`); `..` is refused. Bulk
+//! bytes travel as `DATA` messages of at most [`DATA_CHUNK`] bytes, so files and archives of
+//! any size stream under flow control instead of being buffered.
 
 use std::collections::BTreeMap;
+use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::{Message, MsgKind, ProtoError, Session};
+use crate::{Message, MsgKind, ProtoError, RecvHalf, SendHalf, Session};
 
 /// A request to the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +33,20 @@ pub enum Request {
     SyncClock(SyncClock),
     /// Flush filesystems and power the guest off; answered with [`Empty`] before it happens.
     Shutdown(Shutdown),
+    /// List a file or a directory: the entries as `DATA` messages (each a JSON array of
+    /// [`FileEntry`]), then a [`FileList`] (see [`list_files`]).
+    ListFiles(ListFiles),
+    /// Read the start of a regular file: `DATA` messages, then a [`FileRead`].
+    ReadFile(ReadFile),
+    /// Apply a batch of [`Change`]s; the bytes of every [`Change::Write`] follow as `DATA`
+    /// messages. Answered with a [`WriteResult`].
+    WriteFiles(WriteFiles),
+    /// Stream a tar archive of a path: `DATA` messages, then a [`TarResult`].
+    ExportTar(ExportTar),
+    /// Extract a tar archive that follows as `DATA` messages; answered with a [`TarResult`].
+    ImportTar(ImportTar),
+    /// Flush every filesystem (`sync(2)`); answered with [`Empty`].
+    Sync,
 }
 
 /// What to run.
@@ -79,6 +101,257 @@ pub struct Shutdown {
 
 fn yes() -> bool {
     true
+}
+
+/// Largest body of one `DATA` message that file operations send (either direction).
+pub const DATA_CHUNK: usize = 64 * 1024;
+
+/// Entries a [`ListFiles`] returns when it names no `max_entries`.
+pub const LIST_MAX_ENTRIES_DEFAULT: u64 = 10_000;
+
+/// The root directory of file operations inside a guest.
+pub const WORKSPACE_ROOT: &str = "/workspace";
+
+fn workspace_root() -> String {
+    WORKSPACE_ROOT.to_string()
+}
+
+fn is_workspace_root(root: &str) -> bool {
+    root == WORKSPACE_ROOT
+}
+
+/// Parameters of [`Request::ListFiles`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFiles {
+    /// The root directory every path is confined to (absolute; `/workspace` by default).
+    #[serde(default = "workspace_root", skip_serializing_if = "is_workspace_root")]
+    pub root: String,
+    /// What to list, relative to `root` or absolute under it; empty means `root` itself.
+    #[serde(default)]
+    pub path: String,
+    /// Descend into subdirectories (never into symlinked ones).
+    #[serde(default)]
+    pub recursive: bool,
+    /// Stop after this many entries (`truncated` is then set); the agent's cap when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+}
+
+/// Parameters of [`Request::ReadFile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFile {
+    /// The root directory every path is confined to.
+    #[serde(default = "workspace_root", skip_serializing_if = "is_workspace_root")]
+    pub root: String,
+    /// The regular file to read (a final symlink is not followed).
+    pub path: String,
+    /// Send at most this many bytes from the start (the whole file when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// Parameters of [`Request::WriteFiles`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFiles {
+    /// The root directory every path is confined to.
+    #[serde(default = "workspace_root", skip_serializing_if = "is_workspace_root")]
+    pub root: String,
+    /// The changes, applied in order, all or none as far as the filesystem allows.
+    pub changes: Vec<Change>,
+}
+
+/// One change of a [`WriteFiles`] batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Create or replace a regular file with `size` bytes taken from the `DATA` messages.
+    Write {
+        /// The file.
+        path: String,
+        /// How many bytes of the data stream belong to this file.
+        size: u64,
+        /// Permission bits; the existing file's mode when absent (0644 for a new file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Remove a file, a symlink or an empty directory.
+    Delete {
+        /// What to remove.
+        path: String,
+    },
+    /// Create a directory (an existing one is kept; its mode is set when `mode` is given).
+    Mkdir {
+        /// The directory.
+        path: String,
+        /// Permission bits (0755 for a new directory when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Create a symlink, or replace an existing symlink.
+    Symlink {
+        /// The link.
+        path: String,
+        /// Its relative target, which must stay inside the root.
+        target: String,
+    },
+}
+
+impl Change {
+    /// The path the change applies to.
+    pub fn path(&self) -> &str {
+        match self {
+            Change::Write { path, .. }
+            | Change::Delete { path }
+            | Change::Mkdir { path, .. }
+            | Change::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// Parameters of [`Request::ExportTar`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTar {
+    /// The root directory every path is confined to.
+    #[serde(default = "workspace_root", skip_serializing_if = "is_workspace_root")]
+    pub root: String,
+    /// A directory (its contents become the members) or a file or symlink (one member);
+    /// empty means `root`.
+    #[serde(default)]
+    pub path: String,
+}
+
+/// How [`Request::ImportTar`] treats what already exists at the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportMode {
+    /// Overwrite files and symlinks, merge directories, keep everything else.
+    #[default]
+    Merge,
+    /// Empty the destination first (reset, seeding).
+    Replace,
+}
+
+/// Parameters of [`Request::ImportTar`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportTar {
+    /// The root directory every path is confined to.
+    #[serde(default = "workspace_root", skip_serializing_if = "is_workspace_root")]
+    pub root: String,
+    /// The directory to extract into (created when missing); empty means `root`.
+    #[serde(default)]
+    pub dest: String,
+    /// Merge into or replace the destination's contents.
+    #[serde(default)]
+    pub mode: ImportMode,
+}
+
+/// Kind of a filesystem object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// A FIFO, socket or device node.
+    Other,
+}
+
+/// One object in a [`FileList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Absolute path: the root joined with the relative path (`/workspace/src/a.rs`).
+    pub path: String,
+    /// What it is.
+    pub artifact_type: ArtifactType,
+    /// Size from `lstat` (0 for directories).
+    pub size_bytes: u64,
+    /// Permission bits (`0o7777` mask).
+    pub mode: u32,
+    /// The target of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// Answer to [`Request::ListFiles`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    /// The listed path, absolute.
+    pub path: String,
+    /// What the listed path is.
+    pub artifact_type: ArtifactType,
+    /// A directory's children (sorted by name, depth-first pre-order when recursive), or the
+    /// single entry of anything else.
+    pub entries: Vec<FileEntry>,
+    /// Whether `max_entries` cut the listing.
+    pub truncated: bool,
+}
+
+/// Answer to [`Request::ReadFile`], after the file's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRead {
+    /// The file, absolute.
+    pub path: String,
+    /// Size of the whole file.
+    pub size_bytes: u64,
+    /// Whether fewer bytes than the whole file were sent.
+    pub truncated: bool,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Kind of an applied [`Change`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    /// [`Change::Write`].
+    Write,
+    /// [`Change::Delete`].
+    Delete,
+    /// [`Change::Mkdir`].
+    Mkdir,
+    /// [`Change::Symlink`].
+    Symlink,
+}
+
+/// One applied change of a [`WriteResult`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteEntry {
+    /// The path, absolute.
+    pub path: String,
+    /// What was done.
+    pub op: ChangeOp,
+    /// Bytes written (writes only).
+    pub bytes_written: u64,
+}
+
+/// Answer to [`Request::WriteFiles`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The changes, in request order.
+    pub entries: Vec<WriteEntry>,
+}
+
+/// Answer to [`Request::ExportTar`] and [`Request::ImportTar`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TarResult {
+    /// Members written or extracted (directories, files, symlinks, hard links).
+    pub entry_count: u64,
+    /// Bytes of regular-file contents.
+    pub bytes: u64,
+    /// FIFOs, sockets and devices that were skipped: the first 100 of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// How many objects were skipped in all.
+    #[serde(default)]
+    pub skipped_count: u64,
 }
 
 /// An empty success result.
@@ -173,6 +446,21 @@ pub enum CallError {
         /// What was wrong.
         detail: String,
     },
+    /// The caller's own input did not fit the request (e.g. data for a write of another size).
+    #[error("invalid call: {detail}")]
+    Invalid {
+        /// What was wrong.
+        detail: String,
+    },
+    /// Reading the caller's source or writing to its sink failed.
+    #[error("{what} failed")]
+    Local {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A chunk of process output.
@@ -262,6 +550,270 @@ where
     result
 }
 
+/// Receives a call's reply: `DATA` bodies go to `on_data`, `EVENT`s are skipped, and the
+/// final `RESPONSE` or `ERROR` ends it.
+async fn recv_reply<R, F>(rx: &mut RecvHalf, what: &str, mut on_data: F) -> Result<R, CallError>
+where
+    R: DeserializeOwned,
+    F: FnMut(Bytes) -> Result<(), CallError>,
+{
+    loop {
+        let Some(msg) = rx.recv().await? else {
+            return Err(CallError::Unexpected {
+                detail: format!("the stream ended without a {what} result"),
+            });
+        };
+        match msg.kind {
+            MsgKind::DATA => on_data(msg.body)?,
+            MsgKind::RESPONSE => return Ok(msg.parse()?),
+            MsgKind::ERROR => return Err(CallError::Agent(msg.parse()?)),
+            MsgKind::EVENT => {}
+            other => {
+                return Err(CallError::Unexpected {
+                    detail: format!("message kind {} during {what}", other.0),
+                });
+            }
+        }
+    }
+}
+
+fn no_data(what: &'static str) -> impl FnMut(Bytes) -> Result<(), CallError> {
+    move |_| {
+        Err(CallError::Unexpected {
+            detail: format!("data message during {what}"),
+        })
+    }
+}
+
+/// Drives a call whose input streams from `sender` while the reply is awaited. The reply
+/// decides the outcome: a send that failed because the agent gave up on the stream is
+/// explained by the agent's error. A local failure of the input (`CallError::Local` or
+/// `CallError::Invalid`) resets the stream, so the agent never mistakes partial input for
+/// complete input.
+async fn call_with_input<R, S>(
+    session: &Session,
+    req: &Request,
+    what: &str,
+    sender: S,
+) -> Result<R, CallError>
+where
+    R: DeserializeOwned,
+    S: AsyncFnOnce(&mut SendHalf) -> Result<(), CallError>,
+{
+    let stream = session.open()?;
+    let (mut tx, mut rx) = stream.split();
+    tx.send(Message::json(MsgKind::REQUEST, req)?).await?;
+    let sending = async {
+        let res = sender(&mut tx).await;
+        match res {
+            Ok(()) => tx.finish().map_err(CallError::from),
+            Err(e) => Err(e),
+        }
+    };
+    let receiving = recv_reply::<R, _>(&mut rx, what, no_data("a call with input"));
+    tokio::pin!(sending, receiving);
+    let mut sent = false;
+    loop {
+        tokio::select! {
+            res = &mut receiving => return res,
+            res = &mut sending, if !sent => {
+                sent = true;
+                match res {
+                    Ok(()) => {}
+                    Err(e @ (CallError::Local { .. } | CallError::Invalid { .. })) => return Err(e),
+                    // The stream or session died: the reply (or its absence) tells why.
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Lists a file or a directory inside the guest. The agent streams the entries as `DATA`
+/// messages (each a JSON array of [`FileEntry`]) before the [`FileList`]; they are collected
+/// here, at most `max_entries` of them, whatever the agent sends.
+pub async fn list_files(session: &Session, req: ListFiles) -> Result<FileList, CallError> {
+    let limit = req.max_entries.unwrap_or(LIST_MAX_ENTRIES_DEFAULT);
+    let mut stream = session.open()?;
+    stream
+        .send(Message::json(MsgKind::REQUEST, &Request::ListFiles(req))?)
+        .await?;
+    stream.finish()?;
+    let (_tx, mut rx) = stream.split();
+    let mut entries: Vec<FileEntry> = Vec::new();
+    let mut res: FileList = recv_reply(&mut rx, "list_files", |chunk: Bytes| {
+        let batch: Vec<FileEntry> = serde_json::from_slice(&chunk)
+            .map_err(|source| CallError::Proto(ProtoError::Json { source }))?;
+        if (entries.len() + batch.len()) as u64 > limit {
+            return Err(CallError::Unexpected {
+                detail: format!("the agent listed more than the {limit} entries asked for"),
+            });
+        }
+        entries.extend(batch);
+        Ok(())
+    })
+    .await?;
+    entries.append(&mut res.entries);
+    res.entries = entries;
+    Ok(res)
+}
+
+/// Reads (the start of) a regular file inside the guest. At most `req.max_bytes` bytes are
+/// accepted from the agent, whatever it sends.
+pub async fn read_file(session: &Session, req: ReadFile) -> Result<(FileRead, Vec<u8>), CallError> {
+    let limit = req.max_bytes;
+    let mut stream = session.open()?;
+    stream
+        .send(Message::json(MsgKind::REQUEST, &Request::ReadFile(req))?)
+        .await?;
+    stream.finish()?;
+    let (_tx, mut rx) = stream.split();
+    let mut data = Vec::new();
+    let res: FileRead = recv_reply(&mut rx, "read_file", |chunk: Bytes| {
+        let len = (data.len() + chunk.len()) as u64;
+        if limit.is_some_and(|max| len > max) {
+            return Err(CallError::Unexpected {
+                detail: format!(
+                    "the agent sent more than the {} bytes asked for",
+                    limit.unwrap_or(0)
+                ),
+            });
+        }
+        data.extend_from_slice(&chunk);
+        Ok(())
+    })
+    .await?;
+    let expected = limit.map_or(res.size_bytes, |max| res.size_bytes.min(max));
+    if data.len() as u64 != expected && !res.truncated {
+        return Err(CallError::Unexpected {
+            detail: format!(
+                "the agent sent {} bytes of a {}-byte file without marking it truncated",
+                data.len(),
+                res.size_bytes
+            ),
+        });
+    }
+    Ok((res, data))
+}
+
+/// Applies a batch of changes inside the guest. `data` holds the contents of each
+/// [`Change::Write`], in order; every `size` must equal its data's length.
+pub async fn write_files(
+    session: &Session,
+    changes: Vec<Change>,
+    data: Vec<Bytes>,
+    root: impl Into<String>,
+) -> Result<WriteResult, CallError> {
+    let writes: Vec<u64> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Write { size, .. } => Some(*size),
+            _ => None,
+        })
+        .collect();
+    if writes.len() != data.len() {
+        return Err(CallError::Invalid {
+            detail: format!("{} writes but {} data buffers", writes.len(), data.len()),
+        });
+    }
+    for (i, (size, buf)) in writes.iter().zip(&data).enumerate() {
+        if *size != buf.len() as u64 {
+            return Err(CallError::Invalid {
+                detail: format!("write #{i} declares {size} bytes but carries {}", buf.len()),
+            });
+        }
+    }
+    let req = Request::WriteFiles(WriteFiles {
+        root: root.into(),
+        changes,
+    });
+    call_with_input(
+        session,
+        &req,
+        "write_files",
+        async move |tx: &mut SendHalf| {
+            for buf in data {
+                let mut off = 0;
+                while off < buf.len() {
+                    let end = (off + DATA_CHUNK).min(buf.len());
+                    tx.send(Message::new(MsgKind::DATA, buf.slice(off..end)))
+                        .await?;
+                    off = end;
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Streams a tar archive of a guest path into `sink`, chunk by chunk. The agent produces no
+/// faster than `sink` consumes; an error from `sink` aborts the export.
+pub async fn export_tar<F>(
+    session: &Session,
+    req: ExportTar,
+    mut sink: F,
+) -> Result<TarResult, CallError>
+where
+    F: FnMut(Bytes) -> io::Result<()>,
+{
+    let mut stream = session.open()?;
+    stream
+        .send(Message::json(MsgKind::REQUEST, &Request::ExportTar(req))?)
+        .await?;
+    stream.finish()?;
+    let (_tx, mut rx) = stream.split();
+    recv_reply(&mut rx, "export_tar", |chunk| {
+        sink(chunk).map_err(|source| CallError::Local {
+            what: "writing the exported archive",
+            source,
+        })
+    })
+    .await
+}
+
+/// Extracts a tar archive read from `source` inside the guest, streaming it in
+/// [`DATA_CHUNK`]-sized messages. A read error from `source` aborts the import.
+pub async fn import_tar<S>(
+    session: &Session,
+    req: ImportTar,
+    mut source: S,
+) -> Result<TarResult, CallError>
+where
+    S: AsyncRead + Unpin,
+{
+    call_with_input(
+        session,
+        &Request::ImportTar(req),
+        "import_tar",
+        async move |tx: &mut SendHalf| {
+            let mut buf = BytesMut::with_capacity(DATA_CHUNK);
+            loop {
+                buf.reserve(DATA_CHUNK);
+                let n = (&mut source)
+                    .take(DATA_CHUNK as u64)
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|source| CallError::Local {
+                        what: "reading the archive to import",
+                        source,
+                    })?;
+                if n == 0 {
+                    return Ok(());
+                }
+                tx.send(Message::new(MsgKind::DATA, buf.split().freeze()))
+                    .await?;
+            }
+        },
+    )
+    .await
+}
+
+/// Flushes every filesystem in the guest (before the VM is stopped or snapshotted).
+pub async fn sync(session: &Session) -> Result<Empty, CallError> {
+    call(session, &Request::Sync).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +844,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn file_request_json_shapes() {
+        let req = Request::WriteFiles(WriteFiles {
+            root: WORKSPACE_ROOT.into(),
+            changes: vec![
+                Change::Write {
+                    path: "a".into(),
+                    size: 3,
+                    mode: None,
+                },
+                Change::Symlink {
+                    path: "l".into(),
+                    target: "a".into(),
+                },
+            ],
+        });
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "write_files", "changes": [
+                {"op": "write", "path": "a", "size": 3},
+                {"op": "symlink", "path": "l", "target": "a"}]})
+        );
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), req);
+        let v = serde_json::json!({"op": "import_tar", "root": "/tmp/r", "mode": "replace"});
+        let Request::ImportTar(imp) = serde_json::from_value::<Request>(v).unwrap() else {
+            panic!("not an import");
+        };
+        assert_eq!(
+            (imp.root.as_str(), imp.dest.as_str(), imp.mode),
+            ("/tmp/r", "", ImportMode::Replace)
+        );
+        let v = serde_json::json!({"op": "sync"});
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), Request::Sync);
+    }
+
+    #[test]
+    fn unknown_file_fields_are_rejected() {
+        for v in [
+            serde_json::json!({"op": "list_files", "path": "a", "follow": true}),
+            serde_json::json!({"op": "read_file", "path": "a", "offset": 1}),
+            serde_json::json!({"op": "write_files", "changes": [{"op": "delete", "path": "a", "force": true}]}),
+            serde_json::json!({"op": "write_files", "changes": [{"op": "chmod", "path": "a"}]}),
+            serde_json::json!({"op": "import_tar", "mode": "mirror"}),
+        ] {
+            assert!(serde_json::from_value::<Request>(v.clone()).is_err(), "{v}");
+        }
     }
 
     #[test]

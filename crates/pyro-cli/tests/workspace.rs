@@ -1,0 +1,608 @@
+//! Persistent workspaces end to end through the `pyro` binary, on real sandboxes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    state: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            state: tempfile::Builder::new()
+                .prefix("pyro-ws-test-")
+                .tempdir()
+                .unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
+        c.env("PYRO_STATE_DIR", self.state.path())
+            .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
+            .env_remove("PYRO_BACKEND")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn pyro(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.pyro(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        let out = self.pyro(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} should fail: {}",
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert!(err.starts_with("[error] "), "{args:?}: {err}");
+        err
+    }
+
+    /// Asserts that no process runs in the state dir and no workspace dirs are left.
+    fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = processes_in(self.state.path());
+            let dirs: Vec<_> = std::fs::read_dir(self.state.path().join("workspaces"))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if procs.is_empty() && dirs.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "leftovers: {procs:?} {dirs:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            && cwd.starts_with(dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A seed tree with the things the reference loses: +x, in-tree symlinks, a hard link, an
+/// empty directory, a file without a final newline.
+fn make_seed(root: &Path) -> PathBuf {
+    let seed = root.join("seed");
+    std::fs::create_dir_all(seed.join("bin")).unwrap();
+    std::fs::create_dir_all(seed.join("empty")).unwrap();
+    std::fs::create_dir_all(seed.join("src")).unwrap();
+    std::fs::write(
+        seed.join("bin/run.sh"),
+        "#!/bin/sh\necho running from $(pwd)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        seed.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("bin/run.sh", seed.join("run")).unwrap();
+    std::fs::hard_link(seed.join("bin/run.sh"), seed.join("bin/run-hard.sh")).unwrap();
+    std::fs::write(seed.join("src/main.txt"), "line 1\nline 2\nline 3\n").unwrap();
+    std::fs::write(seed.join("src/no-newline.txt"), "last line without newline").unwrap();
+    std::fs::write(seed.join("src/old-name.txt"), "to be renamed\n").unwrap();
+    std::fs::write(seed.join("src/delete-me.txt"), "bye\n").unwrap();
+    seed
+}
+
+fn git(dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_whole_workspace_loop() {
+    let e = Env::new();
+    let seed = make_seed(e.work.path());
+    let seed_s = seed.to_str().unwrap();
+    let w = e.ok_json(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--seed-path",
+        seed_s,
+        "--name",
+        "loop test",
+        "--label",
+        "team=agents",
+        "--json",
+    ]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["state"], "started");
+    assert_eq!(w["name"], "loop test");
+    assert_eq!(w["labels"]["team"], "agents");
+    assert_eq!(w["workspace_seed"]["mode"], "directory");
+    assert_eq!(w["workspace_seed"]["entry_count"], 10);
+
+    // The executable bit, symlink and cwd survive seeding.
+    let r = e.ok_json(&["workspace", "exec", &id, "--json", "--", "./run"]);
+    assert_eq!(r["stdout"], "running from /workspace\n");
+    assert_eq!(r["sequence"], 1);
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "stat -c '%h %a' bin/run.sh; test -d empty && echo empty-dir; cat src/no-newline.txt",
+    ]);
+    assert_eq!(r["stdout"], "2 755\nempty-dir\nlast line without newline");
+
+    // Files: write, read, list.
+    let r = e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "notes/todo.md",
+        "--text",
+        "- ship it\n",
+        "--json",
+    ]);
+    assert_eq!(r["bytes_written"], 10);
+    let r = e.ok_json(&[
+        "workspace",
+        "file",
+        "read",
+        &id,
+        "/workspace/notes/todo.md",
+        "--json",
+    ]);
+    assert_eq!(r["content"], "- ship it\n");
+    let r = e.ok_json(&["workspace", "file", "list", &id, "src", "--json"]);
+    let paths: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/workspace/src/delete-me.txt",
+            "/workspace/src/main.txt",
+            "/workspace/src/no-newline.txt",
+            "/workspace/src/old-name.txt"
+        ]
+    );
+
+    // A real `git diff`: modify, create, delete, rename, and a no-newline edit.
+    let repo = e.work.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let copy = Command::new("cp")
+        .args(["-a", &format!("{seed_s}/."), repo.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    assert!(git(&repo, &["init", "-q"]).status.success());
+    assert!(git(&repo, &["add", "-A"]).status.success());
+    let commit = git(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-qm",
+            "base",
+        ],
+    );
+    assert!(commit.status.success(), "{}", text(&commit.stderr));
+    std::fs::write(repo.join("src/main.txt"), "line 1\nline two\nline 3\n").unwrap();
+    std::fs::write(repo.join("src/new.txt"), "brand new\n").unwrap();
+    std::fs::remove_file(repo.join("src/delete-me.txt")).unwrap();
+    std::fs::rename(repo.join("src/old-name.txt"), repo.join("src/new-name.txt")).unwrap();
+    std::fs::write(
+        repo.join("src/no-newline.txt"),
+        "last line, now with newline\n",
+    )
+    .unwrap();
+    assert!(git(&repo, &["add", "-A"]).status.success());
+    let diff = git(&repo, &["diff", "--cached", "-M"]);
+    let patch = text(&diff.stdout);
+    assert!(patch.contains("rename from"), "{patch}");
+    let patch_file = e.work.path().join("change.patch");
+    std::fs::write(&patch_file, &patch).unwrap();
+    let r = e.ok_json(&[
+        "workspace",
+        "patch",
+        "apply",
+        &id,
+        "--patch-file",
+        patch_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r["changed"], true);
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "cat src/main.txt src/new.txt src/new-name.txt src/no-newline.txt; ls src",
+    ]);
+    assert_eq!(
+        r["stdout"],
+        "line 1\nline two\nline 3\nbrand new\nto be renamed\nlast line, now with newline\nmain.txt\nnew-name.txt\nnew.txt\nno-newline.txt\n"
+    );
+
+    // A failing patch names the hunk and changes nothing.
+    let bad = "--- a/src/main.txt\n+++ b/src/main.txt\n@@ -1,2 +1,2 @@\n-nope\n+yes\n line two\n";
+    let err = e.err(&["workspace", "patch", "apply", &id, "--patch", bad]);
+    assert!(err.contains("hunk 1"), "{err}");
+
+    // Diff against the baseline is a patch `git apply` accepts on the seed.
+    let d = e.ok_json(&["workspace", "diff", &id, "--json"]);
+    assert_eq!(d["changed"], true);
+    let dpatch = d["patch"].as_str().unwrap();
+    let check_dir = e.work.path().join("check");
+    let copy = Command::new("cp")
+        .args(["-a", seed_s, check_dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::write(e.work.path().join("ws.patch"), dpatch).unwrap();
+    let applied = Command::new("git")
+        .args([
+            "apply",
+            "--whitespace=nowarn",
+            e.work.path().join("ws.patch").to_str().unwrap(),
+        ])
+        .current_dir(&check_dir)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "git apply refused the diff: {}\n{dpatch}",
+        text(&applied.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(check_dir.join("notes/todo.md")).unwrap(),
+        "- ship it\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(check_dir.join("src/main.txt")).unwrap(),
+        "line 1\nline two\nline 3\n"
+    );
+
+    // Export the whole tree: modes, links and the empty dir survive.
+    let out_dir = e.work.path().join("exported");
+    let r = e.ok_json(&[
+        "workspace",
+        "export",
+        &id,
+        "/workspace",
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r["artifact_type"], "directory");
+    let m = std::fs::metadata(out_dir.join("bin/run.sh")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_link(out_dir.join("run")).unwrap(),
+        Path::new("bin/run.sh")
+    );
+    assert!(out_dir.join("empty").is_dir());
+    let err = e.err(&[
+        "workspace",
+        "export",
+        &id,
+        "/workspace",
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+
+    // Reset: back to the baseline, history cleared.
+    let r = e.ok_json(&["workspace", "reset", &id, "--json"]);
+    assert_eq!(r["reset_count"], 1);
+    assert_eq!(r["command_count"], 0);
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "cat src/main.txt; ls notes 2>&1 || true",
+    ]);
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1\nline 2\nline 3\n"),
+        "{}",
+        r["stdout"]
+    );
+    assert_eq!(r["sequence"], 1);
+
+    // Stop and start keep what was written.
+    e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "persist.txt",
+        "--text",
+        "still here",
+        "--json",
+    ]);
+    let s = e.ok_json(&["workspace", "stop", &id, "--json"]);
+    assert_eq!(s["state"], "stopped");
+    let err = e.err(&["workspace", "exec", &id, "--", "true"]);
+    assert!(err.contains("is stopped"), "{err}");
+    let s = e.ok_json(&["workspace", "start", &id, "--json"]);
+    assert_eq!(s["state"], "started");
+    let r = e.ok_json(&["workspace", "file", "read", &id, "persist.txt", "--json"]);
+    assert_eq!(r["content"], "still here");
+
+    let logs = e.ok_json(&["workspace", "logs", &id, "--json"]);
+    assert_eq!(logs["total"], 1);
+    let d = e.ok_json(&["workspace", "delete", &id, "--json"]);
+    assert_eq!(d["deleted"], true);
+    let err = e.err(&["workspace", "status", &id]);
+    assert!(err.contains("unknown workspace"), "{err}");
+    e.assert_clean();
+}
+
+#[test]
+fn two_processes_hammering_one_workspace() {
+    let e = Env::new();
+    let id = {
+        let out = e.pyro(&["workspace", "create", "debian:12", "--id-only"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            let script = format!(
+                "for i in $(seq 1 8); do {exe} workspace exec {id} --json -- sh -c \"echo p{p}-$i >> /workspace/log.txt\" >/dev/null || exit 1; \
+                 {exe} workspace file write {id} p{p}-$i.txt --text $i >/dev/null || exit 2; done",
+                exe = env!("CARGO_BIN_EXE_pyro"),
+            );
+            Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("PYRO_STATE_DIR", e.state.path())
+                .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let logs = e.ok_json(&["workspace", "logs", &id, "--json", "--limit", "100"]);
+    assert_eq!(logs["total"], 16);
+    let mut seqs: Vec<u64> = logs["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["sequence"].as_u64().unwrap())
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "wc -l < log.txt; ls p*.txt | wc -l",
+    ]);
+    assert_eq!(r["stdout"], "16\n16\n");
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}
+
+#[test]
+fn refused_inputs_change_nothing() {
+    let e = Env::new();
+    let out = e.pyro(&["workspace", "create", "debian:12", "--id-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    for (args, needle) in [
+        (
+            vec!["workspace", "file", "read", &id, "../etc/passwd"],
+            "contains `..`",
+        ),
+        (
+            vec!["workspace", "file", "read", &id, "/etc/passwd"],
+            "outside /workspace",
+        ),
+        (
+            vec![
+                "workspace",
+                "file",
+                "write",
+                &id,
+                "/etc/evil",
+                "--text",
+                "x",
+            ],
+            "outside /workspace",
+        ),
+        (
+            vec!["workspace", "file", "read", &id, "missing.txt"],
+            "missing.txt",
+        ),
+        (vec!["workspace", "update", &id], "nothing to change"),
+        (
+            vec!["workspace", "update", &id, "--label", "bad key=x"],
+            "label",
+        ),
+        (
+            vec!["workspace", "status", "ffffffffffff"],
+            "unknown workspace",
+        ),
+        (vec!["workspace", "exec", &id], "a command is required"),
+        (
+            vec!["workspace", "sync", "push", &id, "/no/such/dir"],
+            "cannot be read",
+        ),
+        (
+            vec!["workspace", "patch", "apply", &id, "--patch", "not a patch"],
+            "patch",
+        ),
+    ] {
+        let err = e.err(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A symlink pointing out of /workspace cannot be used to write or read outside.
+    e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--",
+        "ln",
+        "-s",
+        "/etc",
+        "/workspace/evil",
+    ]);
+    let err = e.err(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "evil/pwned",
+        "--text",
+        "x",
+    ]);
+    assert!(err.contains("evil"), "{err}");
+    let err = e.err(&["workspace", "file", "read", &id, "evil/hostname"]);
+    assert!(err.contains("evil"), "{err}");
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "test -e /etc/pwned && echo yes || echo no",
+    ]);
+    assert_eq!(r["stdout"], "no\n");
+    // Creation refuses a bad seed and leaves nothing behind.
+    let before = std::fs::read_dir(e.state.path().join("workspaces"))
+        .unwrap()
+        .count();
+    let err = e.err(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--seed-path",
+        "/no/such/seed",
+    ]);
+    assert!(err.contains("cannot be read"), "{err}");
+    let err = e.err(&["workspace", "create", "debian:12", "--ttl-seconds", "5"]);
+    assert!(err.contains("ttl_seconds"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(e.state.path().join("workspaces"))
+            .unwrap()
+            .count(),
+        before
+    );
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}
+
+#[test]
+fn a_crashed_vmm_is_reported_and_start_recovers_the_data() {
+    let e = Env::new();
+    let out = e.pyro(&["workspace", "create", "debian:12", "--id-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "keep.txt",
+        "--text",
+        "precious",
+        "--json",
+    ]);
+    e.ok_json(&["workspace", "exec", &id, "--json", "--", "sync"]);
+    // Kill every process of this workspace (the VMM and its relay) behind pyro's back.
+    for pid in processes_in(e.state.path()) {
+        // SAFETY: killing a process this test's pyro started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s = e.ok_json(&["workspace", "status", &id, "--json"]);
+    assert_eq!(s["state"], "stopped");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited unexpectedly"),
+        "{s}"
+    );
+    let s = e.ok_json(&["workspace", "start", &id, "--json"]);
+    assert_eq!(s["state"], "started");
+    let r = e.ok_json(&["workspace", "file", "read", &id, "keep.txt", "--json"]);
+    assert_eq!(r["content"], "precious");
+    // TTL is visible and extendable.
+    let s = e.ok_json(&[
+        "workspace",
+        "update",
+        &id,
+        "--ttl-seconds",
+        "7200",
+        "--json",
+    ]);
+    let left = s["ttl_remaining_seconds"].as_f64().unwrap();
+    assert!((7190.0..=7201.0).contains(&left), "{left}");
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}

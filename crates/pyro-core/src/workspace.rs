@@ -1,0 +1,2001 @@
+//! Persistent workspaces: one sandbox an agent inhabits across many calls and processes.
+//!
+//! Layout: `<state>/workspaces/<id>/` holds `lock` (flock: exclusive for lifecycle changes and
+//! read-modify-write edits, shared for exec and reads), `baseline.tar` (the create-time tree),
+//! `upper.ext4` (the writable disk: every change to the guest filesystem, `/workspace`
+//! included), `vm/` (the VMM's directory: sockets, console log) and `logs/` (full output of
+//! every command). Records live in SQLite ([`crate::store`]). The VMM and (for QEMU) its relay
+//! run detached, so a workspace outlives the process that started it; any later process
+//! reconnects through `vm/vsock.sock`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pyro_proto::Session;
+use pyro_proto::api::{self, Output};
+
+use crate::archive::{self, Seed, SeedMode};
+use crate::backend::{BackendChoice, BackendKind, BootSpec};
+use crate::error::{CoreError, Result};
+use crate::lock::{self, LockGuard, LockMode};
+use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
+use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
+use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
+
+/// The guest path of the workspace tree.
+pub const WORKSPACE_ROOT: &str = "/workspace";
+/// Size of a workspace's writable disk (sparse).
+pub const WORKSPACE_DISK_MIB: u64 = 8192;
+/// Allowed TTL for workspaces: from one minute to 30 days of running time.
+pub const WORKSPACE_TTL_RANGE: (i64, i64) = (60, 30 * 86_400);
+/// Default TTL of a workspace (running time).
+pub const DEFAULT_WORKSPACE_TTL: i64 = 3600;
+/// Most workspaces running at once on this host.
+pub const MAX_RUNNING_WORKSPACES: usize = 64;
+/// How long a call waits for another process's conflicting operation on the same workspace.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Output of one command kept in its log files, per stream.
+pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest file `file read` returns in one call.
+pub const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest text `file write` accepts.
+pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest patch accepted.
+pub const MAX_PATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Parameters of [`Pyro::create_workspace`].
+#[derive(Clone, Debug)]
+pub struct CreateWorkspace {
+    /// Catalog name.
+    pub environment: String,
+    /// 1..=8.
+    pub vcpu_count: i64,
+    /// 256..=32768.
+    pub mem_mib: i64,
+    /// Running-time budget, seconds.
+    pub ttl_seconds: i64,
+    /// A directory or archive that becomes `/workspace` and the baseline.
+    pub seed_path: Option<PathBuf>,
+    /// Free-form name.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Per-call backend; `None` = the instance default.
+    pub backend: Option<BackendChoice>,
+    /// Only `off` is supported in this version.
+    pub network_policy: String,
+}
+
+impl CreateWorkspace {
+    /// Defaults for `environment`.
+    pub fn new(environment: impl Into<String>) -> Self {
+        Self {
+            environment: environment.into(),
+            vcpu_count: 1,
+            mem_mib: 1024,
+            ttl_seconds: DEFAULT_WORKSPACE_TTL,
+            seed_path: None,
+            name: None,
+            labels: BTreeMap::new(),
+            backend: None,
+            network_policy: "off".into(),
+        }
+    }
+}
+
+/// Parameters of [`Pyro::update_workspace`].
+#[derive(Clone, Debug, Default)]
+pub struct UpdateWorkspace {
+    /// New name.
+    pub name: Option<String>,
+    /// Remove the name.
+    pub clear_name: bool,
+    /// Labels to add or replace.
+    pub labels: BTreeMap<String, String>,
+    /// Label keys to remove.
+    pub clear_labels: Vec<String>,
+    /// Give the workspace this many more seconds of running time from now.
+    pub ttl_seconds: Option<i64>,
+}
+
+/// Result of [`Pyro::exec_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkspaceExecResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Its environment.
+    pub environment: String,
+    /// Environment version.
+    pub environment_version: Option<String>,
+    /// The command text.
+    pub command: String,
+    /// Standard output (capped; the full text is in the logs).
+    pub stdout: String,
+    /// Standard error (capped; the full text is in the logs).
+    pub stderr: String,
+    /// Exit status.
+    pub exit_code: i32,
+    /// Wall time in the guest.
+    pub duration_ms: u64,
+    /// How it ran.
+    pub execution_mode: String,
+    /// 1-based sequence number in the workspace's history.
+    pub sequence: u64,
+    /// Working directory.
+    pub cwd: String,
+    /// pyro extension: the timeout killed the command.
+    pub timed_out: bool,
+    /// pyro extension: bytes written to stdout.
+    pub stdout_bytes: u64,
+    /// pyro extension: bytes written to stderr.
+    pub stderr_bytes: u64,
+    /// pyro extension: stdout in this result was cut (see the logs for all of it).
+    pub stdout_truncated: bool,
+    /// pyro extension: stderr in this result was cut.
+    pub stderr_truncated: bool,
+    /// pyro extension: why the program could not be started.
+    pub spawn_error: Option<String>,
+}
+
+/// Summary line of [`Pyro::list_workspaces`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkspaceSummary {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Catalog name.
+    pub environment: String,
+    /// `started` or `stopped`.
+    pub state: String,
+    /// Creation time.
+    pub created_at: f64,
+    /// Last mutating operation.
+    pub last_activity_at: f64,
+    /// When the TTL stops it (while started).
+    pub expires_at: Option<f64>,
+    /// pyro extension: running time left.
+    pub ttl_remaining_seconds: f64,
+    /// Commands run.
+    pub command_count: u64,
+    /// Services (none in this version).
+    pub service_count: u64,
+    /// Running services (none in this version).
+    pub running_service_count: u64,
+}
+
+/// Result of [`Pyro::list_workspaces`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkspaceList {
+    /// How many.
+    pub count: usize,
+    /// Most recently active first.
+    pub workspaces: Vec<WorkspaceSummary>,
+}
+
+/// One history entry of [`Pyro::logs_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogEntry {
+    /// Sequence number.
+    pub sequence: u64,
+    /// Command text.
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Exit status.
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// How it ran.
+    pub execution_mode: String,
+    /// When it finished.
+    pub recorded_at: f64,
+    /// The output (up to `max_bytes` per stream).
+    pub stdout: String,
+    /// The error output (up to `max_bytes` per stream).
+    pub stderr: String,
+    /// pyro extension: total stdout bytes.
+    pub stdout_bytes: u64,
+    /// pyro extension: total stderr bytes.
+    pub stderr_bytes: u64,
+    /// pyro extension: stdout shown here was cut.
+    pub stdout_truncated: bool,
+    /// pyro extension: stderr shown here was cut.
+    pub stderr_truncated: bool,
+    /// pyro extension: the timeout killed the command.
+    pub timed_out: bool,
+}
+
+/// Result of [`Pyro::logs_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkspaceLogs {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Entries returned.
+    pub count: usize,
+    /// pyro extension: entries in the whole history.
+    pub total: u64,
+    /// pyro extension: where this page starts (0-based).
+    pub offset: u64,
+    /// Oldest first.
+    pub entries: Vec<LogEntry>,
+}
+
+/// Result of [`Pyro::delete_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkspaceDeleteResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Always true.
+    pub deleted: bool,
+    /// `explicit_delete`.
+    pub reason: String,
+}
+
+/// Validates a guest path and returns it absolute under `/workspace`.
+pub fn normalize_workspace_path(raw: &str) -> Result<String> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(CoreError::Invalid {
+            field: "path",
+            reason: "the path is empty; give a path inside /workspace".into(),
+        });
+    }
+    let rel = if let Some(rest) = t.strip_prefix(WORKSPACE_ROOT) {
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return Err(outside(raw));
+        }
+        rest.trim_start_matches('/')
+    } else if t.starts_with('/') {
+        return Err(outside(raw));
+    } else {
+        t
+    };
+    let mut parts = Vec::new();
+    for p in rel.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                return Err(CoreError::Invalid {
+                    field: "path",
+                    reason: format!("`{raw}` contains `..`; paths must stay inside /workspace"),
+                });
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        Ok(WORKSPACE_ROOT.to_string())
+    } else {
+        Ok(format!("{WORKSPACE_ROOT}/{}", parts.join("/")))
+    }
+}
+
+fn outside(raw: &str) -> CoreError {
+    CoreError::Invalid {
+        field: "path",
+        reason: format!("`{raw}` is outside /workspace"),
+    }
+}
+
+/// The path relative to `/workspace` (empty for the root itself).
+fn rel(path: &str) -> String {
+    path.strip_prefix(WORKSPACE_ROOT)
+        .unwrap_or(path)
+        .trim_start_matches('/')
+        .to_string()
+}
+
+fn ws_not_found(id: &str) -> CoreError {
+    CoreError::WorkspaceNotFound { id: id.to_string() }
+}
+
+struct Dirs {
+    root: PathBuf,
+}
+
+impl Dirs {
+    fn lock(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    fn baseline(&self) -> PathBuf {
+        self.root.join("baseline.tar")
+    }
+    fn upper(&self) -> PathBuf {
+        self.root.join("upper.ext4")
+    }
+    fn vm(&self) -> PathBuf {
+        self.root.join("vm")
+    }
+    fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    fn socket(&self, backend: &str) -> PathBuf {
+        match backend {
+            "firecracker" => self.vm().join("vsock.sock"),
+            _ => self.vm().join(pyro_qemu::RELAY_SOCKET),
+        }
+    }
+}
+
+impl Pyro {
+    fn ws_dirs(&self, id: &str) -> Dirs {
+        Dirs {
+            root: self.options().state_dir.join("workspaces").join(id),
+        }
+    }
+
+    fn store(&self) -> Result<Store> {
+        Store::open(&self.options().state_dir).map_err(CoreError::from)
+    }
+
+    async fn ws_lock(&self, id: &str, mode: LockMode) -> Result<LockGuard> {
+        let d = self.ws_dirs(id);
+        if !d.root.is_dir() {
+            return Err(ws_not_found(id));
+        }
+        lock::lock(d.lock(), mode, LOCK_TIMEOUT)
+            .await
+            .map_err(CoreError::from)
+    }
+
+    fn relay_bin(&self) -> Result<PathBuf> {
+        if let Some(p) = std::env::var_os("PYRO_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let exe =
+            std::env::current_exe().map_err(|e| CoreError::io("find", "/proc/self/exe", e))?;
+        if exe.file_name().is_some_and(|n| n == "pyro") {
+            return Ok(exe);
+        }
+        // A test binary or an embedding program: look for `pyro` beside it or on PATH.
+        let mut candidates = Vec::new();
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("pyro"));
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join("pyro"));
+            }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|d| d.join("pyro")));
+        }
+        candidates
+            .into_iter()
+            .find(|c| c.is_file())
+            .ok_or_else(|| CoreError::BackendUnavailable {
+                backend: "qemu",
+                reason: "persistent QEMU workspaces need the `pyro` binary for their relay; set PYRO_BIN".into(),
+            })
+    }
+
+    /// Checks a record against reality: a started workspace whose VMM died is marked stopped
+    /// (with the reason); one whose TTL ran out is stopped. Returns the fresh record.
+    async fn refresh(&self, store: &Store, rec: WorkspaceRecord) -> Result<WorkspaceRecord> {
+        if rec.state != WorkspaceState::Started {
+            return Ok(rec);
+        }
+        let now = host::now();
+        let alive = match (rec.vmm_pid, rec.vmm_start_ticks) {
+            (Some(pid), Some(t)) => host::process_alive(pid, t),
+            _ => false,
+        };
+        if !alive {
+            let id = rec.id.clone();
+            return store
+                .update_workspace(&id, |r| {
+                    if r.state == WorkspaceState::Started {
+                        r.pause_ttl(now);
+                        r.state = WorkspaceState::Stopped;
+                        r.vmm_pid = None;
+                        r.vmm_start_ticks = None;
+                        r.last_error = Some("the VMM process exited unexpectedly; `start` boots the workspace again with its data".into());
+                    }
+                    Ok::<(), CoreError>(())
+                });
+        }
+        if rec.is_expired(now) {
+            let id = rec.id.clone();
+            self.halt(&rec).await;
+            return store
+                .update_workspace(&id, |r| {
+                    r.pause_ttl(now);
+                    r.state = WorkspaceState::Stopped;
+                    r.vmm_pid = None;
+                    r.vmm_start_ticks = None;
+                    r.relay_pid = None;
+                    r.relay_start_ticks = None;
+                    r.last_error = Some("the TTL ran out and the workspace was stopped; its data is kept (extend it with `update --ttl-seconds`)".into());
+                    Ok::<(), CoreError>(())
+                });
+        }
+        Ok(rec)
+    }
+
+    /// Kills a workspace's VMM and relay (no guest shutdown).
+    async fn halt(&self, rec: &WorkspaceRecord) {
+        for (pid, ticks) in [
+            (rec.vmm_pid, rec.vmm_start_ticks),
+            (rec.relay_pid, rec.relay_start_ticks),
+        ] {
+            if let (Some(pid), Some(t)) = (pid, ticks)
+                && host::process_alive(pid, t)
+            {
+                // SAFETY: kill(2) on a pid whose start time matches our record.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        // Wait (briefly) until the VMM is really gone so its disk is released.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
+            if !host::process_alive(pid, t) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let d = self.ws_dirs(&rec.id);
+        let _ = std::fs::remove_file(d.socket(&rec.backend));
+    }
+
+    async fn load_started(
+        &self,
+        store: &Store,
+        id: &str,
+        operation: &'static str,
+    ) -> Result<WorkspaceRecord> {
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(store, rec).await?;
+        if rec.state != WorkspaceState::Started {
+            return Err(CoreError::WorkspaceState {
+                id: id.to_string(),
+                state: rec.state.as_str().to_string(),
+                operation,
+                detail: rec.last_error.clone(),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Opens a protocol session to a started workspace's agent.
+    async fn ws_session(&self, rec: &WorkspaceRecord) -> Result<Session> {
+        let d = self.ws_dirs(&rec.id);
+        let sock = d.socket(&rec.backend);
+        let mut respawned = false;
+        loop {
+            match pyro_firecracker::vsock::connect(
+                &sock,
+                pyro_proto::AGENT_PORT,
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(stream) => {
+                    let cfg = pyro_proto::Config {
+                        handshake_timeout: Duration::from_secs(30),
+                        ..pyro_proto::Config::default()
+                    };
+                    return Session::client(stream, cfg)
+                        .await
+                        .map_err(|e| CoreError::Agent(api::CallError::Proto(e)));
+                }
+                Err(e) => {
+                    // A QEMU relay that died (while QEMU lives) is restarted once.
+                    let relay_dead = match (rec.relay_pid, rec.relay_start_ticks) {
+                        (Some(p), Some(t)) => !host::process_alive(p, t),
+                        _ => rec.backend == "qemu",
+                    };
+                    if rec.backend == "qemu" && relay_dead && !respawned {
+                        respawned = true;
+                        let bin = self.relay_bin()?;
+                        let pid = crate::backend::spawn_relay_process(&bin, &d.vm())?;
+                        let ticks = host::process_start_ticks(pid);
+                        let store = self.store()?;
+                        store.update_workspace(&rec.id, |r| {
+                            r.relay_pid = Some(pid);
+                            r.relay_start_ticks = ticks;
+                            Ok::<(), CoreError>(())
+                        })?;
+                        continue;
+                    }
+                    return Err(CoreError::Boot {
+                        reason: format!("cannot reach the workspace's guest agent: {e}"),
+                        console_tail: crate::backend::console_tail(
+                            &d.vm().join("console.log"),
+                            2000,
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Boots the workspace's VM on its existing disk; returns the pids to record.
+    async fn ws_boot(
+        &self,
+        rec: &WorkspaceRecord,
+        progress: &ProgressFn,
+    ) -> Result<(u32, Option<u32>, Session)> {
+        let d = self.ws_dirs(&rec.id);
+        let choice = match rec.backend.as_str() {
+            "firecracker" => BackendChoice::Firecracker,
+            _ => BackendChoice::Qemu,
+        };
+        let backend = self.backend(choice, progress).await?;
+        let env = self
+            .pull_environment(&rec.environment, progress.clone())
+            .await?;
+        let vm_dir = d.vm();
+        // Start from a clean VM directory (stale sockets of a dead VMM would confuse the
+        // connect retries).
+        let _ = std::fs::remove_dir_all(&vm_dir);
+        host::ensure_private_dir(&vm_dir)?;
+        let relay_bin = if backend.kind() == BackendKind::Qemu {
+            Some(self.relay_bin()?)
+        } else {
+            None
+        };
+        let upper = d.upper();
+        let mut machine = backend
+            .boot(BootSpec {
+                id: &rec.id,
+                workdir: &vm_dir,
+                env: &env,
+                upper: &upper,
+                vcpu_count: rec.vcpu_count as u8,
+                mem_mib: rec.mem_mib as u32,
+                persistent: true,
+                relay_bin: relay_bin.as_deref(),
+                boot_timeout: self.options().boot_timeout,
+            })
+            .await?;
+        let session =
+            match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    machine.kill().await;
+                    return Err(e);
+                }
+            };
+        Ok((machine.pid(), machine.relay_pid(), session))
+    }
+
+    fn info(&self, store: &Store, rec: &WorkspaceRecord) -> Result<WorkspaceInfo> {
+        let now = host::now();
+        let labels = rec.labels.clone();
+        let last = store.last_command(&rec.id)?;
+        let mode = match rec.backend.as_str() {
+            "firecracker" => BackendKind::Firecracker,
+            _ => BackendKind::Qemu,
+        };
+        let seed: WorkspaceSeed = serde_json::from_str(&rec.seed_json).unwrap_or(WorkspaceSeed {
+            mode: "empty".into(),
+            seed_path: None,
+            destination: WORKSPACE_ROOT.into(),
+            entry_count: 0,
+            bytes_written: 0,
+        });
+        let remaining = rec.remaining_ttl(now);
+        Ok(WorkspaceInfo {
+            workspace_id: rec.id.clone(),
+            name: rec.name.clone(),
+            labels,
+            environment: rec.environment.clone(),
+            environment_version: Some(rec.environment_version.clone()),
+            vcpu_count: rec.vcpu_count as u8,
+            mem_mib: rec.mem_mib as u32,
+            ttl_seconds: rec.ttl_seconds as u64,
+            ttl_remaining_seconds: remaining,
+            created_at: rec.created_at,
+            last_activity_at: rec.last_activity_at,
+            expires_at: (rec.state == WorkspaceState::Started).then_some(now + remaining),
+            state: rec.state.as_str().to_string(),
+            network_policy: rec.network_policy.clone(),
+            network_enabled: false,
+            allow_host_compat: false,
+            guest_ip: None,
+            tap_name: None,
+            execution_mode: mode.execution_mode().into(),
+            backend: rec.backend.clone(),
+            workspace_path: WORKSPACE_ROOT.into(),
+            workspace_seed: seed,
+            secrets: Vec::new(),
+            command_count: rec.command_count,
+            last_command: last.map(|c| LastCommand {
+                sequence: c.sequence,
+                command: c.command,
+                cwd: c.cwd,
+                exit_code: c.exit_code as i32,
+                duration_ms: c.duration_ms,
+                execution_mode: mode.execution_mode().into(),
+            }),
+            reset_count: rec.reset_count,
+            last_reset_at: rec.last_reset_at,
+            service_count: 0,
+            running_service_count: 0,
+            last_error: rec.last_error.clone(),
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
+fn check(field: &'static str, value: i64, (min, max): (i64, i64)) -> Result<()> {
+    if value < min || value > max {
+        return Err(CoreError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn seed_json(seed: &WorkspaceSeed) -> String {
+    serde_json::to_string(seed).unwrap_or_else(|_| "{}".into())
+}
+
+impl Pyro {
+    /// Creates and starts a workspace, seeding `/workspace` from a directory or archive.
+    pub async fn create_workspace(
+        &self,
+        req: CreateWorkspace,
+        progress: ProgressFn,
+    ) -> Result<WorkspaceInfo> {
+        // Validate everything before touching anything.
+        let entry = pyro_image::lookup(&req.environment)?;
+        check("vcpu_count", req.vcpu_count, crate::VCPU_RANGE)?;
+        check("mem_mib", req.mem_mib, crate::MEM_RANGE)?;
+        check("ttl_seconds", req.ttl_seconds, WORKSPACE_TTL_RANGE)?;
+        if !req.network_policy.trim().eq_ignore_ascii_case("off") {
+            return Err(CoreError::NetworkUnsupported);
+        }
+        let name = req
+            .name
+            .as_deref()
+            .map(crate::store::validate_name)
+            .transpose()?;
+        let labels = crate::store::validate_labels(&req.labels)?;
+        let seed = req.seed_path.as_deref().map(Seed::resolve).transpose()?;
+        let choice = req.backend.unwrap_or(self.options().backend);
+        let kind = crate::backend::resolve(choice, self.host_facts())?;
+        let store = self.store()?;
+        let running = store
+            .list_workspaces()?
+            .iter()
+            .filter(|w| w.state == WorkspaceState::Started)
+            .count();
+        if running >= MAX_RUNNING_WORKSPACES {
+            return Err(CoreError::Capacity {
+                max: MAX_RUNNING_WORKSPACES,
+            });
+        }
+        self.pull_environment(&req.environment, progress.clone())
+            .await?;
+
+        let id = host::new_id();
+        let d = self.ws_dirs(&id);
+        host::ensure_private_dir(&d.root)?;
+        let _guard = lock::lock(d.lock(), LockMode::Exclusive, LOCK_TIMEOUT).await?;
+        let now = host::now();
+        let mut rec =
+            WorkspaceRecord::new(&id, &req.environment, entry.version, kind.as_str(), now);
+        rec.name = name;
+        rec.labels = labels;
+        rec.vcpu_count = req.vcpu_count;
+        rec.mem_mib = req.mem_mib;
+        rec.ttl_seconds = req.ttl_seconds;
+        let built = async {
+            let stats = match &seed {
+                Some(s) => s.write_tar(&d.baseline())?,
+                None => {
+                    archive::write_empty_tar(&d.baseline())?;
+                    archive::TarStats::default()
+                }
+            };
+            self.cache()
+                .create_upper_disk(&d.upper(), WORKSPACE_DISK_MIB)?;
+            host::ensure_private_dir(&d.logs())?;
+            let seed_info = WorkspaceSeed {
+                mode: match &seed {
+                    Some(s) => match s.mode() {
+                        SeedMode::Directory => "directory",
+                        _ => "tar_archive",
+                    },
+                    None => "empty",
+                }
+                .into(),
+                seed_path: seed.as_ref().map(|s| s.path().display().to_string()),
+                destination: WORKSPACE_ROOT.into(),
+                entry_count: stats.entry_count,
+                bytes_written: stats.bytes_written,
+            };
+            rec.seed_json = seed_json(&seed_info);
+            store.insert_workspace(&rec)?;
+            let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
+            let imported = import_tar_file(
+                &session,
+                &d.baseline(),
+                WORKSPACE_ROOT,
+                api::ImportMode::Replace,
+            )
+            .await?;
+            let _ = imported;
+            let now = host::now();
+            store.update_workspace(&id, |r| {
+                r.state = WorkspaceState::Started;
+                r.resume_ttl(now);
+                r.vmm_pid = Some(vmm);
+                r.vmm_start_ticks = host::process_start_ticks(vmm);
+                r.relay_pid = relay;
+                r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+                r.last_activity_at = now;
+                Ok::<(), CoreError>(())
+            })
+        }
+        .await;
+        match built {
+            Ok(rec) => self.info(&store, &rec),
+            Err(e) => {
+                if let Ok(Some(r)) = store.get_workspace(&id) {
+                    self.halt(&r).await;
+                }
+                let _ = store.delete_workspace(&id);
+                let _ = std::fs::remove_dir_all(&d.root);
+                Err(e)
+            }
+        }
+    }
+
+    /// Every workspace, most recently active first (stale states are corrected first).
+    pub async fn list_workspaces(&self) -> Result<WorkspaceList> {
+        let store = self.store()?;
+        let now = host::now();
+        let mut out = Vec::new();
+        for rec in store.list_workspaces()? {
+            let rec = self.refresh(&store, rec).await?;
+            out.push(WorkspaceSummary {
+                workspace_id: rec.id.clone(),
+                name: rec.name.clone(),
+                labels: rec.labels.clone(),
+                environment: rec.environment.clone(),
+                state: rec.state.as_str().into(),
+                created_at: rec.created_at,
+                last_activity_at: rec.last_activity_at,
+                expires_at: (rec.state == WorkspaceState::Started)
+                    .then(|| now + rec.remaining_ttl(now)),
+                ttl_remaining_seconds: rec.remaining_ttl(now),
+                command_count: rec.command_count,
+                service_count: 0,
+                running_service_count: 0,
+            });
+        }
+        out.sort_by(|a, b| b.last_activity_at.total_cmp(&a.last_activity_at));
+        Ok(WorkspaceList {
+            count: out.len(),
+            workspaces: out,
+        })
+    }
+
+    /// A workspace's state, checked against reality (a dead VMM shows as stopped, with why).
+    pub async fn status_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        self.info(&store, &rec)
+    }
+
+    /// Changes name, labels or TTL. At least one effective change is required.
+    pub async fn update_workspace(&self, id: &str, req: UpdateWorkspace) -> Result<WorkspaceInfo> {
+        if req.name.is_some() && req.clear_name {
+            return Err(CoreError::Invalid {
+                field: "name",
+                reason: "give either a new name or clear_name, not both".into(),
+            });
+        }
+        let name = req
+            .name
+            .as_deref()
+            .map(crate::store::validate_name)
+            .transpose()?;
+        let labels = crate::store::validate_labels(&req.labels)?;
+        let mut clear = Vec::new();
+        for k in &req.clear_labels {
+            clear.push(crate::store::validate_label_key(k)?);
+        }
+        if let Some(t) = req.ttl_seconds {
+            check("ttl_seconds", t, WORKSPACE_TTL_RANGE)?;
+        }
+        if name.is_none()
+            && !req.clear_name
+            && labels.is_empty()
+            && clear.is_empty()
+            && req.ttl_seconds.is_none()
+        {
+            return Err(CoreError::Invalid {
+                field: "update",
+                reason: "nothing to change: give a name, labels, labels to clear, or a TTL".into(),
+            });
+        }
+        let store = self.store()?;
+        let now = host::now();
+        let rec = store
+            .update_workspace(id, |r| {
+                if let Some(n) = &name {
+                    r.name = Some(n.clone());
+                }
+                if req.clear_name {
+                    r.name = None;
+                }
+                for k in &clear {
+                    r.labels.remove(k);
+                }
+                for (k, v) in &labels {
+                    r.labels.insert(k.clone(), v.clone());
+                }
+                if let Some(t) = req.ttl_seconds {
+                    // `t` more seconds of running time from now.
+                    r.ttl_seconds = (r.ttl_used(now) + t as f64).ceil() as i64;
+                    if r.state == WorkspaceState::Started {
+                        r.expires_at = Some(now + t as f64);
+                    }
+                    if r.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("the TTL ran out"))
+                    {
+                        r.last_error = None;
+                    }
+                }
+                r.last_activity_at = now;
+                Ok::<(), CoreError>(())
+            })
+            .map_err(|e| match e {
+                CoreError::Store(crate::store::StoreError::NotFound { .. }) => ws_not_found(id),
+                other => other,
+            })?;
+        store.set_labels(id, &rec.labels)?;
+        if !clear.is_empty() {
+            store.clear_labels(id, clear.iter().map(String::as_str))?;
+        }
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        self.info(&store, &rec)
+    }
+
+    /// Runs a command in `/workspace` (or `cwd`); records it in the history with its full
+    /// output in the logs; the result keeps `max_output_bytes` per stream.
+    pub async fn exec_workspace(
+        &self,
+        id: &str,
+        mut opts: ExecOptions,
+        mut on_output: Option<OutputFn<'_>>,
+    ) -> Result<WorkspaceExecResult> {
+        crate::validate_exec(&opts)?;
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_exec").await?;
+        let session = self.ws_session(&rec).await?;
+        let d = self.ws_dirs(id);
+        let cwd = opts
+            .cwd
+            .take()
+            .unwrap_or_else(|| WORKSPACE_ROOT.to_string());
+        let limit = opts
+            .max_output_bytes
+            .unwrap_or(crate::DEFAULT_MAX_OUTPUT_BYTES);
+        let tmp_id = host::new_id();
+        let out_tmp = d.logs().join(format!(".{tmp_id}.stdout"));
+        let err_tmp = d.logs().join(format!(".{tmp_id}.stderr"));
+        let mut out_log = LogFile::create(&out_tmp)?;
+        let mut err_log = LogFile::create(&err_tmp)?;
+        let command_text = match &opts.command {
+            Command::Argv(a) => host::shell_join(a),
+            Command::Shell(s) => s.clone(),
+        };
+        let req = api::ExecRequest {
+            command: match &opts.command {
+                Command::Argv(a) => api::Command::Argv(a.clone()),
+                Command::Shell(s) => api::Command::Shell(s.clone()),
+            },
+            cwd: Some(cwd.clone()),
+            env: opts.env.clone(),
+            timeout_ms: Some(opts.timeout_seconds as u64 * 1000),
+            max_output_bytes: Some(MAX_LOG_BYTES),
+            stdin: false,
+        };
+        let mut out_cap = Vec::new();
+        let mut err_cap = Vec::new();
+        let deadline = Duration::from_secs(opts.timeout_seconds as u64) + crate::HOST_GRACE;
+        let call = api::exec(&session, req, opts.stdin.take(), |o| {
+            match &o {
+                Output::Stdout(b) => {
+                    out_log.write(b);
+                    push_capped(&mut out_cap, b, limit);
+                }
+                Output::Stderr(b) => {
+                    err_log.write(b);
+                    push_capped(&mut err_cap, b, limit);
+                }
+            }
+            if let Some(cb) = on_output.as_mut() {
+                cb(&o);
+            }
+        });
+        let res =
+            tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| CoreError::AgentTimeout {
+                    seconds: deadline.as_secs(),
+                })??;
+        out_log.finish()?;
+        err_log.finish()?;
+        let now = host::now();
+        let logs = d.logs();
+        let recorded = store.next_command_sequence_and_record(id, |seq| NewCommand {
+            command: command_text.clone(),
+            cwd: cwd.clone(),
+            exit_code: i64::from(res.exit_code),
+            duration_ms: res.duration_ms,
+            timed_out: res.timed_out,
+            stdout_bytes: res.stdout_bytes,
+            stderr_bytes: res.stderr_bytes,
+            stdout_path: format!("{seq:06}.stdout"),
+            stderr_path: format!("{seq:06}.stderr"),
+            recorded_at: now,
+        })?;
+        let _ = std::fs::rename(&out_tmp, logs.join(&recorded.stdout_path));
+        let _ = std::fs::rename(&err_tmp, logs.join(&recorded.stderr_path));
+        let _ = store.update_workspace(id, |r| {
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        });
+        let stdout_truncated = res.stdout_bytes > out_cap.len() as u64;
+        let stderr_truncated = res.stderr_bytes > err_cap.len() as u64;
+        let (stdout, _) = crate::render_output(&out_cap, stdout_truncated, res.stdout_bytes);
+        let (stderr, _) = crate::render_output(&err_cap, stderr_truncated, res.stderr_bytes);
+        Ok(WorkspaceExecResult {
+            workspace_id: id.to_string(),
+            environment: rec.environment.clone(),
+            environment_version: Some(rec.environment_version.clone()),
+            command: command_text,
+            stdout,
+            stderr,
+            exit_code: res.exit_code,
+            duration_ms: res.duration_ms,
+            execution_mode: backend_mode(&rec.backend).into(),
+            sequence: recorded.sequence,
+            cwd,
+            timed_out: res.timed_out,
+            stdout_bytes: res.stdout_bytes,
+            stderr_bytes: res.stderr_bytes,
+            stdout_truncated,
+            stderr_truncated,
+            spawn_error: res.spawn_error,
+        })
+    }
+
+    /// The command history, oldest first, paged; output per entry cut at `max_bytes`.
+    pub async fn logs_workspace(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: u64,
+        max_bytes: u64,
+    ) -> Result<WorkspaceLogs> {
+        let store = self.store()?;
+        store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let total = store.command_count(id)?;
+        let d = self.ws_dirs(id);
+        let mut entries = Vec::new();
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        for c in store.commands(id, offset, limit)? {
+            let (stdout, so_t) = read_capped(&d.logs().join(&c.stdout_path), max_bytes);
+            let (stderr, se_t) = read_capped(&d.logs().join(&c.stderr_path), max_bytes);
+            entries.push(LogEntry {
+                sequence: c.sequence,
+                command: c.command,
+                cwd: c.cwd,
+                exit_code: c.exit_code as i32,
+                duration_ms: c.duration_ms,
+                execution_mode: backend_mode(&rec.backend).into(),
+                recorded_at: c.recorded_at,
+                stdout,
+                stderr,
+                stdout_bytes: c.stdout_bytes,
+                stderr_bytes: c.stderr_bytes,
+                stdout_truncated: so_t || c.stdout_bytes > max_bytes,
+                stderr_truncated: se_t || c.stderr_bytes > max_bytes,
+                timed_out: c.timed_out,
+            });
+        }
+        Ok(WorkspaceLogs {
+            workspace_id: id.to_string(),
+            count: entries.len(),
+            total,
+            offset,
+            entries,
+        })
+    }
+
+    /// Stops a workspace: flushes the guest's filesystems, powers it off, keeps its data.
+    pub async fn stop_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        if rec.state == WorkspaceState::Started {
+            if let Ok(session) = self.ws_session(&rec).await {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    api::call::<api::Empty>(
+                        &session,
+                        &api::Request::Shutdown(api::Shutdown { poweroff: true }),
+                    ),
+                )
+                .await;
+            }
+            // Give the guest a moment to power off by itself, then make sure.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
+                if !host::process_alive(pid, t) || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.halt(&rec).await;
+        }
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            if r.state == WorkspaceState::Started {
+                r.pause_ttl(now);
+                r.state = WorkspaceState::Stopped;
+            }
+            r.vmm_pid = None;
+            r.vmm_start_ticks = None;
+            r.relay_pid = None;
+            r.relay_start_ticks = None;
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        })?;
+        self.info(&store, &rec)
+    }
+
+    /// Starts a stopped workspace on its existing disk (everything written survives).
+    pub async fn start_workspace(&self, id: &str, progress: ProgressFn) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        if rec.state == WorkspaceState::Started {
+            return self.info(&store, &rec);
+        }
+        let now = host::now();
+        if rec.remaining_ttl(now) <= 0.0 {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: "stopped".into(),
+                operation: "workspace_start",
+                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
+            });
+        }
+        let (vmm, relay, _session) = self.ws_boot(&rec, &progress).await?;
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            r.state = WorkspaceState::Started;
+            r.resume_ttl(now);
+            r.vmm_pid = Some(vmm);
+            r.vmm_start_ticks = host::process_start_ticks(vmm);
+            r.relay_pid = relay;
+            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.last_error = None;
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        })?;
+        self.info(&store, &rec)
+    }
+
+    /// Deletes a workspace in any state: its VM, disk, baseline, history and logs.
+    pub async fn delete_workspace(&self, id: &str) -> Result<WorkspaceDeleteResult> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        self.halt(&rec).await;
+        store.delete_workspace(id)?;
+        let d = self.ws_dirs(id);
+        std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+        Ok(WorkspaceDeleteResult {
+            workspace_id: id.to_string(),
+            deleted: true,
+            reason: "explicit_delete".into(),
+        })
+    }
+
+    /// Puts the workspace back to its create-time baseline: a fresh writable disk (so
+    /// everything outside `/workspace` is pristine too), the baseline tree, an empty history.
+    pub async fn reset_workspace(&self, id: &str, progress: ProgressFn) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let d = self.ws_dirs(id);
+        if !d.baseline().is_file() {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_reset",
+                detail: Some("its baseline archive is missing".into()),
+            });
+        }
+        self.halt(&rec).await;
+        // The new disk is made beside the old one and swapped in, so a failure before the
+        // swap leaves the workspace as it was (stopped, data intact).
+        let fresh = d.root.join("upper.ext4.new");
+        self.cache().create_upper_disk(&fresh, WORKSPACE_DISK_MIB)?;
+        std::fs::rename(&fresh, d.upper()).map_err(|e| CoreError::io("replace", d.upper(), e))?;
+        let now = host::now();
+        store.update_workspace(id, |r| {
+            r.pause_ttl(now);
+            r.state = WorkspaceState::Stopped;
+            r.vmm_pid = None;
+            r.vmm_start_ticks = None;
+            r.relay_pid = None;
+            r.relay_start_ticks = None;
+            Ok::<(), CoreError>(())
+        })?;
+        let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
+        import_tar_file(
+            &session,
+            &d.baseline(),
+            WORKSPACE_ROOT,
+            api::ImportMode::Replace,
+        )
+        .await?;
+        store.clear_commands(id)?;
+        let _ = std::fs::remove_dir_all(d.logs());
+        host::ensure_private_dir(&d.logs())?;
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            r.state = WorkspaceState::Started;
+            r.resume_ttl(now);
+            r.vmm_pid = Some(vmm);
+            r.vmm_start_ticks = host::process_start_ticks(vmm);
+            r.relay_pid = relay;
+            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.reset_count += 1;
+            r.last_reset_at = Some(now);
+            r.last_error = None;
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        })?;
+        self.info(&store, &rec)
+    }
+}
+
+fn backend_mode(backend: &str) -> &'static str {
+    match backend {
+        "firecracker" => BackendKind::Firecracker.execution_mode(),
+        _ => BackendKind::Qemu.execution_mode(),
+    }
+}
+
+fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) {
+    let room = (limit as usize).saturating_sub(buf.len());
+    buf.extend_from_slice(&b[..b.len().min(room)]);
+}
+
+fn read_capped(path: &Path, max: u64) -> (String, bool) {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(path) else {
+        return (String::new(), false);
+    };
+    let mut buf = Vec::new();
+    let _ = f.take(max + 1).read_to_end(&mut buf);
+    let truncated = buf.len() as u64 > max;
+    buf.truncate(max as usize);
+    (String::from_utf8_lossy(&buf).into_owned(), truncated)
+}
+
+/// A command's log file: written as output arrives, up to [`MAX_LOG_BYTES`].
+struct LogFile {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    written: u64,
+    error: Option<std::io::Error>,
+}
+
+impl LogFile {
+    fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path).map_err(|e| CoreError::io("create", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Some(std::io::BufWriter::new(f)),
+            written: 0,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        use std::io::Write;
+        let room = MAX_LOG_BYTES.saturating_sub(self.written) as usize;
+        let part = &b[..b.len().min(room)];
+        if let (Some(f), None) = (self.file.as_mut(), self.error.as_ref())
+            && let Err(e) = f.write_all(part)
+        {
+            self.error = Some(e);
+        }
+        self.written += part.len() as u64;
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(e) = self.error.take() {
+            return Err(CoreError::io("write", &self.path, e));
+        }
+        if let Some(mut f) = self.file.take() {
+            f.flush()
+                .map_err(|e| CoreError::io("write", &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams a tar file from the host into the guest.
+async fn import_tar_file(
+    session: &Session,
+    tar: &Path,
+    dest: &str,
+    mode: api::ImportMode,
+) -> Result<api::TarResult> {
+    let file = tokio::fs::File::open(tar)
+        .await
+        .map_err(|e| CoreError::io("open", tar, e))?;
+    let req = api::ImportTar {
+        root: WORKSPACE_ROOT.into(),
+        dest: rel(dest),
+        mode,
+    };
+    Ok(api::import_tar(session, req, file).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths_are_normalized_or_refused() {
+        assert_eq!(
+            normalize_workspace_path("src/a.rs").unwrap(),
+            "/workspace/src/a.rs"
+        );
+        assert_eq!(
+            normalize_workspace_path("/workspace/./src//a").unwrap(),
+            "/workspace/src/a"
+        );
+        assert_eq!(
+            normalize_workspace_path("/workspace").unwrap(),
+            "/workspace"
+        );
+        assert_eq!(normalize_workspace_path(" . ").unwrap(), "/workspace");
+        for bad in [
+            "",
+            "  ",
+            "../etc",
+            "/etc/passwd",
+            "/workspacex/a",
+            "a/../../b",
+            "/",
+        ] {
+            assert!(normalize_workspace_path(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// One entry of a file listing.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileEntry {
+    /// Absolute guest path.
+    pub path: String,
+    /// `file`, `directory`, `symlink` or `other`.
+    pub artifact_type: String,
+    /// Size (0 for directories).
+    pub size_bytes: u64,
+    /// pyro extension: permission bits, e.g. 493 (0o755).
+    pub mode: u32,
+    /// Target of a symlink.
+    pub link_target: Option<String>,
+}
+
+/// Result of [`Pyro::list_workspace_files`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileListResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The listed path.
+    pub path: String,
+    /// Whether subdirectories were descended into.
+    pub recursive: bool,
+    /// Entries sorted by path.
+    pub entries: Vec<FileEntry>,
+    /// pyro extension: the listing stopped at the entry limit.
+    pub truncated: bool,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// Result of [`Pyro::read_workspace_file`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileReadResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The file.
+    pub path: String,
+    /// Size of the whole file.
+    pub size_bytes: u64,
+    /// The limit asked for.
+    pub max_bytes: u64,
+    /// The first `max_bytes` bytes, as UTF-8 (lossy; see `content_base64`).
+    pub content: String,
+    /// pyro extension: exact bytes, base64, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// Whether the file is longer than `max_bytes`.
+    pub truncated: bool,
+    /// pyro extension: permission bits.
+    pub mode: u32,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// Result of [`Pyro::write_workspace_file`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileWriteResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The file.
+    pub path: String,
+    /// Its size now.
+    pub size_bytes: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// The `workspace_sync` part of a [`SyncResult`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyncInfo {
+    /// `directory` or `tar_archive`.
+    pub mode: String,
+    /// The resolved host source.
+    pub source_path: String,
+    /// Where it went in the guest.
+    pub destination: String,
+    /// Members imported.
+    pub entry_count: u64,
+    /// Bytes of file content imported.
+    pub bytes_written: u64,
+}
+
+/// Result of [`Pyro::push_workspace_sync`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyncResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// How it ran.
+    pub execution_mode: String,
+    /// What was imported.
+    pub workspace_sync: SyncInfo,
+}
+
+/// Result of [`Pyro::export_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The exported guest path.
+    pub workspace_path: String,
+    /// The absolute host path written.
+    pub output_path: String,
+    /// `file`, `directory` or `symlink`.
+    pub artifact_type: String,
+    /// Members written.
+    pub entry_count: u64,
+    /// Bytes of file content written.
+    pub bytes_written: u64,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+fn artifact_name(t: api::ArtifactType) -> &'static str {
+    match t {
+        api::ArtifactType::File => "file",
+        api::ArtifactType::Directory => "directory",
+        api::ArtifactType::Symlink => "symlink",
+        api::ArtifactType::Other => "other",
+    }
+}
+
+impl Pyro {
+    /// Lists a path in `/workspace` (children of a directory; recursively when asked).
+    pub async fn list_workspace_files(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<FileListResult> {
+        let path = normalize_workspace_path(path)?;
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_file_list").await?;
+        let session = self.ws_session(&rec).await?;
+        let list = api::list_files(
+            &session,
+            api::ListFiles {
+                root: WORKSPACE_ROOT.into(),
+                path: rel(&path),
+                recursive,
+                max_entries: Some(100_000),
+            },
+        )
+        .await?;
+        Ok(FileListResult {
+            workspace_id: id.into(),
+            path,
+            recursive,
+            entries: list
+                .entries
+                .into_iter()
+                .map(|e| FileEntry {
+                    path: e.path,
+                    artifact_type: artifact_name(e.artifact_type).into(),
+                    size_bytes: e.size_bytes,
+                    mode: e.mode,
+                    link_target: e.link_target,
+                })
+                .collect(),
+            truncated: list.truncated,
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+
+    /// Reads up to `max_bytes` of a regular file (any size; `truncated` says if there is more).
+    pub async fn read_workspace_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: i64,
+    ) -> Result<FileReadResult> {
+        check("max_bytes", max_bytes, (1, MAX_READ_BYTES as i64))?;
+        let path = normalize_workspace_path(path)?;
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_file_read").await?;
+        let session = self.ws_session(&rec).await?;
+        let (meta, data) = api::read_file(
+            &session,
+            api::ReadFile {
+                root: WORKSPACE_ROOT.into(),
+                path: rel(&path),
+                max_bytes: Some(max_bytes as u64),
+            },
+        )
+        .await?;
+        let (content, content_base64) = match String::from_utf8(data) {
+            Ok(s) => (s, None),
+            Err(e) => {
+                let bytes = e.into_bytes();
+                // A cut multi-byte character at the end is not "binary": decode what is whole.
+                let valid_prefix = std::str::from_utf8(&bytes)
+                    .map_err(|e| e.valid_up_to())
+                    .err();
+                match valid_prefix {
+                    Some(n)
+                        if meta.truncated
+                            && bytes.len() - n < 4
+                            && std::str::from_utf8(&bytes[..n]).is_ok() =>
+                    {
+                        (String::from_utf8_lossy(&bytes[..n]).into_owned(), None)
+                    }
+                    _ => (
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                        Some(crate::base64(&bytes)),
+                    ),
+                }
+            }
+        };
+        Ok(FileReadResult {
+            workspace_id: id.into(),
+            path,
+            size_bytes: meta.size_bytes,
+            max_bytes: max_bytes as u64,
+            content,
+            content_base64,
+            truncated: meta.truncated,
+            mode: meta.mode,
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+
+    /// Writes a text file atomically (parents created; an existing file keeps its mode).
+    pub async fn write_workspace_file(
+        &self,
+        id: &str,
+        path: &str,
+        text: &str,
+    ) -> Result<FileWriteResult> {
+        if text.len() > MAX_WRITE_BYTES {
+            return Err(CoreError::Invalid {
+                field: "text",
+                reason: format!("{} bytes exceed the limit of {MAX_WRITE_BYTES}", text.len()),
+            });
+        }
+        let path = normalize_workspace_path(path)?;
+        if path == WORKSPACE_ROOT {
+            return Err(CoreError::Invalid {
+                field: "path",
+                reason: "/workspace itself is a directory; name a file inside it".into(),
+            });
+        }
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self
+            .load_started(&store, id, "workspace_file_write")
+            .await?;
+        let session = self.ws_session(&rec).await?;
+        let data = bytes::Bytes::copy_from_slice(text.as_bytes());
+        api::write_files(
+            &session,
+            vec![api::Change::Write {
+                path: rel(&path),
+                size: data.len() as u64,
+                mode: None,
+            }],
+            vec![data.clone()],
+            WORKSPACE_ROOT,
+        )
+        .await?;
+        Ok(FileWriteResult {
+            workspace_id: id.into(),
+            path,
+            size_bytes: data.len() as u64,
+            bytes_written: data.len() as u64,
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+
+    /// Imports a host directory or archive into the workspace (merge: nothing is deleted).
+    pub async fn push_workspace_sync(
+        &self,
+        id: &str,
+        source: &Path,
+        dest: &str,
+    ) -> Result<SyncResult> {
+        let dest = normalize_workspace_path(dest)?;
+        let seed = Seed::resolve(source).map_err(|e| match e {
+            CoreError::Invalid { reason, .. } => CoreError::Invalid {
+                field: "source_path",
+                reason,
+            },
+            other => other,
+        })?;
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_sync_push").await?;
+        let d = self.ws_dirs(id);
+        let tmp = d.root.join(format!("sync-{}.tar", host::new_id()));
+        let built = seed.write_tar(&tmp);
+        let res = match built {
+            Ok(_) => {
+                let session = self.ws_session(&rec).await;
+                match session {
+                    Ok(s) => import_tar_file(&s, &tmp, &dest, api::ImportMode::Merge).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        let res = res?;
+        let now = host::now();
+        let _ = store.update_workspace(id, |r| {
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        });
+        Ok(SyncResult {
+            workspace_id: id.into(),
+            execution_mode: backend_mode(&rec.backend).into(),
+            workspace_sync: SyncInfo {
+                mode: match seed.mode() {
+                    SeedMode::Directory => "directory",
+                    _ => "tar_archive",
+                }
+                .into(),
+                source_path: seed.path().display().to_string(),
+                destination: dest,
+                entry_count: res.entry_count,
+                bytes_written: res.bytes,
+            },
+        })
+    }
+
+    /// Copies a file, symlink or directory out of the workspace to a new host path.
+    pub async fn export_workspace(
+        &self,
+        id: &str,
+        path: &str,
+        output: &Path,
+    ) -> Result<ExportResult> {
+        let path = normalize_workspace_path(path)?;
+        if output.as_os_str().is_empty() {
+            return Err(CoreError::Invalid {
+                field: "output_path",
+                reason: "the output path is empty".into(),
+            });
+        }
+        let output =
+            std::path::absolute(output).map_err(|e| CoreError::io("resolve", output, e))?;
+        if std::fs::symlink_metadata(&output).is_ok() {
+            return Err(CoreError::Invalid {
+                field: "output_path",
+                reason: format!(
+                    "{} already exists; choose a path that does not",
+                    output.display()
+                ),
+            });
+        }
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_export").await?;
+        let session = self.ws_session(&rec).await?;
+        let listing = api::list_files(
+            &session,
+            api::ListFiles {
+                root: WORKSPACE_ROOT.into(),
+                path: rel(&path),
+                recursive: false,
+                max_entries: Some(1),
+            },
+        )
+        .await?;
+        let kind = listing.artifact_type;
+        let parent = output.parent().unwrap_or(Path::new("/")).to_path_buf();
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| CoreError::io("create directory", &parent, e))?;
+        let spool = parent.join(format!(".pyro-export-{}.tar", host::new_id()));
+        let mut file =
+            std::fs::File::create(&spool).map_err(|e| CoreError::io("create", &spool, e))?;
+        let exported = api::export_tar(
+            &session,
+            api::ExportTar {
+                root: WORKSPACE_ROOT.into(),
+                path: rel(&path),
+            },
+            |chunk| std::io::Write::write_all(&mut file, &chunk),
+        )
+        .await;
+        drop(file);
+        let res = exported.map_err(CoreError::from).and_then(|_| {
+            let f = std::fs::File::open(&spool).map_err(|e| CoreError::io("open", &spool, e))?;
+            archive::extract_export(
+                std::io::BufReader::new(f),
+                &output,
+                kind != api::ArtifactType::Directory,
+            )
+        });
+        let _ = std::fs::remove_file(&spool);
+        let stats = res?;
+        Ok(ExportResult {
+            workspace_id: id.into(),
+            workspace_path: path,
+            output_path: output.display().to_string(),
+            artifact_type: artifact_name(kind).into(),
+            entry_count: stats.entry_count,
+            bytes_written: stats.bytes_written,
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+}
+
+/// Counts of [`PatchResult`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PatchSummary {
+    /// Files touched.
+    pub total: usize,
+    /// Files created.
+    pub added: usize,
+    /// Files changed (including renames and mode changes).
+    pub modified: usize,
+    /// Files removed.
+    pub deleted: usize,
+}
+
+/// One file of [`PatchResult`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PatchEntry {
+    /// Absolute guest path (the new path of a rename).
+    pub path: String,
+    /// `added`, `modified`, `deleted`, `renamed` or `mode_changed`.
+    pub status: String,
+}
+
+/// Result of [`Pyro::apply_workspace_patch`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PatchResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Counts.
+    pub summary: PatchSummary,
+    /// Files, sorted by path.
+    pub entries: Vec<PatchEntry>,
+    /// The patch, echoed.
+    pub patch: String,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// One entry of [`DiffResult`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiffEntry {
+    /// Absolute guest path (pyro uses absolute paths everywhere; the reference used relative
+    /// ones here only).
+    pub path: String,
+    /// `added`, `modified`, `deleted`, `type_changed` or `mode_changed`.
+    pub status: pyro_patch::DiffStatus,
+    /// `file`, `directory` or `symlink`.
+    pub artifact_type: pyro_patch::ArtifactType,
+    /// This entry's part of `patch`, when it is text.
+    pub text_patch: Option<String>,
+}
+
+/// Result of [`Pyro::diff_workspace`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiffResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Whether anything differs from the baseline.
+    pub changed: bool,
+    /// Counts.
+    pub summary: pyro_patch::DiffSummary,
+    /// Entries sorted by path.
+    pub entries: Vec<DiffEntry>,
+    /// A `git diff` of all changes that `git apply` accepts on the baseline tree.
+    pub patch: String,
+    /// How it ran.
+    pub execution_mode: String,
+}
+
+/// Reads a tar stream into an in-memory tree (hard links resolved to their target's content).
+pub fn tree_from_tar<R: std::io::Read>(r: R) -> Result<pyro_patch::Tree> {
+    use std::io::Read;
+    let mut tree = pyro_patch::Tree::new();
+    let mut archive = tar::Archive::new(r);
+    let bad = |e: std::io::Error| CoreError::Invalid {
+        field: "archive",
+        reason: format!("corrupt tar stream: {e}"),
+    };
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Ok(name) = archive::normalize_member(&raw) else {
+            continue;
+        };
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        let node = match entry.header().entry_type() {
+            tar::EntryType::Directory => pyro_patch::Node::Dir { mode },
+            tar::EntryType::Symlink => pyro_patch::Node::Symlink {
+                target: entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            },
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match archive::normalize_member(&target)
+                    .ok()
+                    .and_then(|t| tree.get(&t).cloned())
+                {
+                    Some(n) => n,
+                    None => continue,
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut content = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut content).map_err(bad)?;
+                pyro_patch::Node::File { content, mode }
+            }
+            _ => continue,
+        };
+        tree.insert(name, node);
+    }
+    Ok(tree)
+}
+
+impl Pyro {
+    /// Applies a `git diff`-style patch atomically: every hunk of every file, or nothing.
+    pub async fn apply_workspace_patch(&self, id: &str, patch_text: &str) -> Result<PatchResult> {
+        if patch_text.trim().is_empty() {
+            return Err(CoreError::Invalid {
+                field: "patch",
+                reason: "the patch is empty".into(),
+            });
+        }
+        if patch_text.len() > MAX_PATCH_BYTES {
+            return Err(CoreError::Invalid {
+                field: "patch",
+                reason: format!(
+                    "{} bytes exceed the limit of {MAX_PATCH_BYTES}",
+                    patch_text.len()
+                ),
+            });
+        }
+        let patch = pyro_patch::parse(patch_text)?;
+        // Every path must stay inside /workspace.
+        let mut paths = std::collections::BTreeSet::new();
+        for f in &patch.files {
+            for p in [&f.old_path, &f.new_path].into_iter().flatten() {
+                paths.insert(rel(&normalize_workspace_path(p)?));
+            }
+        }
+        // Exclusive: read, compute and write must not interleave with another edit.
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = self
+            .load_started(&store, id, "workspace_patch_apply")
+            .await?;
+        let session = self.ws_session(&rec).await?;
+        let mut current: BTreeMap<String, pyro_patch::FileState> = BTreeMap::new();
+        for p in &paths {
+            let req = api::ReadFile {
+                root: WORKSPACE_ROOT.into(),
+                path: p.clone(),
+                max_bytes: Some(MAX_READ_BYTES),
+            };
+            match api::read_file(&session, req).await {
+                Ok((meta, content)) => {
+                    if meta.truncated {
+                        return Err(CoreError::Invalid {
+                            field: "patch",
+                            reason: format!("/workspace/{p} is larger than {MAX_READ_BYTES} bytes"),
+                        });
+                    }
+                    current.insert(
+                        p.clone(),
+                        pyro_patch::FileState {
+                            content,
+                            mode: meta.mode,
+                        },
+                    );
+                }
+                Err(api::CallError::Agent(e)) if e.code == api::ErrorCode::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let get = |p: &str| {
+            normalize_workspace_path(p)
+                .ok()
+                .and_then(|n| current.get(&rel(&n)).cloned())
+        };
+        let outcomes = pyro_patch::apply(&patch, get)?;
+        let mut changes = Vec::new();
+        let mut data = Vec::new();
+        for o in &outcomes {
+            match o {
+                pyro_patch::Outcome::Write {
+                    path,
+                    content,
+                    mode,
+                } => {
+                    changes.push(api::Change::Write {
+                        path: rel(&normalize_workspace_path(path)?),
+                        size: content.len() as u64,
+                        mode: Some(*mode & 0o7777),
+                    });
+                    data.push(bytes::Bytes::copy_from_slice(content));
+                }
+                pyro_patch::Outcome::Delete { path } => changes.push(api::Change::Delete {
+                    path: rel(&normalize_workspace_path(path)?),
+                }),
+            }
+        }
+        // Deletions after writes, so a rename's new file exists before the old one goes.
+        changes.sort_by_key(|c| matches!(c, api::Change::Delete { .. }));
+        api::write_files(&session, changes, data, WORKSPACE_ROOT).await?;
+        let now = host::now();
+        let _ = store.update_workspace(id, |r| {
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        });
+        let mut summary = PatchSummary::default();
+        let mut entries = Vec::new();
+        for f in &patch.files {
+            let status = match f.kind {
+                pyro_patch::FileKind::Added => {
+                    summary.added += 1;
+                    "added"
+                }
+                pyro_patch::FileKind::Deleted => {
+                    summary.deleted += 1;
+                    "deleted"
+                }
+                pyro_patch::FileKind::Renamed => {
+                    summary.modified += 1;
+                    "renamed"
+                }
+                pyro_patch::FileKind::ModeChanged => {
+                    summary.modified += 1;
+                    "mode_changed"
+                }
+                _ => {
+                    summary.modified += 1;
+                    "modified"
+                }
+            };
+            entries.push(PatchEntry {
+                path: normalize_workspace_path(f.path())?,
+                status: status.into(),
+            });
+        }
+        summary.total = entries.len();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(PatchResult {
+            workspace_id: id.into(),
+            changed: !entries.is_empty(),
+            summary,
+            entries,
+            patch: patch_text.to_string(),
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+
+    /// Compares `/workspace` with the create-time baseline.
+    pub async fn diff_workspace(&self, id: &str) -> Result<DiffResult> {
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_diff").await?;
+        let d = self.ws_dirs(id);
+        let baseline = std::fs::File::open(d.baseline())
+            .map_err(|e| CoreError::io("open", d.baseline(), e))?;
+        let old = tree_from_tar(std::io::BufReader::new(baseline))?;
+        let session = self.ws_session(&rec).await?;
+        let mut buf = Vec::new();
+        api::export_tar(
+            &session,
+            api::ExportTar {
+                root: WORKSPACE_ROOT.into(),
+                path: String::new(),
+            },
+            |chunk| {
+                buf.extend_from_slice(&chunk);
+                Ok(())
+            },
+        )
+        .await?;
+        let new = tree_from_tar(&buf[..])?;
+        let diff = pyro_patch::diff_trees(&old, &new);
+        Ok(DiffResult {
+            workspace_id: id.into(),
+            changed: diff.changed(),
+            summary: diff.summary,
+            entries: diff
+                .entries
+                .into_iter()
+                .map(|e| DiffEntry {
+                    path: format!("{WORKSPACE_ROOT}/{}", e.path),
+                    status: e.status,
+                    artifact_type: e.artifact_type,
+                    text_patch: e.text_patch,
+                })
+                .collect(),
+            patch: diff.patch,
+            execution_mode: backend_mode(&rec.backend).into(),
+        })
+    }
+}
