@@ -4,6 +4,7 @@
 mod bench;
 mod doctor;
 mod render;
+mod rpc;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,17 @@ enum Top {
     Demo(DemoArgs),
     /// Measure cold start and exec round trips (median, p95) per available backend.
     Bench(bench::BenchArgs),
+    /// JSON-RPC 2.0 over stdio (one JSON object per line), used by the Python SDK.
+    #[command(hide = true)]
+    Rpc(rpc::RpcArgs),
+    /// Internal: stop a workspace when its TTL runs out (one process per boot).
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog {
+        /// The workspace.
+        workspace_id: String,
+        /// The VMM pid of the boot being watched.
+        vmm_pid: u32,
+    },
     /// Internal: relay a persistent QEMU sandbox's agent port to DIR/vsock.sock.
     #[command(name = "__relay", hide = true)]
     Relay {
@@ -267,6 +279,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Top::Doctor(args) => doctor::run(&args.platform, args.json).map_err(fail(args.json)),
         Top::Demo(args) => demo(args).await.map_err(fail(true)),
         Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
+        Top::Rpc(args) => rpc::run(args).await.map_err(fail(false)),
+        Top::Watchdog {
+            workspace_id,
+            vmm_pid,
+        } => {
+            let pyro = open_pyro(None).map_err(fail(false))?;
+            pyro.watch_workspace(&workspace_id, vmm_pid)
+                .await
+                .map_err(|e| fail(false)(e.into()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Top::Relay { dir } => {
             let agent = dir.join(pyro_qemu::AGENT_SOCKET);
             let listen = dir.join(pyro_qemu::RELAY_SOCKET);

@@ -606,3 +606,104 @@ fn a_crashed_vmm_is_reported_and_start_recovers_the_data() {
     e.ok_json(&["workspace", "delete", &id, "--json"]);
     e.assert_clean();
 }
+
+#[test]
+fn an_expired_ttl_stops_the_workspace_by_itself_and_keeps_its_data() {
+    let e = Env::new();
+    let out = e.pyro(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--ttl-seconds",
+        "60",
+        "--id-only",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        &id,
+        "keep.txt",
+        "--text",
+        "kept",
+        "--json",
+    ]);
+    // Nobody calls in: the watchdog alone must stop the VM when the TTL runs out.
+    let vmm_gone = Instant::now() + Duration::from_secs(120);
+    let vm_dir = e.state.path().join("workspaces").join(&id).join("vm");
+    loop {
+        let vmm_running = processes_in(&vm_dir).into_iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu"))
+        });
+        if !vmm_running {
+            break;
+        }
+        assert!(Instant::now() < vmm_gone, "the VM still runs after its TTL");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let s = e.ok_json(&["workspace", "status", &id, "--json"]);
+    assert_eq!(s["state"], "stopped");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("TTL ran out"),
+        "{s}"
+    );
+    assert_eq!(s["ttl_remaining_seconds"], 0.0);
+    let err = e.err(&["workspace", "start", &id]);
+    assert!(err.contains("TTL is used up"), "{err}");
+    e.ok_json(&["workspace", "update", &id, "--ttl-seconds", "600", "--json"]);
+    e.ok_json(&["workspace", "start", &id, "--json"]);
+    let r = e.ok_json(&["workspace", "file", "read", &id, "keep.txt", "--json"]);
+    assert_eq!(r["content"], "kept");
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}
+
+#[test]
+fn sixteen_workspaces_run_at_once() {
+    let e = Env::new();
+    let children: Vec<_> = (0..16)
+        .map(|_| {
+            e.cmd()
+                .args([
+                    "workspace",
+                    "create",
+                    "debian:12",
+                    "--mem-mib",
+                    "256",
+                    "--id-only",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout).trim().to_string()
+        })
+        .collect();
+    let list = e.ok_json(&["workspace", "list", "--json"]);
+    assert_eq!(list["count"], 16);
+    assert!(
+        list["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "started")
+    );
+    for id in &ids {
+        let r = e.ok_json(&["workspace", "exec", id, "--json", "--", "echo", id]);
+        assert_eq!(r["stdout"], format!("{id}\n"));
+    }
+    for id in &ids {
+        e.ok_json(&["workspace", "delete", id, "--json"]);
+    }
+    e.assert_clean();
+}

@@ -398,7 +398,7 @@ impl Pyro {
         }
         if rec.is_expired(now) {
             let id = rec.id.clone();
-            self.halt(&rec).await;
+            self.graceful_halt(&rec).await;
             return store
                 .update_workspace(&id, |r| {
                     r.pause_ttl(now);
@@ -412,6 +412,86 @@ impl Pyro {
                 });
         }
         Ok(rec)
+    }
+
+    /// Asks the guest to flush and power off, waits a little, then makes sure with
+    /// [`Self::halt`]. Used by `stop` and by TTL expiry, so no acknowledged write is lost.
+    async fn graceful_halt(&self, rec: &WorkspaceRecord) {
+        let session = tokio::time::timeout(Duration::from_secs(5), self.ws_session(rec)).await;
+        if let Ok(Ok(session)) = session {
+            let _ = tokio::time::timeout(Duration::from_secs(10), api::sync(&session)).await;
+            let req = api::Request::Shutdown(api::Shutdown { poweroff: true });
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                api::call::<api::Empty>(&session, &req),
+            )
+            .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
+            if !host::process_alive(pid, t) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.halt(rec).await;
+    }
+
+    /// Watches one boot of a workspace until its VMM is gone, stopping it (gracefully) when
+    /// its TTL runs out even if nobody calls in. Run by `pyro __watchdog`, a detached
+    /// process started at every boot.
+    pub async fn watch_workspace(&self, id: &str, vmm_pid: u32) -> Result<()> {
+        let vmm_ticks = host::process_start_ticks(vmm_pid);
+        let mut next_check = Instant::now();
+        loop {
+            let vmm_alive = vmm_ticks.is_some_and(|t| host::process_alive(vmm_pid, t));
+            if !vmm_alive || Instant::now() >= next_check {
+                let store = self.store()?;
+                let Some(rec) = store.get_workspace(id)? else {
+                    return Ok(());
+                };
+                if rec.state != WorkspaceState::Started || rec.vmm_pid != Some(vmm_pid) {
+                    return Ok(());
+                }
+                // Marks a dead VMM stopped, and stops an expired workspace.
+                let rec = self.refresh(&store, rec).await?;
+                if rec.state != WorkspaceState::Started {
+                    return Ok(());
+                }
+                let left = rec.remaining_ttl(host::now());
+                next_check = Instant::now() + Duration::from_secs_f64(left.clamp(0.5, 30.0));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn spawn_watchdog(&self, id: &str, vmm_pid: u32) {
+        use std::os::unix::process::CommandExt;
+        let Ok(bin) = self.relay_bin() else {
+            return;
+        };
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("__watchdog")
+            .arg(id)
+            .arg(vmm_pid.to_string())
+            .current_dir(self.ws_dirs(id).root)
+            .env("PYRO_STATE_DIR", &self.options().state_dir)
+            .env("PYRO_CACHE_DIR", &self.options().cache_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if let Err(e) = cmd.spawn() {
+            tracing::warn!("cannot start the TTL watchdog of workspace {id}: {e}");
+        }
     }
 
     /// Kills a workspace's VMM and relay (no guest shutdown).
@@ -736,7 +816,12 @@ impl Pyro {
         }
         .await;
         match built {
-            Ok(rec) => self.info(&store, &rec),
+            Ok(rec) => {
+                if let Some(pid) = rec.vmm_pid {
+                    self.spawn_watchdog(&id, pid);
+                }
+                self.info(&store, &rec)
+            }
             Err(e) => {
                 if let Ok(Some(r)) = store.get_workspace(&id) {
                     self.halt(&r).await;
@@ -1024,25 +1109,7 @@ impl Pyro {
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let rec = self.refresh(&store, rec).await?;
         if rec.state == WorkspaceState::Started {
-            if let Ok(session) = self.ws_session(&rec).await {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    api::call::<api::Empty>(
-                        &session,
-                        &api::Request::Shutdown(api::Shutdown { poweroff: true }),
-                    ),
-                )
-                .await;
-            }
-            // Give the guest a moment to power off by itself, then make sure.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
-                if !host::process_alive(pid, t) || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            self.halt(&rec).await;
+            self.graceful_halt(&rec).await;
         }
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
@@ -1091,6 +1158,7 @@ impl Pyro {
             r.last_activity_at = now;
             Ok::<(), CoreError>(())
         })?;
+        self.spawn_watchdog(id, vmm);
         self.info(&store, &rec)
     }
 
@@ -1166,6 +1234,7 @@ impl Pyro {
             r.last_activity_at = now;
             Ok::<(), CoreError>(())
         })?;
+        self.spawn_watchdog(id, vmm);
         self.info(&store, &rec)
     }
 }
