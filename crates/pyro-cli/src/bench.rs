@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure persistent workspaces instead: create with a 10 MB seed, exec round trip
+    /// (`pyro workspace exec ID -- true`, end to end) and reset.
+    #[arg(long)]
+    workspaces: bool,
 }
 
 /// Summary statistics of a sample, in milliseconds.
@@ -73,6 +77,9 @@ struct BackendResult {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.iterations == 0 {
         anyhow::bail!("--iterations must be at least 1");
+    }
+    if args.workspaces {
+        return workspaces(args).await;
     }
     let facts = HostFacts::probe();
     let kinds: Vec<BackendKind> = if args.backends.is_empty() {
@@ -164,6 +171,146 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
                 );
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct WorkspaceBench {
+    backend: String,
+    seed_bytes: u64,
+    create_with_seed: Stats,
+    exec_round_trip: Stats,
+    reset: Stats,
+}
+
+async fn timed(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, Vec<u8>)> {
+    let t = Instant::now();
+    let out = tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`pyro {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((ms, out.stdout))
+}
+
+async fn workspaces(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let backend = args
+        .backends
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "auto".into());
+    let pyro = crate::open_pyro(Some(&backend))?;
+    pyro.pull_environment(
+        &args.environment,
+        crate::stderr_progress(args.environment.clone()),
+    )
+    .await?;
+    // A 10 MB seed: 100 files of 100 KiB of pseudo-random bytes, in 10 directories.
+    let seed = std::env::temp_dir().join(format!("pyro-bench-seed-{}", std::process::id()));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut seed_bytes = 0u64;
+    for d in 0..10 {
+        let dir = seed.join(format!("dir{d}"));
+        std::fs::create_dir_all(&dir)?;
+        for f in 0..10 {
+            let mut buf = vec![0u8; 100 * 1024];
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            seed_bytes += buf.len() as u64;
+            std::fs::write(dir.join(format!("file{f}.bin")), buf)?;
+        }
+    }
+    let seed_s = seed.display().to_string();
+    let mut creates = Vec::new();
+    let mut ids = Vec::new();
+    eprintln!(
+        "[bench] workspace create --seed-path ({seed_bytes} bytes) x{}",
+        args.iterations
+    );
+    for _ in 0..args.iterations {
+        let (ms, out) = timed(
+            &exe,
+            &[
+                "workspace",
+                "create",
+                "--backend",
+                &backend,
+                &args.environment,
+                "--seed-path",
+                &seed_s,
+                "--id-only",
+            ],
+        )
+        .await?;
+        creates.push(ms);
+        ids.push(String::from_utf8_lossy(&out).trim().to_string());
+    }
+    let id = ids[0].clone();
+    eprintln!(
+        "[bench] workspace exec {id} -- true x{}",
+        args.iterations * 2
+    );
+    let mut execs = Vec::new();
+    for _ in 0..args.iterations * 2 {
+        execs.push(
+            timed(&exe, &["workspace", "exec", &id, "--", "true"])
+                .await?
+                .0,
+        );
+    }
+    eprintln!("[bench] workspace reset x{}", args.iterations);
+    let mut resets = Vec::new();
+    for _ in 0..args.iterations {
+        resets.push(timed(&exe, &["workspace", "reset", &id, "--json"]).await?.0);
+    }
+    for id in &ids {
+        let _ = timed(&exe, &["workspace", "delete", id]).await;
+    }
+    let _ = std::fs::remove_dir_all(&seed);
+    let r = WorkspaceBench {
+        backend: pyro
+            .backend(pyro.options().backend, &pyro_core::no_progress())
+            .await?
+            .kind()
+            .as_str()
+            .into(),
+        seed_bytes,
+        create_with_seed: stats(creates),
+        exec_round_trip: stats(execs),
+        reset: stats(resets),
+    };
+    if args.json {
+        crate::render::print_json(&r);
+    } else {
+        println!(
+            "{:<10} {:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+        );
+        for (name, s) in [
+            ("workspace create (10 MB)", &r.create_with_seed),
+            ("workspace exec (e2e)", &r.exec_round_trip),
+            ("workspace reset", &r.reset),
+        ] {
+            println!(
+                "{:<10} {:<28} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -163,7 +163,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 }
 
 /// One running VMM process.
-pub trait Machine: Send + std::fmt::Debug {
+pub trait Machine: Send + Sync + std::fmt::Debug {
     /// The VMM's pid.
     fn pid(&self) -> u32;
     /// The Unix socket speaking the `CONNECT <port>` handshake.

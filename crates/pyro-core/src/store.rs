@@ -1055,10 +1055,11 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// One connection to `<state_dir>/pyro.db`.
+/// One connection to `<state_dir>/pyro.db`. The connection sits behind a mutex so a
+/// `Store` is `Sync` and async code may hold one across `.await` (each transaction is short).
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    conn: std::sync::Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -1107,14 +1108,18 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
-        let store = Self { conn, path };
+        let store = Self {
+            conn: std::sync::Mutex::new(conn),
+            path,
+        };
         store.migrate()?;
         Ok(store)
     }
 
     /// Applies the migrations this database lacks, in one write transaction.
     fn migrate(&self) -> Result<(), StoreError> {
-        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)
             .map_err(sql("begin the schema migration"))?;
         let found: u32 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -1145,6 +1150,8 @@ impl Store {
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql("read the schema version"))
     }
@@ -1174,8 +1181,9 @@ impl Store {
         behavior: TransactionBehavior,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx =
-            Transaction::new_unchecked(&self.conn, behavior).map_err(sql("begin a transaction"))?;
+            Transaction::new_unchecked(&conn, behavior).map_err(sql("begin a transaction"))?;
         let tx = Tx { tx };
         // On error or panic `tx` is dropped, which rolls back.
         let out = f(&tx)?;
@@ -1336,16 +1344,22 @@ mod tests {
         let s = open(dir.path());
         let mode: String = s
             .conn
+            .lock()
+            .unwrap()
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
         let fk: bool = s
             .conn
+            .lock()
+            .unwrap()
             .pragma_query_value(None, "foreign_keys", |r| r.get(0))
             .unwrap();
         assert!(fk);
         let sync: i64 = s
             .conn
+            .lock()
+            .unwrap()
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 1, "NORMAL");
@@ -1479,6 +1493,8 @@ mod tests {
         // Labels and commands went with it.
         let orphans: i64 = s
             .conn
+            .lock()
+            .unwrap()
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM labels WHERE workspace_id = 'a') + \
                  (SELECT COUNT(*) FROM commands WHERE workspace_id = 'a')",
@@ -1805,6 +1821,8 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
         let check: String = s
             .conn
+            .lock()
+            .unwrap()
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");

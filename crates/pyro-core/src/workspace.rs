@@ -1329,6 +1329,30 @@ async fn import_tar_file(
 mod tests {
     use super::*;
 
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The async API must be usable from multi-threaded servers (MCP, JSON-RPC): every
+    /// future must be `Send`. This fails to compile otherwise.
+    #[allow(dead_code)]
+    fn futures_are_send(p: &Pyro) {
+        assert_send(&p.create_workspace(CreateWorkspace::new("debian:12"), crate::no_progress()));
+        assert_send(&p.exec_workspace("x", ExecOptions::new(Command::Shell("true".into())), None));
+        assert_send(&p.list_workspaces());
+        assert_send(&p.status_workspace("x"));
+        assert_send(&p.apply_workspace_patch("x", ""));
+        assert_send(&p.diff_workspace("x"));
+        assert_send(&p.export_workspace("x", "a", Path::new("/tmp/x")));
+        assert_send(&p.reset_workspace("x", crate::no_progress()));
+        assert_send(&p.stop_workspace("x"));
+        assert_send(&p.delete_workspace("x"));
+        assert_send(&p.run_in_vm(
+            crate::CreateVm::new("debian:12"),
+            ExecOptions::new(Command::Shell("true".into())),
+            crate::no_progress(),
+            None,
+        ));
+    }
+
     #[test]
     fn workspace_paths_are_normalized_or_refused() {
         assert_eq!(

@@ -1,0 +1,934 @@
+//! `pyro rpc`: JSON-RPC 2.0 over stdio, the transport of the Python SDK (`pyro_mcp.Pyro`).
+//!
+//! Framing: one JSON object per line in both directions (UTF-8, `\n`-terminated; JSON text
+//! never contains a raw newline). Methods carry the SDK's names (`run_in_vm`,
+//! `create_workspace`, …, plus `ping`); `params` is an object with the SDK's keyword names
+//! (absent or `null` means `{}`); a result is the core's result struct serialised as JSON.
+//!
+//! Requests run concurrently, each in its own task, so one long exec does not hold up a
+//! status call; responses come back in completion order, matched by `id`. While a request
+//! runs the server may send `{"method":"progress","params":{"id":<request id>,"message":..}}`
+//! notifications for it. Errors:
+//!
+//! | code | when | `data.kind` |
+//! |---|---|---|
+//! | -32700 | a line that is not JSON | — |
+//! | -32600 | not a JSON-RPC 2.0 request object (batches are not supported) | — |
+//! | -32601 | unknown method | — |
+//! | -32602 | unknown, missing or ill-typed parameter | `invalid_input` |
+//! | -32603 | the request's task panicked (a bug) | `runtime` |
+//! | -32000 | the core refused or failed | [`pyro_core::ErrorKind`] |
+//!
+//! When stdin closes the server stops reading, lets the requests in flight finish, deletes
+//! the one-shot VMs it created ([`Pyro::shutdown`]) and exits; workspaces persist. SIGINT
+//! or SIGTERM abandon the requests in flight instead.
+//!
+//! This module only translates: every parameter maps onto one call of [`Pyro`].
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::Args;
+use pyro_core::workspace::{CreateWorkspace, UpdateWorkspace};
+use pyro_core::{
+    BackendChoice, Command, CoreError, CreateVm, ExecOptions, ProgressEvent, ProgressFn, Pyro,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::{JoinSet, LocalSet};
+
+/// Arguments of `pyro rpc`.
+#[derive(Args, Debug)]
+pub struct RpcArgs {
+    /// Default VMM for sandboxes created through this server: auto, firecracker or qemu.
+    #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
+    backend: String,
+}
+
+/// Invalid JSON.
+const PARSE_ERROR: i64 = -32700;
+/// Not a request object.
+const INVALID_REQUEST: i64 = -32600;
+/// Unknown method.
+const METHOD_NOT_FOUND: i64 = -32601;
+/// Bad parameters.
+const INVALID_PARAMS: i64 = -32602;
+/// A bug in the server.
+const INTERNAL_ERROR: i64 = -32603;
+/// An error reported by the core.
+const APPLICATION_ERROR: i64 = -32000;
+
+/// The methods served, in the SDK's order.
+const METHODS: &[&str] = &[
+    "ping",
+    "run_in_vm",
+    "list_environments",
+    "pull_environment",
+    "inspect_environment",
+    "prune_environments",
+    "create_vm",
+    "start_vm",
+    "exec_vm",
+    "stop_vm",
+    "delete_vm",
+    "status_vm",
+    "network_info_vm",
+    "reap_expired",
+    "create_workspace",
+    "list_workspaces",
+    "update_workspace",
+    "status_workspace",
+    "stop_workspace",
+    "start_workspace",
+    "exec_workspace",
+    "push_workspace_sync",
+    "logs_workspace",
+    "export_workspace",
+    "diff_workspace",
+    "list_workspace_files",
+    "read_workspace_file",
+    "write_workspace_file",
+    "apply_workspace_patch",
+    "reset_workspace",
+    "delete_workspace",
+];
+
+/// A JSON-RPC error object.
+#[derive(Debug)]
+struct RpcError {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn invalid_params(message: impl Into<String>) -> Self {
+        Self {
+            code: INVALID_PARAMS,
+            message: message.into(),
+            data: Some(json!({"kind": "invalid_input"})),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+impl From<CoreError> for RpcError {
+    fn from(e: CoreError) -> Self {
+        // The whole cause chain, once, like anyhow's `{:#}`.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self {
+            code: APPLICATION_ERROR,
+            message,
+            data: Some(json!({"kind": e.kind()})),
+        }
+    }
+}
+
+/// Lines to stdout, written by one thread in the order they are queued.
+#[derive(Clone, Debug)]
+struct Out(std::sync::mpsc::Sender<String>);
+
+impl Out {
+    fn send(&self, v: &Value) {
+        // A closed channel means the writer is gone (stdout closed): nothing to tell.
+        let _ = self.0.send(v.to_string());
+    }
+
+    fn respond(&self, id: &Value, r: Result<Value, RpcError>) {
+        let v = match r {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()}),
+        };
+        self.send(&v);
+    }
+}
+
+/// Starts the stdout writer thread: one line per message, flushed at once.
+fn spawn_writer() -> std::io::Result<(Out, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let handle = std::thread::Builder::new()
+        .name("rpc-stdout".into())
+        .spawn(move || {
+            let mut ok = true;
+            for mut line in rx {
+                if !ok {
+                    // The client stopped reading: drop the rest.
+                    continue;
+                }
+                line.push('\n');
+                let mut stdout = std::io::stdout().lock();
+                ok = stdout.write_all(line.as_bytes()).is_ok() && stdout.flush().is_ok();
+            }
+        })?;
+    Ok((Out(tx), handle))
+}
+
+/// Starts the stdin reader thread: each line (without its `\n`) is sent to the returned
+/// channel, which closes at end of input.
+fn spawn_reader() -> std::io::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name("rpc-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let mut line = Vec::new();
+                match stdin.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                        }
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!("rpc: cannot read stdin: {e}");
+                        break;
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// One parsed request.
+struct Incoming {
+    /// `None` for a notification (no `id` member): run it, answer nothing.
+    id: Option<Value>,
+    method: String,
+    params: Value,
+}
+
+/// Parses one line: `Ok(None)` for a blank line; `Err` carries the id to answer with (`null`
+/// when unknown) and the error.
+fn parse_line(line: &[u8]) -> Result<Option<Incoming>, (Value, RpcError)> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            RpcError::new(PARSE_ERROR, format!("parse error: {e}")),
+        )
+    })?;
+    let Value::Object(mut obj) = v else {
+        let what = if v.is_array() {
+            "batch requests are not supported; send one request object per line"
+        } else {
+            "a request must be a JSON object"
+        };
+        return Err((Value::Null, RpcError::new(INVALID_REQUEST, what)));
+    };
+    let id = obj.remove("id");
+    let answer_id = id.clone().unwrap_or(Value::Null);
+    if let Some(i) = &id
+        && !(i.is_string() || i.is_number() || i.is_null())
+    {
+        return Err((
+            Value::Null,
+            RpcError::new(INVALID_REQUEST, "`id` must be a string, a number or null"),
+        ));
+    }
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err((
+            answer_id,
+            RpcError::new(INVALID_REQUEST, "`jsonrpc` must be \"2.0\""),
+        ));
+    }
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => {
+            return Err((
+                answer_id,
+                RpcError::new(INVALID_REQUEST, "`method` must be a string"),
+            ));
+        }
+    };
+    let params = match obj.remove("params") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Err((
+                answer_id,
+                RpcError::invalid_params("`params` must be an object of named parameters"),
+            ));
+        }
+    };
+    Ok(Some(Incoming { id, method, params }))
+}
+
+/// Runs `pyro rpc` until stdin closes (or a signal arrives).
+pub async fn run(args: RpcArgs) -> anyhow::Result<ExitCode> {
+    let pyro = Rc::new(crate::open_pyro(Some(&args.backend))?);
+    // The core's futures are not `Send` (they hold its SQLite handle and VM locks across
+    // awaits), so requests run as local tasks on this thread; they still run concurrently.
+    let local = LocalSet::new();
+    local.run_until(serve_all(pyro)).await
+}
+
+async fn serve_all(pyro: Rc<Pyro>) -> anyhow::Result<ExitCode> {
+    let (out, writer) = spawn_writer()?;
+    let mut input = spawn_reader()?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut reading = true;
+    let interrupted = loop {
+        tokio::select! {
+            line = input.recv(), if reading => match line {
+                Some(line) => match parse_line(&line) {
+                    Ok(Some(req)) => {
+                        tasks.spawn_local(serve(pyro.clone(), out.clone(), req));
+                    }
+                    Ok(None) => {}
+                    Err((id, e)) => out.respond(&id, Err(e)),
+                },
+                None => reading = false,
+            },
+            joined = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(Err(e)) = joined {
+                    tracing::warn!("rpc: request task failed: {e}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break Some(130u8),
+            _ = sigterm.recv() => break Some(143u8),
+        }
+        if !reading && tasks.is_empty() {
+            break None;
+        }
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    pyro.shutdown().await;
+    drop(out);
+    // The writer ends once every sender (the last was just dropped) is gone.
+    let _ = writer.join();
+    Ok(match interrupted {
+        Some(code) => ExitCode::from(code),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// Serves one request: runs it in a task of its own (so a panic becomes an error answer)
+/// and sends the response unless it was a notification.
+async fn serve(pyro: Rc<Pyro>, out: Out, req: Incoming) {
+    let progress = match &req.id {
+        Some(id) => progress_notifier(out.clone(), id.clone()),
+        None => pyro_core::no_progress(),
+    };
+    let method = req.method;
+    let params = req.params;
+    let handle =
+        tokio::task::spawn_local(async move { call(&pyro, &method, params, progress).await });
+    let result = match handle.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(RpcError {
+            code: INTERNAL_ERROR,
+            message: "internal error: the request's task panicked".into(),
+            data: Some(json!({"kind": "runtime"})),
+        }),
+        // Cancelled: the server is going away; nobody is waiting for an answer.
+        Err(_) => return,
+    };
+    if let Some(id) = &req.id {
+        out.respond(id, result);
+    }
+}
+
+/// Progress of request `id` as `progress` notifications. Environment-build steps are sent
+/// when a phase starts and then at most once a second, so a long build does not flood.
+fn progress_notifier(out: Out, id: Value) -> ProgressFn {
+    let last: Mutex<(&'static str, Option<Instant>)> = Mutex::new(("", None));
+    Arc::new(move |ev: &ProgressEvent| {
+        let message = match ev {
+            ProgressEvent::Pull(p) => {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                let recent = last.1.is_some_and(|t| t.elapsed().as_secs_f64() < 1.0);
+                if last.0 == p.phase && recent {
+                    return;
+                }
+                *last = (p.phase, Some(Instant::now()));
+                let first = p.message.lines().next().unwrap_or("");
+                format!(
+                    "[pull] step={}/{} phase={} elapsed={:.1}s {}",
+                    p.step,
+                    p.total,
+                    p.phase,
+                    p.elapsed.as_secs_f64(),
+                    first
+                )
+            }
+            ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
+            ProgressEvent::Phase { phase, vm_id } => match vm_id {
+                Some(v) => format!("[run] phase={phase} vm_id={v}"),
+                None => format!("[run] phase={phase}"),
+            },
+        };
+        out.send(&json!({
+            "jsonrpc": "2.0",
+            "method": "progress",
+            "params": {"id": id, "message": message.trim_end()},
+        }));
+    })
+}
+
+// ------------------------------------------------------------------------- parameters
+
+/// A command: a string is run by `/bin/sh -c`, an array is an argv executed directly.
+#[derive(Deserialize, Debug)]
+#[serde(
+    untagged,
+    expecting = "a string (run by /bin/sh -c) or an array of strings (argv, run directly)"
+)]
+enum CommandParam {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl From<CommandParam> for Command {
+    fn from(c: CommandParam) -> Self {
+        match c {
+            CommandParam::Shell(s) => Command::Shell(s),
+            CommandParam::Argv(a) => Command::Argv(a),
+        }
+    }
+}
+
+fn d_one() -> i64 {
+    1
+}
+fn d_mem() -> i64 {
+    1024
+}
+fn d_vm_ttl() -> i64 {
+    600
+}
+fn d_timeout() -> i64 {
+    30
+}
+fn d_ws_ttl() -> i64 {
+    pyro_core::workspace::DEFAULT_WORKSPACE_TTL
+}
+fn d_policy() -> String {
+    "off".into()
+}
+fn d_root() -> String {
+    "/workspace".into()
+}
+fn d_limit() -> u64 {
+    100
+}
+fn d_max_bytes() -> u64 {
+    65536
+}
+fn d_max_bytes_i() -> i64 {
+    65536
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentParams {
+    environment: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct VmIdParams {
+    vm_id: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct WorkspaceIdParams {
+    workspace_id: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CreateVmParams {
+    environment: String,
+    #[serde(default = "d_one")]
+    vcpu_count: i64,
+    #[serde(default = "d_mem")]
+    mem_mib: i64,
+    #[serde(default = "d_vm_ttl")]
+    ttl_seconds: i64,
+    #[serde(default)]
+    network: bool,
+    #[serde(default)]
+    allow_host_compat: bool,
+    backend: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RunInVmParams {
+    environment: String,
+    command: CommandParam,
+    #[serde(default = "d_one")]
+    vcpu_count: i64,
+    #[serde(default = "d_mem")]
+    mem_mib: i64,
+    #[serde(default = "d_timeout")]
+    timeout_seconds: i64,
+    #[serde(default = "d_vm_ttl")]
+    ttl_seconds: i64,
+    #[serde(default)]
+    network: bool,
+    #[serde(default)]
+    allow_host_compat: bool,
+    backend: Option<String>,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    max_output_bytes: Option<u64>,
+    stdin: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecVmParams {
+    vm_id: String,
+    command: CommandParam,
+    #[serde(default = "d_timeout")]
+    timeout_seconds: i64,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    max_output_bytes: Option<u64>,
+    stdin: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct CreateWorkspaceParams {
+    environment: String,
+    #[serde(default = "d_one")]
+    vcpu_count: i64,
+    #[serde(default = "d_mem")]
+    mem_mib: i64,
+    #[serde(default = "d_ws_ttl")]
+    ttl_seconds: i64,
+    #[serde(default = "d_policy")]
+    network_policy: String,
+    #[serde(default)]
+    allow_host_compat: bool,
+    seed_path: Option<PathBuf>,
+    name: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    backend: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct UpdateWorkspaceParams {
+    workspace_id: String,
+    name: Option<String>,
+    #[serde(default)]
+    clear_name: bool,
+    labels: Option<BTreeMap<String, String>>,
+    clear_labels: Option<Vec<String>>,
+    ttl_seconds: Option<i64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecWorkspaceParams {
+    workspace_id: String,
+    command: CommandParam,
+    #[serde(default = "d_timeout")]
+    timeout_seconds: i64,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    max_output_bytes: Option<u64>,
+    stdin: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SyncParams {
+    workspace_id: String,
+    source_path: PathBuf,
+    #[serde(default = "d_root")]
+    dest: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct LogsParams {
+    workspace_id: String,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default = "d_limit")]
+    limit: u64,
+    #[serde(default = "d_max_bytes")]
+    max_bytes: u64,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExportParams {
+    workspace_id: String,
+    path: String,
+    output_path: PathBuf,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileListParams {
+    workspace_id: String,
+    #[serde(default = "d_root")]
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileReadParams {
+    workspace_id: String,
+    path: String,
+    #[serde(default = "d_max_bytes_i")]
+    max_bytes: i64,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileWriteParams {
+    workspace_id: String,
+    path: String,
+    text: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PatchParams {
+    workspace_id: String,
+    patch: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ResetParams {
+    workspace_id: String,
+    snapshot: Option<String>,
+}
+
+/// Deserialises `params` for `method`, turning serde's complaint into -32602.
+fn params<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, RpcError> {
+    serde_json::from_value(params)
+        .map_err(|e| RpcError::invalid_params(format!("invalid params for {method}: {e}")))
+}
+
+/// Serialises a result, or maps the core's error.
+fn reply<T: serde::Serialize>(r: Result<T, CoreError>) -> Result<Value, RpcError> {
+    let v = r?;
+    serde_json::to_value(v).map_err(|e| RpcError {
+        code: INTERNAL_ERROR,
+        message: format!("cannot serialise the result: {e}"),
+        data: Some(json!({"kind": "runtime"})),
+    })
+}
+
+/// An application error of kind `invalid_input` for a parameter this version refuses.
+fn unsupported(field: &'static str, reason: &str) -> RpcError {
+    CoreError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+    .into()
+}
+
+fn refuse_host_compat(allow_host_compat: bool) -> Result<(), RpcError> {
+    if allow_host_compat {
+        return Err(unsupported(
+            "allow_host_compat",
+            "host compatibility mode (running commands on the host) is not offered by pyro; \
+             every command runs in a sandbox",
+        ));
+    }
+    Ok(())
+}
+
+fn backend(b: Option<String>) -> Result<Option<BackendChoice>, RpcError> {
+    Ok(b.map(|b| b.parse::<BackendChoice>()).transpose()?)
+}
+
+fn exec_options(
+    command: CommandParam,
+    timeout_seconds: i64,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    max_output_bytes: Option<u64>,
+    stdin: Option<String>,
+) -> ExecOptions {
+    let mut o = ExecOptions::new(command.into());
+    o.timeout_seconds = timeout_seconds;
+    o.cwd = cwd;
+    o.env = env.unwrap_or_default();
+    o.max_output_bytes = max_output_bytes;
+    o.stdin = stdin.map(|s| s.into_bytes().into());
+    o
+}
+
+/// Runs one method.
+async fn call(
+    pyro: &Pyro,
+    method: &str,
+    p: Value,
+    progress: ProgressFn,
+) -> Result<Value, RpcError> {
+    match method {
+        "ping" => {
+            params::<NoParams>(method, p)?;
+            Ok(json!({
+                "pong": true,
+                "version": env!("CARGO_PKG_VERSION"),
+                "methods": METHODS,
+            }))
+        }
+        "list_environments" => {
+            params::<NoParams>(method, p)?;
+            reply(Ok(pyro.list_environments()))
+        }
+        "pull_environment" => {
+            let a: EnvironmentParams = params(method, p)?;
+            pyro.pull_environment(&a.environment, progress).await?;
+            reply(pyro.inspect_environment(&a.environment))
+        }
+        "inspect_environment" => {
+            let a: EnvironmentParams = params(method, p)?;
+            reply(pyro.inspect_environment(&a.environment))
+        }
+        "prune_environments" => {
+            params::<NoParams>(method, p)?;
+            reply(pyro.prune_environments())
+        }
+        "create_vm" => {
+            let a: CreateVmParams = params(method, p)?;
+            refuse_host_compat(a.allow_host_compat)?;
+            let req = CreateVm {
+                environment: a.environment,
+                vcpu_count: a.vcpu_count,
+                mem_mib: a.mem_mib,
+                ttl_seconds: a.ttl_seconds,
+                network: a.network,
+                backend: backend(a.backend)?,
+            };
+            reply(pyro.create_vm(req, progress).await)
+        }
+        "run_in_vm" => {
+            let a: RunInVmParams = params(method, p)?;
+            refuse_host_compat(a.allow_host_compat)?;
+            let create = CreateVm {
+                environment: a.environment,
+                vcpu_count: a.vcpu_count,
+                mem_mib: a.mem_mib,
+                ttl_seconds: a.ttl_seconds,
+                network: a.network,
+                backend: backend(a.backend)?,
+            };
+            let exec = exec_options(
+                a.command,
+                a.timeout_seconds,
+                a.cwd,
+                a.env,
+                a.max_output_bytes,
+                a.stdin,
+            );
+            reply(pyro.run_in_vm(create, exec, progress, None).await)
+        }
+        "start_vm" => {
+            let a: VmIdParams = params(method, p)?;
+            reply(pyro.start_vm(&a.vm_id, progress).await)
+        }
+        "exec_vm" => {
+            let a: ExecVmParams = params(method, p)?;
+            let exec = exec_options(
+                a.command,
+                a.timeout_seconds,
+                a.cwd,
+                a.env,
+                a.max_output_bytes,
+                a.stdin,
+            );
+            reply(pyro.exec_vm(&a.vm_id, exec, None).await)
+        }
+        "stop_vm" => {
+            let a: VmIdParams = params(method, p)?;
+            reply(pyro.stop_vm(&a.vm_id).await)
+        }
+        "delete_vm" => {
+            let a: VmIdParams = params(method, p)?;
+            reply(pyro.delete_vm(&a.vm_id).await)
+        }
+        "status_vm" => {
+            let a: VmIdParams = params(method, p)?;
+            reply(pyro.status_vm(&a.vm_id).await)
+        }
+        "network_info_vm" => {
+            let a: VmIdParams = params(method, p)?;
+            reply(pyro.network_info_vm(&a.vm_id).await)
+        }
+        "reap_expired" => {
+            params::<NoParams>(method, p)?;
+            reply(Ok(pyro.reap_expired().await))
+        }
+        "create_workspace" => {
+            let a: CreateWorkspaceParams = params(method, p)?;
+            refuse_host_compat(a.allow_host_compat)?;
+            let mut req = CreateWorkspace::new(a.environment);
+            req.vcpu_count = a.vcpu_count;
+            req.mem_mib = a.mem_mib;
+            req.ttl_seconds = a.ttl_seconds;
+            req.network_policy = a.network_policy;
+            req.seed_path = a.seed_path;
+            req.name = a.name;
+            req.labels = a.labels.unwrap_or_default();
+            req.backend = backend(a.backend)?;
+            reply(pyro.create_workspace(req, progress).await)
+        }
+        "list_workspaces" => {
+            params::<NoParams>(method, p)?;
+            reply(pyro.list_workspaces().await)
+        }
+        "update_workspace" => {
+            let a: UpdateWorkspaceParams = params(method, p)?;
+            let req = UpdateWorkspace {
+                name: a.name,
+                clear_name: a.clear_name,
+                labels: a.labels.unwrap_or_default(),
+                clear_labels: a.clear_labels.unwrap_or_default(),
+                ttl_seconds: a.ttl_seconds,
+            };
+            reply(pyro.update_workspace(&a.workspace_id, req).await)
+        }
+        "status_workspace" => {
+            let a: WorkspaceIdParams = params(method, p)?;
+            reply(pyro.status_workspace(&a.workspace_id).await)
+        }
+        "stop_workspace" => {
+            let a: WorkspaceIdParams = params(method, p)?;
+            reply(pyro.stop_workspace(&a.workspace_id).await)
+        }
+        "start_workspace" => {
+            let a: WorkspaceIdParams = params(method, p)?;
+            reply(pyro.start_workspace(&a.workspace_id, progress).await)
+        }
+        "exec_workspace" => {
+            let a: ExecWorkspaceParams = params(method, p)?;
+            let exec = exec_options(
+                a.command,
+                a.timeout_seconds,
+                a.cwd,
+                a.env,
+                a.max_output_bytes,
+                a.stdin,
+            );
+            reply(pyro.exec_workspace(&a.workspace_id, exec, None).await)
+        }
+        "push_workspace_sync" => {
+            let a: SyncParams = params(method, p)?;
+            reply(
+                pyro.push_workspace_sync(&a.workspace_id, &a.source_path, &a.dest)
+                    .await,
+            )
+        }
+        "logs_workspace" => {
+            let a: LogsParams = params(method, p)?;
+            reply(
+                pyro.logs_workspace(&a.workspace_id, a.offset, a.limit, a.max_bytes)
+                    .await,
+            )
+        }
+        "export_workspace" => {
+            let a: ExportParams = params(method, p)?;
+            reply(
+                pyro.export_workspace(&a.workspace_id, &a.path, &a.output_path)
+                    .await,
+            )
+        }
+        "diff_workspace" => {
+            let a: WorkspaceIdParams = params(method, p)?;
+            reply(pyro.diff_workspace(&a.workspace_id).await)
+        }
+        "list_workspace_files" => {
+            let a: FileListParams = params(method, p)?;
+            reply(
+                pyro.list_workspace_files(&a.workspace_id, &a.path, a.recursive)
+                    .await,
+            )
+        }
+        "read_workspace_file" => {
+            let a: FileReadParams = params(method, p)?;
+            reply(
+                pyro.read_workspace_file(&a.workspace_id, &a.path, a.max_bytes)
+                    .await,
+            )
+        }
+        "write_workspace_file" => {
+            let a: FileWriteParams = params(method, p)?;
+            reply(
+                pyro.write_workspace_file(&a.workspace_id, &a.path, &a.text)
+                    .await,
+            )
+        }
+        "apply_workspace_patch" => {
+            let a: PatchParams = params(method, p)?;
+            reply(pyro.apply_workspace_patch(&a.workspace_id, &a.patch).await)
+        }
+        "reset_workspace" => {
+            let a: ResetParams = params(method, p)?;
+            if let Some(s) = &a.snapshot
+                && s != "baseline"
+            {
+                return Err(unsupported(
+                    "snapshot",
+                    "named snapshots are not available in this version; reset goes back to \
+                     `baseline`",
+                ));
+            }
+            reply(pyro.reset_workspace(&a.workspace_id, progress).await)
+        }
+        "delete_workspace" => {
+            let a: WorkspaceIdParams = params(method, p)?;
+            reply(pyro.delete_workspace(&a.workspace_id).await)
+        }
+        other => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("unknown method `{other}`"),
+        )),
+    }
+}
