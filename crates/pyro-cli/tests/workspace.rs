@@ -707,3 +707,49 @@ fn sixteen_workspaces_run_at_once() {
     }
     e.assert_clean();
 }
+
+#[test]
+fn an_interrupted_create_is_reported_and_reset_recovers_it() {
+    let e = Env::new();
+    let mut child = e
+        .cmd()
+        .args(["workspace", "create", "debian:12", "--id-only"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the CLI once the VM is booting.
+    let root = e.state.path().join("workspaces");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let booting = std::fs::read_dir(&root).ok().and_then(|d| {
+            d.flatten()
+                .find(|w| w.path().join("vm").join("console.log").exists())
+                .map(|w| w.file_name().to_string_lossy().into_owned())
+        });
+        if let Some(id) = booting {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workspace never started booting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    let _ = child.wait();
+    let s = e.ok_json(&["workspace", "status", &id, "--json"]);
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("interrupted"),
+        "{s}"
+    );
+    let err = e.err(&["workspace", "start", &id]);
+    assert!(err.contains("interrupted"), "{err}");
+    let s = e.ok_json(&["workspace", "reset", &id, "--json"]);
+    assert_eq!(s["state"], "started");
+    let r = e.ok_json(&["workspace", "exec", &id, "--json", "--", "pwd"]);
+    assert_eq!(r["stdout"], "/workspace\n");
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}

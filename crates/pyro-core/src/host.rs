@@ -40,6 +40,29 @@ pub fn process_alive(pid: u32, ticks: u64) -> bool {
     process_start_ticks(pid) == Some(ticks)
 }
 
+/// Pids of the processes whose working directory is `dir` or below it.
+pub fn processes_with_cwd_in(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.starts_with(&dir) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Finds the static guest agent binary.
 pub fn locate_agent(explicit: Option<&Path>) -> Result<PathBuf> {
     let mut candidates = Vec::new();

@@ -374,10 +374,41 @@ impl Pyro {
     /// Checks a record against reality: a started workspace whose VMM died is marked stopped
     /// (with the reason); one whose TTL ran out is stopped. Returns the fresh record.
     async fn refresh(&self, store: &Store, rec: WorkspaceRecord) -> Result<WorkspaceRecord> {
+        let now = host::now();
+        // A create or reset whose process died part-way leaves `creating` behind: once it is
+        // older than any boot could take, say so truthfully (reset or delete recover it).
+        let stale_after = self.options().boot_timeout.as_secs_f64() + 120.0;
+        let builder_gone = || {
+            let owner = std::fs::read_to_string(self.ws_dirs(&rec.id).root.join("builder"))
+                .ok()
+                .and_then(|t| {
+                    let (p, t) = t.trim().split_once(' ')?;
+                    Some((p.parse::<u32>().ok()?, t.parse::<u64>().ok()?))
+                });
+            match owner {
+                Some((pid, ticks)) => !host::process_alive(pid, ticks),
+                None => now - rec.last_activity_at > stale_after,
+            }
+        };
+        if rec.state == WorkspaceState::Creating && builder_gone() {
+            self.halt(&rec).await;
+            let id = rec.id.clone();
+            return store.update_workspace(&id, |r| {
+                r.pause_ttl(now);
+                r.state = WorkspaceState::Error;
+                r.vmm_pid = None;
+                r.vmm_start_ticks = None;
+                r.relay_pid = None;
+                r.relay_start_ticks = None;
+                r.last_error = Some(
+                    "its creation or reset was interrupted; `reset` rebuilds it from its baseline, or delete it".into(),
+                );
+                Ok::<(), CoreError>(())
+            });
+        }
         if rec.state != WorkspaceState::Started {
             return Ok(rec);
         }
-        let now = host::now();
         let alive = match (rec.vmm_pid, rec.vmm_start_ticks) {
             (Some(pid), Some(t)) => host::process_alive(pid, t),
             _ => false,
@@ -412,6 +443,17 @@ impl Pyro {
                 });
         }
         Ok(rec)
+    }
+
+    /// Records which process is building (creating or resetting) the workspace, so that a
+    /// build whose process died is recognized at once.
+    fn mark_builder(&self, id: &str) {
+        let me = std::process::id();
+        let ticks = host::process_start_ticks(me).unwrap_or(0);
+        let _ = std::fs::write(
+            self.ws_dirs(id).root.join("builder"),
+            format!("{me} {ticks}\n"),
+        );
     }
 
     /// Asks the guest to flush and power off, waits a little, then makes sure with
@@ -516,6 +558,12 @@ impl Pyro {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let d = self.ws_dirs(&rec.id);
+        // Processes of a boot that was never recorded (its builder died before) are found by
+        // their working directory, which is always the workspace's VM directory.
+        for pid in host::processes_with_cwd_in(&d.vm()) {
+            // SAFETY: kill(2) on a process working inside this workspace's VM directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
         let _ = std::fs::remove_file(d.socket(&rec.backend));
     }
 
@@ -758,6 +806,7 @@ impl Pyro {
         let d = self.ws_dirs(&id);
         host::ensure_private_dir(&d.root)?;
         let _guard = lock::lock(d.lock(), LockMode::Exclusive, LOCK_TIMEOUT).await?;
+        self.mark_builder(&id);
         let now = host::now();
         let mut rec =
             WorkspaceRecord::new(&id, &req.environment, entry.version, kind.as_str(), now);
@@ -1136,6 +1185,18 @@ impl Pyro {
         if rec.state == WorkspaceState::Started {
             return self.info(&store, &rec);
         }
+        if matches!(rec.state, WorkspaceState::Creating | WorkspaceState::Error) {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_start",
+                detail: Some(
+                    rec.last_error
+                        .clone()
+                        .unwrap_or_else(|| "it is being created or reset".into()),
+                ),
+            });
+        }
         let now = host::now();
         if rec.remaining_ttl(now) <= 0.0 {
             return Err(CoreError::WorkspaceState {
@@ -1199,24 +1260,54 @@ impl Pyro {
         let fresh = d.root.join("upper.ext4.new");
         self.cache().create_upper_disk(&fresh, WORKSPACE_DISK_MIB)?;
         std::fs::rename(&fresh, d.upper()).map_err(|e| CoreError::io("replace", d.upper(), e))?;
+        self.mark_builder(id);
         let now = host::now();
         store.update_workspace(id, |r| {
             r.pause_ttl(now);
-            r.state = WorkspaceState::Stopped;
+            // `creating` until the baseline is back: a reset killed half-way is reported.
+            r.state = WorkspaceState::Creating;
+            r.last_activity_at = now;
             r.vmm_pid = None;
             r.vmm_start_ticks = None;
             r.relay_pid = None;
             r.relay_start_ticks = None;
             Ok::<(), CoreError>(())
         })?;
-        let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
-        import_tar_file(
-            &session,
-            &d.baseline(),
-            WORKSPACE_ROOT,
-            api::ImportMode::Replace,
-        )
-        .await?;
+        let rebuilt = async {
+            let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
+            let seeded = import_tar_file(
+                &session,
+                &d.baseline(),
+                WORKSPACE_ROOT,
+                api::ImportMode::Replace,
+            )
+            .await;
+            match seeded {
+                Ok(_) => Ok((vmm, relay)),
+                Err(e) => {
+                    let mut booted = rec.clone();
+                    booted.vmm_pid = Some(vmm);
+                    booted.vmm_start_ticks = host::process_start_ticks(vmm);
+                    booted.relay_pid = relay;
+                    booted.relay_start_ticks = relay.and_then(host::process_start_ticks);
+                    self.halt(&booted).await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        let (vmm, relay) = match rebuilt {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = format!("the reset failed: {e}; `reset` again, or delete it");
+                let _ = store.update_workspace(id, |r| {
+                    r.state = WorkspaceState::Error;
+                    r.last_error = Some(msg);
+                    Ok::<(), CoreError>(())
+                });
+                return Err(e);
+            }
+        };
         store.clear_commands(id)?;
         let _ = std::fs::remove_dir_all(d.logs());
         host::ensure_private_dir(&d.logs())?;
