@@ -54,10 +54,10 @@ pub fn processes_with_cwd_in(dir: &Path) -> Vec<u32> {
         if pid == me {
             continue;
         }
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-            if cwd.starts_with(&dir) {
-                out.push(pid);
-            }
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            && cwd.starts_with(&dir)
+        {
+            out.push(pid);
         }
     }
     out
