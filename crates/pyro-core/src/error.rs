@@ -211,7 +211,8 @@ impl CoreError {
         }
     }
 
-    pub(crate) fn io(
+    /// An I/O error on `path` while doing `action`.
+    pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
         source: std::io::Error,
