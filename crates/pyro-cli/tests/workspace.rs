@@ -753,3 +753,65 @@ fn an_interrupted_create_is_reported_and_reset_recovers_it() {
     e.ok_json(&["workspace", "delete", &id, "--json"]);
     e.assert_clean();
 }
+
+#[test]
+fn a_tarball_seed_and_a_diff_with_symlinks_round_trip_through_patch_apply() {
+    let e = Env::new();
+    let seed = make_seed(e.work.path());
+    // The most common way to make a tarball: `tar -C DIR -czf x.tgz .` (members start `./`).
+    let tgz = e.work.path().join("seed.tgz");
+    let st = Command::new("tar")
+        .args([
+            "-C",
+            seed.to_str().unwrap(),
+            "-czf",
+            tgz.to_str().unwrap(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let w = e.ok_json(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--seed-path",
+        tgz.to_str().unwrap(),
+        "--json",
+    ]);
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["workspace_seed"]["mode"], "tar_archive");
+    // Change things, including symlinks, then capture the diff.
+    e.ok_json(&[
+        "workspace", "exec", &id, "--json", "--shell", "--",
+        "ln -s src/main.txt main-link && rm run && ln -s bin/run-hard.sh run && chmod -x bin/run-hard.sh && echo more >> src/main.txt",
+    ]);
+    let d = e.ok_json(&["workspace", "diff", &id, "--json"]);
+    let patch = d["patch"].as_str().unwrap().to_string();
+    assert!(patch.contains("new file mode 120000"), "{patch}");
+    // Back to the baseline, then re-apply the diff: the same tree must come back.
+    e.ok_json(&["workspace", "reset", &id, "--json"]);
+    e.ok_json(&[
+        "workspace",
+        "patch",
+        "apply",
+        &id,
+        "--patch",
+        &patch,
+        "--json",
+    ]);
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--json",
+        "--shell",
+        "--",
+        "readlink main-link run; stat -c %a bin/run-hard.sh; tail -1 src/main.txt",
+    ]);
+    assert_eq!(r["stdout"], "src/main.txt\nbin/run-hard.sh\n644\nmore\n");
+    let d = e.ok_json(&["workspace", "diff", &id, "--json"]);
+    assert_eq!(d["patch"].as_str().unwrap(), patch);
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}

@@ -318,9 +318,19 @@ fn copy_validated<W: Write>(path: &Path, b: &mut tar::Builder<W>) -> Result<TarS
             .map_err(|e| invalid("seed_path", format!("{} is corrupt: {e}", path.display())))?;
         let raw = entry.path_bytes();
         let raw = String::from_utf8_lossy(&raw).into_owned();
+        let kind = entry.header().entry_type();
+        // `tar -C dir -cf x.tar .` stores the root itself as `./`: nothing to import.
+        if kind == tar::EntryType::Directory
+            && raw
+                .trim_matches('/')
+                .trim_start_matches("./")
+                .trim_matches('.')
+                .is_empty()
+        {
+            continue;
+        }
         let member = normalize_member(&raw).map_err(|r| invalid("seed_path", r))?;
         let mut h = entry.header().clone();
-        let kind = h.entry_type();
         match kind {
             tar::EntryType::Directory => {
                 b.append_data(&mut h, format!("{member}/"), io::empty())

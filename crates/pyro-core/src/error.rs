@@ -69,7 +69,7 @@ pub enum CoreError {
         id: String,
     },
     /// The workspace is in the wrong state for the operation.
-    #[error("workspace `{id}` is {state}; {operation} needs it started{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    #[error("workspace `{id}` is {state}, so {operation} cannot run{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     WorkspaceState {
         /// The workspace.
         id: String,
@@ -90,10 +90,10 @@ pub enum CoreError {
     #[error(transparent)]
     Validation(#[from] crate::store::ValidationError),
     /// A patch could not be parsed.
-    #[error("invalid patch: {0}")]
+    #[error("invalid patch")]
     PatchParse(#[from] pyro_patch::PatchError),
     /// A patch did not apply; nothing was changed.
-    #[error("the patch does not apply (nothing was changed): {0}")]
+    #[error("the patch does not apply (nothing was changed)")]
     PatchApply(#[from] pyro_patch::ApplyError),
     /// The VM's TTL ran out; it was deleted.
     #[error("vm `{id}` expired (ttl {ttl_seconds} s) and has been deleted")]
@@ -104,15 +104,15 @@ pub enum CoreError {
         ttl_seconds: u64,
     },
     /// Too many sandboxes at once.
-    #[error("the limit of {max} active vms in this process is reached")]
+    #[error("the limit of {max} running sandboxes is reached; stop or delete some first")]
     Capacity {
         /// The limit.
         max: usize,
     },
     /// Guest networking was asked for.
     #[error(
-        "guest networking is not available in this version of pyro; run without --network \
-         (network=false)"
+        "guest networking is not available in this version of pyro; leave it off \
+         (no --network, network_policy off)"
     )]
     NetworkUnsupported,
     /// An environment (image) problem.
@@ -212,11 +212,7 @@ impl CoreError {
     }
 
     /// An I/O error on `path` while doing `action`.
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             action,
             path: path.into(),

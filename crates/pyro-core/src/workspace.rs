@@ -136,6 +136,12 @@ pub struct WorkspaceExecResult {
     pub stderr_truncated: bool,
     /// pyro extension: why the program could not be started.
     pub spawn_error: Option<String>,
+    /// pyro extension: exact stdout bytes, base64, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// pyro extension: exact stderr bytes, base64, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
 }
 
 /// Summary line of [`Pyro::list_workspaces`].
@@ -313,7 +319,15 @@ impl Dirs {
     fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// The agent's `CONNECT` socket: recorded at boot (a jailed Firecracker keeps it inside
+    /// its chroot), else the backend's default place.
     fn socket(&self, backend: &str) -> PathBuf {
+        if let Ok(p) = std::fs::read_to_string(self.vm().join("agent-socket")) {
+            let p = PathBuf::from(p.trim());
+            if p.is_absolute() {
+                return p;
+            }
+        }
         match backend {
             "firecracker" => self.vm().join("vsock.sock"),
             _ => self.vm().join(pyro_qemu::RELAY_SOCKET),
@@ -443,6 +457,20 @@ impl Pyro {
                 });
         }
         Ok(rec)
+    }
+
+    fn check_capacity(&self, store: &Store) -> Result<()> {
+        let running = store
+            .list_workspaces()?
+            .iter()
+            .filter(|w| matches!(w.state, WorkspaceState::Started | WorkspaceState::Creating))
+            .count();
+        if running >= MAX_RUNNING_WORKSPACES {
+            return Err(CoreError::Capacity {
+                max: MAX_RUNNING_WORKSPACES,
+            });
+        }
+        Ok(())
     }
 
     /// Records which process is building (creating or resetting) the workspace, so that a
@@ -651,8 +679,9 @@ impl Pyro {
             _ => BackendChoice::Qemu,
         };
         let backend = self.backend(choice, progress).await?;
+        // `create` has already pulled with progress; here the environment is normally cached.
         let env = self
-            .pull_environment(&rec.environment, progress.clone())
+            .pull_environment(&rec.environment, crate::no_progress())
             .await?;
         let vm_dir = d.vm();
         // Start from a clean VM directory (stale sockets of a dead VMM would confuse the
@@ -678,6 +707,10 @@ impl Pyro {
                 boot_timeout: self.options().boot_timeout,
             })
             .await?;
+        let _ = std::fs::write(
+            vm_dir.join("agent-socket"),
+            machine.agent_socket().display().to_string(),
+        );
         let session =
             match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
                 Ok(s) => s,
@@ -789,16 +822,7 @@ impl Pyro {
         let choice = req.backend.unwrap_or(self.options().backend);
         let kind = crate::backend::resolve(choice, self.host_facts())?;
         let store = self.store()?;
-        let running = store
-            .list_workspaces()?
-            .iter()
-            .filter(|w| w.state == WorkspaceState::Started)
-            .count();
-        if running >= MAX_RUNNING_WORKSPACES {
-            return Err(CoreError::Capacity {
-                max: MAX_RUNNING_WORKSPACES,
-            });
-        }
+        self.check_capacity(&store)?;
         self.pull_environment(&req.environment, progress.clone())
             .await?;
 
@@ -1085,8 +1109,10 @@ impl Pyro {
         });
         let stdout_truncated = res.stdout_bytes > out_cap.len() as u64;
         let stderr_truncated = res.stderr_bytes > err_cap.len() as u64;
-        let (stdout, _) = crate::render_output(&out_cap, stdout_truncated, res.stdout_bytes);
-        let (stderr, _) = crate::render_output(&err_cap, stderr_truncated, res.stderr_bytes);
+        let (stdout, stdout_base64) =
+            crate::render_output(&out_cap, stdout_truncated, res.stdout_bytes);
+        let (stderr, stderr_base64) =
+            crate::render_output(&err_cap, stderr_truncated, res.stderr_bytes);
         Ok(WorkspaceExecResult {
             workspace_id: id.to_string(),
             environment: rec.environment.clone(),
@@ -1105,6 +1131,8 @@ impl Pyro {
             stdout_truncated,
             stderr_truncated,
             spawn_error: res.spawn_error,
+            stdout_base64,
+            stderr_base64,
         })
     }
 
@@ -1116,6 +1144,7 @@ impl Pyro {
         limit: u64,
         max_bytes: u64,
     ) -> Result<WorkspaceLogs> {
+        let max_bytes = max_bytes.min(MAX_LOG_BYTES);
         let store = self.store()?;
         store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let total = store.command_count(id)?;
@@ -1197,6 +1226,7 @@ impl Pyro {
                 ),
             });
         }
+        self.check_capacity(&store)?;
         let now = host::now();
         if rec.remaining_ttl(now) <= 0.0 {
             return Err(CoreError::WorkspaceState {
@@ -1253,6 +1283,17 @@ impl Pyro {
                 operation: "workspace_reset",
                 detail: Some("its baseline archive is missing".into()),
             });
+        }
+        if rec.remaining_ttl(host::now()) <= 0.0 {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_reset",
+                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
+            });
+        }
+        if rec.state != WorkspaceState::Started {
+            self.check_capacity(&store)?;
         }
         self.halt(&rec).await;
         // The new disk is made beside the old one and swapped in, so a failure before the
@@ -1766,7 +1807,13 @@ impl Pyro {
         let rec = self.load_started(&store, id, "workspace_sync_push").await?;
         let d = self.ws_dirs(id);
         let tmp = d.root.join(format!("sync-{}.tar", host::new_id()));
-        let built = seed.write_tar(&tmp);
+        let built = seed.write_tar(&tmp).map_err(|e| match e {
+            CoreError::Invalid { reason, .. } => CoreError::Invalid {
+                field: "source_path",
+                reason,
+            },
+            other => other,
+        });
         let res = match built {
             Ok(_) => {
                 let session = self.ws_session(&rec).await;
@@ -2059,6 +2106,37 @@ impl Pyro {
                     );
                 }
                 Err(api::CallError::Agent(e)) if e.code == api::ErrorCode::NotFound => {}
+                Err(api::CallError::Agent(e)) if e.code == api::ErrorCode::BadRequest => {
+                    // Not a regular file: a symlink is patched like git does (mode 120000,
+                    // content = target); anything else is an error.
+                    let list = api::list_files(
+                        &session,
+                        api::ListFiles {
+                            root: WORKSPACE_ROOT.into(),
+                            path: p.clone(),
+                            recursive: false,
+                            max_entries: Some(1),
+                        },
+                    )
+                    .await?;
+                    let target = list
+                        .entries
+                        .first()
+                        .filter(|_| list.artifact_type == api::ArtifactType::Symlink)
+                        .and_then(|e| e.link_target.clone());
+                    match target {
+                        Some(t) => {
+                            current.insert(
+                                p.clone(),
+                                pyro_patch::FileState {
+                                    content: t.into_bytes(),
+                                    mode: 0o120777,
+                                },
+                            );
+                        }
+                        None => return Err(CoreError::Agent(api::CallError::Agent(e))),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -2076,6 +2154,22 @@ impl Pyro {
                     path,
                     content,
                     mode,
+                } if mode & 0o170000 == 0o120000 => {
+                    let target =
+                        String::from_utf8(content.clone()).map_err(|_| CoreError::Invalid {
+                            field: "patch",
+                            reason: format!("the symlink target of {path} is not UTF-8"),
+                        })?;
+                    let path = rel(&normalize_workspace_path(path)?);
+                    if current.contains_key(&path) {
+                        changes.push(api::Change::Delete { path: path.clone() });
+                    }
+                    changes.push(api::Change::Symlink { path, target });
+                }
+                pyro_patch::Outcome::Write {
+                    path,
+                    content,
+                    mode,
                 } => {
                     changes.push(api::Change::Write {
                         path: rel(&normalize_workspace_path(path)?),
@@ -2089,8 +2183,6 @@ impl Pyro {
                 }),
             }
         }
-        // Deletions after writes, so a rename's new file exists before the old one goes.
-        changes.sort_by_key(|c| matches!(c, api::Change::Delete { .. }));
         api::write_files(&session, changes, data, WORKSPACE_ROOT).await?;
         let now = host::now();
         let _ = store.update_workspace(id, |r| {
