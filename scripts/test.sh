@@ -18,3 +18,5 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# The Python SDK, the examples and the MCP server through a real MCP client (pytest).
+bash scripts/test-python.sh

@@ -41,6 +41,7 @@ use pyro_core::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::{JoinSet, LocalSet};
 
@@ -300,7 +301,8 @@ pub async fn run(args: RpcArgs) -> anyhow::Result<ExitCode> {
 async fn serve_all(pyro: Rc<Pyro>) -> anyhow::Result<ExitCode> {
     let (out, writer) = spawn_writer()?;
     let mut input = spawn_reader()?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut reading = true;
     let interrupted = loop {
@@ -320,7 +322,7 @@ async fn serve_all(pyro: Rc<Pyro>) -> anyhow::Result<ExitCode> {
                     tracing::warn!("rpc: request task failed: {e}");
                 }
             }
-            _ = tokio::signal::ctrl_c() => break Some(130u8),
+            _ = sigint.recv() => break Some(130u8),
             _ = sigterm.recv() => break Some(143u8),
         }
         if !reading && tasks.is_empty() {
@@ -930,5 +932,185 @@ async fn call(
             METHOD_NOT_FOUND,
             format!("unknown method `{other}`"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Option<Incoming>, (Value, RpcError)> {
+        parse_line(line.as_bytes())
+    }
+
+    fn err(line: &str) -> (Value, RpcError) {
+        match parse(line) {
+            Err(e) => e,
+            Ok(_) => panic!("`{line}` parsed"),
+        }
+    }
+
+    #[test]
+    fn requests_parse_and_notifications_have_no_id() {
+        assert!(parse("   ").unwrap().is_none());
+        let r = parse(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.id, Some(json!(7)));
+        assert_eq!(r.method, "ping");
+        assert_eq!(r.params, json!({}));
+        let n = parse(r#"{"jsonrpc":"2.0","method":"ping","params":null}"#)
+            .unwrap()
+            .unwrap();
+        assert!(n.id.is_none());
+        assert_eq!(n.params, json!({}));
+    }
+
+    #[test]
+    fn malformed_requests_get_their_codes() {
+        assert_eq!(err("{nope").1.code, PARSE_ERROR);
+        assert_eq!(err("[]").1.code, INVALID_REQUEST);
+        assert_eq!(err("3").1.code, INVALID_REQUEST);
+        let (id, e) = err(r#"{"jsonrpc":"1.0","id":"a","method":"ping"}"#);
+        assert_eq!((id, e.code), (json!("a"), INVALID_REQUEST));
+        assert_eq!(
+            err(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#).1.code,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            err(r#"{"jsonrpc":"2.0","id":1,"method":5}"#).1.code,
+            INVALID_REQUEST
+        );
+        let (id, e) = err(r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#);
+        assert_eq!((id, e.code), (json!(1), INVALID_PARAMS));
+        assert_eq!(e.data, Some(json!({"kind": "invalid_input"})));
+    }
+
+    #[test]
+    fn unknown_and_ill_typed_params_are_invalid_params() {
+        let e = params::<VmIdParams>("status_vm", json!({"vm_id": "a", "extra": 1})).unwrap_err();
+        assert_eq!(e.code, INVALID_PARAMS);
+        assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
+        let e = params::<VmIdParams>("status_vm", json!({})).unwrap_err();
+        assert!(e.message.contains("missing field `vm_id`"), "{}", e.message);
+        let e = params::<RunInVmParams>(
+            "run_in_vm",
+            json!({"environment": "debian:12", "command": "true", "vcpu_count": 1.5}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, INVALID_PARAMS);
+        assert!(params::<NoParams>("ping", json!({"x": 1})).is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_sdk_and_commands_take_both_forms() {
+        let p: RunInVmParams = params(
+            "run_in_vm",
+            json!({"environment": "debian:12", "command": "git --version"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.vcpu_count, p.mem_mib, p.timeout_seconds, p.ttl_seconds),
+            (1, 1024, 30, 600)
+        );
+        assert_eq!(
+            Command::from(p.command),
+            Command::Shell("git --version".into())
+        );
+        let p: ExecVmParams =
+            params("exec_vm", json!({"vm_id": "v", "command": ["ls", "-l"]})).unwrap();
+        assert_eq!(
+            Command::from(p.command),
+            Command::Argv(vec!["ls".into(), "-l".into()])
+        );
+        let e = params::<ExecVmParams>("exec_vm", json!({"vm_id": "v", "command": 5})).unwrap_err();
+        assert!(e.message.contains("a string"), "{}", e.message);
+    }
+
+    #[test]
+    fn core_errors_become_application_errors_with_their_kind() {
+        let e = RpcError::from(CoreError::WorkspaceNotFound { id: "w".into() });
+        assert_eq!(e.code, APPLICATION_ERROR);
+        assert_eq!(e.data, Some(json!({"kind": "not_found"})));
+        assert_eq!(e.message, "unknown workspace `w`");
+        let e = RpcError::from(CoreError::io(
+            "read",
+            "/x",
+            std::io::Error::other("disk on fire"),
+        ));
+        assert_eq!(e.message, "cannot read `/x`: disk on fire");
+        assert_eq!(e.data, Some(json!({"kind": "runtime"})));
+        let j = e.to_json();
+        assert_eq!(j["code"], json!(APPLICATION_ERROR));
+    }
+
+    fn test_pyro(dir: &std::path::Path) -> Pyro {
+        Pyro::new(pyro_core::PyroOptions {
+            state_dir: dir.join("state"),
+            cache_dir: dir.join("cache"),
+            backend: BackendChoice::Auto,
+            agent_bin: None,
+            max_active_vms: 4,
+            boot_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn methods_dispatch_without_booting_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let pyro = test_pyro(dir.path());
+        let call = |m: &'static str, p: Value| call(&pyro, m, p, pyro_core::no_progress());
+        let ping = call("ping", json!({})).await.unwrap();
+        assert_eq!(ping["pong"], json!(true));
+        assert_eq!(ping["methods"].as_array().unwrap().len(), METHODS.len());
+        assert_eq!(
+            call("nope", json!({})).await.unwrap_err().code,
+            METHOD_NOT_FOUND
+        );
+        let e = call("status_vm", json!({"vm_id": "x"})).await.unwrap_err();
+        assert_eq!(e.data, Some(json!({"kind": "not_found"})));
+        let e = call("create_vm", json!({"environment": "debian:99"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.data, Some(json!({"kind": "invalid_input"})));
+        let e = call(
+            "run_in_vm",
+            json!({"environment": "debian:12", "command": "true", "allow_host_compat": true}),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message.contains("allow_host_compat"), "{}", e.message);
+        let list = call("list_workspaces", json!(null)).await;
+        assert!(
+            list.is_err(),
+            "params null is mapped before dispatch, not here"
+        );
+        let list = call("list_workspaces", json!({})).await.unwrap();
+        assert_eq!(list["count"], json!(0));
+        let envs = call("list_environments", json!({})).await.unwrap();
+        assert_eq!(envs["environments"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn every_served_method_is_dispatched() {
+        let dir = tempfile::tempdir().unwrap();
+        let pyro = test_pyro(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for m in METHODS {
+            // Empty params: every method either runs or complains about its params; none
+            // is unknown.
+            let r = rt.block_on(call(
+                &pyro,
+                m,
+                json!({"__probe": true}),
+                pyro_core::no_progress(),
+            ));
+            let e = r.unwrap_err();
+            assert_eq!(e.code, INVALID_PARAMS, "{m}: {}", e.message);
+        }
     }
 }

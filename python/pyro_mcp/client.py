@@ -1,0 +1,471 @@
+"""The :class:`Pyro` client: the reference SDK's methods, each one JSON-RPC call to the
+``pyro rpc`` child that this object starts on first use."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ._binary import find_binary
+from ._rpc import Connection, ProgressCallback, child_env
+from .errors import PyroProtocolError
+
+__all__ = ["Pyro", "Command", "PathLike", "Result"]
+
+#: A command: a string is run by ``/bin/sh -c``; a sequence of strings is an argv run
+#: directly (no shell).
+Command = Union[str, Sequence[str]]
+#: A host path.
+PathLike = Union[str, "os.PathLike[str]"]
+#: A result: the core's result structure as a JSON object.
+Result = Dict[str, Any]
+
+
+def _command(command: Command) -> Union[str, List[str]]:
+    if isinstance(command, str):
+        return command
+    return [str(c) for c in command]
+
+
+def _path(p: Optional[PathLike]) -> Optional[str]:
+    # Relative paths mean the caller's current directory, now, not the child's.
+    return None if p is None else os.path.abspath(os.fspath(p))
+
+
+class _Holder:
+    """The live connection of one :class:`Pyro` (kept apart so a finalizer can close it
+    without keeping the :class:`Pyro` alive)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connection: Optional[Connection] = None
+        self.closed = False
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self.lock:
+            self.closed = True
+            conn, self.connection = self.connection, None
+        if conn is not None:
+            conn.close(timeout)
+
+
+class Pyro:
+    """A client of the pyro core: disposable sandboxes for running untrusted commands.
+
+    Each instance starts one ``pyro rpc`` child process lazily (on the first call) and talks
+    JSON-RPC to it over a pipe. Instances are thread-safe: several threads may call at once
+    and their calls run concurrently in the child. Results are the core's JSON objects as
+    ``dict``; errors are :mod:`pyro_mcp.errors` exceptions chosen by the error's kind
+    (``PyroInputError``/``PyroNotFoundError`` are also ``ValueError``; the others
+    ``RuntimeError``).
+
+    Use it as a context manager, or call :meth:`close`: the child then deletes the one-shot
+    VMs it created (``create_vm`` …) and exits. Workspaces persist in the state directory
+    across processes.
+
+    Args:
+        binary: the ``pyro`` binary; default ``$PYRO_BIN``, then ``pyro`` on ``PATH``, then a
+            repository checkout's ``target/release/pyro`` or ``target/debug/pyro``.
+        state_dir: the state directory (workspaces, VM directories); default
+            ``$PYRO_STATE_DIR`` or the user's data directory.
+        backend: the VMM: ``"auto"``, ``"firecracker"`` or ``"qemu"``; default
+            ``$PYRO_BACKEND`` or ``"auto"``.
+        timeout: seconds to wait for any one call's answer (``None``: no limit). When it
+            passes, :class:`~pyro_mcp.errors.PyroTimeoutError` is raised; the call may still
+            complete in the child.
+        cache_dir: the environment cache; default ``$PYRO_CACHE_DIR`` or the user's cache.
+        env: extra environment variables for the child (e.g. ``PYRO_AGENT_BIN``).
+        on_progress: called with each progress line of a long call (environment builds,
+            boots), from a background thread.
+    """
+
+    def __init__(
+        self,
+        binary: Optional[PathLike] = None,
+        state_dir: Optional[PathLike] = None,
+        backend: Optional[str] = None,
+        timeout: Optional[float] = None,
+        *,
+        cache_dir: Optional[PathLike] = None,
+        env: Optional[Mapping[str, str]] = None,
+        on_progress: Optional[ProgressCallback] = None,
+    ) -> None:
+        self._binary_arg = None if binary is None else os.fspath(binary)
+        self._state_dir = _path(state_dir)
+        self._cache_dir = _path(cache_dir)
+        self._backend = backend
+        self.timeout = timeout
+        self._env = dict(env) if env else None
+        self._on_progress = on_progress
+        self._holder = _Holder()
+        self._finalizer = weakref.finalize(self, self._holder.close)
+
+    def __repr__(self) -> str:
+        conn = self._holder.connection
+        state = "closed" if self._holder.closed else (f"pid={conn.pid}" if conn else "idle")
+        return f"<pyro_mcp.Pyro {state}>"
+
+    def __enter__(self) -> "Pyro":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def binary(self) -> str:
+        """The ``pyro`` binary this instance runs."""
+        return find_binary(self._binary_arg)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stops the child: it finishes the calls in flight (up to ``timeout`` seconds),
+        deletes its one-shot VMs and exits. Idempotent; later calls raise
+        :class:`~pyro_mcp.errors.PyroProtocolError`."""
+        self._holder.close(timeout)
+
+    def _connection(self) -> Connection:
+        h = self._holder
+        with h.lock:
+            if h.closed:
+                raise PyroProtocolError("this Pyro instance is closed")
+            if h.connection is None or not h.connection.alive:
+                argv = [find_binary(self._binary_arg), "rpc"]
+                if self._backend is not None:
+                    argv += ["--backend", self._backend]
+                env = child_env(self._state_dir, self._cache_dir, self._env)
+                h.connection = Connection(argv, env, self._on_progress)
+            return h.connection
+
+    def _call(self, method: str, **params: Any) -> Any:
+        """One JSON-RPC call; ``None`` values are left out (the server's defaults apply)."""
+        sent = {k: v for k, v in params.items() if v is not None}
+        return self._connection().call(method, sent, self.timeout)
+
+    def ping(self) -> Result:
+        """Checks the child answers; returns ``{pong, version, methods}``."""
+        return self._call("ping")
+
+    # ------------------------------------------------------------------ environments
+
+    def list_environments(self) -> Result:
+        """The environment catalog with install state: ``{catalog_version, environments}``."""
+        return self._call("list_environments")
+
+    def pull_environment(self, environment: str) -> Result:
+        """Builds (or finds) an environment in the local cache; returns its details."""
+        return self._call("pull_environment", environment=environment)
+
+    def inspect_environment(self, environment: str) -> Result:
+        """Details of one environment (nothing is built)."""
+        return self._call("inspect_environment", environment=environment)
+
+    def prune_environments(self) -> Result:
+        """Deletes stale cache entries: ``{deleted_environment_dirs, count, freed_bytes}``."""
+        return self._call("prune_environments")
+
+    # ------------------------------------------------------------------ one-shot VMs
+
+    def run_in_vm(
+        self,
+        *,
+        environment: str,
+        command: Command,
+        vcpu_count: Optional[int] = None,
+        mem_mib: Optional[int] = None,
+        timeout_seconds: Optional[int] = None,
+        ttl_seconds: Optional[int] = None,
+        network: bool = False,
+        allow_host_compat: bool = False,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        max_output_bytes: Optional[int] = None,
+        stdin: Optional[str] = None,
+        backend: Optional[str] = None,
+    ) -> Result:
+        """Creates a sandbox, runs one command in it and deletes it, whatever happens.
+
+        Args:
+            environment: ``debian:12``, ``debian:12-base`` or ``debian:12-build``.
+            command: a shell string (``/bin/sh -c``) or an argv list.
+            vcpu_count: 1-8 (default 1). mem_mib: 256-32768 (default 1024).
+            timeout_seconds: the command's time limit (default 30; exit code 124 on expiry).
+            ttl_seconds: the sandbox's lifetime, 60-3600 (default 600).
+            network, allow_host_compat: not available in this version (refused when true).
+            cwd, env, max_output_bytes, stdin: working directory, extra environment,
+                bytes kept per output stream, text fed to the command's stdin.
+            backend: per-call VMM choice.
+
+        Returns:
+            The exec result: ``stdout``, ``stderr``, ``exit_code``, ``duration_ms``,
+            ``timed_out``, ``cleanup`` …
+        """
+        return self._call(
+            "run_in_vm",
+            environment=environment,
+            command=_command(command),
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            timeout_seconds=timeout_seconds,
+            ttl_seconds=ttl_seconds,
+            network=network,
+            allow_host_compat=allow_host_compat,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            max_output_bytes=max_output_bytes,
+            stdin=stdin,
+            backend=backend,
+        )
+
+    def create_vm(
+        self,
+        *,
+        environment: str,
+        vcpu_count: Optional[int] = None,
+        mem_mib: Optional[int] = None,
+        ttl_seconds: Optional[int] = None,
+        network: bool = False,
+        allow_host_compat: bool = False,
+        backend: Optional[str] = None,
+    ) -> Result:
+        """Creates a VM (state ``created``; nothing boots yet). It belongs to this
+        instance's child and is deleted by :meth:`close` at the latest."""
+        return self._call(
+            "create_vm",
+            environment=environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            ttl_seconds=ttl_seconds,
+            network=network,
+            allow_host_compat=allow_host_compat,
+            backend=backend,
+        )
+
+    def start_vm(self, vm_id: str) -> Result:
+        """Boots a created VM and waits for its guest agent."""
+        return self._call("start_vm", vm_id=vm_id)
+
+    def exec_vm(
+        self,
+        vm_id: str,
+        *,
+        command: Command,
+        timeout_seconds: Optional[int] = None,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        max_output_bytes: Optional[int] = None,
+        stdin: Optional[str] = None,
+    ) -> Result:
+        """Runs one command in a started VM, then deletes the VM (also on failure)."""
+        return self._call(
+            "exec_vm",
+            vm_id=vm_id,
+            command=_command(command),
+            timeout_seconds=timeout_seconds,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            max_output_bytes=max_output_bytes,
+            stdin=stdin,
+        )
+
+    def stop_vm(self, vm_id: str) -> Result:
+        """Powers a VM off (its disk is kept until :meth:`delete_vm`)."""
+        return self._call("stop_vm", vm_id=vm_id)
+
+    def delete_vm(self, vm_id: str) -> Result:
+        """Deletes a VM in any state: ``{vm_id, deleted, reason}``."""
+        return self._call("delete_vm", vm_id=vm_id)
+
+    def status_vm(self, vm_id: str) -> Result:
+        """A VM's state and details."""
+        return self._call("status_vm", vm_id=vm_id)
+
+    def network_info_vm(self, vm_id: str) -> Result:
+        """A VM's network description."""
+        return self._call("network_info_vm", vm_id=vm_id)
+
+    def reap_expired(self) -> Result:
+        """Deletes this instance's VMs whose TTL ran out: ``{deleted_vm_ids, count}``."""
+        return self._call("reap_expired")
+
+    # ------------------------------------------------------------------ workspaces
+
+    def create_workspace(
+        self,
+        *,
+        environment: str,
+        vcpu_count: Optional[int] = None,
+        mem_mib: Optional[int] = None,
+        ttl_seconds: Optional[int] = None,
+        network_policy: Optional[str] = None,
+        allow_host_compat: bool = False,
+        seed_path: Optional[PathLike] = None,
+        name: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        backend: Optional[str] = None,
+    ) -> Result:
+        """Creates and starts a persistent workspace.
+
+        Args:
+            environment: catalog name.
+            vcpu_count, mem_mib: resources (defaults 1 and 1024).
+            ttl_seconds: running-time budget (the core's default when omitted).
+            network_policy: only ``"off"`` in this version.
+            allow_host_compat: not available (refused when true).
+            seed_path: a host directory or ``.tar``/``.tar.gz``/``.tgz``/``.tar.zst``
+                archive that becomes ``/workspace`` and the diff/reset baseline.
+            name, labels: discovery metadata.
+            backend: per-call VMM choice.
+        """
+        return self._call(
+            "create_workspace",
+            environment=environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            ttl_seconds=ttl_seconds,
+            network_policy=network_policy,
+            allow_host_compat=allow_host_compat,
+            seed_path=_path(seed_path),
+            name=name,
+            labels=dict(labels) if labels is not None else None,
+            backend=backend,
+        )
+
+    def list_workspaces(self) -> Result:
+        """All workspaces, most recently active first: ``{count, workspaces}``."""
+        return self._call("list_workspaces")
+
+    def update_workspace(
+        self,
+        workspace_id: str,
+        *,
+        name: Optional[str] = None,
+        clear_name: bool = False,
+        labels: Optional[Mapping[str, str]] = None,
+        clear_labels: Optional[Sequence[str]] = None,
+        ttl_seconds: Optional[int] = None,
+    ) -> Result:
+        """Changes a workspace's name, labels (upsert / remove) or running-time budget."""
+        return self._call(
+            "update_workspace",
+            workspace_id=workspace_id,
+            name=name,
+            clear_name=clear_name,
+            labels=dict(labels) if labels is not None else None,
+            clear_labels=list(clear_labels) if clear_labels is not None else None,
+            ttl_seconds=ttl_seconds,
+        )
+
+    def status_workspace(self, workspace_id: str) -> Result:
+        """A workspace's full state."""
+        return self._call("status_workspace", workspace_id=workspace_id)
+
+    def stop_workspace(self, workspace_id: str) -> Result:
+        """Powers the workspace's VM off; its data is kept and its TTL pauses."""
+        return self._call("stop_workspace", workspace_id=workspace_id)
+
+    def start_workspace(self, workspace_id: str) -> Result:
+        """Boots a stopped workspace."""
+        return self._call("start_workspace", workspace_id=workspace_id)
+
+    def exec_workspace(
+        self,
+        workspace_id: str,
+        *,
+        command: Command,
+        timeout_seconds: Optional[int] = None,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        max_output_bytes: Optional[int] = None,
+        stdin: Optional[str] = None,
+    ) -> Result:
+        """Runs one command in the workspace (cwd ``/workspace``) and records it in the
+        workspace's history."""
+        return self._call(
+            "exec_workspace",
+            workspace_id=workspace_id,
+            command=_command(command),
+            timeout_seconds=timeout_seconds,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            max_output_bytes=max_output_bytes,
+            stdin=stdin,
+        )
+
+    def push_workspace_sync(
+        self, workspace_id: str, source_path: PathLike, *, dest: Optional[str] = None
+    ) -> Result:
+        """Imports a host directory or archive into the running workspace (merge; default
+        destination ``/workspace``)."""
+        return self._call(
+            "push_workspace_sync",
+            workspace_id=workspace_id,
+            source_path=_path(source_path),
+            dest=dest,
+        )
+
+    def logs_workspace(
+        self,
+        workspace_id: str,
+        *,
+        offset: Optional[int] = None,
+        limit: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+    ) -> Result:
+        """The command history with outputs (default: the first 100 entries, 64 KiB of each
+        stream)."""
+        return self._call(
+            "logs_workspace",
+            workspace_id=workspace_id,
+            offset=offset,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+
+    def export_workspace(self, workspace_id: str, path: str, *, output_path: PathLike) -> Result:
+        """Copies a file or directory from ``/workspace`` to a new host path."""
+        return self._call(
+            "export_workspace",
+            workspace_id=workspace_id,
+            path=path,
+            output_path=_path(output_path),
+        )
+
+    def diff_workspace(self, workspace_id: str) -> Result:
+        """Changes against the create-time baseline, with a git-applicable ``patch``."""
+        return self._call("diff_workspace", workspace_id=workspace_id)
+
+    def list_workspace_files(
+        self, workspace_id: str, *, path: Optional[str] = None, recursive: bool = False
+    ) -> Result:
+        """Lists a path inside ``/workspace`` (default ``/workspace`` itself)."""
+        return self._call(
+            "list_workspace_files", workspace_id=workspace_id, path=path, recursive=recursive
+        )
+
+    def read_workspace_file(
+        self, workspace_id: str, path: str, *, max_bytes: Optional[int] = None
+    ) -> Result:
+        """Reads a text file (default at most 65536 bytes)."""
+        return self._call(
+            "read_workspace_file", workspace_id=workspace_id, path=path, max_bytes=max_bytes
+        )
+
+    def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> Result:
+        """Writes a whole text file atomically (an existing file keeps its mode)."""
+        return self._call("write_workspace_file", workspace_id=workspace_id, path=path, text=text)
+
+    def apply_workspace_patch(self, workspace_id: str, *, patch: str) -> Result:
+        """Applies a unified diff (``git diff`` output) atomically: all files or none."""
+        return self._call("apply_workspace_patch", workspace_id=workspace_id, patch=patch)
+
+    def reset_workspace(self, workspace_id: str, *, snapshot: Optional[str] = None) -> Result:
+        """Goes back to the create-time baseline: fresh disk, baseline tree, empty history.
+        Only ``snapshot="baseline"`` (the default) exists in this version."""
+        return self._call("reset_workspace", workspace_id=workspace_id, snapshot=snapshot)
+
+    def delete_workspace(self, workspace_id: str) -> Result:
+        """Deletes the workspace and all its data: ``{workspace_id, deleted, reason}``."""
+        return self._call("delete_workspace", workspace_id=workspace_id)
