@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod mcp;
 mod render;
 mod rpc;
 mod workspace;
@@ -41,6 +42,9 @@ enum Top {
     Doctor(DoctorArgs),
     /// Run `git --version` in a debian:12 sandbox and print the result as JSON.
     Demo(DemoArgs),
+    /// Serve the MCP server (tool profiles) on stdio or loopback HTTP.
+    #[command(subcommand)]
+    Mcp(mcp::McpCmd),
     /// Measure cold start and exec round trips (median, p95) per available backend.
     Bench(bench::BenchArgs),
     /// JSON-RPC 2.0 over stdio (one JSON object per line), used by the Python SDK.
@@ -279,6 +283,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Top::Doctor(args) => doctor::run(&args.platform, args.json).map_err(fail(args.json)),
         Top::Demo(args) => demo(args).await.map_err(fail(true)),
         Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
+        Top::Mcp(cmd) => mcp::run(cmd).await,
         Top::Rpc(args) => rpc::run(args).await.map_err(fail(false)),
         Top::Watchdog {
             workspace_id,

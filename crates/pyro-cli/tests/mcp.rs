@@ -1,0 +1,665 @@
+//! `pyro mcp serve` end to end: rmcp's client drives the real binary over stdio, and the tools
+//! boot real sandboxes. Every successful result is checked against the tool's advertised
+//! output schema, so a field the core adds without its schema mirror fails here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, NumberOrString,
+    ProgressNotificationParam, ProgressToken, RequestMetaObject, Tool,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+/// Records progress notifications.
+#[derive(Clone, Default)]
+struct Recorder {
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params);
+    }
+}
+
+/// One `pyro mcp serve` with its own state directory.
+struct Server {
+    client: RunningService<RoleClient, Recorder>,
+    recorder: Recorder,
+    tools: HashMap<String, Tool>,
+    order: Vec<String>,
+    _state: tempfile::TempDir,
+}
+
+async fn start(profile: &str, roots: &[&Path], cwd: &Path) -> Server {
+    let state = tempfile::Builder::new()
+        .prefix("pyro-mcp-test-")
+        .tempdir()
+        .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyro"));
+    cmd.args(["mcp", "serve", "--profile", profile])
+        .current_dir(cwd)
+        .env("PYRO_STATE_DIR", state.path())
+        .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
+        .env("PYRO_LOG", "info")
+        .env_remove("PYRO_BACKEND");
+    for r in roots {
+        cmd.arg("--allow-host-path").arg(r);
+    }
+    let log = std::fs::File::create(state.path().join("server.log")).unwrap();
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let recorder = Recorder::default();
+    let client = recorder.clone().serve(transport).await.unwrap();
+    let listed = client.list_all_tools().await.unwrap();
+    let order = listed.iter().map(|t| t.name.to_string()).collect();
+    let tools = listed
+        .into_iter()
+        .map(|t| (t.name.to_string(), t))
+        .collect();
+    Server {
+        client,
+        recorder,
+        tools,
+        order,
+        _state: state,
+    }
+}
+
+fn params(name: &str, args: Value) -> CallToolRequestParams {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    CallToolRequestParams::new(name.to_string()).with_arguments(args)
+}
+
+impl Server {
+    async fn call(&self, name: &str, args: Value) -> CallToolResult {
+        let r = self.client.call_tool(params(name, args)).await.unwrap();
+        self.check(name, &r);
+        r
+    }
+
+    /// A successful call's structured result (checked against the output schema).
+    async fn ok(&self, name: &str, args: Value) -> Value {
+        let r = self.call(name, args.clone()).await;
+        assert_ne!(r.is_error, Some(true), "{name} {args} failed: {}", text(&r));
+        r.structured_content.unwrap()
+    }
+
+    /// A failed call's message.
+    async fn err(&self, name: &str, args: Value) -> String {
+        let r = self.call(name, args.clone()).await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{name} {args} should fail: {}",
+            text(&r)
+        );
+        assert!(r.structured_content.is_none());
+        text(&r)
+    }
+
+    fn check(&self, name: &str, r: &CallToolResult) {
+        if r.is_error == Some(true) {
+            return;
+        }
+        let value = r.structured_content.as_ref().expect("structuredContent");
+        // The text item carries the same JSON.
+        let t: Value = serde_json::from_str(&text(r)).unwrap();
+        assert_eq!(&t, value);
+        let schema = Value::Object(
+            self.tools[name]
+                .output_schema
+                .as_ref()
+                .expect("output schema")
+                .as_ref()
+                .clone(),
+        );
+        let mut problems = Vec::new();
+        conforms(&schema, &schema, value, name, &mut problems);
+        assert!(
+            problems.is_empty(),
+            "{name}: result does not match its output schema:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    fn progress(&self) -> Vec<ProgressNotificationParam> {
+        self.recorder.progress.lock().unwrap().clone()
+    }
+
+    /// Asserts that no sandbox process of this server's state directory is left.
+    async fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = pyro_core::host::processes_with_cwd_in(self._state.path());
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes left: {left:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A failed test must not leave sandboxes running (workspace VMs run detached).
+    fn drop(&mut self) {
+        for pid in pyro_core::host::processes_with_cwd_in(self._state.path()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A small JSON Schema check for what schemars emits: `$ref` into `$defs`, `type` (one or a
+/// list), `properties` (every key of the value must be documented), `additionalProperties`,
+/// `items`, `anyOf`/`oneOf`.
+fn conforms(root: &Value, schema: &Value, v: &Value, at: &str, problems: &mut Vec<String>) {
+    let Value::Object(s) = schema else {
+        return; // `true`
+    };
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return conforms(root, &root["$defs"][name], v, at, problems);
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(alts)) = s.get(key) {
+            let ok = alts.iter().any(|a| {
+                let mut p = Vec::new();
+                conforms(root, a, v, at, &mut p);
+                p.is_empty()
+            });
+            if !ok {
+                problems.push(format!("{at}: {v} matches none of {key}"));
+            }
+            return;
+        }
+    }
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let actual = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let ok = types.contains(&actual) || (actual == "integer" && types.contains(&"number"));
+        if !ok {
+            problems.push(format!("{at}: {actual} where the schema says {types:?}"));
+            return;
+        }
+    }
+    match v {
+        Value::Object(o) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            for (k, child) in o {
+                let at = format!("{at}.{k}");
+                match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
+                    (Some(cs), _) => conforms(root, cs, child, &at, problems),
+                    (None, Some(extra @ Value::Object(_))) => {
+                        conforms(root, extra, child, &at, problems)
+                    }
+                    (None, _) if props.is_some() => {
+                        problems.push(format!("{at}: not in the output schema"))
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for (i, child) in a.iter().enumerate() {
+                    conforms(root, items, child, &format!("{at}[{i}]"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+const CORE: [&str; 16] = [
+    "vm_run",
+    "workspace_create",
+    "workspace_list",
+    "workspace_update",
+    "workspace_exec",
+    "workspace_sync_push",
+    "workspace_status",
+    "workspace_logs",
+    "workspace_export",
+    "workspace_diff",
+    "workspace_file_list",
+    "workspace_file_read",
+    "workspace_file_write",
+    "workspace_patch_apply",
+    "workspace_reset",
+    "workspace_delete",
+];
+
+const FULL_EXTRA: [&str; 11] = [
+    "vm_list_environments",
+    "vm_create",
+    "vm_start",
+    "vm_exec",
+    "vm_stop",
+    "vm_delete",
+    "vm_status",
+    "vm_network_info",
+    "vm_reap_expired",
+    "workspace_stop",
+    "workspace_start",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_profile_lists_exactly_its_tools() {
+    let work = tempfile::tempdir().unwrap();
+    let vm_run = start("vm-run", &[], work.path()).await;
+    assert_eq!(vm_run.order, ["vm_run"]);
+    let info = vm_run.client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "pyro");
+    assert_eq!(info.instructions.as_deref().unwrap().lines().count(), 5);
+
+    let core = start("workspace-core", &[], work.path()).await;
+    assert_eq!(core.order, CORE);
+    let create = &core.tools["workspace_create"];
+    let props = create.input_schema["properties"].as_object().unwrap();
+    assert!(props.contains_key("seed_path") && !props.contains_key("network_policy"));
+    assert!(!props.contains_key("secrets"));
+    assert!(
+        !core.tools["workspace_exec"].input_schema["properties"]
+            .as_object()
+            .unwrap()
+            .contains_key("secret_env")
+    );
+
+    let full = start("workspace-full", &[], work.path()).await;
+    let expected: Vec<&str> = CORE.iter().chain(FULL_EXTRA.iter()).copied().collect();
+    assert_eq!(full.order, expected);
+    for (name, t) in &full.tools {
+        assert!(t.output_schema.is_some(), "{name}");
+        assert_eq!(t.input_schema["additionalProperties"], false, "{name}");
+        let a = t.annotations.as_ref().unwrap();
+        assert!(a.read_only_hint.is_some(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_run_runs_git_in_debian_12_with_progress() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("vm-run", &[], work.path()).await;
+    let mut p = params(
+        "vm_run",
+        json!({"environment": "debian:12", "command": "git --version && echo to-stderr >&2"}),
+    );
+    p.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+        NumberOrString::String("run-1".into()),
+    )));
+    let r = match s.client.call_tool_once(p).await.unwrap() {
+        CallToolResponse::Complete(r) => r,
+        other => panic!("unexpected response {other:?}"),
+    };
+    s.check("vm_run", &r);
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    let v = r.structured_content.unwrap();
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(
+        v["stdout"].as_str().unwrap().starts_with("git version 2."),
+        "{v}"
+    );
+    assert_eq!(v["stderr"], "to-stderr\n");
+    assert_eq!(v["cleanup"]["deleted"], true);
+    let progress = s.progress();
+    let messages: Vec<String> = progress.iter().filter_map(|p| p.message.clone()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("phase execute")),
+        "{messages:?}"
+    );
+    // Progress values increase (the client may deliver notifications out of order).
+    let mut values: Vec<f64> = progress.iter().map(|p| p.progress).collect();
+    values.sort_by(f64::total_cmp);
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_core_session_through_tools_only() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().canonicalize().unwrap();
+    let seed = root.join("project");
+    std::fs::create_dir_all(seed.join("src")).unwrap();
+    std::fs::write(seed.join("src/main.txt"), "line 1\nline 2\nline 3\n").unwrap();
+    std::fs::write(seed.join("README"), "hello\n").unwrap();
+    let s = start("workspace-core", &[&root], Path::new("/")).await;
+
+    let w = s
+        .ok(
+            "workspace_create",
+            json!({"environment": "debian:12", "seed_path": "project", "name": "mcp session", "labels": {"suite": "mcp"}}),
+        )
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["state"], "started");
+    assert_eq!(w["workspace_seed"]["mode"], "directory");
+    assert_eq!(w["workspace_seed"]["seed_path"], seed.to_str().unwrap());
+
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "cat README; pwd; echo oops >&2; exit 3"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "hello\n/workspace\n");
+    assert_eq!(r["stderr"], "oops\n");
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["sequence"], 1);
+
+    let r = s
+        .ok(
+            "workspace_file_write",
+            json!({"workspace_id": id, "path": "notes/todo.md", "text": "- ship it\n"}),
+        )
+        .await;
+    assert_eq!(r["bytes_written"], 10);
+    let r = s
+        .ok(
+            "workspace_file_read",
+            json!({"workspace_id": id, "path": "/workspace/notes/todo.md"}),
+        )
+        .await;
+    assert_eq!(r["content"], "- ship it\n");
+    assert_eq!(r["truncated"], false);
+    let r = s
+        .ok(
+            "workspace_file_list",
+            json!({"workspace_id": id, "recursive": true}),
+        )
+        .await;
+    let paths: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"/workspace/notes/todo.md"), "{paths:?}");
+
+    let patch = "--- a/src/main.txt\n+++ b/src/main.txt\n@@ -1,3 +1,3 @@\n line 1\n-line 2\n+line two\n line 3\n";
+    let r = s
+        .ok(
+            "workspace_patch_apply",
+            json!({"workspace_id": id, "patch": patch}),
+        )
+        .await;
+    assert_eq!(r["changed"], true);
+    assert_eq!(r["entries"][0]["path"], "/workspace/src/main.txt");
+
+    let d = s.ok("workspace_diff", json!({"workspace_id": id})).await;
+    assert_eq!(d["changed"], true);
+    let changed: Vec<&str> = d["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(changed.contains(&"/workspace/src/main.txt"), "{changed:?}");
+    assert!(changed.contains(&"/workspace/notes/todo.md"), "{changed:?}");
+    assert!(d["patch"].as_str().unwrap().contains("+line two"));
+
+    let r = s
+        .ok(
+            "workspace_export",
+            json!({"workspace_id": id, "path": "src", "output_path": "out/src"}),
+        )
+        .await;
+    assert_eq!(r["artifact_type"], "directory");
+    assert_eq!(
+        std::fs::read_to_string(root.join("out/src/main.txt")).unwrap(),
+        "line 1\nline two\nline 3\n"
+    );
+
+    // Sync push from inside the root, then status, update, list, logs.
+    std::fs::create_dir_all(root.join("more")).unwrap();
+    std::fs::write(root.join("more/extra.txt"), "extra\n").unwrap();
+    let r = s
+        .ok(
+            "workspace_sync_push",
+            json!({"workspace_id": id, "source_path": root.join("more").to_str().unwrap(), "dest": "/workspace/more"}),
+        )
+        .await;
+    assert_eq!(r["workspace_sync"]["mode"], "directory");
+    let w = s
+        .ok(
+            "workspace_update",
+            json!({"workspace_id": id, "labels": {"stage": "two"}, "ttl_seconds": 1800}),
+        )
+        .await;
+    assert_eq!(w["labels"]["stage"], "two");
+    let l = s.ok("workspace_list", json!({})).await;
+    assert_eq!(l["count"], 1);
+    assert_eq!(l["workspaces"][0]["name"], "mcp session");
+    let logs = s
+        .ok("workspace_logs", json!({"workspace_id": id, "limit": 5}))
+        .await;
+    assert_eq!(logs["total"], 1);
+    assert_eq!(logs["entries"][0]["stdout"], "hello\n/workspace\n");
+    let st = s.ok("workspace_status", json!({"workspace_id": id})).await;
+    assert_eq!(st["command_count"], 1);
+
+    // Reset: back to the seed, history emptied.
+    let w = s.ok("workspace_reset", json!({"workspace_id": id})).await;
+    assert_eq!(w["state"], "started");
+    assert_eq!(w["command_count"], 0);
+    assert_eq!(w["reset_count"], 1);
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "cat src/main.txt; test -e notes || echo no-notes"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "line 1\nline 2\nline 3\nno-notes\n");
+
+    let r = s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    assert_eq!(r["deleted"], true);
+    let e = s.err("workspace_status", json!({"workspace_id": id})).await;
+    assert!(e.contains("[not_found]"), "{e}");
+    s.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_host_paths_and_bad_arguments_are_tool_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let root: PathBuf = work.path().join("allowed");
+    std::fs::create_dir_all(root.join("seed")).unwrap();
+    std::fs::create_dir_all(work.path().join("outside")).unwrap();
+    std::os::unix::fs::symlink(work.path().join("outside"), root.join("link")).unwrap();
+    let s = start("workspace-full", &[&root], work.path()).await;
+    let root_c = root.canonicalize().unwrap().display().to_string();
+
+    for (tool, args) in [
+        (
+            "workspace_create",
+            json!({"environment": "debian:12", "seed_path": "/etc"}),
+        ),
+        (
+            "workspace_create",
+            json!({"environment": "debian:12", "seed_path": "../outside"}),
+        ),
+        (
+            "workspace_create",
+            json!({"environment": "debian:12", "seed_path": "link"}),
+        ),
+        (
+            "workspace_sync_push",
+            json!({"workspace_id": "0123456789ab", "source_path": "/root"}),
+        ),
+        (
+            "workspace_export",
+            json!({"workspace_id": "0123456789ab", "path": "a", "output_path": "/tmp/x"}),
+        ),
+        (
+            "workspace_export",
+            json!({"workspace_id": "0123456789ab", "path": "a", "output_path": "link/x"}),
+        ),
+        (
+            "workspace_export",
+            json!({"workspace_id": "0123456789ab", "path": "a", "output_path": "seed/../../x"}),
+        ),
+    ] {
+        let e = s.err(tool, args.clone()).await;
+        assert!(e.contains("[invalid_input]"), "{args}: {e}");
+        assert!(
+            e.contains(&root_c),
+            "{args}: the allowed roots are named: {e}"
+        );
+    }
+    assert!(!work.path().join("x").exists());
+
+    let e = s
+        .err(
+            "vm_run",
+            json!({"environment": "debian:12", "command": "true", "cmd": "x"}),
+        )
+        .await;
+    assert!(e.contains("unknown field `cmd`"), "{e}");
+    let e = s.err("vm_run", json!({"environment": "debian:12"})).await;
+    assert!(e.contains("missing field `command`"), "{e}");
+    let e = s
+        .err(
+            "vm_run",
+            json!({"environment": "debian:12", "command": "true", "vcpu_count": "two"}),
+        )
+        .await;
+    assert!(e.contains("invalid type"), "{e}");
+    let e = s
+        .err(
+            "vm_run",
+            json!({"environment": "debian:12", "command": "true", "vcpu_count": 99}),
+        )
+        .await;
+    assert!(
+        e.contains("[invalid_input]") && e.contains("vcpu_count"),
+        "{e}"
+    );
+    let e = s
+        .err(
+            "vm_run",
+            json!({"environment": "debian:99", "command": "true"}),
+        )
+        .await;
+    assert!(
+        e.contains("[invalid_input]") && e.contains("debian:12"),
+        "{e}"
+    );
+    let e = s
+        .err(
+            "workspace_reset",
+            json!({"workspace_id": "0123456789ab", "snapshot": "before"}),
+        )
+        .await;
+    assert!(e.contains("baseline"), "{e}");
+    let e = s
+        .err("workspace_status", json!({"workspace_id": "0123456789ab"}))
+        .await;
+    assert!(e.contains("[not_found]"), "{e}");
+    let e = s.err("vm_status", json!({"vm_id": "nope"})).await;
+    assert!(e.contains("[not_found]"), "{e}");
+    let e = s.err("shell_open", json!({})).await;
+    assert!(e.contains("no tool `shell_open`"), "{e}");
+    let core = start("workspace-core", &[&root], work.path()).await;
+    let e = core
+        .err("vm_create", json!({"environment": "debian:12"}))
+        .await;
+    assert!(e.contains("--profile workspace-full"), "{e}");
+
+    // Read-only tools that need no sandbox.
+    let envs = s.ok("vm_list_environments", json!({})).await;
+    assert!(envs["environments"].as_array().unwrap().len() >= 3);
+    let reaped = s.ok("vm_reap_expired", json!({})).await;
+    assert_eq!(reaped["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_exec_does_not_hold_up_other_calls() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("workspace-core", &[], work.path()).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+
+    let peer = s.client.peer().clone();
+    let long = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut p = params(
+                "workspace_exec",
+                json!({"workspace_id": id, "command": "sleep 5; echo slept"}),
+            );
+            p.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+                NumberOrString::Number(7),
+            )));
+            let r = peer.call_tool_once(p).await.unwrap();
+            let CallToolResponse::Complete(r) = r else {
+                panic!("unexpected response {r:?}")
+            };
+            (r, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let st = s.ok("workspace_status", json!({"workspace_id": id})).await;
+    assert_eq!(st["state"], "started");
+    let l = s.ok("workspace_list", json!({})).await;
+    assert_eq!(l["count"], 1);
+    let answered = Instant::now();
+    assert!(!long.is_finished(), "the exec should still be running");
+    let (r, exec_done) = long.await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert_eq!(r.structured_content.as_ref().unwrap()["stdout"], "slept\n");
+    assert!(answered < exec_done);
+    let progress = s.progress();
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.message.as_deref() == Some("workspace_exec: started")),
+        "{progress:?}"
+    );
+    assert!(
+        answered - asked < Duration::from_secs(3),
+        "status and list took {:?} while an exec ran",
+        answered - asked
+    );
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}

@@ -1,0 +1,297 @@
+//! `pyro-mcp`: the MCP face of pyro, on the official Rust SDK (`rmcp`).
+//!
+//! [`PyroMcp`] is an MCP server handler that maps tools onto one shared
+//! [`pyro_core::Pyro`]. It holds no logic of its own: it parses arguments, confines host
+//! paths, calls the core, and renders the core's result as `structuredContent` (plus the same
+//! JSON as a text item).
+//!
+//! - [`Profile`] picks the tools a client sees (`vm-run`, `workspace-core`, `workspace-full`);
+//!   [`ToolId`] is the catalogue (adding a tool is described there).
+//! - [`HostRoots`] confines the host paths a client may name (`seed_path`, `source_path`,
+//!   `output_path`) to the directories the operator allowed.
+//! - Every failure, argument errors included, is a tool result with `isError: true` whose text
+//!   names the error kind and the full cause chain; protocol errors are never used for them.
+//! - Requests are served concurrently (rmcp runs each in its own task and every core call is
+//!   async), so a long `workspace_exec` never delays a `tools/list` or a ping. Long calls send
+//!   `notifications/progress` when the client supplied a `progressToken`.
+//!
+//! Transports: any `AsyncRead + AsyncWrite` pair through [`PyroMcp::serve`] (the CLI passes
+//! stdin and a private duplicate of stdout), and, with the `http` feature, Streamable HTTP on
+//! a loopback address through [`serve_http`].
+
+mod error;
+#[cfg(feature = "http")]
+mod http;
+mod params;
+mod paths;
+mod profile;
+mod progress;
+mod schema;
+mod tools;
+
+use std::sync::Arc;
+
+use pyro_core::Pyro;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+
+#[cfg(feature = "http")]
+pub use http::{HTTP_PATH, HttpError, serve_http};
+pub use paths::{HostRoots, PathRefused};
+pub use profile::{Profile, UnknownProfile};
+pub use tools::ToolId;
+
+/// The server's name in `initialize`.
+pub const SERVER_NAME: &str = "pyro";
+
+/// How the server is set up.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The tools offered.
+    pub profile: Profile,
+    /// Where client-named host paths may point.
+    pub roots: HostRoots,
+}
+
+struct Inner {
+    pyro: Arc<Pyro>,
+    profile: Profile,
+    roots: HostRoots,
+    tools: Vec<(ToolId, Tool)>,
+}
+
+/// The MCP server handler (cheap to clone: one per HTTP session shares the same core).
+#[derive(Clone)]
+pub struct PyroMcp {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PyroMcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyroMcp")
+            .field("profile", &self.inner.profile)
+            .field("roots", &self.inner.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug)]
+pub struct ServeError(String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl PyroMcp {
+    /// A server over `pyro` with the given profile and host roots.
+    pub fn new(pyro: Arc<Pyro>, opts: ServerOptions) -> Self {
+        let tools = ToolId::for_profile(opts.profile)
+            .into_iter()
+            .map(|t| (t, t.definition(opts.profile)))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                pyro,
+                profile: opts.profile,
+                roots: opts.roots,
+                tools,
+            }),
+        }
+    }
+
+    /// The profile served.
+    pub fn profile(&self) -> Profile {
+        self.inner.profile
+    }
+
+    /// The tool definitions `tools/list` returns.
+    pub fn tools(&self) -> Vec<Tool> {
+        self.inner.tools.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// Serves one client over a byte stream (for stdio: stdin and stdout) until it closes.
+    pub async fn serve<R, W>(self, reader: R, writer: W) -> Result<(), ServeError>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+        W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let running = ServiceExt::serve(self, (reader, writer))
+            .await
+            .map_err(|e| ServeError(format!("MCP initialization failed: {e}")))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| ServeError(format!("MCP server task failed: {e}")))?;
+        Ok(())
+    }
+
+    async fn run_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let name = request.name.as_ref();
+        let Some(tool) = self
+            .inner
+            .tools
+            .iter()
+            .map(|(t, _)| *t)
+            .find(|t| t.name() == name)
+        else {
+            let offered: Vec<&str> = self.inner.tools.iter().map(|(t, _)| t.name()).collect();
+            let why = match ToolId::from_name(name) {
+                Some(t) => format!(
+                    "tool `{name}` is not offered by profile {}; the operator can start the \
+                     server with --profile {}",
+                    self.inner.profile,
+                    t.tier()
+                ),
+                None => format!("there is no tool `{name}`"),
+            };
+            return error::ToolError::invalid(format!(
+                "{why}. Tools offered: {}",
+                offered.join(", ")
+            ))
+            .into_result(name);
+        };
+        let args: JsonObject = request.arguments.unwrap_or_default();
+        let progress = progress::Progress::start(
+            name,
+            context.meta.get_progress_token(),
+            context.peer.clone(),
+        );
+        if tool.is_long() {
+            progress.note(format!("{name}: started"));
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(tool = name, "tool call");
+        // Its own task: a panic in a call becomes an error result instead of a request that
+        // never gets an answer, and a client that goes away does not cut an operation short.
+        let inner = self.inner.clone();
+        let sink = progress.sink();
+        let task = tokio::spawn(async move {
+            let cx = tools::CallCtx {
+                pyro: &inner.pyro,
+                roots: &inner.roots,
+                progress: sink,
+            };
+            tools::call(tool, inner.profile, args, cx).await
+        });
+        let outcome = task.await.unwrap_or_else(|e| {
+            Err(error::ToolError {
+                kind: "runtime".into(),
+                message: format!("internal error in pyro ({e}); the server is still running"),
+            })
+        });
+        progress.finish().await;
+        let ms = started.elapsed().as_millis();
+        match outcome {
+            Ok(value) => {
+                tracing::info!(tool = name, ms, "tool call done");
+                // One text item with the JSON, and the same value as structuredContent.
+                CallToolResult::structured(value)
+            }
+            Err(e) => {
+                tracing::info!(tool = name, ms, kind = %e.kind, "tool call failed: {}", e.message);
+                e.into_result(name)
+            }
+        }
+    }
+}
+
+impl ServerHandler for PyroMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut implementation = Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION"));
+        implementation.title = Some("pyro sandboxes".into());
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(implementation)
+            .with_instructions(self.inner.profile.instructions())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner
+            .tools
+            .iter()
+            .find(|(t, _)| t.name() == name)
+            .map(|(_, d)| d.clone())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        Ok(self.run_tool(request, context).await.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(p: Profile) -> Vec<&'static str> {
+        ToolId::for_profile(p)
+            .into_iter()
+            .map(|t| t.name())
+            .collect()
+    }
+
+    #[test]
+    fn profiles_offer_exactly_the_working_tools() {
+        assert_eq!(names(Profile::VmRun), ["vm_run"]);
+        let core = [
+            "vm_run",
+            "workspace_create",
+            "workspace_list",
+            "workspace_update",
+            "workspace_exec",
+            "workspace_sync_push",
+            "workspace_status",
+            "workspace_logs",
+            "workspace_export",
+            "workspace_diff",
+            "workspace_file_list",
+            "workspace_file_read",
+            "workspace_file_write",
+            "workspace_patch_apply",
+            "workspace_reset",
+            "workspace_delete",
+        ];
+        assert_eq!(names(Profile::WorkspaceCore), core);
+        let full = names(Profile::WorkspaceFull);
+        assert_eq!(&full[..core.len()], core);
+        assert_eq!(
+            &full[core.len()..],
+            [
+                "vm_list_environments",
+                "vm_create",
+                "vm_start",
+                "vm_exec",
+                "vm_stop",
+                "vm_delete",
+                "vm_status",
+                "vm_network_info",
+                "vm_reap_expired",
+                "workspace_stop",
+                "workspace_start",
+            ]
+        );
+    }
+}
