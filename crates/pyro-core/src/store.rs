@@ -1182,8 +1182,7 @@ impl Store {
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx =
-            Transaction::new_unchecked(&conn, behavior).map_err(sql("begin a transaction"))?;
+        let tx = Transaction::new_unchecked(&conn, behavior).map_err(sql("begin a transaction"))?;
         let tx = Tx { tx };
         // On error or panic `tx` is dropped, which rolls back.
         let out = f(&tx)?;
