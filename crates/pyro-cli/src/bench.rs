@@ -1,12 +1,20 @@
 //! `pyro bench`: cold start of `pyro run ENV -- true` (end to end, including the CLI's own
 //! start) and exec round trips on one booted sandbox, per available backend, reported as
 //! median and p95.
+//!
+//! `pyro bench --snapshots` compares warm snapshots with cold boots instead: the same
+//! end-to-end run with `PYRO_SNAPSHOTS=0` and with snapshots on (interleaved, so both see
+//! the same background load), their ratio, the snapshot's build time, then N sandboxes
+//! restored at once (`--concurrency`) with the host memory each idle one costs (PSS of its
+//! QEMU process, from `/proc/<pid>/smaps_rollup`) and the host's peak memory use.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use pyro_core::{BackendChoice, BackendKind, CreateVm, HostFacts};
+use pyro_core::snapshot::{self, SnapshotStore};
+use pyro_core::{BackendChoice, BackendKind, CreateVm, HostFacts, Pyro};
 use serde::Serialize;
 
 #[derive(Args, Debug)]
@@ -27,6 +35,16 @@ pub struct BenchArgs {
     /// (`pyro workspace exec ID -- true`, end to end) and reset.
     #[arg(long)]
     workspaces: bool,
+    /// Compare warm snapshots with cold boots (end-to-end runs, ratio, snapshot build
+    /// time), then start `--concurrency` sandboxes at once and report host memory.
+    #[arg(long)]
+    snapshots: bool,
+    /// Guest memory of the measured sandboxes, MiB.
+    #[arg(long, default_value_t = 1024)]
+    mem_mib: i64,
+    /// With --snapshots: how many sandboxes to restore at once (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
+    concurrency: Vec<usize>,
 }
 
 /// Summary statistics of a sample, in milliseconds.
@@ -81,6 +99,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.workspaces {
         return workspaces(args).await;
     }
+    if args.snapshots {
+        return snapshots(args).await;
+    }
     let facts = HostFacts::probe();
     let kinds: Vec<BackendKind> = if args.backends.is_empty() {
         let mut k = vec![BackendKind::Qemu];
@@ -118,6 +139,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     "run",
                     "--backend",
                     kind.as_str(),
+                    "--mem-mib",
+                    &args.mem_mib.to_string(),
                     &args.environment,
                     "--",
                     "true",
@@ -174,6 +197,348 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One end-to-end `pyro run ENV -- true`, with snapshots on or off. Returns milliseconds
+/// and whether a warm start was refused (the CLI then warns on stderr).
+async fn run_true(
+    exe: &std::path::Path,
+    backend: &str,
+    environment: &str,
+    mem_mib: i64,
+    snapshots: bool,
+) -> anyhow::Result<(f64, bool)> {
+    let t = Instant::now();
+    let out = tokio::process::Command::new(exe)
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--mem-mib",
+            &mem_mib.to_string(),
+            environment,
+            "--",
+            "true",
+        ])
+        .env(snapshot::SNAPSHOTS_ENV, if snapshots { "1" } else { "0" })
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        anyhow::bail!("`pyro run` failed ({}): {stderr}", out.status);
+    }
+    Ok((ms, stderr.contains("warm start failed")))
+}
+
+/// Memory figures in MiB.
+#[derive(Serialize, Debug, Clone)]
+struct MemStats {
+    samples: usize,
+    median_mib: f64,
+    max_mib: f64,
+    total_mib: f64,
+}
+
+fn mem_stats(kib: &[u64]) -> MemStats {
+    let mib: Vec<f64> = kib.iter().map(|k| *k as f64 / 1024.0).collect();
+    let s = stats(mib.clone());
+    MemStats {
+        samples: s.samples,
+        median_mib: s.median_ms,
+        max_mib: s.max_ms,
+        total_mib: mib.iter().sum(),
+    }
+}
+
+/// A `/proc` field in KiB (`Pss:` of `smaps_rollup`, `MemAvailable:` of `meminfo`).
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+#[derive(Serialize)]
+struct SnapshotInfo {
+    id: String,
+    built_by_this_bench: bool,
+    build_ms: u64,
+    template_boot_ms: u64,
+    save_ms: u64,
+    disk_mib: f64,
+}
+
+#[derive(Serialize)]
+struct ConcurrentResult {
+    sandboxes: usize,
+    warm: usize,
+    /// From the first create to the last agent answering.
+    all_started_ms: f64,
+    /// Per sandbox: create + start.
+    start: Stats,
+    /// PSS of each idle sandbox's QEMU process.
+    pss_per_sandbox: MemStats,
+    /// PSS of this process (the in-process relays of all sandboxes).
+    host_process_pss_mib: f64,
+    /// Largest drop of the host's MemAvailable while the sandboxes started and idled.
+    host_peak_mib: f64,
+}
+
+#[derive(Serialize)]
+struct SnapshotBench {
+    backend: String,
+    environment: String,
+    mem_mib: i64,
+    snapshot: SnapshotInfo,
+    cold_run_true: Stats,
+    warm_run_true: Stats,
+    median_ratio: f64,
+    p95_ratio: f64,
+    warm_refused: usize,
+    concurrent: Vec<ConcurrentResult>,
+}
+
+async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let backend = args
+        .backends
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu".into());
+    let pyro = Arc::new(crate::open_pyro(Some(&backend))?);
+    pyro.set_snapshots_enabled(true);
+    let kind = pyro
+        .backend(pyro.options().backend, &pyro_core::no_progress())
+        .await?
+        .kind();
+    let env = pyro
+        .pull_environment(
+            &args.environment,
+            crate::stderr_progress(args.environment.clone()),
+        )
+        .await?;
+    let store = SnapshotStore::new(pyro.cache().root());
+    // The snapshot `pyro run` uses: this environment as installed now, this shape, the
+    // newest if the VMM changed in between.
+    let matching = |store: &SnapshotStore| {
+        store
+            .list()
+            .into_iter()
+            .filter(|s| {
+                let k = &s.meta().key;
+                k.format == snapshot::SNAPSHOT_FORMAT
+                    && k.environment == args.environment
+                    && k.backend == kind.as_str()
+                    && k.kernel_digest == env.digests.kernel
+                    && k.initramfs_digest == env.digests.initramfs
+                    && k.rootfs_digest == env.digests.rootfs
+                    && k.agent_digest == env.digests.agent
+                    && i64::from(k.mem_mib) == args.mem_mib
+                    && k.vcpu_count == 1
+            })
+            .max_by(|a, b| a.meta().created_at.total_cmp(&b.meta().created_at))
+    };
+    // The first warm run builds the snapshot when needed; it is not a sample.
+    let before: Vec<String> = store.list().iter().map(|s| s.meta().id.clone()).collect();
+    eprintln!("[bench] preparing the warm snapshot (built on first use)");
+    let (first_ms, refused) =
+        run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, true).await?;
+    if refused {
+        anyhow::bail!("the warm start was refused; see `PYRO_LOG=debug pyro run ...`");
+    }
+    let snap = matching(&store)
+        .ok_or_else(|| anyhow::anyhow!("no snapshot was built for {}", args.environment))?;
+    let built_now = !before.contains(&snap.meta().id);
+    let m = snap.meta();
+    eprintln!(
+        "[bench] snapshot {} {} (build {} ms; first run {first_ms:.0} ms)",
+        m.id,
+        if built_now { "built" } else { "reused" },
+        m.build_ms
+    );
+    eprintln!(
+        "[bench] measuring `pyro run {} -- true` x{} cold and x{} warm, interleaved",
+        args.environment, args.iterations, args.iterations
+    );
+    let (mut cold, mut warm, mut warm_refused) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..args.iterations {
+        cold.push(
+            run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, false)
+                .await?
+                .0,
+        );
+        let (ms, refused) =
+            run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, true).await?;
+        warm_refused += usize::from(refused);
+        warm.push(ms);
+    }
+    let (cold, warm) = (stats(cold), stats(warm));
+    let mut concurrent = Vec::new();
+    for &n in &args.concurrency {
+        eprintln!("[bench] restoring {n} sandboxes at once");
+        concurrent.push(concurrent_starts(&pyro, &args, n).await?);
+    }
+    let r = SnapshotBench {
+        backend: kind.as_str().into(),
+        environment: args.environment.clone(),
+        mem_mib: args.mem_mib,
+        snapshot: SnapshotInfo {
+            id: m.id.clone(),
+            built_by_this_bench: built_now,
+            build_ms: m.build_ms,
+            template_boot_ms: m.boot_ms,
+            save_ms: m.save_ms,
+            disk_mib: m.disk_bytes as f64 / 1048576.0,
+        },
+        median_ratio: cold.median_ms / warm.median_ms,
+        p95_ratio: cold.p95_ms / warm.p95_ms,
+        cold_run_true: cold,
+        warm_run_true: warm,
+        warm_refused,
+        concurrent,
+    };
+    if args.json {
+        crate::render::print_json(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "snapshot {}: build {} ms (template boot {} ms, save {} ms), {:.0} MiB on disk{}",
+        r.snapshot.id,
+        r.snapshot.build_ms,
+        r.snapshot.template_boot_ms,
+        r.snapshot.save_ms,
+        r.snapshot.disk_mib,
+        if built_now { "" } else { " (built earlier)" }
+    );
+    println!(
+        "{:<10} {:<26} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+    );
+    for (name, s) in [
+        ("run -- true, cold (e2e)", &r.cold_run_true),
+        ("run -- true, warm (e2e)", &r.warm_run_true),
+    ] {
+        println!(
+            "{:<10} {:<26} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
+        );
+    }
+    println!(
+        "warm is {:.1}x faster (median), {:.1}x (p95){}",
+        r.median_ratio,
+        r.p95_ratio,
+        if r.warm_refused > 0 {
+            format!("; {} warm runs fell back to cold", r.warm_refused)
+        } else {
+            String::new()
+        }
+    );
+    for c in &r.concurrent {
+        println!(
+            "{} at once: {}/{} warm, all answering after {:.0} ms (each: median {:.0} ms, p95 \
+             {:.0} ms); idle PSS per sandbox median {:.0} MiB (max {:.0}), total {:.0} MiB, \
+             pyro process {:.0} MiB; host peak {:.0} MiB",
+            c.sandboxes,
+            c.warm,
+            c.sandboxes,
+            c.all_started_ms,
+            c.start.median_ms,
+            c.start.p95_ms,
+            c.pss_per_sandbox.median_mib,
+            c.pss_per_sandbox.max_mib,
+            c.pss_per_sandbox.total_mib,
+            c.host_process_pss_mib,
+            c.host_peak_mib
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `n` sandboxes at once in this process, lets them idle, measures, deletes them.
+async fn concurrent_starts(
+    pyro: &Arc<Pyro>,
+    args: &BenchArgs,
+    n: usize,
+) -> anyhow::Result<ConcurrentResult> {
+    let available = || proc_kib("/proc/meminfo", "MemAvailable").unwrap_or(0);
+    let baseline = available();
+    let lowest = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let sampler = {
+        let lowest = lowest.clone();
+        tokio::spawn(async move {
+            loop {
+                lowest.fetch_min(available(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let pyro = pyro.clone();
+        let mut create = CreateVm::new(args.environment.clone());
+        create.mem_mib = args.mem_mib;
+        tasks.spawn(async move {
+            let t = Instant::now();
+            let info = pyro.create_vm(create, pyro_core::no_progress()).await?;
+            let started = pyro.start_vm(&info.vm_id, pyro_core::no_progress()).await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            Ok::<_, pyro_core::CoreError>((info.vm_id, started, ms))
+        });
+    }
+    let mut ids = Vec::new();
+    let mut times = Vec::new();
+    let mut warm = 0;
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok((id, Ok(info), ms)) => {
+                warm +=
+                    usize::from(info.metadata.get("boot_mode").map(String::as_str) == Some("warm"));
+                times.push(ms);
+                ids.push(id);
+            }
+            Ok((id, Err(e), _)) => {
+                ids.push(id);
+                failure.get_or_insert(e.to_string());
+            }
+            Err(e) => {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let all_started_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Idle for a moment, so what is measured is the resting footprint.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut pss = Vec::new();
+    for id in &ids {
+        if let Ok(Some(pid)) = pyro.vmm_pid(id).await
+            && let Some(kib) = proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")
+        {
+            pss.push(kib);
+        }
+    }
+    let own = proc_kib("/proc/self/smaps_rollup", "Pss").unwrap_or(0);
+    sampler.abort();
+    let host_peak_kib = baseline.saturating_sub(lowest.load(std::sync::atomic::Ordering::Relaxed));
+    for id in &ids {
+        let _ = pyro.delete_vm(id).await;
+    }
+    if let Some(e) = failure {
+        anyhow::bail!("{} of {n} sandboxes did not start: {e}", n - times.len());
+    }
+    Ok(ConcurrentResult {
+        sandboxes: n,
+        warm,
+        all_started_ms,
+        start: stats(times),
+        pss_per_sandbox: mem_stats(&pss),
+        host_process_pss_mib: own as f64 / 1024.0,
+        host_peak_mib: host_peak_kib as f64 / 1024.0,
+    })
 }
 
 #[derive(Serialize)]
@@ -319,6 +684,25 @@ async fn workspaces(args: BenchArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_fields_are_read_in_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("smaps_rollup");
+        std::fs::write(
+            &f,
+            "00400000-7ffd [rollup]\nRss:              120000 kB\nPss:              117047 kB\n\
+             Pss_Dirty:        115196 kB\n",
+        )
+        .unwrap();
+        let path = f.to_str().unwrap();
+        assert_eq!(proc_kib(path, "Pss"), Some(117_047));
+        assert_eq!(proc_kib(path, "Rss"), Some(120_000));
+        assert_eq!(proc_kib(path, "Swap"), None);
+        assert!(proc_kib("/proc/meminfo", "MemAvailable").is_some());
+        let m = mem_stats(&[1024, 2048, 3072]);
+        assert_eq!((m.median_mib, m.max_mib, m.total_mib), (2.0, 3.0, 6.0));
+    }
 
     #[test]
     fn median_and_p95_follow_nearest_rank() {

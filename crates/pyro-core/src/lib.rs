@@ -16,11 +16,13 @@ pub mod error;
 pub mod host;
 pub mod lock;
 pub mod model;
+pub mod snapshot;
 pub mod store;
 pub mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ pub use error::{CoreError, ErrorKind, Result};
 pub use model::*;
 
 use backend::{Backend, BootSpec, Machine};
+use snapshot::BootMode;
 
 /// Allowed vCPU counts.
 pub const VCPU_RANGE: (i64, i64) = (1, 8);
@@ -227,6 +230,9 @@ struct Vm {
     session: Option<Session>,
     created: Instant,
     boot_ms: Option<u64>,
+    /// Whether the machine was ever started (only a first start restores a snapshot: a
+    /// restart must keep the sandbox's own disk).
+    started_once: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -252,6 +258,7 @@ pub struct Pyro {
     facts: HostFacts,
     vms: StdMutex<HashMap<String, Arc<Mutex<Vm>>>>,
     backends: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
+    snapshots: AtomicBool,
 }
 
 impl std::fmt::Debug for Pyro {
@@ -354,7 +361,19 @@ impl Pyro {
             facts: HostFacts::probe(),
             vms: StdMutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
+            snapshots: AtomicBool::new(snapshot::enabled_by_env()),
         })
+    }
+
+    /// Whether first starts of one-shot VMs restore a warm snapshot (see [`snapshot`]). On
+    /// unless `PYRO_SNAPSHOTS=0` was set when this instance was made.
+    pub fn snapshots_enabled(&self) -> bool {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// Turns warm snapshots on or off for later starts.
+    pub fn set_snapshots_enabled(&self, on: bool) {
+        self.snapshots.store(on, Ordering::Relaxed);
     }
 
     /// The options in force.
@@ -414,9 +433,14 @@ impl Pyro {
         .map_err(CoreError::from)
     }
 
-    /// Removes stale cache entries.
+    /// Removes stale cache entries, and warm snapshots that no longer fit their environment
+    /// ([`snapshot::is_current`]).
     pub fn prune_environments(&self) -> Result<PruneResult> {
-        let r = pyro_image::prune(&self.cache)?;
+        let mut r = pyro_image::prune(&self.cache)?;
+        let (snapshots, freed) = snapshot::SnapshotStore::new(self.cache.root())
+            .prune(|meta| snapshot::is_current(meta, &self.cache));
+        r.deleted.extend(snapshots);
+        r.freed_bytes += freed;
         Ok(PruneResult {
             count: r.deleted.len(),
             deleted_environment_dirs: r.deleted,
@@ -521,6 +545,7 @@ impl Pyro {
             session: None,
             created: Instant::now(),
             boot_ms: None,
+            started_once: false,
         };
         self.vm_map().insert(id, Arc::new(Mutex::new(vm)));
         Ok(info)
@@ -594,36 +619,149 @@ impl Pyro {
         }
         let backend = self.backend(vm.backend_choice, &progress).await?;
         let upper = vm.dir.join("upper.ext4");
-        let boot_start = Instant::now();
-        let mut machine = backend
-            .boot(BootSpec {
-                id,
-                workdir: &vm.dir,
-                env: &vm.env,
-                upper: &upper,
-                vcpu_count: vm.info.vcpu_count,
-                mem_mib: vm.info.mem_mib,
-                persistent: false,
-                relay_bin: None,
-                boot_timeout: self.opts.boot_timeout,
-            })
-            .await?;
-        self.write_owner(&vm.dir, Some(machine.pid()))?;
-        match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
-            Ok(session) => {
-                vm.session = Some(session);
-            }
-            Err(e) => {
-                machine.kill().await;
-                return Err(e);
+        let mut warm = None;
+        if !vm.started_once && self.snapshots_enabled() {
+            match self.start_warm(id, &vm, backend.as_ref(), &upper).await {
+                Ok(started) => warm = started,
+                Err(e) => {
+                    tracing::warn!(vm_id = id, "warm start failed, booting cold: {e}");
+                    // The attempt may have replaced the disk: boot from a fresh one.
+                    remove_file_if_exists(&upper)?;
+                    self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
+                }
             }
         }
-        let _ = boot_start;
+        let (machine, session, mode) = match warm {
+            Some((machine, session)) => (machine, session, BootMode::Warm),
+            None => {
+                let mut machine = backend
+                    .boot(BootSpec {
+                        id,
+                        workdir: &vm.dir,
+                        env: &vm.env,
+                        upper: &upper,
+                        vcpu_count: vm.info.vcpu_count,
+                        mem_mib: vm.info.mem_mib,
+                        persistent: false,
+                        relay_bin: None,
+                        boot_timeout: self.opts.boot_timeout,
+                    })
+                    .await?;
+                self.write_owner(&vm.dir, Some(machine.pid()))?;
+                match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
+                    Ok(session) => (machine, session, BootMode::Cold),
+                    Err(e) => {
+                        machine.kill().await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        vm.session = Some(session);
+        vm.started_once = true;
         vm.boot_ms = Some(vm.created.elapsed().as_millis() as u64);
         vm.machine = Some(machine);
         vm.info.state = VmState::Started;
         vm.info.execution_mode = backend.kind().execution_mode().into();
+        vm.info
+            .metadata
+            .insert("boot_mode".into(), mode.as_str().into());
         Ok(vm.info.clone())
+    }
+
+    /// A first start from the warm snapshot of this VM's environment and shape, building
+    /// the snapshot when there is none. `Ok(None)` when the backend takes no snapshots.
+    /// The guest is reseeded before this returns; on error nothing is left running.
+    async fn start_warm(
+        &self,
+        id: &str,
+        vm: &Vm,
+        backend: &dyn Backend,
+        upper: &Path,
+    ) -> Result<Option<(Box<dyn Machine>, Session)>> {
+        let spec = || BootSpec {
+            id,
+            workdir: &vm.dir,
+            env: &vm.env,
+            upper,
+            vcpu_count: vm.info.vcpu_count,
+            mem_mib: vm.info.mem_mib,
+            persistent: false,
+            relay_bin: None,
+            boot_timeout: self.opts.boot_timeout,
+        };
+        let Some(vmm) = backend.snapshot_identity(&spec()) else {
+            return Ok(None);
+        };
+        let key = snapshot::SnapshotKey::new(
+            &vm.env,
+            backend.kind(),
+            vm.info.vcpu_count,
+            vm.info.mem_mib,
+            UPPER_DISK_MIB,
+            vmm,
+        );
+        let store = snapshot::SnapshotStore::new(self.cache.root());
+        let snap = match store.lookup(&key) {
+            Some(snap) => snap,
+            None => {
+                let ctx = snapshot::BuildContext {
+                    backend,
+                    cache: &self.cache,
+                    env: &vm.env,
+                    boot_timeout: self.opts.boot_timeout,
+                };
+                match store.ensure(&key, &ctx).await {
+                    Ok(snap) => snap,
+                    // Already reported when the build failed: boot cold quietly.
+                    Err(e @ snapshot::SnapshotError::RecentlyFailed { .. }) => {
+                        tracing::debug!(vm_id = id, "{e}");
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        remove_file_if_exists(upper)?;
+        snapshot::copy_disk(&snap.upper_disk(), upper)
+            .map_err(|e| CoreError::io("copy the snapshot's disk to", upper, e))?;
+        let t = Instant::now();
+        let mut machine = match backend.restore(spec(), snap.dir()).await {
+            Ok(machine) => machine,
+            Err(e) => {
+                store.invalidate(&snap, &e);
+                return Err(e);
+            }
+        };
+        tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "restored");
+        let ready = async {
+            self.write_owner(&vm.dir, Some(machine.pid()))?;
+            let session = connect_agent_session(machine.as_mut(), self.opts.boot_timeout).await?;
+            tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "agent connected");
+            // Nothing may run in a clone before it has its own entropy, clock and identity.
+            snapshot::reseed(&session).await?;
+            tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "reseeded");
+            Ok::<_, CoreError>(session)
+        }
+        .await;
+        match ready {
+            Ok(session) => Ok(Some((machine, session))),
+            Err(e) => {
+                machine.kill().await;
+                if !matches!(e, CoreError::Io { .. }) {
+                    // The restored guest did not answer or refused its reseed.
+                    store.invalidate(&snap, &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The VMM process of a started VM (for measurements such as `pyro bench`).
+    pub async fn vmm_pid(&self, id: &str) -> Result<Option<u32>> {
+        let handle = self.get_vm(id)?;
+        let vm = handle.lock().await;
+        Ok(vm.machine.as_ref().map(|m| m.pid()))
     }
 
     /// Runs one command in a started VM, then deletes the VM (the reference's contract),
@@ -916,9 +1054,26 @@ impl Pyro {
     }
 }
 
+/// Removes a file, ignoring a missing one.
+fn remove_file_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("remove", path, e)),
+    }
+}
+
 /// Connects to the agent through the machine's `CONNECT` socket, retrying until it answers,
-/// the VMM dies, or the deadline passes.
+/// the VMM dies, or the deadline passes; then sets the guest's clock.
 pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
+    let session = connect_agent_session(machine, timeout).await?;
+    sync_clock(&session).await;
+    Ok(session)
+}
+
+/// [`connect_agent`] without setting the clock (a restored guest gets it with
+/// [`snapshot::reseed`]).
+async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
     let socket = machine.agent_socket();
     let console = machine.console_log();
@@ -965,10 +1120,7 @@ pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) 
                 }
             };
             match session {
-                Ok(s) => {
-                    sync_clock(&s).await;
-                    return Ok(s);
-                }
+                Ok(s) => return Ok(s),
                 Err(e) => {
                     tracing::debug!("agent handshake failed, retrying: {e}");
                 }

@@ -47,6 +47,11 @@ pub enum Request {
     ImportTar(ImportTar),
     /// Flush every filesystem (`sync(2)`); answered with [`Empty`].
     Sync,
+    /// Make a guest restored from a snapshot its own: credit fresh host entropy to the
+    /// kernel and force its random generator to reseed, set the clock, and give the machine a
+    /// new `/etc/machine-id` (when the image has one). The host sends it before anything
+    /// else after a restore; answered with a [`ReseedResult`].
+    Reseed(Reseed),
 }
 
 /// What to run.
@@ -88,6 +93,76 @@ pub struct ExecRequest {
 pub struct SyncClock {
     /// Host wall-clock time, nanoseconds since the UNIX epoch.
     pub unix_nanos: u64,
+}
+
+/// Fewest entropy bytes a [`Reseed`] may carry.
+pub const RESEED_MIN_ENTROPY: usize = 32;
+/// Most entropy bytes a [`Reseed`] may carry.
+pub const RESEED_MAX_ENTROPY: usize = 4096;
+
+/// Parameters of [`Request::Reseed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reseed {
+    /// Random bytes from the host's `getrandom`, lowercase hex
+    /// ([`RESEED_MIN_ENTROPY`]..=[`RESEED_MAX_ENTROPY`] bytes).
+    pub entropy_hex: String,
+    /// Host wall-clock time, nanoseconds since the UNIX epoch.
+    pub unix_nanos: u64,
+}
+
+impl Reseed {
+    /// A request carrying `entropy` and the time `unix_nanos`.
+    pub fn new(entropy: &[u8], unix_nanos: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut entropy_hex = String::with_capacity(entropy.len() * 2);
+        for b in entropy {
+            entropy_hex.push(HEX[usize::from(b >> 4)] as char);
+            entropy_hex.push(HEX[usize::from(b & 15)] as char);
+        }
+        Self {
+            entropy_hex,
+            unix_nanos,
+        }
+    }
+
+    /// The entropy bytes, or why they are unacceptable (not hex, too few, too many).
+    pub fn entropy(&self) -> Result<Vec<u8>, String> {
+        let hex = self.entropy_hex.as_bytes();
+        if !hex.len().is_multiple_of(2) {
+            return Err("entropy_hex has an odd number of digits".into());
+        }
+        let n = hex.len() / 2;
+        if !(RESEED_MIN_ENTROPY..=RESEED_MAX_ENTROPY).contains(&n) {
+            return Err(format!(
+                "{n} entropy bytes; between {RESEED_MIN_ENTROPY} and {RESEED_MAX_ENTROPY} \
+                 are accepted"
+            ));
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(format!(
+                "entropy_hex has a non-hex character {:?}",
+                c as char
+            )),
+        };
+        hex.chunks(2)
+            .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
+            .collect()
+    }
+}
+
+/// What [`Request::Reseed`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReseedResult {
+    /// Entropy bytes mixed in and credited.
+    pub entropy_bytes: u64,
+    /// Whether the kernel's random generator was reseeded at once (`RNDRESEEDCRNG`).
+    pub crng_reseeded: bool,
+    /// Whether `/etc/machine-id` was rewritten (false when the image has none).
+    pub machine_id_regenerated: bool,
 }
 
 /// Parameters of [`Request::Shutdown`].
@@ -893,6 +968,45 @@ mod tests {
         ] {
             assert!(serde_json::from_value::<Request>(v.clone()).is_err(), "{v}");
         }
+    }
+
+    #[test]
+    fn reseed_carries_entropy_as_hex_and_checks_it() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let req = Request::Reseed(Reseed::new(&bytes, 7));
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["op"], "reseed");
+        assert_eq!(v["unix_nanos"], 7);
+        assert!(v["entropy_hex"].as_str().unwrap().starts_with("000102"));
+        let Request::Reseed(back) = serde_json::from_value::<Request>(v).unwrap() else {
+            panic!("not a reseed");
+        };
+        assert_eq!(back.entropy().unwrap(), bytes);
+        assert_eq!(
+            Reseed::new(&[0xab; 32], 0).entropy().unwrap(),
+            vec![0xab; 32]
+        );
+        let upper = Reseed {
+            entropy_hex: "AB".repeat(32),
+            unix_nanos: 0,
+        };
+        assert_eq!(upper.entropy().unwrap(), vec![0xab; 32]);
+        for bad in [
+            Reseed::new(&[1; 31], 0),
+            Reseed::new(&[1; RESEED_MAX_ENTROPY + 1], 0),
+            Reseed {
+                entropy_hex: "0".repeat(65),
+                unix_nanos: 0,
+            },
+            Reseed {
+                entropy_hex: "zz".repeat(32),
+                unix_nanos: 0,
+            },
+        ] {
+            assert!(bad.entropy().is_err(), "{bad:?}");
+        }
+        let v = serde_json::json!({"op": "reseed", "entropy_hex": "00", "unix_nanos": 1, "x": 1});
+        assert!(serde_json::from_value::<Request>(v).is_err());
     }
 
     #[test]

@@ -110,6 +110,14 @@ pub enum QemuError {
         /// How long we waited.
         after: Duration,
     },
+    /// Saving or restoring the machine's state failed.
+    #[error("migration {status}: {desc}")]
+    Migration {
+        /// QEMU's migration or run state when it failed.
+        status: String,
+        /// QEMU's description, or ours.
+        desc: String,
+    },
     /// QEMU answered a command with an error.
     #[error("QMP {command} failed: {class}: {desc}")]
     Qmp {

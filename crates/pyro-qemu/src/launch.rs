@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 
 use crate::QemuError;
-use crate::qmp::Qmp;
+use crate::qmp::{MigrationInfo, Qmp};
 
 /// The agent's virtio-serial chardev socket, relative to the working directory.
 pub const AGENT_SOCKET: &str = "agent.sock";
@@ -79,6 +79,23 @@ pub struct QemuSpec {
     /// Attach the upper disk with `cache=unsafe` (guest flushes are ignored: faster, but a
     /// host crash can lose writes). For throwaway sandboxes.
     pub upper_cache_unsafe: bool,
+    /// Back guest memory with a file instead of anonymous memory (warm snapshots).
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest memory in a file (`memory-backend-file`), the way warm snapshots keep it: the
+/// machine that is snapshotted writes its memory through to the file, and every clone
+/// maps that file copy-on-write, so a restore copies no memory at all, clones share the
+/// pages they have not written, and the saved state holds only the devices
+/// ([`Qemu::save_state`] skips such memory: QEMU's `x-ignore-shared`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryFile {
+    /// The file (created, sparse, at the memory size when missing).
+    pub path: PathBuf,
+    /// `true` (`share=on`): the guest's writes go to the file; for the machine that will be
+    /// saved. `false` (`share=off`): the file is mapped privately and never changes; for
+    /// restored clones.
+    pub shared: bool,
 }
 
 /// How to run QEMU.
@@ -95,6 +112,17 @@ pub struct LaunchOptions {
     pub die_with_parent: bool,
     /// Start QEMU in a new session (`setsid`) so it outlives the caller's terminal.
     pub new_session: bool,
+    /// The host facts for the kernel command line; `None` reads them now
+    /// ([`BootParams::current`]). A machine that is to be snapshotted, and every restore of
+    /// that snapshot, pass the same value (without a clock) so their command lines match.
+    pub boot: Option<BootParams>,
+    /// Restore the machine from this migration stream (a file written by
+    /// [`Qemu::save_state`]) instead of booting it: QEMU starts with `-incoming defer`,
+    /// gets the file as descriptor [`INCOMING_FD`], loads it (`migrate-incoming`, with
+    /// `x-ignore-shared` when the memory is a [`MemoryFile`]), and [`launch`] returns once
+    /// the vCPUs run again. The command line must be the one the state was saved with,
+    /// except that the memory file, if any, is mapped privately.
+    pub incoming: Option<PathBuf>,
 }
 
 /// Facts about the host and the moment of boot that go onto the kernel command line. Kept
@@ -106,8 +134,9 @@ pub struct BootParams {
     /// hangs). `None` omits the parameter.
     pub tsc_khz: Option<u64>,
     /// Wall-clock time since the UNIX epoch, passed as `pyro.clock` so the guest starts with
-    /// the right date.
-    pub unix_time: Duration,
+    /// the right date. `None` leaves it out, as a snapshotted machine must (its command line
+    /// has to be the same at every restore; the host sets the clock after restoring).
+    pub unix_time: Option<Duration>,
 }
 
 impl BootParams {
@@ -116,9 +145,20 @@ impl BootParams {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
             tsc_khz: tsc_khz_from_cpuinfo(&cpuinfo),
-            unix_time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
+            unix_time: Some(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The host's facts without the clock: what a machine that will be snapshotted boots
+    /// with (see [`BootParams::unix_time`]).
+    pub fn without_clock() -> Self {
+        Self {
+            unix_time: None,
+            ..Self::current()
         }
     }
 }
@@ -142,11 +182,13 @@ pub fn kernel_cmdline(spec: &QemuSpec, boot: &BootParams) -> String {
     if let (Accel::Tcg, Some(khz)) = (spec.accel, boot.tsc_khz) {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    cmdline.push_str(&format!(
-        " pyro.clock={}.{:09}",
-        boot.unix_time.as_secs(),
-        boot.unix_time.subsec_nanos()
-    ));
+    if let Some(now) = boot.unix_time {
+        cmdline.push_str(&format!(
+            " pyro.clock={}.{:09}",
+            now.as_secs(),
+            now.subsec_nanos()
+        ));
+    }
     let extra = spec.extra_cmdline.trim();
     if !extra.is_empty() {
         cmdline.push(' ');
@@ -177,6 +219,19 @@ pub fn build_argv(spec: &QemuSpec, boot: &BootParams) -> Vec<String> {
         "-smp",
         &spec.vcpu_count.max(1).to_string(),
     ]);
+    if let Some(file) = &spec.memory_file {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram,size={}M,mem-path={},share={}",
+                spec.mem_mib,
+                opt_path(&file.path),
+                if file.shared { "on" } else { "off" }
+            ),
+            "-machine",
+            "memory-backend=ram",
+        ]);
+    }
     push(&[
         "-nodefaults",
         "-no-user-config",
@@ -235,6 +290,19 @@ pub fn build_argv(spec: &QemuSpec, boot: &BootParams) -> Vec<String> {
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
     argv
 }
+
+/// The descriptor number a restored QEMU reads its migration stream from.
+pub const INCOMING_FD: i32 = 3;
+
+/// The arguments appended to [`build_argv`]'s for a restore: QEMU waits for
+/// `migrate-incoming` (so that capabilities can be set first).
+pub fn incoming_args() -> [String; 2] {
+    ["-incoming".into(), "defer".into()]
+}
+
+/// The QMP capability that leaves memory in a shared [`MemoryFile`] out of the migration
+/// stream (the file already holds it).
+const IGNORE_SHARED: &str = "x-ignore-shared";
 
 /// Finds the QEMU binary: `$PYRO_QEMU` when set, else `qemu-system-x86_64` on `PATH`.
 ///
@@ -331,13 +399,7 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         path: workdir.clone(),
         source,
     })?;
-    let spec = QemuSpec {
-        kernel: absolute(&spec.kernel)?,
-        initrd: absolute(&spec.initrd)?,
-        rootfs: absolute(&spec.rootfs)?,
-        upper: absolute(&spec.upper)?,
-        ..spec.clone()
-    };
+    let spec = resolve_paths(spec, &workdir)?;
     for name in [AGENT_SOCKET, QMP_SOCKET] {
         remove_stale(&workdir.join(name))?;
     }
@@ -353,10 +415,24 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         source,
     })?;
 
-    let argv = build_argv(&spec, &BootParams::current());
-    tracing::debug!(qemu = %opts.qemu.display(), ?argv, workdir = %workdir.display(), "starting QEMU");
+    let boot = opts.boot.unwrap_or_else(BootParams::current);
+    let argv = build_argv(&spec, &boot);
+    // The saved state, opened here and inherited by QEMU as INCOMING_FD.
+    let incoming = match &opts.incoming {
+        Some(path) => Some(std::fs::File::open(path).map_err(|source| QemuError::Io {
+            op: "open the saved state",
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let mut full_argv = argv.clone();
+    if incoming.is_some() {
+        full_argv.extend(incoming_args());
+    }
+    tracing::debug!(qemu = %opts.qemu.display(), argv = ?full_argv, workdir = %workdir.display(), "starting QEMU");
     let mut cmd = Command::new(&opts.qemu);
-    cmd.args(&argv)
+    cmd.args(&full_argv)
         .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(log_out)
@@ -364,8 +440,9 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         .kill_on_drop(false);
     let die_with_parent = opts.die_with_parent;
     let new_session = opts.new_session;
+    let incoming_fd = incoming.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     // SAFETY: getpid has no preconditions. In the child only async-signal-safe calls
-    // (prctl, getppid, setsid, _exit) are made, and nothing is allocated.
+    // (prctl, getppid, setsid, dup2, fcntl, _exit) are made, and nothing is allocated.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and obeys the rules above.
     unsafe {
@@ -389,6 +466,18 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
             if new_session && libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(fd) = incoming_fd {
+                // dup2 leaves the copy without FD_CLOEXEC; a descriptor that already has
+                // the number needs the flag cleared by hand.
+                let res = if fd == INCOMING_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, INCOMING_FD)
+                };
+                if res < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -397,11 +486,16 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         qemu: opts.qemu.clone(),
         source,
     })?;
+    // QEMU has its own copy of the state file now.
+    drop(incoming);
     let pid = child.id().unwrap_or_default();
     let mut qemu = Qemu {
         child,
         pid,
         workdir,
+        argv,
+        boot,
+        shared_memory: spec.memory_file.as_ref().is_some_and(|f| f.shared),
     };
     let exited = |qemu: &Qemu, status: ExitStatus| QemuError::Exited {
         status: status.to_string(),
@@ -429,9 +523,26 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
     loop {
         tokio::select! {
             res = &mut handshake => match res {
-                Ok(_qmp) => {
+                Ok(qmp) => {
                     tracing::debug!(pid, elapsed = ?started.elapsed(), "QEMU is up");
-                    return Ok(qemu);
+                    if opts.incoming.is_none() {
+                        return Ok(qemu);
+                    }
+                    let file_memory = spec.memory_file.is_some();
+                    let Err(e) = resume_incoming(&mut qemu, qmp, file_memory, started).await
+                    else {
+                        return Ok(qemu);
+                    };
+                    // QEMU exits when the stream does not load: give it a moment to say why.
+                    let grace = Instant::now();
+                    while grace.elapsed() < Duration::from_secs(1) {
+                        if let Some(status) = qemu.poll()? {
+                            return Err(exited(&qemu, status));
+                        }
+                        tokio::time::sleep(SOCKET_POLL).await;
+                    }
+                    let _ = qemu.kill().await;
+                    return Err(e);
                 }
                 Err(e) => {
                     // Most likely QEMU is exiting: give it a moment to say why.
@@ -458,6 +569,109 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
     }
 }
 
+/// Migration bandwidth for [`Qemu::save_state`], bytes per second (QEMU's default of
+/// 32 MiB/s would make saving a 1 GiB guest take seconds).
+const SAVE_BANDWIDTH: u64 = 10_000_000_000;
+/// How long [`Qemu::save_state`] waits for the migration.
+pub const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often [`Qemu::save_state`] polls the migration.
+const SAVE_POLL: Duration = Duration::from_millis(5);
+/// The name under which the state file's descriptor is passed to QEMU.
+const STATE_FD_NAME: &str = "pyro-state";
+
+/// How often the state of an incoming migration is polled.
+const INCOMING_POLL: Duration = Duration::from_millis(2);
+
+/// Starts loading the migration stream on [`INCOMING_FD`], waits until QEMU has loaded it
+/// (run state `inmigrate` → `paused`), then resumes the vCPUs. An exit of QEMU during the
+/// load (a stream that does not fit the machine) surfaces as the QMP connection closing.
+async fn resume_incoming(
+    qemu: &mut Qemu,
+    mut qmp: Qmp,
+    file_memory: bool,
+    started: Instant,
+) -> Result<(), QemuError> {
+    if file_memory {
+        qmp.migrate_set_capability(IGNORE_SHARED, true).await?;
+    }
+    qmp.migrate_incoming(&format!("fd:{INCOMING_FD}")).await?;
+    loop {
+        let status = qmp.query_status().await?;
+        match status.as_str() {
+            "inmigrate" => {}
+            // A source that was running when saved resumes by itself (QEMU's autostart).
+            "running" => break,
+            "paused" | "postmigrate" | "prelaunch" => {
+                qmp.cont().await?;
+                break;
+            }
+            other => {
+                return Err(QemuError::Migration {
+                    status: other.to_string(),
+                    desc: "the incoming migration did not load".into(),
+                });
+            }
+        }
+        if let Some(status) = qemu.poll()? {
+            return Err(QemuError::Exited {
+                status: status.to_string(),
+                stderr: tail(&qemu.stderr_log_path()),
+                console_tail: tail(&qemu.console_log_path()),
+            });
+        }
+        if started.elapsed() >= START_TIMEOUT {
+            return Err(QemuError::StartTimeout {
+                workdir: qemu.workdir.clone(),
+                after: START_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(INCOMING_POLL).await;
+    }
+    tracing::debug!(pid = qemu.pid, elapsed = ?started.elapsed(), "QEMU restored and resumed");
+    Ok(())
+}
+
+/// `spec` with absolute file paths, except that the writable disk is named relative to the
+/// working directory when it lies there, so the command line does not depend on where the
+/// sandbox lives (a snapshot's command line must match the restore's).
+fn resolve_paths(spec: &QemuSpec, workdir: &Path) -> Result<QemuSpec, QemuError> {
+    let upper = absolute(&spec.upper)?;
+    let upper = match (upper.parent(), upper.file_name()) {
+        (Some(parent), Some(name)) if parent == workdir => PathBuf::from(name),
+        _ => upper,
+    };
+    let memory_file = match &spec.memory_file {
+        Some(file) => Some(MemoryFile {
+            path: absolute(&file.path)?,
+            shared: file.shared,
+        }),
+        None => None,
+    };
+    Ok(QemuSpec {
+        kernel: absolute(&spec.kernel)?,
+        initrd: absolute(&spec.initrd)?,
+        rootfs: absolute(&spec.rootfs)?,
+        upper,
+        memory_file,
+        ..spec.clone()
+    })
+}
+
+/// The command line [`launch`] gives QEMU for `spec` in `workdir` (without
+/// [`incoming_args`]): what a snapshot records, and what its restore must reproduce.
+///
+/// # Errors
+///
+/// [`QemuError::Io`] when a path cannot be made absolute.
+pub fn launch_argv(
+    spec: &QemuSpec,
+    workdir: &Path,
+    boot: &BootParams,
+) -> Result<Vec<String>, QemuError> {
+    let workdir = absolute(workdir)?;
+    Ok(build_argv(&resolve_paths(spec, &workdir)?, boot))
+}
+
 /// A running QEMU process. Dropping the handle leaves QEMU running (use [`Qemu::kill`]);
 /// with [`LaunchOptions::die_with_parent`] it still dies with the spawning thread.
 #[derive(Debug)]
@@ -465,6 +679,9 @@ pub struct Qemu {
     child: Child,
     pid: u32,
     workdir: PathBuf,
+    argv: Vec<String>,
+    boot: BootParams,
+    shared_memory: bool,
 }
 
 impl Qemu {
@@ -476,6 +693,16 @@ impl Qemu {
     /// The absolute working directory.
     pub fn workdir(&self) -> &Path {
         &self.workdir
+    }
+
+    /// QEMU's arguments (without the program name and without [`incoming_args`]).
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The boot parameters its kernel command line was built from.
+    pub fn boot_params(&self) -> BootParams {
+        self.boot
     }
 
     /// QEMU's chardev socket for the agent's serial port (serves one client: the relay).
@@ -505,6 +732,68 @@ impl Qemu {
     /// See [`Qmp::connect`].
     pub async fn qmp(&self) -> Result<Qmp, QemuError> {
         Qmp::connect(&self.qmp_socket_path()).await
+    }
+
+    /// Saves the machine's complete state (guest memory and device state) to `path` and
+    /// leaves the machine paused: QMP `stop`, the migration bandwidth limit raised, then a
+    /// migration into `path` (created, mode 0600), passed to QEMU as a descriptor. Memory in
+    /// a shared [`MemoryFile`] is left out (`x-ignore-shared`): the file holds it, and must
+    /// be kept with `path`. Returns once QEMU reports the migration completed; QEMU has
+    /// flushed the disks by then, so the writable disk can be copied (or kept) as it is.
+    /// Restore with [`LaunchOptions::incoming`] and the same command line ([`Qemu::argv`]).
+    ///
+    /// # Errors
+    ///
+    /// [`QemuError::Io`] creating the file, any QMP error, or [`QemuError::Migration`] when
+    /// the migration fails or does not finish within [`SAVE_TIMEOUT`].
+    pub async fn save_state(&self, path: &Path) -> Result<MigrationInfo, QemuError> {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let started = Instant::now();
+        let mut qmp = self.qmp().await?;
+        qmp.stop().await?;
+        qmp.migrate_set_parameters(SAVE_BANDWIDTH).await?;
+        if self.shared_memory {
+            qmp.migrate_set_capability(IGNORE_SHARED, true).await?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| QemuError::Io {
+                op: "create",
+                path: path.to_owned(),
+                source,
+            })?;
+        qmp.getfd(STATE_FD_NAME, file.as_fd()).await?;
+        drop(file);
+        qmp.migrate(&format!("fd:{STATE_FD_NAME}")).await?;
+        loop {
+            let info = qmp.query_migrate().await?;
+            match info.status.as_deref() {
+                Some("completed") => {
+                    tracing::debug!(pid = self.pid, elapsed = ?started.elapsed(), ?info, "state saved");
+                    return Ok(info);
+                }
+                Some(status @ ("failed" | "cancelled")) => {
+                    return Err(QemuError::Migration {
+                        status: status.to_string(),
+                        desc: info.error_desc.unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+            if started.elapsed() >= SAVE_TIMEOUT {
+                let _ = qmp.execute("migrate_cancel", None).await;
+                return Err(QemuError::Migration {
+                    status: info.status.unwrap_or_default(),
+                    desc: format!("not finished within {SAVE_TIMEOUT:?}"),
+                });
+            }
+            tokio::time::sleep(SAVE_POLL).await;
+        }
     }
 
     /// Kills QEMU with SIGKILL, reaps it and removes its sockets. Fine to call after it
@@ -600,12 +889,13 @@ mod tests {
             accel,
             extra_cmdline: String::new(),
             upper_cache_unsafe: false,
+            memory_file: None,
         }
     }
 
     const BOOT: BootParams = BootParams {
         tsc_khz: Some(2_596_144),
-        unix_time: Duration::new(1_700_000_000, 5_000_000),
+        unix_time: Some(Duration::new(1_700_000_000, 5_000_000)),
     };
 
     /// The values following each occurrence of `flag`.
@@ -727,6 +1017,75 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_cmdline_has_no_clock_and_does_not_change() {
+        let boot = BootParams {
+            unix_time: None,
+            ..BOOT
+        };
+        let cmdline = kernel_cmdline(&spec(Accel::Tcg), &boot);
+        assert!(!cmdline.contains("pyro.clock"), "{cmdline}");
+        assert!(cmdline.ends_with("tsc_early_khz=2596144"), "{cmdline}");
+        assert_eq!(
+            build_argv(&spec(Accel::Tcg), &boot),
+            build_argv(&spec(Accel::Tcg), &boot)
+        );
+        assert!(BootParams::without_clock().unix_time.is_none());
+    }
+
+    #[test]
+    fn a_restore_reads_its_state_from_an_inherited_descriptor() {
+        assert_eq!(incoming_args(), ["-incoming", "defer"]);
+        assert_eq!(INCOMING_FD, 3);
+    }
+
+    #[test]
+    fn file_backed_memory_is_shared_for_the_template_and_private_for_clones() {
+        let mut s = spec(Accel::Tcg);
+        assert!(
+            !build_argv(&s, &BOOT)
+                .iter()
+                .any(|a| a.contains("memory-backend"))
+        );
+        s.memory_file = Some(MemoryFile {
+            path: "/snap/mem,1.img".into(),
+            shared: true,
+        });
+        let argv = build_argv(&s, &BOOT);
+        assert_eq!(
+            after(&argv, "-object"),
+            ["memory-backend-file,id=ram,size=384M,mem-path=/snap/mem,,1.img,share=on"]
+        );
+        assert_eq!(after(&argv, "-machine"), ["memory-backend=ram"]);
+        assert_eq!(after(&argv, "-m"), ["384M"], "-m still gives the size");
+        s.memory_file = Some(MemoryFile {
+            path: "/snap/mem.img".into(),
+            shared: false,
+        });
+        assert!(after(&build_argv(&s, &BOOT), "-object")[0].ends_with(",share=off"));
+    }
+
+    #[test]
+    fn the_upper_disk_is_named_relative_to_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("vm1");
+        let mut s = spec(Accel::Tcg);
+        s.upper = work.join("upper.ext4");
+        let argv = launch_argv(&s, &work, &BOOT).unwrap();
+        assert_eq!(
+            after(&argv, "-drive")[1],
+            "id=upper,file=upper.ext4,format=raw,if=none"
+        );
+        // Two sandboxes in different directories get the same command line.
+        let other = dir.path().join("vm2");
+        s.upper = other.join("upper.ext4");
+        assert_eq!(launch_argv(&s, &other, &BOOT).unwrap(), argv);
+        // A disk elsewhere keeps its absolute path.
+        s.upper = dir.path().join("elsewhere/upper.ext4");
+        let argv = launch_argv(&s, &work, &BOOT).unwrap();
+        assert!(after(&argv, "-drive")[1].contains("/elsewhere/upper.ext4"));
+    }
+
+    #[test]
     fn zero_vcpus_become_one() {
         let mut s = spec(Accel::Tcg);
         s.vcpu_count = 0;
@@ -746,7 +1105,7 @@ mod tests {
     #[test]
     fn current_boot_params_read_this_host() {
         let boot = BootParams::current();
-        assert!(boot.unix_time.as_secs() > 1_600_000_000);
+        assert!(boot.unix_time.unwrap().as_secs() > 1_600_000_000);
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //!   Acceleration is KVM when hardware-assisted, else TCG (see [`Accel`]).
 //! - [`qmp`] is a small client for QEMU's machine protocol ([`Qmp`]): `stop`, `cont`,
 //!   `query-status`, `quit`, and the migration commands snapshots are built on.
+//! - Warm snapshots: [`Qemu::save_state`] pauses a machine and writes its device state
+//!   (and its memory, unless that lives in a shared [`MemoryFile`]) to a file; [`launch()`]
+//!   with [`LaunchOptions::incoming`] starts a new QEMU with the same command line
+//!   ([`launch_argv`], which names the writable disk relative to the working directory and,
+//!   with [`BootParams::without_clock`], has no boot-time clock), maps the memory file
+//!   copy-on-write, loads the state from an inherited descriptor and resumes the guest. The
+//!   guest agent's session then starts afresh through the [`relay`].
 //! - [`relay`] owns the guest agent's virtio-serial port (QEMU's socket chardev, which
 //!   serves exactly one client) and serves any number of host clients on a Unix socket
 //!   ([`RELAY_SOCKET`]) that speaks Firecracker's `CONNECT <port>\n` → `OK <n>\n`
@@ -34,8 +41,9 @@ pub mod relay;
 
 pub use error::QemuError;
 pub use launch::{
-    AGENT_SOCKET, Accel, BootParams, CONSOLE_LOG, LaunchOptions, QEMU_BINARY, QEMU_ENV, QMP_SOCKET,
-    Qemu, QemuSpec, RELAY_SOCKET, STDERR_LOG, build_argv, kernel_cmdline, launch, locate_qemu,
+    AGENT_SOCKET, Accel, BootParams, CONSOLE_LOG, INCOMING_FD, LaunchOptions, MemoryFile,
+    QEMU_BINARY, QEMU_ENV, QMP_SOCKET, Qemu, QemuSpec, RELAY_SOCKET, SAVE_TIMEOUT, STDERR_LOG,
+    build_argv, incoming_args, kernel_cmdline, launch, launch_argv, locate_qemu,
 };
 pub use qmp::{MigrationInfo, Qmp};
 pub use relay::{RelayError, RelayOptions, run_relay, run_relay_with};

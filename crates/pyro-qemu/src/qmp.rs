@@ -9,16 +9,54 @@
 //! QEMU serves one QMP client at a time; a second connection waits until the first closes.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::QemuError;
+
+/// Sends `data` on the Unix socket `sock` with a copy of `fd` attached (`SCM_RIGHTS`).
+/// Returns the bytes of `data` sent.
+fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    const FD_LEN: u32 = std::mem::size_of::<RawFd>() as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(FD_LEN) } as usize;
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `control`, which has room for one header with one descriptor
+    // (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and CMSG_DATA has FD_LEN writable bytes.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_LEN) as _;
+        std::ptr::copy_nonoverlapping(
+            (&raw const fd).cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            FD_LEN as usize,
+        );
+    }
+    // SAFETY: every pointer in `msg` refers to live local buffers of the stated lengths;
+    // `data` is only read.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
 
 /// Default time allowed for one command.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -182,6 +220,17 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QemuError> {
+        let (id, line) = self.request_line(command, arguments);
+        let io = |source| QemuError::QmpIo {
+            command: command.to_string(),
+            source,
+        };
+        self.writer.write_all(line.as_bytes()).await.map_err(io)?;
+        self.read_reply(command, id).await
+    }
+
+    /// A new request id and the request's line.
+    fn request_line(&mut self, command: &str, arguments: Option<Value>) -> (u64, String) {
         self.next_id += 1;
         let id = self.next_id;
         let mut request = json!({ "execute": command, "id": id });
@@ -190,11 +239,52 @@ impl Qmp {
         }
         let mut line = request.to_string();
         line.push('\n');
+        (id, line)
+    }
+
+    /// Hands QEMU a copy of `fd` under `name` (`getfd`, the descriptor travelling as
+    /// `SCM_RIGHTS` with the request), for commands that take `fd:NAME`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Qmp::execute`].
+    pub async fn getfd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QemuError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.getfd_inner(name, fd))
+            .await
+            .map_err(|_| QemuError::QmpTimeout {
+                command: "getfd".into(),
+                after: timeout,
+            })?
+    }
+
+    async fn getfd_inner(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QemuError> {
+        let (id, line) = self.request_line("getfd", Some(json!({ "fdname": name })));
         let io = |source| QemuError::QmpIo {
-            command: command.to_string(),
+            command: "getfd".into(),
             source,
         };
-        self.writer.write_all(line.as_bytes()).await.map_err(io)?;
+        let sock = self.writer.as_ref();
+        let sent = loop {
+            sock.writable().await.map_err(io)?;
+            match sock.try_io(Interest::WRITABLE, || {
+                send_with_fd(sock.as_raw_fd(), line.as_bytes(), fd.as_raw_fd())
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io(e)),
+            }
+        };
+        // The descriptor went with the first byte; the rest of the line is plain data.
+        self.writer
+            .write_all(&line.as_bytes()[sent..])
+            .await
+            .map_err(io)?;
+        self.read_reply("getfd", id).await.map(drop)
+    }
+
+    /// Reads messages until the answer to request `id` arrives.
+    async fn read_reply(&mut self, command: &str, id: u64) -> Result<Value, QemuError> {
         loop {
             let msg = self.read_message(command).await?;
             if msg.get("event").is_some() {
@@ -326,6 +416,36 @@ impl Qmp {
         )
         .await
         .map(drop)
+    }
+
+    /// Turns a migration capability on or off (`migrate-set-capabilities`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Qmp::execute`].
+    pub async fn migrate_set_capability(
+        &mut self,
+        capability: &str,
+        state: bool,
+    ) -> Result<(), QemuError> {
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": capability, "state": state }] })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Starts loading an incoming migration from `uri` on a QEMU started with
+    /// `-incoming defer`; poll [`Qmp::query_status`] until it leaves `inmigrate`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Qmp::execute`].
+    pub async fn migrate_incoming(&mut self, uri: &str) -> Result<(), QemuError> {
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
     }
 
     /// Starts an outgoing migration to `uri` (e.g. `exec:cat > state.bin`); poll
@@ -543,6 +663,16 @@ mod tests {
                 ),
                 step("query-migrate", None, &[r#"{"return": {}, "id": ID}"#]),
                 step(
+                    "migrate-set-capabilities",
+                    Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+                    &[r#"{"return": {}, "id": ID}"#],
+                ),
+                step(
+                    "migrate-incoming",
+                    Some(json!({"uri": "fd:3"})),
+                    &[r#"{"return": {}, "id": ID}"#],
+                ),
+                step(
                     "migrate",
                     Some(json!({"uri": "exec:cat > s"})),
                     &[r#"{"return": {}, "id": ID}"#],
@@ -561,6 +691,10 @@ mod tests {
         let mut qmp = Qmp::connect(&path).await.unwrap();
         qmp.migrate_set_parameters(10_000_000_000).await.unwrap();
         assert_eq!(qmp.query_migrate().await.unwrap(), MigrationInfo::default());
+        qmp.migrate_set_capability("x-ignore-shared", true)
+            .await
+            .unwrap();
+        qmp.migrate_incoming("fd:3").await.unwrap();
         qmp.migrate("exec:cat > s").await.unwrap();
         let info = qmp.query_migrate().await.unwrap();
         assert_eq!(info.status.as_deref(), Some("completed"));

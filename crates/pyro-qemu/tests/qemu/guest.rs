@@ -84,6 +84,7 @@ fn spec(installed: &Installed, upper: &Path) -> QemuSpec {
         accel: Accel::Tcg,
         extra_cmdline: String::new(),
         upper_cache_unsafe: true,
+        memory_file: None,
     }
 }
 
@@ -93,6 +94,8 @@ fn options(qemu: &Path, workdir: &Path) -> LaunchOptions {
         workdir: workdir.to_owned(),
         die_with_parent: true,
         new_session: false,
+        boot: None,
+        incoming: None,
     }
 }
 
@@ -285,6 +288,169 @@ async fn a_real_guest_answers_through_qemu_and_the_relay() {
     assert!(qemu.console_log_path().is_file());
 }
 
+/// Connects a host client through a relay that is already listening on `listen`.
+async fn client(listen: &Path) -> Session {
+    let conn =
+        pyro_firecracker::vsock::connect(listen, pyro_proto::AGENT_PORT, Duration::from_secs(60))
+            .await
+            .unwrap();
+    Session::client(conn, Config::default()).await.unwrap()
+}
+
+/// Runs a shell command in the guest and returns its stdout.
+async fn sh(session: &Session, script: &str) -> String {
+    let mut stdout = Vec::new();
+    let r = api::exec(
+        session,
+        ExecRequest {
+            command: Command::Shell(script.into()),
+            cwd: None,
+            env: Default::default(),
+            timeout_ms: Some(60_000),
+            max_output_bytes: None,
+            stdin: false,
+        },
+        None,
+        |out| {
+            if let Output::Stdout(b) = out {
+                stdout.extend_from_slice(&b);
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    String::from_utf8(stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_guest_is_restored_in_another_directory_and_greets_a_new_relay() {
+    let Some((qemu_bin, cache, installed)) = prerequisites().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template");
+    std::fs::create_dir_all(&template).unwrap();
+    let upper = template.join("upper.ext4");
+    cache.create_upper_disk(&upper, UPPER_MIB).unwrap();
+    let mut opts = options(&qemu_bin, &template);
+    opts.boot = Some(pyro_qemu::BootParams::without_clock());
+    // Memory in a file the template writes through to and the clones map privately.
+    let mem = template.join("mem.img");
+    let with_memory = |upper: &Path, shared: bool| QemuSpec {
+        memory_file: Some(pyro_qemu::MemoryFile {
+            path: mem.clone(),
+            shared,
+        }),
+        ..spec(&installed, upper)
+    };
+    let mut qemu = launch(&with_memory(&upper, true), &opts).await.unwrap();
+    assert!(
+        !qemu.argv().iter().any(|a| a.contains("pyro.clock")),
+        "{:?}",
+        qemu.argv()
+    );
+    let listen = template.join(RELAY_SOCKET);
+    let relay = {
+        let (agent_sock, listen) = (qemu.agent_socket_path(), listen.clone());
+        tokio::spawn(async move { run_relay(&agent_sock, &listen, None).await })
+    };
+    let session = client(&listen).await;
+    let marker = sh(
+        &session,
+        "echo before > /tmp/marker && sync && cat /tmp/marker",
+    )
+    .await;
+    assert_eq!(marker, "before\n");
+    // The host goes away; the agent waits for the next one with its hello pending.
+    drop(session);
+    relay.abort();
+    let _ = relay.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let state = template.join("state.bin");
+    let info = qemu.save_state(&state).await.unwrap();
+    assert_eq!(info.status.as_deref(), Some("completed"));
+    let saved = std::fs::metadata(&state).unwrap();
+    assert!(
+        saved.len() < 4 << 20,
+        "memory stays out of the stream: {} bytes",
+        saved.len()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(saved.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        qemu.qmp().await.unwrap().query_status().await.unwrap(),
+        "postmigrate"
+    );
+    let boot = qemu.boot_params();
+    qemu.kill().await.unwrap();
+    let mem_before = std::fs::read(&mem).unwrap();
+
+    // Two clones, each in its own directory with its own copy of the disk.
+    let mut clones = Vec::new();
+    for name in ["clone1", "clone2"] {
+        let workdir = dir.path().join(name);
+        std::fs::create_dir_all(&workdir).unwrap();
+        let disk = workdir.join("upper.ext4");
+        std::fs::copy(&upper, &disk).unwrap();
+        let mut opts = options(&qemu_bin, &workdir);
+        opts.boot = Some(boot);
+        opts.incoming = Some(state.clone());
+        let t0 = Instant::now();
+        let clone = launch(&with_memory(&disk, false), &opts).await.unwrap();
+        let t_resumed = t0.elapsed();
+        assert!(clone.argv().iter().any(|a| a.ends_with("share=off")));
+        assert_eq!(
+            clone.qmp().await.unwrap().query_status().await.unwrap(),
+            "running"
+        );
+        let listen = workdir.join(RELAY_SOCKET);
+        let relay = {
+            let (agent_sock, listen) = (clone.agent_socket_path(), listen.clone());
+            tokio::spawn(async move { run_relay(&agent_sock, &listen, None).await })
+        };
+        let session = client(&listen).await;
+        let pong: PingResult = api::call(&session, &Request::Ping).await.unwrap();
+        let t_ping = t0.elapsed();
+        assert!(pong.pid1);
+        assert_eq!(sh(&session, "cat /tmp/marker").await, "before\n");
+        // Each clone writes to its own disk only.
+        sh(&session, &format!("echo {name} > /{name} && sync")).await;
+        eprintln!("TIMINGS (TCG): restore -> resumed {t_resumed:?}, -> first ping {t_ping:?}");
+        clones.push((clone, relay, session));
+    }
+    for (i, (_, _, session)) in clones.iter().enumerate() {
+        let other = if i == 0 { "clone2" } else { "clone1" };
+        let seen = sh(session, &format!("cat /{other} 2>/dev/null || echo absent")).await;
+        assert_eq!(seen, "absent\n");
+    }
+    for (mut clone, relay, session) in clones {
+        drop(session);
+        clone.kill().await.unwrap();
+        let _ = relay.await;
+    }
+    assert!(
+        std::fs::read(&mem).unwrap() == mem_before,
+        "clones never write the memory file"
+    );
+
+    // A stream that does not fit is refused with QEMU's own words, and nothing is left.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let disk = bad.join("upper.ext4");
+    std::fs::copy(&upper, &disk).unwrap();
+    let truncated = dir.path().join("truncated.bin");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut opts = options(&qemu_bin, &bad);
+    opts.boot = Some(boot);
+    opts.incoming = Some(truncated);
+    let err = launch(&with_memory(&disk, false), &opts).await.unwrap_err();
+    assert!(matches!(err, QemuError::Exited { .. }), "{err:?}");
+    assert!(sockets_in(&bad).is_empty(), "{:?}", sockets_in(&bad));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qmp_quit_ends_qemu_and_its_sockets() {
     let Some((qemu_bin, cache, installed)) = prerequisites().await else {
@@ -334,6 +500,7 @@ async fn an_early_exit_reports_qemus_stderr() {
         accel: Accel::Tcg,
         extra_cmdline: String::new(),
         upper_cache_unsafe: false,
+        memory_file: None,
     };
     let err = launch(&spec, &options(&qemu_bin, &dir.path().join("w")))
         .await
