@@ -243,7 +243,6 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
 /// Starts `bin __relay DIR` detached (own session, stdio to `DIR/relay.log`), for a
 /// persistent QEMU sandbox whose relay must outlive the calling process.
 pub fn spawn_relay_process(bin: &Path, dir: &Path) -> Result<u32> {
-    use std::os::unix::process::CommandExt;
     let log_path = dir.join("relay.log");
     let log =
         std::fs::File::create(&log_path).map_err(|e| CoreError::io("create", &log_path, e))?;
@@ -257,17 +256,7 @@ pub fn spawn_relay_process(bin: &Path, dir: &Path) -> Result<u32> {
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
+    let child = crate::host::spawn_detached(&mut cmd)
         .map_err(|e| CoreError::io("start the relay", bin, e))?;
     Ok(child.id())
 }

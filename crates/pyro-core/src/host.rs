@@ -40,6 +40,22 @@ pub fn process_alive(pid: u32, ticks: u64) -> bool {
     process_start_ticks(pid) == Some(ticks)
 }
 
+/// Starts `cmd` in a new session (`setsid`), so it outlives this process and its terminal.
+/// Used for the per-workspace relay and TTL watchdog processes.
+pub fn spawn_detached(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Pids of the processes whose working directory is `dir` or below it.
 pub fn processes_with_cwd_in(dir: &Path) -> Vec<u32> {
     let Ok(dir) = dir.canonicalize() else {

@@ -1150,9 +1150,14 @@ struct Capture {
 
 impl Capture {
     fn push(&mut self, b: &[u8]) {
-        let room = self.limit.saturating_sub(self.data.len());
-        self.data.extend_from_slice(&b[..b.len().min(room)]);
+        push_capped(&mut self.data, b, self.limit as u64);
     }
+}
+
+/// Appends as much of `b` as fits under `limit` bytes (output kept for a result).
+pub(crate) fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) {
+    let room = (limit as usize).saturating_sub(buf.len());
+    buf.extend_from_slice(&b[..b.len().min(room)]);
 }
 
 pub(crate) fn render_output(data: &[u8], truncated: bool, total: u64) -> (String, Option<String>) {

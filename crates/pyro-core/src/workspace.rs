@@ -536,7 +536,6 @@ impl Pyro {
     }
 
     fn spawn_watchdog(&self, id: &str, vmm_pid: u32) {
-        use std::os::unix::process::CommandExt;
         let Ok(bin) = self.relay_bin() else {
             return;
         };
@@ -550,16 +549,7 @@ impl Pyro {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        if let Err(e) = cmd.spawn() {
+        if let Err(e) = host::spawn_detached(&mut cmd) {
             tracing::warn!("cannot start the TTL watchdog of workspace {id}: {e}");
         }
     }
@@ -1068,11 +1058,11 @@ impl Pyro {
             match &o {
                 Output::Stdout(b) => {
                     out_log.write(b);
-                    push_capped(&mut out_cap, b, limit);
+                    crate::push_capped(&mut out_cap, b, limit);
                 }
                 Output::Stderr(b) => {
                     err_log.write(b);
-                    push_capped(&mut err_cap, b, limit);
+                    crate::push_capped(&mut err_cap, b, limit);
                 }
             }
             if let Some(cb) = on_output.as_mut() {
@@ -1146,11 +1136,10 @@ impl Pyro {
     ) -> Result<WorkspaceLogs> {
         let max_bytes = max_bytes.min(MAX_LOG_BYTES);
         let store = self.store()?;
-        store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let total = store.command_count(id)?;
         let d = self.ws_dirs(id);
         let mut entries = Vec::new();
-        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         for c in store.commands(id, offset, limit)? {
             let (stdout, so_t) = read_capped(&d.logs().join(&c.stdout_path), max_bytes);
             let (stderr, se_t) = read_capped(&d.logs().join(&c.stderr_path), max_bytes);
@@ -1376,11 +1365,6 @@ fn backend_mode(backend: &str) -> &'static str {
         "firecracker" => BackendKind::Firecracker.execution_mode(),
         _ => BackendKind::Qemu.execution_mode(),
     }
-}
-
-fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) {
-    let room = (limit as usize).saturating_sub(buf.len());
-    buf.extend_from_slice(&b[..b.len().min(room)]);
 }
 
 fn read_capped(path: &Path, max: u64) -> (String, bool) {
