@@ -472,7 +472,7 @@ async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
             eprintln!("[run] {e}");
         }
         eprintln!(
-            "[run] environment={} backend={} execution_mode={} exit_code={} duration_ms={}{}{}",
+            "[run] environment={} backend={} execution_mode={} exit_code={} duration_ms={}{}{}{}",
             result.environment,
             result.backend,
             result.execution_mode,
@@ -481,6 +481,11 @@ async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
             result
                 .boot_ms
                 .map(|b| format!(" boot_ms={b}"))
+                .unwrap_or_default(),
+            result
+                .boot_mode
+                .as_deref()
+                .map(|m| format!(" boot_mode={m}"))
                 .unwrap_or_default(),
             if result.timed_out {
                 " timed_out=yes"

@@ -815,3 +815,141 @@ fn a_tarball_seed_and_a_diff_with_symlinks_round_trip_through_patch_apply() {
     e.ok_json(&["workspace", "delete", &id, "--json"]);
     e.assert_clean();
 }
+
+/// What a workspace's guest says about itself: 32 random bytes, its boot id, its clock and
+/// the seed file.
+fn guest_identity(e: &Env, id: &str) -> (String, String, f64, String) {
+    let script = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                  cat /proc/sys/kernel/random/boot_id; date +%s.%N; cat src/main.txt | head -1";
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let r = e.ok_json(&["workspace", "exec", id, "--json", "--", "sh", "-c", script]);
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let out = r["stdout"].as_str().unwrap().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out:?}");
+    let guest: f64 = lines[2].parse().unwrap();
+    (
+        lines[0].to_string(),
+        lines[1].to_string(),
+        guest - before,
+        lines[3].to_string(),
+    )
+}
+
+#[test]
+fn warm_workspaces_are_their_own_and_keep_their_data_across_a_cold_restart() {
+    let e = Env::new();
+    let seed = make_seed(e.work.path());
+    let seed = seed.to_str().unwrap();
+    // Its own guest memory size: its own snapshot, built by the first create.
+    let create = |e: &Env| {
+        e.ok_json(&[
+            "workspace",
+            "create",
+            "debian:12",
+            "--mem-mib",
+            "288",
+            "--seed-path",
+            seed,
+            "--json",
+        ])
+    };
+    let a = create(&e);
+    let b = create(&e);
+    for w in [&a, &b] {
+        assert_eq!(w["state"], "started", "{w}");
+        assert_eq!(w["metadata"]["boot_mode"], "warm", "{w}");
+    }
+    let (a_id, b_id) = (
+        a["workspace_id"].as_str().unwrap(),
+        b["workspace_id"].as_str().unwrap(),
+    );
+    let (ra, boot_a, skew_a, seed_a) = guest_identity(&e, a_id);
+    let (rb, boot_b, skew_b, seed_b) = guest_identity(&e, b_id);
+    assert_eq!(ra.len(), 64);
+    assert_ne!(
+        ra, rb,
+        "two workspaces from one snapshot share random numbers"
+    );
+    assert_ne!(
+        boot_a, boot_b,
+        "two workspaces from one snapshot share a boot id"
+    );
+    for skew in [skew_a, skew_b] {
+        assert!(skew.abs() < 5.0, "guest clock off by {skew} s");
+    }
+    assert_eq!(seed_a, "line 1");
+    assert_eq!(seed_b, "line 1");
+
+    // What a warm workspace writes is on its own disk: a stop and a cold start keep it.
+    let w = e.ok_json(&[
+        "workspace",
+        "exec",
+        a_id,
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > note.txt && head -c 3000000 /dev/urandom > blob && md5sum blob",
+    ]);
+    assert_eq!(w["exit_code"], 0, "{w}");
+    let sum = w["stdout"].as_str().unwrap().to_string();
+    e.ok_json(&["workspace", "stop", a_id, "--json"]);
+    let started = e.ok_json(&["workspace", "start", a_id, "--json"]);
+    assert_eq!(started["metadata"]["boot_mode"], "cold", "{started}");
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        a_id,
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "cat note.txt && md5sum blob",
+    ]);
+    assert_eq!(r["stdout"], format!("kept\n{sum}"));
+    // B is untouched by A's writes.
+    let out = e.pyro(&["workspace", "exec", b_id, "--", "ls", "note.txt"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // A reset restores again, from the baseline.
+    let reset = e.ok_json(&["workspace", "reset", a_id, "--json"]);
+    assert_eq!(reset["metadata"]["boot_mode"], "warm", "{reset}");
+    let r = e.ok_json(&[
+        "workspace",
+        "exec",
+        a_id,
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "ls note.txt 2>/dev/null; cat src/main.txt",
+    ]);
+    assert_eq!(r["stdout"], "line 1\nline 2\nline 3\n");
+
+    // PYRO_SNAPSHOTS=0 boots cold.
+    let out = e
+        .cmd()
+        .env("PYRO_SNAPSHOTS", "0")
+        .args([
+            "workspace",
+            "create",
+            "debian:12",
+            "--mem-mib",
+            "288",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["metadata"]["boot_mode"], "cold", "{c}");
+
+    for id in [a_id, b_id, c["workspace_id"].as_str().unwrap()] {
+        e.ok_json(&["workspace", "delete", id, "--json"]);
+    }
+    e.assert_clean();
+}

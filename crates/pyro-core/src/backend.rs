@@ -135,7 +135,7 @@ pub fn resolve(choice: BackendChoice, facts: &HostFacts) -> Result<BackendKind> 
 }
 
 /// What to boot.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct BootSpec<'a> {
     /// The sandbox id.
     pub id: &'a str,
@@ -151,6 +151,9 @@ pub struct BootSpec<'a> {
     pub mem_mib: u32,
     /// Whether the VMM must outlive this process (workspaces) or die with it (one-shot runs).
     pub persistent: bool,
+    /// Whether the guest's flushes of the writable disk must reach the host file
+    /// (workspaces, and the snapshots they restore from); one-shot disks skip them.
+    pub durable_disk: bool,
     /// For persistent QEMU sandboxes: the `pyro` binary to run as `pyro __relay DIR`, a
     /// detached process that outlives this one. One-shot sandboxes relay in-process.
     pub relay_bin: Option<&'a Path>,
@@ -371,7 +374,7 @@ impl QemuBackend {
             mem_mib: spec.mem_mib,
             accel: self.accel,
             extra_cmdline: String::new(),
-            upper_cache_unsafe: !spec.persistent,
+            upper_cache_unsafe: !spec.durable_disk,
             memory_file,
         }
     }
@@ -681,18 +684,94 @@ impl FirecrackerBackend {
         Ok(Self { binaries })
     }
 
+    /// A backend running exactly these binaries (tests use a stand-in VMM).
+    pub fn with_binaries(binaries: pyro_firecracker::Binaries) -> Self {
+        Self { binaries }
+    }
+
     /// The boot arguments given to the guest kernel.
     pub fn boot_args() -> String {
-        format!(
-            "console=ttyS0 reboot=k panic=1 quiet 8250.nr_uarts=1 {}",
-            clock_param()
-        )
+        format!("{FC_BOOT_ARGS} {}", clock_param())
+    }
+
+    /// The machine for `spec`; `clock`: pass the host's time on the kernel command line
+    /// (a snapshot template gets none: its clones are given the time when restored).
+    fn vm_spec(spec: &BootSpec<'_>, clock: bool) -> pyro_firecracker::VmSpec {
+        pyro_firecracker::VmSpec {
+            kernel: spec.env.kernel.clone(),
+            initrd: Some(spec.env.initramfs.clone()),
+            boot_args: if clock {
+                Self::boot_args()
+            } else {
+                FC_BOOT_ARGS.to_string()
+            },
+            drives: Self::drives(spec),
+            vcpu_count: spec.vcpu_count,
+            mem_mib: spec.mem_mib,
+            vsock_cid: Some(FC_GUEST_CID),
+        }
+    }
+
+    /// The read-only root filesystem and the sandbox's writable disk, in that order.
+    fn drives(spec: &BootSpec<'_>) -> Vec<pyro_firecracker::DriveSpec> {
+        vec![
+            pyro_firecracker::DriveSpec {
+                id: "rootfs".into(),
+                path: spec.env.rootfs.clone(),
+                read_only: true,
+            },
+            pyro_firecracker::DriveSpec {
+                id: "upper".into(),
+                path: spec.upper.to_path_buf(),
+                read_only: false,
+            },
+        ]
+    }
+
+    fn launch_options(&self, spec: &BootSpec<'_>) -> pyro_firecracker::LaunchOptions {
+        pyro_firecracker::LaunchOptions {
+            binaries: self.binaries.clone(),
+            workdir: spec.workdir.to_path_buf(),
+            jailer: pyro_firecracker::JailerMode::Auto,
+            die_with_parent: !spec.persistent,
+            new_session: true,
+        }
+    }
+
+    async fn start(&self, spec: BootSpec<'_>, clock: bool) -> Result<Box<dyn Machine>> {
+        let vm =
+            pyro_firecracker::launch(&Self::vm_spec(&spec, clock), &self.launch_options(&spec))
+                .await
+                .map_err(fc_boot_error)?;
+        Ok(Box::new(FcMachine {
+            vm,
+            snapshottable: !clock,
+        }) as Box<dyn Machine>)
+    }
+}
+
+/// Kernel arguments of every Firecracker guest (the clock is added per boot).
+const FC_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet 8250.nr_uarts=1";
+/// The guest's vsock context id.
+const FC_GUEST_CID: u32 = 3;
+/// A Firecracker snapshot's device state, in the snapshot directory.
+pub const FC_STATE_FILE: &str = "fc-state.bin";
+/// A Firecracker snapshot's guest memory, in the snapshot directory; restores map it
+/// private and copy-on-write, so every clone shares the pages it has not written.
+pub const FC_MEMORY_FILE: &str = "fc-mem.img";
+
+fn fc_boot_error(e: pyro_firecracker::VmmError) -> CoreError {
+    CoreError::Boot {
+        reason: e.to_string(),
+        console_tail: String::new(),
     }
 }
 
 #[derive(Debug)]
 struct FcMachine {
     vm: pyro_firecracker::Firecracker,
+    /// Booted by [`Backend::boot_for_snapshot`]: no clock on its command line.
+    snapshottable: bool,
 }
 
 impl Backend for FirecrackerBackend {
@@ -701,42 +780,63 @@ impl Backend for FirecrackerBackend {
     }
 
     fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        Box::pin(self.start(spec, true))
+    }
+
+    fn snapshot_identity(&self, spec: &BootSpec<'_>) -> Option<String> {
+        // Firecracker restores only into the same version on the same CPU model; the
+        // machine description is what `boot_for_snapshot` configures (file names inside
+        // the sandbox are fixed, so no path of this host is part of it).
+        let vm = Self::vm_spec(spec, false);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let model = cpuinfo.lines().find(|l| l.starts_with("model name"))?;
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+        let drives: Vec<String> = vm
+            .drives
+            .iter()
+            .map(|d| format!("{}:{}", d.id, if d.read_only { "ro" } else { "rw" }))
+            .collect();
+        Some(format!(
+            "firecracker {}\nhost cpu {model}\nhost {flags}\nboot_args {}\nvcpu {} mem {} \
+             drives {} vsock {:?} durable_disk {}",
+            file_fingerprint(&self.binaries.firecracker)?,
+            vm.boot_args,
+            vm.vcpu_count,
+            vm.mem_mib,
+            drives.join(","),
+            vm.vsock_cid,
+            spec.durable_disk,
+        ))
+    }
+
+    fn boot_for_snapshot<'a>(
+        &'a self,
+        spec: BootSpec<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        Box::pin(self.start(spec, false))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        spec: BootSpec<'a>,
+        state_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
         Box::pin(async move {
-            let vspec = pyro_firecracker::VmSpec {
-                kernel: spec.env.kernel.clone(),
-                initrd: Some(spec.env.initramfs.clone()),
-                boot_args: Self::boot_args(),
-                drives: vec![
-                    pyro_firecracker::DriveSpec {
-                        id: "rootfs".into(),
-                        path: spec.env.rootfs.clone(),
-                        read_only: true,
-                    },
-                    pyro_firecracker::DriveSpec {
-                        id: "upper".into(),
-                        path: spec.upper.to_path_buf(),
-                        read_only: false,
-                    },
-                ],
-                vcpu_count: spec.vcpu_count,
-                mem_mib: spec.mem_mib,
-                vsock_cid: Some(3),
-            };
-            let opts = pyro_firecracker::LaunchOptions {
-                binaries: self.binaries.clone(),
-                workdir: spec.workdir.to_path_buf(),
-                jailer: pyro_firecracker::JailerMode::Auto,
-                die_with_parent: !spec.persistent,
-                new_session: true,
-            };
-            let vm =
-                pyro_firecracker::launch(&vspec, &opts)
-                    .await
-                    .map_err(|e| CoreError::Boot {
-                        reason: format!("{e}"),
-                        console_tail: String::new(),
-                    })?;
-            Ok(Box::new(FcMachine { vm }) as Box<dyn Machine>)
+            let opts = self.launch_options(&spec);
+            // The snapshot names its drives relative to the sandbox root: this sandbox's
+            // disk (a copy of the snapshot's) and the environment's root filesystem.
+            pyro_firecracker::stage_drives(&opts, &Self::drives(&spec)).map_err(fc_boot_error)?;
+            let vm = pyro_firecracker::restore(
+                &state_dir.join(FC_STATE_FILE),
+                &state_dir.join(FC_MEMORY_FILE),
+                &opts,
+            )
+            .await
+            .map_err(fc_boot_error)?;
+            Ok(Box::new(FcMachine {
+                vm,
+                snapshottable: false,
+            }) as Box<dyn Machine>)
         })
     }
 }
@@ -758,6 +858,59 @@ impl Machine for FcMachine {
         Box::pin(async move {
             let _ = self.vm.kill().await;
         })
+    }
+    // The host's end of the vsock connection closes with its session: the agent then
+    // waits for the next host, and a restore resets the device's connections anyway.
+    fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if !self.snapshottable {
+                return Err(CoreError::Boot {
+                    reason: "this machine was not booted to be snapshotted".into(),
+                    console_tail: String::new(),
+                });
+            }
+            let failed = |step: &str, e: &dyn std::fmt::Display| CoreError::Boot {
+                reason: format!("saving the machine state failed ({step}): {e}"),
+                console_tail: console_tail(&self.vm.console_path(), 2000),
+            };
+            self.vm.pause().await.map_err(|e| failed("pause", &e))?;
+            // Written where the VMM resolves relative paths (its chroot when jailed), then
+            // moved next to the disk template.
+            self.vm
+                .snapshot_create(Path::new(FC_STATE_FILE), Path::new(FC_MEMORY_FILE))
+                .await
+                .map_err(|e| failed("snapshot", &e))?;
+            let root = self.vm.root_dir().to_path_buf();
+            for name in [FC_STATE_FILE, FC_MEMORY_FILE] {
+                let (from, to) = (root.join(name), dir.join(name));
+                if from != to {
+                    move_file(&from, &to).map_err(|e| CoreError::io("move", &from, e))?;
+                }
+            }
+            // The staged kernel, initrd and drive links are not part of the snapshot (a
+            // restore stages its own): drop them so the snapshot pins no cache blob.
+            for name in [
+                pyro_firecracker::vmm::KERNEL_FILE.to_string(),
+                pyro_firecracker::vmm::INITRD_FILE.to_string(),
+                pyro_firecracker::vmm::drive_file_name("rootfs"),
+                pyro_firecracker::vmm::drive_file_name("upper"),
+            ] {
+                let _ = std::fs::remove_file(root.join(name));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Renames `from` to `to`, copying across filesystems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -621,7 +621,23 @@ impl Pyro {
         let upper = vm.dir.join("upper.ext4");
         let mut warm = None;
         if !vm.started_once && self.snapshots_enabled() {
-            match self.start_warm(id, &vm, backend.as_ref(), &upper).await {
+            let spec = BootSpec {
+                id,
+                workdir: &vm.dir,
+                env: &vm.env,
+                upper: &upper,
+                vcpu_count: vm.info.vcpu_count,
+                mem_mib: vm.info.mem_mib,
+                persistent: false,
+                durable_disk: false,
+                relay_bin: None,
+                boot_timeout: self.opts.boot_timeout,
+            };
+            let on_spawn = |m: &dyn Machine| self.write_owner(&vm.dir, Some(m.pid()));
+            match self
+                .start_warm(spec, &upper, UPPER_DISK_MIB, backend.as_ref(), &on_spawn)
+                .await
+            {
                 Ok(started) => warm = started,
                 Err(e) => {
                     tracing::warn!(vm_id = id, "warm start failed, booting cold: {e}");
@@ -643,6 +659,7 @@ impl Pyro {
                         vcpu_count: vm.info.vcpu_count,
                         mem_mib: vm.info.mem_mib,
                         persistent: false,
+                        durable_disk: false,
                         relay_bin: None,
                         boot_timeout: self.opts.boot_timeout,
                     })
@@ -669,36 +686,31 @@ impl Pyro {
         Ok(vm.info.clone())
     }
 
-    /// A first start from the warm snapshot of this VM's environment and shape, building
-    /// the snapshot when there is none. `Ok(None)` when the backend takes no snapshots.
-    /// The guest is reseeded before this returns; on error nothing is left running.
-    async fn start_warm(
+    /// A start from the warm snapshot of `spec`'s environment and shape, building the
+    /// snapshot when there is none: `disk` (the file `spec.upper` names, directly or by a
+    /// link) is replaced by a copy of the snapshot's disk, the machine is restored, `on_spawn` gets the VMM's pid before anything waits
+    /// on the guest, and the guest is reseeded before this returns. `Ok(None)` when the
+    /// backend takes no snapshots or a recent build failed (boot cold). On error nothing
+    /// is left running and `disk` may be gone: the caller boots cold on a fresh disk.
+    pub(crate) async fn start_warm(
         &self,
-        id: &str,
-        vm: &Vm,
+        spec: BootSpec<'_>,
+        disk: &Path,
+        disk_mib: u64,
         backend: &dyn Backend,
-        upper: &Path,
+        on_spawn: &(dyn Fn(&dyn Machine) -> Result<()> + Send + Sync),
     ) -> Result<Option<(Box<dyn Machine>, Session)>> {
-        let spec = || BootSpec {
-            id,
-            workdir: &vm.dir,
-            env: &vm.env,
-            upper,
-            vcpu_count: vm.info.vcpu_count,
-            mem_mib: vm.info.mem_mib,
-            persistent: false,
-            relay_bin: None,
-            boot_timeout: self.opts.boot_timeout,
-        };
-        let Some(vmm) = backend.snapshot_identity(&spec()) else {
+        let id = spec.id;
+        let Some(vmm) = backend.snapshot_identity(&spec) else {
             return Ok(None);
         };
         let key = snapshot::SnapshotKey::new(
-            &vm.env,
+            spec.env,
             backend.kind(),
-            vm.info.vcpu_count,
-            vm.info.mem_mib,
-            UPPER_DISK_MIB,
+            spec.vcpu_count,
+            spec.mem_mib,
+            disk_mib,
+            spec.durable_disk,
             vmm,
         );
         let store = snapshot::SnapshotStore::new(self.cache.root());
@@ -708,39 +720,39 @@ impl Pyro {
                 let ctx = snapshot::BuildContext {
                     backend,
                     cache: &self.cache,
-                    env: &vm.env,
+                    env: spec.env,
                     boot_timeout: self.opts.boot_timeout,
                 };
                 match store.ensure(&key, &ctx).await {
                     Ok(snap) => snap,
                     // Already reported when the build failed: boot cold quietly.
                     Err(e @ snapshot::SnapshotError::RecentlyFailed { .. }) => {
-                        tracing::debug!(vm_id = id, "{e}");
+                        tracing::debug!(sandbox = id, "{e}");
                         return Ok(None);
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
         };
-        remove_file_if_exists(upper)?;
-        snapshot::copy_disk(&snap.upper_disk(), upper)
-            .map_err(|e| CoreError::io("copy the snapshot's disk to", upper, e))?;
+        remove_file_if_exists(disk)?;
+        snapshot::copy_disk(&snap.upper_disk(), disk)
+            .map_err(|e| CoreError::io("copy the snapshot's disk to", disk, e))?;
         let t = Instant::now();
-        let mut machine = match backend.restore(spec(), snap.dir()).await {
+        let mut machine = match backend.restore(spec, snap.dir()).await {
             Ok(machine) => machine,
             Err(e) => {
                 store.invalidate(&snap, &e);
                 return Err(e);
             }
         };
-        tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "restored");
+        tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "restored");
         let ready = async {
-            self.write_owner(&vm.dir, Some(machine.pid()))?;
+            on_spawn(machine.as_ref())?;
             let session = connect_agent_session(machine.as_mut(), self.opts.boot_timeout).await?;
-            tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "agent connected");
+            tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "agent connected");
             // Nothing may run in a clone before it has its own entropy, clock and identity.
             snapshot::reseed(&session).await?;
-            tracing::debug!(vm_id = id, elapsed = ?t.elapsed(), "reseeded");
+            tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "reseeded");
             Ok::<_, CoreError>(session)
         }
         .await;
@@ -792,10 +804,12 @@ impl Pyro {
             let session = vm.session.clone();
             let info = vm.info.clone();
             let boot_ms = vm.boot_ms;
+            let boot_mode = info.metadata.get("boot_mode").cloned();
             drop(vm);
             match session {
                 Some(s) => run_exec(&s, &info, opts, on_output).await.map(|mut r| {
                     r.boot_ms = boot_ms;
+                    r.boot_mode = boot_mode;
                     r
                 }),
                 None => Err(CoreError::WrongState {
@@ -1278,6 +1292,7 @@ async fn run_exec(
         spawn_error: res.spawn_error,
         backend: info.backend.clone(),
         boot_ms: None,
+        boot_mode: None,
     })
 }
 

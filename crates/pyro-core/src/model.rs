@@ -123,6 +123,8 @@ pub struct VmExecResult {
     pub backend: String,
     /// pyro extension: time from VM creation to its agent first answering.
     pub boot_ms: Option<u64>,
+    /// pyro extension: `cold` (booted) or `warm` (restored from a snapshot).
+    pub boot_mode: Option<String>,
 }
 
 /// Network description of a VM.

@@ -59,7 +59,7 @@ use crate::lock::{self, LockMode};
 /// `off`.
 pub const SNAPSHOTS_ENV: &str = "PYRO_SNAPSHOTS";
 /// Version of the snapshot layout and build procedure; part of every [`SnapshotKey`].
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 /// Bytes of host entropy sent to a restored guest.
 pub const RESEED_ENTROPY_BYTES: usize = 256;
 /// The snapshot's writable-disk template, inside its directory.
@@ -137,6 +137,9 @@ pub struct SnapshotKey {
     pub mem_mib: u32,
     /// Size of the writable disk, MiB.
     pub upper_disk_mib: u64,
+    /// Whether the clones' disk flushes reach the host file ([`BootSpec::durable_disk`]:
+    /// workspaces) or are skipped (one-shot runs).
+    pub durable_disk: bool,
     /// [`Backend::snapshot_identity`]: the VMM binary and the machine description.
     pub vmm: String,
 }
@@ -149,6 +152,7 @@ impl SnapshotKey {
         vcpu_count: u8,
         mem_mib: u32,
         upper_disk_mib: u64,
+        durable_disk: bool,
         vmm: String,
     ) -> Self {
         Self {
@@ -163,6 +167,7 @@ impl SnapshotKey {
             vcpu_count,
             mem_mib,
             upper_disk_mib,
+            durable_disk,
             vmm,
         }
     }
@@ -623,6 +628,7 @@ async fn build(
         vcpu_count: key.vcpu_count,
         mem_mib: key.mem_mib,
         persistent: false,
+        durable_disk: key.durable_disk,
         relay_bin: None,
         boot_timeout: ctx.boot_timeout,
     };
@@ -854,6 +860,7 @@ mod tests {
             vcpu_count: 1,
             mem_mib: 256,
             upper_disk_mib: 4096,
+            durable_disk: false,
             vmm: "qemu /usr/bin/qemu size=1".into(),
         }
     }
@@ -890,7 +897,7 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(base.id(), id, "ids are stable");
-        let variants: [fn(&mut SnapshotKey); 12] = [
+        let variants: [fn(&mut SnapshotKey); 13] = [
             |k| k.format += 1,
             |k| k.backend = "firecracker".into(),
             |k| k.environment = "debian:12-base".into(),
@@ -902,6 +909,7 @@ mod tests {
             |k| k.vcpu_count = 2,
             |k| k.mem_mib = 512,
             |k| k.upper_disk_mib = 8192,
+            |k| k.durable_disk = true,
             |k| k.vmm = "qemu /usr/bin/qemu size=2".into(),
         ];
         let mut seen = std::collections::HashSet::from([id]);

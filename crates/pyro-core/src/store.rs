@@ -100,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
         recorded_at REAL NOT NULL,
         PRIMARY KEY (workspace_id, sequence)
     );",
+    // 1 -> 2: how the running VM was started (`cold` or `warm`).
+    "ALTER TABLE workspaces ADD COLUMN boot_mode TEXT;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -443,6 +445,8 @@ pub struct WorkspaceRecord {
     pub last_reset_at: Option<f64>,
     /// Network policy name.
     pub network_policy: String,
+    /// How the VM was last started: `cold` (booted) or `warm` (restored from a snapshot).
+    pub boot_mode: Option<String>,
 }
 
 impl WorkspaceRecord {
@@ -481,6 +485,7 @@ impl WorkspaceRecord {
             reset_count: 0,
             last_reset_at: None,
             network_policy: "off".into(),
+            boot_mode: None,
         }
     }
 
@@ -588,7 +593,7 @@ pub struct CommandRecord {
 const WORKSPACE_COLUMNS: &str = "id, name, environment, environment_version, backend, \
     vcpu_count, mem_mib, ttl_seconds, created_at, last_activity_at, expires_at, ttl_consumed, \
     started_at, state, vmm_pid, vmm_start_ticks, relay_pid, relay_start_ticks, last_error, \
-    seed_json, command_count, reset_count, last_reset_at, network_policy";
+    seed_json, command_count, reset_count, last_reset_at, network_policy, boot_mode";
 
 const COMMAND_COLUMNS: &str = "workspace_id, sequence, command, cwd, exit_code, duration_ms, \
     timed_out, stdout_bytes, stderr_bytes, stdout_path, stderr_path, recorded_at";
@@ -621,6 +626,7 @@ fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
         reset_count: r.get(21)?,
         last_reset_at: r.get(22)?,
         network_policy: r.get(23)?,
+        boot_mode: r.get(24)?,
     })
 }
 
@@ -747,7 +753,7 @@ impl Tx<'_> {
         let sql_text = format!(
             "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-              ?19, ?20, ?21, ?22, ?23, ?24)"
+              ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
         );
         self.tx
             .execute(
@@ -777,6 +783,7 @@ impl Tx<'_> {
                     rec.reset_count,
                     rec.last_reset_at,
                     rec.network_policy,
+                    rec.boot_mode,
                 ],
             )
             .map_err(sql("insert a workspace"))?;
@@ -793,7 +800,7 @@ impl Tx<'_> {
                  last_activity_at = ?10, expires_at = ?11, ttl_consumed = ?12, started_at = ?13, \
                  state = ?14, vmm_pid = ?15, vmm_start_ticks = ?16, relay_pid = ?17, \
                  relay_start_ticks = ?18, last_error = ?19, seed_json = ?20, reset_count = ?21, \
-                 last_reset_at = ?22, network_policy = ?23 WHERE id = ?1",
+                 last_reset_at = ?22, network_policy = ?23, boot_mode = ?24 WHERE id = ?1",
                 params![
                     rec.id,
                     rec.name,
@@ -818,6 +825,7 @@ impl Tx<'_> {
                     rec.reset_count,
                     rec.last_reset_at,
                     rec.network_policy,
+                    rec.boot_mode,
                 ],
             )
             .map_err(sql("update a workspace"))?;
@@ -1378,6 +1386,43 @@ mod tests {
             Err(StoreError::StateDirMissing { path }) if path == missing
         ));
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        {
+            let raw = Connection::open(&path).unwrap();
+            raw.execute_batch(MIGRATIONS[0]).unwrap();
+            raw.execute(
+                "INSERT INTO workspaces (id, environment, environment_version, backend, \
+                 vcpu_count, mem_mib, ttl_seconds, created_at, last_activity_at, state, \
+                 network_policy) VALUES ('old', 'debian:12', '1.0.0', 'qemu', 1, 1024, 600, \
+                 1.0, 1.0, 'stopped', 'off')",
+                [],
+            )
+            .unwrap();
+            raw.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let old = s.get_workspace("old").unwrap().unwrap();
+        assert_eq!(old.environment, "debian:12");
+        assert_eq!(old.boot_mode, None);
+        s.update_workspace("old", |r| {
+            r.boot_mode = Some("warm".into());
+            Ok::<(), StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(
+            s.get_workspace("old")
+                .unwrap()
+                .unwrap()
+                .boot_mode
+                .as_deref(),
+            Some("warm")
+        );
     }
 
     #[test]

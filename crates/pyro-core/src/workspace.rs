@@ -16,10 +16,11 @@ use pyro_proto::Session;
 use pyro_proto::api::{self, Output};
 
 use crate::archive::{self, Seed, SeedMode};
-use crate::backend::{BackendChoice, BackendKind, BootSpec};
+use crate::backend::{BackendChoice, BackendKind, BootSpec, Machine};
 use crate::error::{CoreError, Result};
 use crate::lock::{self, LockGuard, LockMode};
 use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
+use crate::snapshot::BootMode;
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
@@ -303,6 +304,11 @@ struct Dirs {
     root: PathBuf,
 }
 
+/// The workspace's writable disk, in its directory.
+const UPPER_FILE: &str = "upper.ext4";
+/// The link to it in the VM's working directory (QEMU).
+const UPPER_LINK: &str = "upper.ext4";
+
 impl Dirs {
     fn lock(&self) -> PathBuf {
         self.root.join("lock")
@@ -311,7 +317,7 @@ impl Dirs {
         self.root.join("baseline.tar")
     }
     fn upper(&self) -> PathBuf {
-        self.root.join("upper.ext4")
+        self.root.join(UPPER_FILE)
     }
     fn vm(&self) -> PathBuf {
         self.root.join("vm")
@@ -657,12 +663,17 @@ impl Pyro {
         }
     }
 
-    /// Boots the workspace's VM on its existing disk; returns the pids to record.
+    /// Starts the workspace's VM; returns the pids to record, the session and how it
+    /// started. With `fresh_disk` (create and reset: the disk holds nothing yet) the VM is
+    /// restored from the environment's warm workspace snapshot where there is one (built
+    /// on first use), its disk replaced by a copy of the snapshot's; any failure there
+    /// falls back to a cold boot on a new empty disk. Otherwise it boots on its disk.
     async fn ws_boot(
         &self,
         rec: &WorkspaceRecord,
         progress: &ProgressFn,
-    ) -> Result<(u32, Option<u32>, Session)> {
+        fresh_disk: bool,
+    ) -> Result<(u32, Option<u32>, Session, BootMode)> {
         let d = self.ws_dirs(&rec.id);
         let choice = match rec.backend.as_str() {
             "firecracker" => BackendChoice::Firecracker,
@@ -674,33 +685,75 @@ impl Pyro {
             .pull_environment(&rec.environment, crate::no_progress())
             .await?;
         let vm_dir = d.vm();
-        // Start from a clean VM directory (stale sockets of a dead VMM would confuse the
-        // connect retries).
-        let _ = std::fs::remove_dir_all(&vm_dir);
-        host::ensure_private_dir(&vm_dir)?;
         let relay_bin = if backend.kind() == BackendKind::Qemu {
             Some(self.relay_bin()?)
         } else {
             None
         };
         let upper = d.upper();
-        let mut machine = backend
-            .boot(BootSpec {
-                id: &rec.id,
-                workdir: &vm_dir,
-                env: &env,
-                upper: &upper,
-                vcpu_count: rec.vcpu_count as u8,
-                mem_mib: rec.mem_mib as u32,
-                persistent: true,
-                relay_bin: relay_bin.as_deref(),
-                boot_timeout: self.options().boot_timeout,
-            })
-            .await?;
-        let _ = std::fs::write(
-            vm_dir.join("agent-socket"),
-            machine.agent_socket().display().to_string(),
-        );
+        // QEMU is given the disk through a link in its working directory, so its command
+        // line names it relatively, as the warm snapshot it may be restored from does.
+        let disk_name = match backend.kind() {
+            BackendKind::Qemu => vm_dir.join(UPPER_LINK),
+            BackendKind::Firecracker => upper.clone(),
+        };
+        let prepare_vm_dir = || -> Result<()> {
+            // Start from a clean VM directory (stale sockets of a dead VMM would confuse
+            // the connect retries).
+            let _ = std::fs::remove_dir_all(&vm_dir);
+            host::ensure_private_dir(&vm_dir)?;
+            if backend.kind() == BackendKind::Qemu {
+                let link = vm_dir.join(UPPER_LINK);
+                std::os::unix::fs::symlink(Path::new("..").join(UPPER_FILE), &link)
+                    .map_err(|e| CoreError::io("link", &link, e))?;
+            }
+            Ok(())
+        };
+        prepare_vm_dir()?;
+        let spec = BootSpec {
+            id: &rec.id,
+            workdir: &vm_dir,
+            env: &env,
+            upper: &disk_name,
+            vcpu_count: rec.vcpu_count as u8,
+            mem_mib: rec.mem_mib as u32,
+            persistent: true,
+            durable_disk: true,
+            relay_bin: relay_bin.as_deref(),
+            boot_timeout: self.options().boot_timeout,
+        };
+        let note_socket = |m: &dyn Machine| -> Result<()> {
+            let _ = std::fs::write(
+                vm_dir.join("agent-socket"),
+                m.agent_socket().display().to_string(),
+            );
+            Ok(())
+        };
+        if fresh_disk && self.snapshots_enabled() {
+            match self
+                .start_warm(
+                    spec,
+                    &upper,
+                    WORKSPACE_DISK_MIB,
+                    backend.as_ref(),
+                    &note_socket,
+                )
+                .await
+            {
+                Ok(Some((machine, session))) => {
+                    return Ok((machine.pid(), machine.relay_pid(), session, BootMode::Warm));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = rec.id, "warm start failed, booting cold: {e}");
+                    let _ = std::fs::remove_file(&upper);
+                    self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
+                    prepare_vm_dir()?;
+                }
+            }
+        }
+        let mut machine = backend.boot(spec).await?;
+        note_socket(machine.as_ref())?;
         let session =
             match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
                 Ok(s) => s,
@@ -709,7 +762,7 @@ impl Pyro {
                     return Err(e);
                 }
             };
-        Ok((machine.pid(), machine.relay_pid(), session))
+        Ok((machine.pid(), machine.relay_pid(), session, BootMode::Cold))
     }
 
     fn info(&self, store: &Store, rec: &WorkspaceRecord) -> Result<WorkspaceInfo> {
@@ -766,7 +819,11 @@ impl Pyro {
             service_count: 0,
             running_service_count: 0,
             last_error: rec.last_error.clone(),
-            metadata: BTreeMap::new(),
+            metadata: rec
+                .boot_mode
+                .iter()
+                .map(|m| ("boot_mode".to_string(), m.clone()))
+                .collect(),
         })
     }
 }
@@ -856,7 +913,7 @@ impl Pyro {
             };
             rec.seed_json = seed_json(&seed_info);
             store.insert_workspace(&rec)?;
-            let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
+            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
             let imported = import_tar_file(
                 &session,
                 &d.baseline(),
@@ -874,6 +931,7 @@ impl Pyro {
                 r.relay_pid = relay;
                 r.relay_start_ticks = relay.and_then(host::process_start_ticks);
                 r.last_activity_at = now;
+                r.boot_mode = Some(mode.as_str().into());
                 Ok::<(), CoreError>(())
             })
         }
@@ -1225,7 +1283,7 @@ impl Pyro {
                 detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
             });
         }
-        let (vmm, relay, _session) = self.ws_boot(&rec, &progress).await?;
+        let (vmm, relay, _session, mode) = self.ws_boot(&rec, &progress, false).await?;
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
             r.state = WorkspaceState::Started;
@@ -1236,6 +1294,7 @@ impl Pyro {
             r.relay_start_ticks = relay.and_then(host::process_start_ticks);
             r.last_error = None;
             r.last_activity_at = now;
+            r.boot_mode = Some(mode.as_str().into());
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(id, vmm);
@@ -1304,7 +1363,7 @@ impl Pyro {
             Ok::<(), CoreError>(())
         })?;
         let rebuilt = async {
-            let (vmm, relay, session) = self.ws_boot(&rec, &progress).await?;
+            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
             let seeded = import_tar_file(
                 &session,
                 &d.baseline(),
@@ -1313,7 +1372,7 @@ impl Pyro {
             )
             .await;
             match seeded {
-                Ok(_) => Ok((vmm, relay)),
+                Ok(_) => Ok((vmm, relay, mode)),
                 Err(e) => {
                     let mut booted = rec.clone();
                     booted.vmm_pid = Some(vmm);
@@ -1326,7 +1385,7 @@ impl Pyro {
             }
         }
         .await;
-        let (vmm, relay) = match rebuilt {
+        let (vmm, relay, mode) = match rebuilt {
             Ok(v) => v,
             Err(e) => {
                 let msg = format!("the reset failed: {e}; `reset` again, or delete it");
@@ -1353,6 +1412,7 @@ impl Pyro {
             r.last_reset_at = Some(now);
             r.last_error = None;
             r.last_activity_at = now;
+            r.boot_mode = Some(mode.as_str().into());
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(id, vmm);

@@ -56,6 +56,8 @@ pub(crate) struct VmExecResult {
     spawn_error: Option<String>,
     backend: String,
     boot_ms: Option<u64>,
+    /// `cold` (booted) or `warm` (restored from a snapshot).
+    boot_mode: Option<String>,
 }
 
 /// An ephemeral VM.
