@@ -533,6 +533,11 @@ pub fn setup_root() -> Result<(), InitError> {
     mount_fs_once("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755"))?;
     mount_fs_once("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
     mkdir_p(Path::new("/workspace"))?;
+    // Like systemd: an image without a machine id (or with an empty one, "uninitialized")
+    // gets one on its first boot; a kept disk keeps its id across boots.
+    if let Err(err) = write_machine_id(Path::new(MACHINE_ID), MachineId::IfMissing) {
+        eprintln!("pyro-init: warning: cannot write {MACHINE_ID}: {err}");
+    }
 
     if let Err(err) = sys::sethostname(HOSTNAME) {
         eprintln!("pyro-init: warning: cannot set hostname: {err}");
@@ -551,6 +556,51 @@ pub fn setup_root() -> Result<(), InitError> {
         }
     }
     Ok(())
+}
+
+/// Where the machine's identity lives (systemd's convention, read by D-Bus, journald and
+/// others).
+pub const MACHINE_ID: &str = "/etc/machine-id";
+
+/// When [`write_machine_id`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineId {
+    /// Only when there is none or it is empty (a boot).
+    IfMissing,
+    /// Always (a clone restored from a snapshot must not keep its template's).
+    Replace,
+}
+
+/// Writes a new random machine id (32 lowercase hex digits of a version 4 UUID and a
+/// newline, mode 0444, as systemd does) to `path`, atomically, per `when`. Something other
+/// than a regular file at `path` (a symlink, a directory) is left alone. Returns whether it
+/// wrote.
+///
+/// # Errors
+/// Reading `/dev/urandom` or writing the file.
+pub fn write_machine_id(path: &Path, when: MachineId) -> io::Result<bool> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Ok(false),
+        Ok(m) if when == MachineId::IfMissing && m.len() > 0 => return Ok(false),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    let mut line: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    line.push('\n');
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".pyro-tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, line)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
 }
 
 /// Creates the symlink `link` → `target` unless something already exists at `link`
@@ -685,6 +735,48 @@ fn shutdown(cmd: libc::c_int) -> ! {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn read_id(path: &Path) -> String {
+        let id = std::fs::read_to_string(path).unwrap();
+        assert_eq!(id.len(), 33, "{id:?}");
+        assert!(id.ends_with('\n'));
+        let hex = id.trim_end();
+        assert!(
+            hex.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{hex}"
+        );
+        assert_eq!(&hex[12..13], "4", "a version 4 UUID: {hex}");
+        id
+    }
+
+    #[test]
+    fn a_machine_id_is_created_when_missing_or_empty_and_replaced_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machine-id");
+        assert!(write_machine_id(&path, MachineId::IfMissing).unwrap());
+        let first = read_id(&path);
+        // A boot keeps an existing id.
+        assert!(!write_machine_id(&path, MachineId::IfMissing).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        // An empty ("uninitialized") one is filled in.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        assert!(write_machine_id(&path, MachineId::IfMissing).unwrap());
+        let second = read_id(&path);
+        assert_ne!(second, first);
+        // A clone always gets a new one.
+        assert!(write_machine_id(&path, MachineId::Replace).unwrap());
+        assert_ne!(read_id(&path), second);
+        // Neither follows a symlink nor touches a directory.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(!write_machine_id(&link, MachineId::Replace).unwrap());
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(!write_machine_id(&sub, MachineId::IfMissing).unwrap());
+        assert!(sub.is_dir());
+    }
 
     #[test]
     fn cmdline_lookup() {

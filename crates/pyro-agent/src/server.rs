@@ -126,14 +126,11 @@ async fn handle(stream: Stream, info: AgentInfo) {
 
 /// `_IO('R', 0x07)`: reseed the kernel's CRNG from the input pool now.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
-/// Where systemd-style images keep the machine's identity.
-const MACHINE_ID: &str = "/etc/machine-id";
-
 /// Serves [`Request::Reseed`]: after a snapshot restore every clone starts with the same
 /// kernel random state, clock and identity. The host's entropy is mixed in and credited
 /// (`RNDADDENTROPY`), the CRNG is reseeded at once (`RNDRESEEDCRNG`; otherwise it would
 /// keep its old key until its next scheduled reseed), the clock is set, and
-/// `/etc/machine-id`, when the image has a non-empty one, is replaced with a new random id.
+/// `/etc/machine-id` is replaced with a new random id (see [`crate::init::write_machine_id`]).
 async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: AgentInfo) {
     if !info.pid1 {
         let msg = "reseeding is only done inside a guest";
@@ -151,7 +148,10 @@ async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: A
         crate::init::add_entropy(&entropy)?;
         let crng_reseeded = reseed_crng()?;
         crate::init::set_clock(u128::from(req.unix_nanos))?;
-        let machine_id_regenerated = regenerate_machine_id(std::path::Path::new(MACHINE_ID))?;
+        let machine_id_regenerated = crate::init::write_machine_id(
+            std::path::Path::new(crate::init::MACHINE_ID),
+            crate::init::MachineId::Replace,
+        )?;
         Ok(pyro_proto::api::ReseedResult {
             entropy_bytes: entropy.len() as u64,
             crng_reseeded,
@@ -180,34 +180,6 @@ fn reseed_crng() -> std::io::Result<bool> {
         Some(libc::EINVAL | libc::ENOTTY) => Ok(false),
         _ => Err(e),
     }
-}
-
-/// Replaces a non-empty regular file at `path` with a new random machine id (32 hex digits
-/// of a version 4 UUID, as systemd writes it). Returns whether it did.
-fn regenerate_machine_id(path: &std::path::Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_file() || meta.len() == 0 {
-        return Ok(false);
-    }
-    let mut id = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    let mut line: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    line.push('\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".pyro-tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, line)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(true)
 }
 
 async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::ExecRequest) {
@@ -337,40 +309,5 @@ async fn reply_err(tx: &mut SendHalf, code: ErrorCode, message: &str) {
     let body = serde_json::to_vec(&err).unwrap_or_else(|_| Bytes::from_static(b"{}").to_vec());
     if tx.send(Message::new(MsgKind::ERROR, body)).await.is_ok() {
         let _ = tx.finish();
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_present_machine_id_is_replaced_and_a_missing_or_empty_one_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("machine-id");
-        assert!(!regenerate_machine_id(&path).unwrap());
-        assert!(!path.exists(), "no machine id is invented");
-        std::fs::write(&path, "").unwrap();
-        assert!(!regenerate_machine_id(&path).unwrap());
-        let old = "0123456789abcdef0123456789abcdef\n";
-        std::fs::write(&path, old).unwrap();
-        assert!(regenerate_machine_id(&path).unwrap());
-        let new = std::fs::read_to_string(&path).unwrap();
-        assert_ne!(new, old);
-        assert_eq!(new.len(), 33);
-        assert!(new.ends_with('\n'));
-        let id = new.trim_end();
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
-        assert_eq!(&id[12..13], "4", "a version 4 UUID: {id}");
-        assert!(regenerate_machine_id(&path).unwrap());
-        assert_ne!(std::fs::read_to_string(&path).unwrap(), new);
-        // A symlink is not followed.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(!regenerate_machine_id(&link).unwrap());
     }
 }

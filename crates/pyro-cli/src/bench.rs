@@ -2,11 +2,14 @@
 //! start) and exec round trips on one booted sandbox, per available backend, reported as
 //! median and p95.
 //!
-//! `pyro bench --snapshots` compares warm snapshots with cold boots instead: the same
-//! end-to-end run with `PYRO_SNAPSHOTS=0` and with snapshots on (interleaved, so both see
-//! the same background load), their ratio, the snapshot's build time, then N sandboxes
-//! restored at once (`--concurrency`) with the host memory each idle one costs (PSS of its
-//! QEMU process, from `/proc/<pid>/smaps_rollup`) and the host's peak memory use.
+//! `pyro bench --snapshots` compares warm snapshots with cold boots instead, side by side
+//! in one invocation: the same end-to-end run with `PYRO_SNAPSHOTS=0` and with snapshots on
+//! (interleaved, so both see the same background load) and their ratio, the snapshot's
+//! build time, `workspace create` with a 10 MB seed cold and warm (ratio), `workspace exec`
+//! end to end and the in-process exec round trip on cold and warm sandboxes, then N
+//! sandboxes restored at once (`--concurrency`, default 10 and 50) with the host memory
+//! each idle one costs (PSS of its VMM process, from `/proc/<pid>/smaps_rollup`) and the
+//! host's peak memory use.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -132,30 +135,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.iterations
         );
         let mut runs = Vec::new();
-        for i in 0..args.iterations {
-            let t = Instant::now();
-            let out = tokio::process::Command::new(&exe)
-                .args([
-                    "run",
-                    "--backend",
-                    kind.as_str(),
-                    "--mem-mib",
-                    &args.mem_mib.to_string(),
-                    &args.environment,
-                    "--",
-                    "true",
-                ])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await?;
-            let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if !out.status.success() {
-                anyhow::bail!(
-                    "run {i} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        for _ in 0..args.iterations {
+            let (ms, _) =
+                run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, None).await?;
             runs.push(ms);
         }
         eprintln!(
@@ -199,36 +181,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One end-to-end `pyro run ENV -- true`, with snapshots on or off. Returns milliseconds
-/// and whether a warm start was refused (the CLI then warns on stderr).
+/// One end-to-end `pyro run ENV -- true`, with snapshots on or off (`None`: as this
+/// process's environment says). Returns milliseconds and whether a warm start was refused
+/// (the CLI then warns on stderr).
 async fn run_true(
     exe: &std::path::Path,
     backend: &str,
     environment: &str,
     mem_mib: i64,
-    snapshots: bool,
+    snapshots: Option<bool>,
 ) -> anyhow::Result<(f64, bool)> {
-    let t = Instant::now();
-    let out = tokio::process::Command::new(exe)
-        .args([
-            "run",
-            "--backend",
-            backend,
-            "--mem-mib",
-            &mem_mib.to_string(),
-            environment,
-            "--",
-            "true",
-        ])
-        .env(snapshot::SNAPSHOTS_ENV, if snapshots { "1" } else { "0" })
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mem = mem_mib.to_string();
+    let argv = [
+        "run",
+        "--backend",
+        backend,
+        "--mem-mib",
+        &mem,
+        environment,
+        "--",
+        "true",
+    ];
+    let (ms, out) = timed_with(exe, &argv, snapshots).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        anyhow::bail!("`pyro run` failed ({}): {stderr}", out.status);
-    }
     Ok((ms, stderr.contains("warm start failed")))
 }
 
@@ -297,6 +272,20 @@ struct SnapshotBench {
     warm_run_true: Stats,
     median_ratio: f64,
     p95_ratio: f64,
+    /// Size of the workspace seed.
+    seed_bytes: u64,
+    cold_workspace_create: Stats,
+    warm_workspace_create: Stats,
+    workspace_create_median_ratio: f64,
+    workspace_create_p95_ratio: f64,
+    /// `pyro workspace exec ID -- true` end to end, on a cold-created workspace.
+    cold_workspace_exec: Stats,
+    /// The same on a warm-created one.
+    warm_workspace_exec: Stats,
+    /// In-process exec round trip on a cold-booted sandbox.
+    cold_exec_round_trip: Stats,
+    /// The same on a warm-restored one.
+    warm_exec_round_trip: Stats,
     warm_refused: usize,
     concurrent: Vec<ConcurrentResult>,
 }
@@ -341,11 +330,20 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
             .max_by(|a, b| a.meta().created_at.total_cmp(&b.meta().created_at))
     };
+    let (exe_ref, env_ref) = (&exe, &args.environment);
+    let run = |snapshots: bool| {
+        run_true(
+            exe_ref,
+            kind.as_str(),
+            env_ref,
+            args.mem_mib,
+            Some(snapshots),
+        )
+    };
     // The first warm run builds the snapshot when needed; it is not a sample.
     let before: Vec<String> = store.list().iter().map(|s| s.meta().id.clone()).collect();
     eprintln!("[bench] preparing the warm snapshot (built on first use)");
-    let (first_ms, refused) =
-        run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, true).await?;
+    let (first_ms, refused) = run(true).await?;
     if refused {
         anyhow::bail!("the warm start was refused; see `PYRO_LOG=debug pyro run ...`");
     }
@@ -365,17 +363,91 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let (mut cold, mut warm, mut warm_refused) = (Vec::new(), Vec::new(), 0);
     for _ in 0..args.iterations {
-        cold.push(
-            run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, false)
-                .await?
-                .0,
-        );
-        let (ms, refused) =
-            run_true(&exe, kind.as_str(), &args.environment, args.mem_mib, true).await?;
+        cold.push(run(false).await?.0);
+        let (ms, refused) = run(true).await?;
         warm_refused += usize::from(refused);
         warm.push(ms);
     }
     let (cold, warm) = (stats(cold), stats(warm));
+
+    // Workspaces: create with the 10 MB seed, cold and warm interleaved; the first warm
+    // create builds the workspace snapshot when needed and is not a sample.
+    let (seed, seed_bytes) = make_seed()?;
+    let seed_s = seed.display().to_string();
+    let ws = async {
+        eprintln!("[bench] preparing the warm workspace snapshot (built on first use)");
+        let (_, first, _) = create_workspace(&exe, kind.as_str(), &args, &seed_s, true).await?;
+        let _ = timed(&exe, &["workspace", "delete", &first]).await;
+        eprintln!(
+            "[bench] measuring `pyro workspace create --seed-path` ({seed_bytes} bytes) x{} \
+             cold and x{} warm, interleaved",
+            args.iterations, args.iterations
+        );
+        let (mut cold_ws, mut warm_ws, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let mut warm_refused = 0;
+        for i in 0..args.iterations {
+            for on in [false, true] {
+                let (ms, id, mode) =
+                    create_workspace(&exe, kind.as_str(), &args, &seed_s, on).await?;
+                if on {
+                    warm_refused += usize::from(mode != "warm");
+                    warm_ws.push(ms);
+                } else {
+                    cold_ws.push(ms);
+                }
+                // The first of each is kept for the exec round trips.
+                if i == 0 {
+                    kept.push(id);
+                } else {
+                    let _ = timed(&exe, &["workspace", "delete", &id]).await;
+                }
+            }
+        }
+        let mut ws_exec = [Vec::new(), Vec::new()];
+        eprintln!(
+            "[bench] measuring `pyro workspace exec ID -- true` x{} on a cold and a warm one",
+            args.iterations * 2
+        );
+        for _ in 0..args.iterations * 2 {
+            for (i, id) in kept.iter().enumerate() {
+                ws_exec[i].push(
+                    timed(&exe, &["workspace", "exec", id, "--", "true"])
+                        .await?
+                        .0,
+                );
+            }
+        }
+        for id in &kept {
+            let _ = timed(&exe, &["workspace", "delete", id]).await;
+        }
+        let [cold_exec, warm_exec] = ws_exec;
+        Ok::<_, anyhow::Error>((
+            stats(cold_ws),
+            stats(warm_ws),
+            stats(cold_exec),
+            stats(warm_exec),
+            warm_refused,
+        ))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&seed);
+    let (cold_ws, warm_ws, cold_ws_exec, warm_ws_exec, ws_refused) = ws?;
+    warm_refused += ws_refused;
+
+    // Exec round trips (in process, `true` through the agent) on a cold-booted and on a
+    // warm-restored sandbox.
+    eprintln!(
+        "[bench] measuring exec round trips x{} on a cold-booted and a warm-restored sandbox",
+        args.iterations * 2
+    );
+    let mut create = CreateVm::new(args.environment.clone());
+    create.mem_mib = args.mem_mib;
+    pyro.set_snapshots_enabled(false);
+    let cold_rt = pyro.round_trips(create.clone(), args.iterations * 2).await;
+    pyro.set_snapshots_enabled(true);
+    let cold_rt = cold_rt?;
+    let warm_rt = pyro.round_trips(create, args.iterations * 2).await?;
+
     let mut concurrent = Vec::new();
     for &n in &args.concurrency {
         eprintln!("[bench] restoring {n} sandboxes at once");
@@ -397,6 +469,15 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
         p95_ratio: cold.p95_ms / warm.p95_ms,
         cold_run_true: cold,
         warm_run_true: warm,
+        seed_bytes,
+        workspace_create_median_ratio: cold_ws.median_ms / warm_ws.median_ms,
+        workspace_create_p95_ratio: cold_ws.p95_ms / warm_ws.p95_ms,
+        cold_workspace_create: cold_ws,
+        warm_workspace_create: warm_ws,
+        cold_workspace_exec: cold_ws_exec,
+        warm_workspace_exec: warm_ws_exec,
+        cold_exec_round_trip: stats(cold_rt.exec_ms),
+        warm_exec_round_trip: stats(warm_rt.exec_ms),
         warm_refused,
         concurrent,
     };
@@ -414,24 +495,40 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if built_now { "" } else { " (built earlier)" }
     );
     println!(
-        "{:<10} {:<26} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<10} {:<36} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
     );
     for (name, s) in [
         ("run -- true, cold (e2e)", &r.cold_run_true),
         ("run -- true, warm (e2e)", &r.warm_run_true),
+        (
+            "workspace create 10 MB, cold (e2e)",
+            &r.cold_workspace_create,
+        ),
+        (
+            "workspace create 10 MB, warm (e2e)",
+            &r.warm_workspace_create,
+        ),
+        ("workspace exec, cold-created (e2e)", &r.cold_workspace_exec),
+        ("workspace exec, warm-created (e2e)", &r.warm_workspace_exec),
+        ("exec round trip, cold-booted", &r.cold_exec_round_trip),
+        ("exec round trip, warm-restored", &r.warm_exec_round_trip),
     ] {
         println!(
-            "{:<10} {:<26} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<10} {:<36} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
             r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
         );
     }
     println!(
-        "warm is {:.1}x faster (median), {:.1}x (p95){}",
+        "workspace create: warm is {:.1}x faster (median), {:.1}x (p95)",
+        r.workspace_create_median_ratio, r.workspace_create_p95_ratio
+    );
+    println!(
+        "run -- true: warm is {:.1}x faster (median), {:.1}x (p95){}",
         r.median_ratio,
         r.p95_ratio,
         if r.warm_refused > 0 {
-            format!("; {} warm runs fell back to cold", r.warm_refused)
+            format!("; {} warm starts fell back to cold", r.warm_refused)
         } else {
             String::new()
         }
@@ -551,12 +648,24 @@ struct WorkspaceBench {
 }
 
 async fn timed(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, Vec<u8>)> {
+    let (ms, out) = timed_with(exe, args, None).await?;
+    Ok((ms, out.stdout))
+}
+
+/// Runs `pyro ARGS` (with `PYRO_SNAPSHOTS` set when `snapshots` is given), timed from spawn
+/// to exit; fails with its stderr when it fails.
+async fn timed_with(
+    exe: &std::path::Path,
+    args: &[&str],
+    snapshots: Option<bool>,
+) -> anyhow::Result<(f64, std::process::Output)> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    if let Some(on) = snapshots {
+        cmd.env(snapshot::SNAPSHOTS_ENV, if on { "1" } else { "0" });
+    }
     let t = Instant::now();
-    let out = tokio::process::Command::new(exe)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
+    let out = cmd.output().await?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
         anyhow::bail!(
@@ -566,23 +675,12 @@ async fn timed(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, Vec
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((ms, out.stdout))
+    Ok((ms, out))
 }
 
-async fn workspaces(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe()?;
-    let backend = args
-        .backends
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "auto".into());
-    let pyro = crate::open_pyro(Some(&backend))?;
-    pyro.pull_environment(
-        &args.environment,
-        crate::stderr_progress(args.environment.clone()),
-    )
-    .await?;
-    // A 10 MB seed: 100 files of 100 KiB of pseudo-random bytes, in 10 directories.
+/// A 10 MB seed in the temporary directory: 100 files of 100 KiB of pseudo-random bytes,
+/// in 10 directories. Returns it and its size in bytes.
+fn make_seed() -> anyhow::Result<(std::path::PathBuf, u64)> {
     let seed = std::env::temp_dir().join(format!("pyro-bench-seed-{}", std::process::id()));
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut seed_bytes = 0u64;
@@ -601,6 +699,58 @@ async fn workspaces(args: BenchArgs) -> anyhow::Result<ExitCode> {
             std::fs::write(dir.join(format!("file{f}.bin")), buf)?;
         }
     }
+    Ok((seed, seed_bytes))
+}
+
+/// `pyro workspace create` of the 10 MB seed with snapshots on or off, timed end to end;
+/// returns milliseconds, the workspace id and its boot mode.
+async fn create_workspace(
+    exe: &std::path::Path,
+    backend: &str,
+    args: &BenchArgs,
+    seed: &str,
+    snapshots: bool,
+) -> anyhow::Result<(f64, String, String)> {
+    let mem = args.mem_mib.to_string();
+    let argv = [
+        "workspace",
+        "create",
+        "--backend",
+        backend,
+        "--mem-mib",
+        &mem,
+        &args.environment,
+        "--seed-path",
+        seed,
+        "--json",
+    ];
+    let (ms, out) = timed_with(exe, &argv, Some(snapshots)).await?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = info["workspace_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mode = info["metadata"]["boot_mode"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    Ok((ms, id, mode))
+}
+
+async fn workspaces(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let backend = args
+        .backends
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "auto".into());
+    let pyro = crate::open_pyro(Some(&backend))?;
+    pyro.pull_environment(
+        &args.environment,
+        crate::stderr_progress(args.environment.clone()),
+    )
+    .await?;
+    let (seed, seed_bytes) = make_seed()?;
     let seed_s = seed.display().to_string();
     let mut creates = Vec::new();
     let mut ids = Vec::new();

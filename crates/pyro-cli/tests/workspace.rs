@@ -816,11 +816,12 @@ fn a_tarball_seed_and_a_diff_with_symlinks_round_trip_through_patch_apply() {
     e.assert_clean();
 }
 
-/// What a workspace's guest says about itself: 32 random bytes, its boot id, its clock and
-/// the seed file.
+/// What a workspace's guest says about itself: 32 random bytes, its boot id and machine
+/// id, its clock and the seed file.
 fn guest_identity(e: &Env, id: &str) -> (String, String, f64, String) {
     let script = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
-                  cat /proc/sys/kernel/random/boot_id; date +%s.%N; cat src/main.txt | head -1";
+                  echo $(cat /proc/sys/kernel/random/boot_id)-$(cat /etc/machine-id); \
+                  date +%s.%N; cat src/main.txt | head -1";
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -877,6 +878,15 @@ fn warm_workspaces_are_their_own_and_keep_their_data_across_a_cold_restart() {
     assert_ne!(
         boot_a, boot_b,
         "two workspaces from one snapshot share a boot id"
+    );
+    let machine_id = |ids: &str| ids.rsplit_once('-').unwrap().1.to_string();
+    for ids in [&boot_a, &boot_b] {
+        assert_eq!(machine_id(ids).len(), 32, "{ids}");
+    }
+    assert_ne!(
+        machine_id(&boot_a),
+        machine_id(&boot_b),
+        "two workspaces from one snapshot share a machine id"
     );
     for skew in [skew_a, skew_b] {
         assert!(skew.abs() < 5.0, "guest clock off by {skew} s");

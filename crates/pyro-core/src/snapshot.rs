@@ -18,7 +18,8 @@
 //!    restore copies no memory and clones share every page they have not written.
 //!
 //! Snapshots live in `<cache>/snapshots/<id>/` (`meta.json`, `upper.ext4`, and the
-//! backend's own files: `state.bin`, `mem.img`, `vmm.json` for QEMU), outside everything
+//! backend's own files: `state.bin`, `mem.img`, `vmm.json` for QEMU, `fc-state.bin` and
+//! `fc-mem.img` for Firecracker), outside everything
 //! `pyro env prune` walks; [`SnapshotStore::prune`]
 //! removes the stale ones. The id is a digest of a [`SnapshotKey`]: the environment's
 //! kernel, initramfs, rootfs and agent digests, the backend's identity (the VMM binary and
@@ -33,13 +34,22 @@
 //! directory and starts the VMM from the saved state. Every clone then starts with the
 //! same kernel random state, clock and identity, so before anything else runs the host
 //! sends [`reseed`]: fresh host entropy, credited and followed by an immediate CRNG reseed,
-//! the current time, and a new `/etc/machine-id` where the image has one. No TLS or other
+//! the current time, and a new `/etc/machine-id`. No TLS or other
 //! secret-bearing state exists in the template: nothing but the agent has run in it.
 //!
-//! Warm starts are used by one-shot VMs ([`crate::Pyro::start_vm`]) on their first start;
-//! set `PYRO_SNAPSHOTS=0` to always boot cold. Workspaces still boot cold: their hook is
-//! the same pair, [`SnapshotStore::ensure`] then [`Backend::restore`] + [`reseed`], with a
-//! `persistent` [`BootSpec`] (whose different disk caching gives it its own snapshot id).
+//! Warm starts are used by one-shot VMs ([`crate::Pyro::start_vm`]) on their first start,
+//! and by workspaces when they are created or reset (their disk is new then; a stopped
+//! workspace's `start` boots cold on the disk it has). Workspace snapshots are their own
+//! (the key's `durable_disk`: the clones' disk flushes must reach the host file), and a
+//! restored workspace's VMM and relay are detached like a booted one's. Set
+//! `PYRO_SNAPSHOTS=0` to always boot cold.
+//!
+//! Under Firecracker the same steps use its snapshot API: the template boots without a
+//! clock on its command line, is paused and saved with a full snapshot (`fc-state.bin`,
+//! `fc-mem.img`) next to its disk template; a clone stages its own disk copy and the root
+//! filesystem under the relative drive names the snapshot records, binds the vsock socket
+//! at the same relative path in its own directory, and loads the snapshot resumed, with the
+//! memory file mapped private and copy-on-write.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -58,7 +68,8 @@ use crate::lock::{self, LockMode};
 /// Environment variable that turns warm snapshots off when set to `0`, `false`, `no` or
 /// `off`.
 pub const SNAPSHOTS_ENV: &str = "PYRO_SNAPSHOTS";
-/// Version of the snapshot layout and build procedure; part of every [`SnapshotKey`].
+/// Version of the snapshot layout and build procedure; part of every [`SnapshotKey`]
+/// (3: keys carry `durable_disk`).
 pub const SNAPSHOT_FORMAT: u32 = 3;
 /// Bytes of host entropy sent to a restored guest.
 pub const RESEED_ENTROPY_BYTES: usize = 256;

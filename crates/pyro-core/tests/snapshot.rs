@@ -138,9 +138,14 @@ fn clones_of_one_snapshot_share_no_randomness_identity_or_clock() {
         }
         assert_ne!(a.random, b.random, "clones share their random numbers");
         assert_ne!(a.boot_id, b.boot_id, "clones share their boot id");
-        if a.machine_id != "none" {
-            assert_ne!(a.machine_id, b.machine_id, "clones share /etc/machine-id");
+        for x in [&a, &b] {
+            assert_eq!(
+                x.machine_id.len(),
+                32,
+                "every sandbox has a machine id: {x:?}"
+            );
         }
+        assert_ne!(a.machine_id, b.machine_id, "clones share /etc/machine-id");
     });
 }
 

@@ -49,7 +49,7 @@ pub enum Request {
     Sync,
     /// Make a guest restored from a snapshot its own: credit fresh host entropy to the
     /// kernel and force its random generator to reseed, set the clock, and give the machine a
-    /// new `/etc/machine-id` (when the image has one). The host sends it before anything
+    /// new `/etc/machine-id`. The host sends it before anything
     /// else after a restore; answered with a [`ReseedResult`].
     Reseed(Reseed),
 }
@@ -161,7 +161,8 @@ pub struct ReseedResult {
     pub entropy_bytes: u64,
     /// Whether the kernel's random generator was reseeded at once (`RNDRESEEDCRNG`).
     pub crng_reseeded: bool,
-    /// Whether `/etc/machine-id` was rewritten (false when the image has none).
+    /// Whether `/etc/machine-id` was rewritten (false only when something other than a
+    /// regular file is there).
     pub machine_id_regenerated: bool,
 }
 
