@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._binary import find_binary
 from ._rpc import Connection, ProgressCallback, child_env
-from .errors import PyroProtocolError
+from .errors import PyroInputError, PyroProtocolError
 
 __all__ = ["Pyro", "Command", "PathLike", "Result"]
 
@@ -79,6 +79,12 @@ class Pyro:
         env: extra environment variables for the child (e.g. ``PYRO_AGENT_BIN``).
         on_progress: called with each progress line of a long call (environment builds,
             boots), from a background thread.
+        pool_size: keep this many one-shot sandboxes started and paused in the child
+            (0 to 16; default 0, none), so that :meth:`run_in_vm` calls of the pool's shape
+            (``pool_environment``, 1 vCPU, ``pool_mem_mib``) are served at once; their
+            ``boot_mode`` is ``"pooled"``.
+        pool_environment: the pooled sandboxes' environment (default ``"debian:12"``).
+        pool_mem_mib: their memory in MiB (default 1024, ``run_in_vm``'s default).
     """
 
     def __init__(
@@ -91,7 +97,25 @@ class Pyro:
         cache_dir: Optional[PathLike] = None,
         env: Optional[Mapping[str, str]] = None,
         on_progress: Optional[ProgressCallback] = None,
+        pool_size: int = 0,
+        pool_environment: str = "debian:12",
+        pool_mem_mib: int = 1024,
     ) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 0 <= pool_size <= 16:
+            raise PyroInputError(
+                f"pool_size must be an integer from 0 to 16, not {pool_size!r}",
+                data={"kind": "invalid_input", "field": "pool_size"},
+            )
+        self._pool_args: List[str] = []
+        if pool_size:
+            self._pool_args = [
+                "--pool-size",
+                str(pool_size),
+                "--pool-environment",
+                str(pool_environment),
+                "--pool-mem-mib",
+                str(int(pool_mem_mib)),
+            ]
         self._binary_arg = None if binary is None else os.fspath(binary)
         self._state_dir = _path(state_dir)
         self._cache_dir = _path(cache_dir)
@@ -135,6 +159,7 @@ class Pyro:
                 argv = [find_binary(self._binary_arg), "rpc"]
                 if self._backend is not None:
                     argv += ["--backend", self._backend]
+                argv += self._pool_args
                 env = child_env(self._state_dir, self._cache_dir, self._env)
                 h.connection = Connection(argv, env, self._on_progress)
             return h.connection

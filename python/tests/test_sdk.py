@@ -255,6 +255,28 @@ def test_progress_callback_sees_the_phases() -> None:
     assert any("phase=execute" in m for m in seen), seen
 
 
+def test_a_pool_serves_run_in_vm_calls_of_its_shape() -> None:
+    with Pyro(pool_size=1, pool_mem_mib=384) as p:
+        modes = []
+        deadline = time.monotonic() + 180
+        while True:
+            r = p.run_in_vm(environment=ENV, command="true", mem_mib=384)
+            assert r["exit_code"] == 0, r
+            modes.append(r["boot_mode"])
+            if r["boot_mode"] == "pooled":
+                break
+            assert time.monotonic() < deadline, modes
+            time.sleep(0.5)
+        other = p.run_in_vm(environment=ENV, command="true", mem_mib=400)
+        assert other["boot_mode"] != "pooled", other
+
+
+@pytest.mark.parametrize("size", [-1, 17, 1.5, True, "2"])
+def test_bad_pool_sizes_are_input_errors(size: Any) -> None:
+    with pytest.raises(PyroInputError, match="pool_size"):
+        Pyro(pool_size=size)
+
+
 # ---------------------------------------------------------------------- threads
 
 

@@ -286,6 +286,10 @@ struct SnapshotBench {
     cold_exec_round_trip: Stats,
     /// The same on a warm-restored one.
     warm_exec_round_trip: Stats,
+    /// In-process `run_in_vm` of `true` (create, warm start, exec, delete).
+    warm_run_in_vm: Stats,
+    /// The same served from the pre-warmed pool.
+    pooled_run_in_vm: Stats,
     warm_refused: usize,
     concurrent: Vec<ConcurrentResult>,
 }
@@ -448,6 +452,14 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cold_rt = cold_rt?;
     let warm_rt = pyro.round_trips(create, args.iterations * 2).await?;
 
+    // `run_in_vm` in process (as `vm_run` in the MCP server): warm, then from a pool of one
+    // (each sample waits until the pool has refilled).
+    eprintln!(
+        "[bench] measuring in-process run_in_vm(true) x{} warm and x{} from a pool",
+        args.iterations, args.iterations
+    );
+    let (warm_call, pooled_call) = in_process_runs(&pyro, &args, &backend).await?;
+
     let mut concurrent = Vec::new();
     for &n in &args.concurrency {
         eprintln!("[bench] restoring {n} sandboxes at once");
@@ -478,6 +490,8 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warm_workspace_exec: warm_ws_exec,
         cold_exec_round_trip: stats(cold_rt.exec_ms),
         warm_exec_round_trip: stats(warm_rt.exec_ms),
+        warm_run_in_vm: warm_call,
+        pooled_run_in_vm: pooled_call,
         warm_refused,
         concurrent,
     };
@@ -513,6 +527,8 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ("workspace exec, warm-created (e2e)", &r.warm_workspace_exec),
         ("exec round trip, cold-booted", &r.cold_exec_round_trip),
         ("exec round trip, warm-restored", &r.warm_exec_round_trip),
+        ("run_in_vm(true) in process, warm", &r.warm_run_in_vm),
+        ("run_in_vm(true) in process, pooled", &r.pooled_run_in_vm),
     ] {
         println!(
             "{:<10} {:<36} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
@@ -552,6 +568,61 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `run_in_vm(true)` in this process, `--iterations` times without a pool and as many
+/// times from a pool of one (refilled between samples).
+async fn in_process_runs(
+    pyro: &Arc<Pyro>,
+    args: &BenchArgs,
+    backend: &str,
+) -> anyhow::Result<(Stats, Stats)> {
+    let create = || {
+        let mut c = CreateVm::new(args.environment.clone());
+        c.mem_mib = args.mem_mib;
+        c
+    };
+    let run = |p: Arc<Pyro>| {
+        let create = create();
+        async move {
+            let t = Instant::now();
+            let exec = pyro_core::ExecOptions::new(pyro_core::Command::Argv(vec!["true".into()]));
+            let r = p
+                .run_in_vm(create, exec, pyro_core::no_progress(), None)
+                .await?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, r.boot_mode))
+        }
+    };
+    let mut warm = Vec::new();
+    for _ in 0..args.iterations {
+        warm.push(run(pyro.clone()).await?.0);
+    }
+    let pooled = Arc::new(crate::open_pyro(Some(backend))?);
+    let mut spec = pyro_core::pool::PoolSpec::new(args.environment.clone(), 1);
+    spec.mem_mib = args.mem_mib;
+    pooled.enable_pool(spec)?;
+    let mut from_pool = Vec::new();
+    let measured = async {
+        for _ in 0..args.iterations {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while pooled.pool_status().ready == 0 {
+                if Instant::now() > deadline {
+                    anyhow::bail!("the pool did not fill: {:?}", pooled.pool_status());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (ms, mode) = run(pooled.clone()).await?;
+            if mode.as_deref() != Some("pooled") {
+                anyhow::bail!("a pooled run was not served from the pool ({mode:?})");
+            }
+            from_pool.push(ms);
+        }
+        Ok(())
+    }
+    .await;
+    pooled.shutdown().await;
+    measured?;
+    Ok((stats(warm), stats(from_pool)))
 }
 
 /// Starts `n` sandboxes at once in this process, lets them idle, measures, deletes them.

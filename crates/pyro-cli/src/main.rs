@@ -232,6 +232,44 @@ fn fail(json: bool) -> impl Fn(anyhow::Error) -> Failure {
     move |error| Failure { error, json }
 }
 
+/// The pre-warmed pool of a long-lived server (`pyro mcp serve`, `pyro rpc`).
+#[derive(clap::Args, Debug)]
+pub struct PoolArgs {
+    /// Keep this many one-shot sandboxes started and paused, ready for `vm_run` /
+    /// `run_in_vm` calls of the pool's shape (0: no pool; at most 16).
+    #[arg(long, env = "PYRO_POOL_SIZE", default_value_t = 0, value_name = "N")]
+    pool_size: usize,
+    /// Environment of the pooled sandboxes.
+    #[arg(long, default_value = "debian:12", value_name = "ENV")]
+    pool_environment: String,
+    /// vCPUs of the pooled sandboxes (calls asking for another count are not pooled).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pool_vcpu_count: i64,
+    /// Memory of the pooled sandboxes, MiB (calls asking for another size are not pooled).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pool_mem_mib: i64,
+}
+
+impl PoolArgs {
+    /// Enables the pool on `pyro` when `--pool-size` is not 0.
+    pub fn enable(&self, pyro: &std::sync::Arc<Pyro>) -> anyhow::Result<()> {
+        if self.pool_size == 0 {
+            return Ok(());
+        }
+        let mut spec =
+            pyro_core::pool::PoolSpec::new(self.pool_environment.clone(), self.pool_size);
+        spec.vcpu_count = self.pool_vcpu_count;
+        spec.mem_mib = self.pool_mem_mib;
+        pyro.enable_pool(spec)?;
+        tracing::info!(
+            size = self.pool_size,
+            environment = self.pool_environment,
+            "pool enabled"
+        );
+        Ok(())
+    }
+}
+
 /// Opens the core. Commands that boot sandboxes pass their `--backend` (which clap fills
 /// from `PYRO_BACKEND`); the others do not depend on a backend at all.
 fn open_pyro(backend: Option<&str>) -> anyhow::Result<Pyro> {

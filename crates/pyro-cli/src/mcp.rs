@@ -41,6 +41,8 @@ pub struct ServeArgs {
     /// VMM: auto, firecracker or qemu.
     #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
     backend: String,
+    #[command(flatten)]
+    pool: crate::PoolArgs,
 }
 
 pub async fn run(cmd: McpCmd) -> Result<ExitCode, Failure> {
@@ -58,6 +60,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let roots = HostRoots::new(&roots)?;
     let pyro = Arc::new(open_pyro(Some(&args.backend))?);
+    args.pool.enable(&pyro)?;
     let server = PyroMcp::new(pyro.clone(), ServerOptions { profile, roots });
     tracing::info!(%profile, "MCP server starting");
     let served = match args.http {

@@ -29,7 +29,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -51,6 +50,8 @@ pub struct RpcArgs {
     /// Default VMM for sandboxes created through this server: auto, firecracker or qemu.
     #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
     backend: String,
+    #[command(flatten)]
+    pool: crate::PoolArgs,
 }
 
 /// Invalid JSON.
@@ -291,14 +292,15 @@ fn parse_line(line: &[u8]) -> Result<Option<Incoming>, (Value, RpcError)> {
 
 /// Runs `pyro rpc` until stdin closes (or a signal arrives).
 pub async fn run(args: RpcArgs) -> anyhow::Result<ExitCode> {
-    let pyro = Rc::new(crate::open_pyro(Some(&args.backend))?);
+    let pyro = Arc::new(crate::open_pyro(Some(&args.backend))?);
+    args.pool.enable(&pyro)?;
     // The core's futures are not `Send` (they hold its SQLite handle and VM locks across
     // awaits), so requests run as local tasks on this thread; they still run concurrently.
     let local = LocalSet::new();
     local.run_until(serve_all(pyro)).await
 }
 
-async fn serve_all(pyro: Rc<Pyro>) -> anyhow::Result<ExitCode> {
+async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
     let (out, writer) = spawn_writer()?;
     let mut input = spawn_reader()?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -343,7 +345,7 @@ async fn serve_all(pyro: Rc<Pyro>) -> anyhow::Result<ExitCode> {
 
 /// Serves one request: runs it in a task of its own (so a panic becomes an error answer)
 /// and sends the response unless it was a notification.
-async fn serve(pyro: Rc<Pyro>, out: Out, req: Incoming) {
+async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming) {
     let progress = match &req.id {
         Some(id) => progress_notifier(out.clone(), id.clone()),
         None => pyro_core::no_progress(),

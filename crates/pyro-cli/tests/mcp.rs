@@ -45,6 +45,11 @@ struct Server {
 }
 
 async fn start(profile: &str, roots: &[&Path], cwd: &Path) -> Server {
+    start_with(profile, roots, cwd, &[]).await
+}
+
+/// [`start`] with more `pyro mcp serve` options.
+async fn start_with(profile: &str, roots: &[&Path], cwd: &Path, extra: &[&str]) -> Server {
     let state = tempfile::Builder::new()
         .prefix("pyro-mcp-test-")
         .tempdir()
@@ -59,6 +64,7 @@ async fn start(profile: &str, roots: &[&Path], cwd: &Path) -> Server {
     for r in roots {
         cmd.arg("--allow-host-path").arg(r);
     }
+    cmd.args(extra);
     let log = std::fs::File::create(state.path().join("server.log")).unwrap();
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(Stdio::from(log))
@@ -662,4 +668,39 @@ async fn a_long_exec_does_not_hold_up_other_calls() {
     );
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_run_is_served_from_the_pool_when_the_server_keeps_one() {
+    let work = tempfile::tempdir().unwrap();
+    let pool = ["--pool-size", "1", "--pool-mem-mib", "352"];
+    let s = start_with("vm-run", &[], work.path(), &pool).await;
+    // The pool fills in the background; once it has, calls of its shape are served from it.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    loop {
+        let v = s
+            .ok(
+                "vm_run",
+                json!({"environment": "debian:12", "mem_mib": 352, "command": "cat /etc/machine-id"}),
+            )
+            .await;
+        assert_eq!(v["exit_code"], 0, "{v}");
+        seen.push(v["stdout"].as_str().unwrap().to_string());
+        if v["boot_mode"] == "pooled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served from the pool: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "machine ids repeat: {seen:?}");
+    // Another shape is not served from the pool.
+    let v = s
+        .ok(
+            "vm_run",
+            json!({"environment": "debian:12", "mem_mib": 368, "command": "true"}),
+        )
+        .await;
+    assert_ne!(v["boot_mode"], "pooled", "{v}");
 }

@@ -230,6 +230,25 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     fn detach_agent(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// Stops the guest's vCPUs (the machine keeps its memory and devices) until
+    /// [`Machine::resume`].
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            Err(CoreError::BackendUnavailable {
+                backend: "unknown",
+                reason: "this machine cannot be paused".into(),
+            })
+        })
+    }
+    /// Runs a [`Machine::pause`]d guest again.
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            Err(CoreError::BackendUnavailable {
+                backend: "unknown",
+                reason: "this machine cannot be resumed".into(),
+            })
+        })
+    }
     /// Pauses the machine for good and writes its memory and device state into `dir`, for
     /// [`Backend::restore`]. The writable disk is consistent once this returns.
     fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
@@ -507,6 +526,14 @@ impl QemuBackend {
     }
 }
 
+/// The error of a failed QEMU pause or resume.
+fn qemu_run_state(step: &'static str) -> impl Fn(pyro_qemu::QemuError) -> CoreError {
+    move |e| CoreError::Boot {
+        reason: format!("cannot {step} the machine: {e}"),
+        console_tail: String::new(),
+    }
+}
+
 /// Identifies a file by where it is, its size, inode and modification time: a changed
 /// binary (a QEMU upgrade) gets a new fingerprint without being read.
 fn file_fingerprint(path: &Path) -> Option<String> {
@@ -614,6 +641,18 @@ impl Machine for QemuMachine {
                 Relay::Detached => {}
             }
             let _ = std::fs::remove_file(&self.socket);
+        })
+    }
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut qmp = self.vm.qmp().await.map_err(qemu_run_state("pause"))?;
+            qmp.stop().await.map_err(qemu_run_state("pause"))
+        })
+    }
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut qmp = self.vm.qmp().await.map_err(qemu_run_state("resume"))?;
+            qmp.cont().await.map_err(qemu_run_state("resume"))
         })
     }
     fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
@@ -858,6 +897,12 @@ impl Machine for FcMachine {
         Box::pin(async move {
             let _ = self.vm.kill().await;
         })
+    }
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.vm.pause().await.map_err(fc_boot_error) })
+    }
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.vm.resume().await.map_err(fc_boot_error) })
     }
     // The host's end of the vsock connection closes with its session: the agent then
     // waits for the next host, and a restore resets the device's connections anyway.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod host;
 pub mod lock;
 pub mod model;
+pub mod pool;
 pub mod snapshot;
 pub mod store;
 pub mod workspace;
@@ -259,6 +260,7 @@ pub struct Pyro {
     vms: StdMutex<HashMap<String, Arc<Mutex<Vm>>>>,
     backends: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
     snapshots: AtomicBool,
+    pool: pool::Pool,
 }
 
 impl std::fmt::Debug for Pyro {
@@ -362,6 +364,7 @@ impl Pyro {
             vms: StdMutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             snapshots: AtomicBool::new(snapshot::enabled_by_env()),
+            pool: pool::Pool::default(),
         })
     }
 
@@ -489,15 +492,31 @@ impl Pyro {
     /// VM's directory and writable disk. Nothing is booted yet.
     pub async fn create_vm(&self, req: CreateVm, progress: ProgressFn) -> Result<VmInfo> {
         let kind = self.validate_create(&req)?;
-        let entry = pyro_image::lookup(&req.environment)?;
         let choice = req.backend.unwrap_or(self.opts.backend);
         self.reap_orphans();
         self.reap_expired().await;
-        if self.vm_map().len() >= self.opts.max_active_vms {
+        if self.vm_map().len() + self.pooled_count() >= self.opts.max_active_vms {
             return Err(CoreError::Capacity {
                 max: self.opts.max_active_vms,
             });
         }
+        let vm = self.new_vm(req, kind, choice, progress).await?;
+        let info = vm.info.clone();
+        self.vm_map()
+            .insert(info.vm_id.clone(), Arc::new(Mutex::new(vm)));
+        Ok(info)
+    }
+
+    /// A new VM in state `created` (directory, owner record, writable disk), not yet in the
+    /// VM map.
+    async fn new_vm(
+        &self,
+        req: CreateVm,
+        kind: BackendKind,
+        choice: BackendChoice,
+        progress: ProgressFn,
+    ) -> Result<Vm> {
+        let entry = pyro_image::lookup(&req.environment)?;
         let env = self.pull_environment(&req.environment, progress).await?;
         let id = host::new_id();
         let dir = self.opts.state_dir.join("vms").join(&id);
@@ -536,8 +555,8 @@ impl Pyro {
             backend: kind.as_str().into(),
             metadata,
         };
-        let vm = Vm {
-            info: info.clone(),
+        Ok(Vm {
+            info,
             dir,
             env,
             backend_choice: choice,
@@ -546,9 +565,7 @@ impl Pyro {
             created: Instant::now(),
             boot_ms: None,
             started_once: false,
-        };
-        self.vm_map().insert(id, Arc::new(Mutex::new(vm)));
-        Ok(info)
+        })
     }
 
     /// Checks create parameters without side effects; returns the backend they resolve to.
@@ -617,7 +634,14 @@ impl Pyro {
                 needed: "created or stopped",
             });
         }
-        let backend = self.backend(vm.backend_choice, &progress).await?;
+        self.boot_vm(id, &mut vm, &progress).await?;
+        Ok(vm.info.clone())
+    }
+
+    /// Starts `vm`'s machine (warm on a first start when snapshots are on, else cold) and
+    /// connects to its agent; `vm` is `started` when this returns `Ok`.
+    async fn boot_vm(&self, id: &str, vm: &mut Vm, progress: &ProgressFn) -> Result<()> {
+        let backend = self.backend(vm.backend_choice, progress).await?;
         let upper = vm.dir.join("upper.ext4");
         let mut warm = None;
         if !vm.started_once && self.snapshots_enabled() {
@@ -683,7 +707,7 @@ impl Pyro {
         vm.info
             .metadata
             .insert("boot_mode".into(), mode.as_str().into());
-        Ok(vm.info.clone())
+        Ok(())
     }
 
     /// A start from the warm snapshot of `spec`'s environment and shape, building the
@@ -993,20 +1017,26 @@ impl Pyro {
     ) -> Result<VmExecResult> {
         validate_exec(&exec)?;
         self.validate_create(&create)?;
-        progress(&ProgressEvent::Phase {
-            phase: "create",
-            vm_id: None,
-        });
-        let info = self.create_vm(create, progress.clone()).await?;
-        let id = info.vm_id.clone();
-        progress(&ProgressEvent::Phase {
-            phase: "start",
-            vm_id: Some(id.clone()),
-        });
-        if let Err(e) = self.start_vm(&id, progress.clone()).await {
-            self.destroy(&id).await;
-            return Err(e);
-        }
+        let id = match self.take_pooled(&create, &progress).await {
+            Some(info) => info.vm_id,
+            None => {
+                progress(&ProgressEvent::Phase {
+                    phase: "create",
+                    vm_id: None,
+                });
+                let info = self.create_vm(create, progress.clone()).await?;
+                let id = info.vm_id.clone();
+                progress(&ProgressEvent::Phase {
+                    phase: "start",
+                    vm_id: Some(id.clone()),
+                });
+                if let Err(e) = self.start_vm(&id, progress.clone()).await {
+                    self.destroy(&id).await;
+                    return Err(e);
+                }
+                id
+            }
+        };
         progress(&ProgressEvent::Phase {
             phase: "execute",
             vm_id: Some(id.clone()),
@@ -1060,8 +1090,9 @@ impl Pyro {
         ids
     }
 
-    /// Kills and removes every VM of this process (used on shutdown).
+    /// Kills and removes every VM of this process, pooled ones included (used on shutdown).
     pub async fn shutdown(&self) {
+        self.close_pool().await;
         for id in self.vm_ids() {
             self.destroy(&id).await;
         }

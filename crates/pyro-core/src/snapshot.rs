@@ -109,14 +109,18 @@ pub enum BootMode {
     Cold,
     /// Restored from a warm snapshot.
     Warm,
+    /// Taken from the pre-warmed pool: started ahead of time, kept paused, resumed and
+    /// reseeded when taken (see [`crate::pool`]).
+    Pooled,
 }
 
 impl BootMode {
-    /// `cold` or `warm`.
+    /// `cold`, `warm` or `pooled`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cold => "cold",
             Self::Warm => "warm",
+            Self::Pooled => "pooled",
         }
     }
 }
@@ -1110,6 +1114,7 @@ mod tests {
         }
         assert_eq!(BootMode::Warm.as_str(), "warm");
         assert_eq!(BootMode::Cold.as_str(), "cold");
+        assert_eq!(BootMode::Pooled.as_str(), "pooled");
     }
 
     #[test]
