@@ -644,19 +644,19 @@ impl Pyro {
         let backend = self.backend(vm.backend_choice, progress).await?;
         let upper = vm.dir.join("upper.ext4");
         let mut warm = None;
+        let spec = BootSpec {
+            id,
+            workdir: &vm.dir,
+            env: &vm.env,
+            upper: &upper,
+            vcpu_count: vm.info.vcpu_count,
+            mem_mib: vm.info.mem_mib,
+            persistent: false,
+            durable_disk: false,
+            relay_bin: None,
+            boot_timeout: self.opts.boot_timeout,
+        };
         if !vm.started_once && self.snapshots_enabled() {
-            let spec = BootSpec {
-                id,
-                workdir: &vm.dir,
-                env: &vm.env,
-                upper: &upper,
-                vcpu_count: vm.info.vcpu_count,
-                mem_mib: vm.info.mem_mib,
-                persistent: false,
-                durable_disk: false,
-                relay_bin: None,
-                boot_timeout: self.opts.boot_timeout,
-            };
             let on_spawn = |m: &dyn Machine| self.write_owner(&vm.dir, Some(m.pid()));
             match self
                 .start_warm(spec, &upper, UPPER_DISK_MIB, backend.as_ref(), &on_spawn)
@@ -674,20 +674,7 @@ impl Pyro {
         let (machine, session, mode) = match warm {
             Some((machine, session)) => (machine, session, BootMode::Warm),
             None => {
-                let mut machine = backend
-                    .boot(BootSpec {
-                        id,
-                        workdir: &vm.dir,
-                        env: &vm.env,
-                        upper: &upper,
-                        vcpu_count: vm.info.vcpu_count,
-                        mem_mib: vm.info.mem_mib,
-                        persistent: false,
-                        durable_disk: false,
-                        relay_bin: None,
-                        boot_timeout: self.opts.boot_timeout,
-                    })
-                    .await?;
+                let mut machine = backend.boot(spec).await?;
                 self.write_owner(&vm.dir, Some(machine.pid()))?;
                 match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
                     Ok(session) => (machine, session, BootMode::Cold),

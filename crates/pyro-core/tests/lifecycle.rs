@@ -4,22 +4,13 @@
 
 use std::time::Duration;
 
-use pyro_core::{
-    Command, CoreError, CreateVm, ExecOptions, Pyro, PyroOptions, VmState, no_progress,
-};
+use pyro_core::{Command, CoreError, CreateVm, ExecOptions, Pyro, VmState, no_progress};
+
+mod common;
+use common::rt;
 
 fn pyro(state: &std::path::Path) -> Pyro {
-    let mut opts = PyroOptions::from_env().expect("options");
-    opts.state_dir = state.to_path_buf();
-    Pyro::new(opts).expect("pyro")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    common::pyro(state, None)
 }
 
 fn vm_dirs(state: &std::path::Path) -> usize {

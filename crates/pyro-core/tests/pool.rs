@@ -5,35 +5,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pyro_core::pool::{MAX_POOL_SIZE, PoolSpec};
-use pyro_core::{Command, CoreError, CreateVm, ExecOptions, Pyro, PyroOptions, no_progress};
+use pyro_core::{Command, CoreError, ExecOptions, Pyro, no_progress};
 
-const ENV: &str = "debian:12";
+mod common;
+use common::{ENV, create, now_secs, rt};
+
 /// This test's own guest memory size, so its warm snapshot is its own.
 const MEM: i64 = 320;
 
 fn pyro(state: &std::path::Path) -> Pyro {
-    let mut opts = PyroOptions::from_env().expect("options");
-    opts.state_dir = state.to_path_buf();
-    let p = Pyro::new(opts).expect("pyro");
-    p.set_snapshots_enabled(true);
-    p
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn create(mem_mib: i64) -> CreateVm {
-    let mut c = CreateVm::new(ENV);
-    c.mem_mib = mem_mib;
-    c
+    common::pyro(state, Some(true))
 }
 
 async fn wait_ready(p: &Pyro, n: usize) {
@@ -46,13 +30,6 @@ async fn wait_ready(p: &Pyro, n: usize) {
         assert!(Instant::now() < deadline, "the pool never filled: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Random bytes, boot id, machine id and the guest clock's distance from the host's.
@@ -74,13 +51,7 @@ async fn identity(p: &Pyro, mem_mib: i64) -> (String, Vec<String>, f64) {
     let lines: Vec<String> = r.stdout.lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 4, "{:?}", r.stdout);
     let guest: f64 = lines[3].parse().unwrap();
-    let skew = if guest < before {
-        before - guest
-    } else if guest > after {
-        guest - after
-    } else {
-        0.0
-    };
+    let skew = common::clock_skew(guest, before, after);
     (r.boot_mode.unwrap_or_default(), lines, skew)
 }
 

@@ -8,33 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use pyro_core::snapshot::{Snapshot, SnapshotStore};
-use pyro_core::{Command, CreateVm, ExecOptions, Pyro, PyroOptions, VmInfo, no_progress};
+use pyro_core::{Command, ExecOptions, Pyro, VmInfo, no_progress};
 
-const ENV: &str = "debian:12";
+mod common;
+use common::{ENV, create, now_secs, rt};
 
 fn pyro(state: &std::path::Path) -> Pyro {
-    let mut opts = PyroOptions::from_env().expect("options");
-    opts.state_dir = state.to_path_buf();
-    let p = Pyro::new(opts).expect("pyro");
-    p.set_snapshots_enabled(true);
-    p
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn create(mem_mib: i64) -> CreateVm {
-    let mut c = CreateVm::new(ENV);
-    c.mem_mib = mem_mib;
-    c
+    common::pyro(state, Some(true))
 }
 
 /// The snapshot for `ENV` with this memory size, if any.
@@ -57,13 +38,6 @@ fn boot_mode(info: &VmInfo) -> &str {
         .get("boot_mode")
         .map(String::as_str)
         .unwrap_or("")
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// What a clone reports about its identity.
@@ -97,13 +71,7 @@ async fn identity(p: &Pyro, mem_mib: i64) -> (VmInfo, Identity) {
     assert_eq!(lines.len(), 4, "{:?}", r.stdout);
     let guest: f64 = lines[3].parse().unwrap();
     // The guest read its clock while the host was between `before` and `after`.
-    let skew = if guest < before {
-        before - guest
-    } else if guest > after {
-        guest - after
-    } else {
-        0.0
-    };
+    let skew = common::clock_skew(guest, before, after);
     (
         info,
         Identity {
