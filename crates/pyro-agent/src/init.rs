@@ -580,20 +580,33 @@ pub enum MachineId {
 /// Reading `/dev/urandom` or writing the file.
 pub fn write_machine_id(path: &Path, when: MachineId) -> io::Result<bool> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::symlink_metadata(path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let exists = match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_file() => return Ok(false),
         Ok(m) if when == MachineId::IfMissing && m.len() > 0 => return Ok(false),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Ok(m) => m.len() > 0,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(e),
-    }
+    };
     let mut id = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     let mut line: String = id.iter().map(|b| format!("{b:02x}")).collect();
     line.push('\n');
+    if exists {
+        // A clone's id (made at its template's first boot) is rewritten in place: no new
+        // directory entry, the cheapest write on a freshly restored guest. Ids are all the
+        // same length, and nothing reads it while the host is reseeding.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        f.write_all(line.as_bytes())?;
+        return Ok(true);
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".pyro-tmp");
     let tmp = PathBuf::from(tmp);

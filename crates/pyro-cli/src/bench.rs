@@ -331,6 +331,7 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     && k.agent_digest == env.digests.agent
                     && i64::from(k.mem_mib) == args.mem_mib
                     && k.vcpu_count == 1
+                    && !k.durable_disk
             })
             .max_by(|a, b| a.meta().created_at.total_cmp(&b.meta().created_at))
     };

@@ -18,12 +18,20 @@ fn pyro(state: &std::path::Path) -> Pyro {
     common::pyro(state, Some(true))
 }
 
-/// The snapshot for `ENV` with this memory size, if any.
+/// The current one-shot snapshot for `ENV` with this memory size, if any.
 fn snapshot_for(p: &Pyro, mem_mib: u32) -> Option<Snapshot> {
+    // The cache is shared: snapshots of earlier agent builds may still be there.
     SnapshotStore::new(p.cache().root())
         .list()
         .into_iter()
-        .find(|s| s.meta().key.environment == ENV && s.meta().key.mem_mib == mem_mib)
+        .filter(|s| {
+            let k = &s.meta().key;
+            k.environment == ENV
+                && k.mem_mib == mem_mib
+                && !k.durable_disk
+                && pyro_core::snapshot::is_current(s.meta(), p.cache())
+        })
+        .max_by(|a, b| a.meta().created_at.total_cmp(&b.meta().created_at))
 }
 
 /// Removes every snapshot for `ENV` with this memory size.
