@@ -78,6 +78,16 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test must not leave workspaces running (their VMs run detached).
+    fn drop(&mut self) {
+        for pid in processes_in(self.state.path()) {
+            // SAFETY: kill(2) on a process of this test's own state directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 fn processes_in(dir: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
