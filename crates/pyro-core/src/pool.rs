@@ -327,32 +327,37 @@ async fn fill(pyro: Weak<Pyro>, wake: Arc<Notify>) {
             continue;
         };
         let made = p.start_pooled(&spec, kind).await;
-        let failed = {
+        // What to do once the pool's lock is released.
+        enum Next {
+            Continue,
+            Discard(Box<Vm>),
+            Retry(CoreError),
+        }
+        let next = {
             let mut s = p.pool.lock();
             s.starting -= 1;
             match made {
                 Ok(vm) if !s.closed => {
                     s.ready.push(vm);
                     s.last_error = None;
-                    None
+                    Next::Continue
                 }
-                Ok(vm) => Some((Some(vm), None)),
+                // Closed while it started: it is not wanted any more.
+                Ok(vm) => Next::Discard(Box::new(vm)),
                 Err(e) => {
                     s.last_error = Some(e.to_string());
-                    Some((None, Some(e)))
+                    Next::Retry(e)
                 }
             }
         };
-        match failed {
-            None => {}
-            Some((Some(vm), _)) => {
-                discard(vm).await;
+        match next {
+            Next::Continue => {}
+            Next::Discard(vm) => {
+                discard(*vm).await;
                 return;
             }
-            Some((None, e)) => {
-                if let Some(e) = e {
-                    tracing::warn!("the pool could not start a sandbox: {e}");
-                }
+            Next::Retry(e) => {
+                tracing::warn!("the pool could not start a sandbox: {e}");
                 drop(p);
                 tokio::time::sleep(RETRY_AFTER).await;
             }
