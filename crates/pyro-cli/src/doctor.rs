@@ -198,6 +198,39 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
             }),
         });
     }
+    if let Some(c) = &cache_dir {
+        // Informational: warm snapshots are built on first use and never required.
+        let store = pyro_core::snapshot::SnapshotStore::new(c);
+        let snaps = store.list();
+        let bytes: u64 = snaps.iter().map(|s| s.meta().disk_bytes).sum();
+        let failed = std::fs::read_dir(store.root())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".failed"))
+                    .count()
+            })
+            .unwrap_or(0);
+        checks.push(Check {
+            name: "snapshots",
+            ok: true,
+            detail: format!(
+                "warm snapshots {} (PYRO_SNAPSHOTS); {} built, {:.0} MiB, in {}{}",
+                if pyro_core::snapshot::enabled_by_env() {
+                    "on"
+                } else {
+                    "off"
+                },
+                snaps.len(),
+                bytes as f64 / 1048576.0,
+                store.root().display(),
+                if failed > 0 {
+                    format!("; {failed} failed build(s) or restore(s) recorded (*.failed)")
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
     if let Some(s) = &state_dir {
         let ok = std::fs::create_dir_all(s).is_ok() && is_writable(s);
         if !ok {

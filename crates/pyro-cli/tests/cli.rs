@@ -423,6 +423,29 @@ fn doctor_explains_the_backend_choice() {
         v["runtime_ok"].as_bool().unwrap(),
         "{v}"
     );
+    // Warm snapshots are reported, and follow PYRO_SNAPSHOTS.
+    let snapshots = |v: &serde_json::Value| -> String {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "snapshots")
+            .map(|c| c["detail"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no snapshots check: {v}"))
+    };
+    let expected = if pyro_core::snapshot::enabled_by_env() {
+        "snapshots on"
+    } else {
+        "snapshots off"
+    };
+    assert!(snapshots(&v).contains(expected), "{v}");
+    let off = s
+        .cmd()
+        .args(["doctor", "--json"])
+        .env("PYRO_SNAPSHOTS", "0")
+        .output()
+        .expect("spawn");
+    assert!(snapshots(&json(&off)).contains("snapshots off"));
     // A host without the agent binary cannot run sandboxes: doctor must say so and fail.
     let out = s
         .cmd()
