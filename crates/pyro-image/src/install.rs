@@ -957,6 +957,16 @@ mod tests {
     use crate::cache::tests::sample_manifest;
     use std::os::unix::fs::PermissionsExt;
 
+    #[test]
+    fn build_times_round_trip_through_json_exactly() {
+        // Two values from a real kernel build that came back 1 ULP off before serde_json's
+        // `float_roundtrip` parser was enabled (a manifest compared unequal to itself).
+        for x in [1_795_252_417.344_259_7_f64, 9.169_153_938_000_001] {
+            let back: f64 = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x}");
+        }
+    }
+
     fn put_blob(cache: &Cache, bytes: &[u8]) -> ArtifactRef {
         let t = cache.tmp_dir().unwrap();
         let p = t.path().join("b");
