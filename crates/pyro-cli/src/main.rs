@@ -304,6 +304,7 @@ fn stderr_progress(environment: String) -> ProgressFn {
                 )
             }
             ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
+            ProgressEvent::Snapshot(m) => format!("[snapshot] {m}"),
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(id) => format!("[run] phase={phase} vm_id={id}"),
                 None => format!("[run] phase={phase} environment={environment}"),

@@ -393,6 +393,7 @@ fn progress_notifier(out: Out, id: Value) -> ProgressFn {
                 )
             }
             ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
+            ProgressEvent::Snapshot(m) => format!("[snapshot] {m}"),
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(v) => format!("[run] phase={phase} vm_id={v}"),
                 None => format!("[run] phase={phase}"),

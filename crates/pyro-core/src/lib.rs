@@ -109,6 +109,8 @@ pub enum ProgressEvent {
     Pull(pyro_image::Progress),
     /// Provisioning the Firecracker binary.
     Provision(String),
+    /// Building a warm snapshot (done once per environment and machine shape).
+    Snapshot(String),
     /// A lifecycle phase of a one-shot run (`create`, `start`, `execute`).
     Phase {
         /// The phase.
@@ -659,7 +661,14 @@ impl Pyro {
         if !vm.started_once && self.snapshots_enabled() {
             let on_spawn = |m: &dyn Machine| self.write_owner(&vm.dir, Some(m.pid()));
             match self
-                .start_warm(spec, &upper, UPPER_DISK_MIB, backend.as_ref(), &on_spawn)
+                .start_warm(
+                    spec,
+                    &upper,
+                    UPPER_DISK_MIB,
+                    backend.as_ref(),
+                    &on_spawn,
+                    progress,
+                )
                 .await
             {
                 Ok(started) => warm = started,
@@ -710,6 +719,7 @@ impl Pyro {
         disk_mib: u64,
         backend: &dyn Backend,
         on_spawn: &(dyn Fn(&dyn Machine) -> Result<()> + Send + Sync),
+        progress: &ProgressFn,
     ) -> Result<Option<(Box<dyn Machine>, Session)>> {
         let id = spec.id;
         let Some(vmm) = backend.snapshot_identity(&spec) else {
@@ -734,8 +744,28 @@ impl Pyro {
                     env: spec.env,
                     boot_timeout: self.opts.boot_timeout,
                 };
+                let what = format!(
+                    "{} with {} MiB and {} vCPU{}",
+                    spec.env.name,
+                    spec.mem_mib,
+                    spec.vcpu_count,
+                    if spec.durable_disk {
+                        ", for workspaces"
+                    } else {
+                        ""
+                    }
+                );
+                progress(&ProgressEvent::Snapshot(format!(
+                    "building the warm snapshot of {what} (once; later starts restore it)"
+                )));
                 match store.ensure(&key, &ctx).await {
-                    Ok(snap) => snap,
+                    Ok(snap) => {
+                        progress(&ProgressEvent::Snapshot(format!(
+                            "warm snapshot of {what} ready ({:.1} s)",
+                            snap.meta().build_ms as f64 / 1000.0
+                        )));
+                        snap
+                    }
                     // Already reported when the build failed: boot cold quietly.
                     Err(e @ snapshot::SnapshotError::RecentlyFailed { .. }) => {
                         tracing::debug!(sandbox = id, "{e}");

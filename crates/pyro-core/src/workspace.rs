@@ -737,6 +737,7 @@ impl Pyro {
                     WORKSPACE_DISK_MIB,
                     backend.as_ref(),
                     &note_socket,
+                    progress,
                 )
                 .await
             {

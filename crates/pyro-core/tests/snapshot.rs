@@ -143,14 +143,33 @@ fn a_changed_key_builds_a_new_snapshot_and_keeps_the_old_one() {
         let old = snapshot_for(&p, MEM as u32).unwrap();
 
         assert!(snapshot_for(&p, OTHER as u32).is_none());
-        let id = p
-            .create_vm(create(OTHER), no_progress())
-            .await
-            .unwrap()
-            .vm_id;
-        let info = p.start_vm(&id, no_progress()).await.unwrap();
-        assert_eq!(boot_mode(&info), "warm");
-        p.delete_vm(&id).await.unwrap();
+        // The build is announced as progress, once.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let progress: pyro_core::ProgressFn = {
+            let seen = seen.clone();
+            std::sync::Arc::new(move |e: &pyro_core::ProgressEvent| {
+                if let pyro_core::ProgressEvent::Snapshot(m) = e {
+                    seen.lock().unwrap().push(m.clone());
+                }
+            })
+        };
+        for _ in 0..2 {
+            let id = p
+                .create_vm(create(OTHER), no_progress())
+                .await
+                .unwrap()
+                .vm_id;
+            let info = p.start_vm(&id, progress.clone()).await.unwrap();
+            assert_eq!(boot_mode(&info), "warm");
+            p.delete_vm(&id).await.unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[0].starts_with("building the warm snapshot of debian:12 with 304 MiB"),
+            "{seen:?}"
+        );
+        assert!(seen[1].contains("ready"), "{seen:?}");
         let new = snapshot_for(&p, OTHER as u32).expect("a snapshot for the new key");
         assert_ne!(new.meta().id, old.meta().id);
         assert!(new.meta().created_at >= started);

@@ -94,6 +94,7 @@ impl Progress {
                     )
                 }
                 ProgressEvent::Provision(m) => format!("firecracker: {m}"),
+                ProgressEvent::Snapshot(m) => format!("snapshot: {m}"),
                 ProgressEvent::Phase { phase, vm_id } => match vm_id {
                     Some(id) => format!("phase {phase} (vm {id})"),
                     None => format!("phase {phase}"),
