@@ -57,20 +57,8 @@ impl Sandbox {
     }
 }
 
-/// Pids of processes whose cwd is under `dir` (a VMM runs with cwd = its VM directory).
 fn processes_in(dir: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            && cwd.starts_with(dir)
-        {
-            out.push(pid);
-        }
-    }
-    out
+    pyro_core::host::processes_with_cwd_in(dir)
 }
 
 fn text(b: &[u8]) -> String {
