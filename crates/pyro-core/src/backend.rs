@@ -896,6 +896,11 @@ impl Machine for FcMachine {
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.vm.kill().await;
+            if self.snapshottable && self.vm.jailed() {
+                // A snapshot template's chroot (device nodes, sockets, logs) is not part of
+                // the snapshot kept in its directory.
+                let _ = std::fs::remove_dir_all(self.vm.workdir().join("jail"));
+            }
         })
     }
     fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
