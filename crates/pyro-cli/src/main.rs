@@ -280,6 +280,16 @@ fn open_pyro(backend: Option<&str>) -> anyhow::Result<Pyro> {
     Ok(Pyro::new(PyroOptions::from_env_with_backend(choice)?)?)
 }
 
+/// Progress lines on stderr, or none when `quiet` (`--json`, `--id-only`): machine-readable
+/// output stays alone.
+fn progress_unless(quiet: bool, environment: &str) -> ProgressFn {
+    if quiet {
+        pyro_core::no_progress()
+    } else {
+        stderr_progress(environment.to_string())
+    }
+}
+
 /// Progress lines on stderr (human mode only). Build steps print when they start, and at
 /// most every 5 s while they run (with the latest tool output line), so a terminal shows
 /// steady progress without a flood.
@@ -378,11 +388,7 @@ async fn env_cmd(cmd: EnvCmd) -> Result<ExitCode, Failure> {
         }
         EnvCmd::Pull(a) => {
             let pyro = open_pyro(None).map_err(fail(a.json))?;
-            let progress: ProgressFn = if a.json {
-                pyro_core::no_progress()
-            } else {
-                stderr_progress(a.environment.clone())
-            };
+            let progress = progress_unless(a.json, &a.environment);
             pyro.pull_environment(&a.environment, progress)
                 .await
                 .map_err(|e| fail(a.json)(e.into()))?;
@@ -472,11 +478,7 @@ async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
         network: args.network,
         backend: None,
     };
-    let progress = if json {
-        pyro_core::no_progress()
-    } else {
-        stderr_progress(args.environment.clone())
-    };
+    let progress = progress_unless(json, &args.environment);
     let mut stdout_ok = true;
     let mut sink = |o: &Output| match o {
         Output::Stdout(b) => {

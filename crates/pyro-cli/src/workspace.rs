@@ -10,7 +10,7 @@ use pyro_core::workspace::{CreateWorkspace, UpdateWorkspace};
 use pyro_core::{Command, ExecOptions, WorkspaceInfo};
 use pyro_proto::api::Output;
 
-use crate::{Failure, fail, input_err, open_pyro, parse_env_pairs, render, stderr_progress};
+use crate::{Failure, fail, input_err, open_pyro, parse_env_pairs, progress_unless, render};
 
 #[derive(Subcommand, Debug)]
 pub enum WorkspaceCmd {
@@ -362,11 +362,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             req.name = a.name;
             req.labels = labels;
             req.network_policy = a.network_policy;
-            let progress = if json || a.id_only {
-                pyro_core::no_progress()
-            } else {
-                stderr_progress(a.environment.clone())
-            };
+            let progress = progress_unless(json || a.id_only, &a.environment);
             let w = pyro
                 .create_workspace(req, progress)
                 .await
@@ -573,11 +569,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
         WorkspaceCmd::Reset(a) => {
             let f = fail(a.json);
             let pyro = open_pyro(None).map_err(&f)?;
-            let progress = if a.json {
-                pyro_core::no_progress()
-            } else {
-                stderr_progress(String::new())
-            };
+            let progress = progress_unless(a.json, "");
             let w = pyro
                 .reset_workspace(&a.workspace_id, progress)
                 .await
@@ -596,11 +588,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
         WorkspaceCmd::Start(a) => {
             let f = fail(a.json);
             let pyro = open_pyro(None).map_err(&f)?;
-            let progress = if a.json {
-                pyro_core::no_progress()
-            } else {
-                stderr_progress(String::new())
-            };
+            let progress = progress_unless(a.json, "");
             let w = pyro
                 .start_workspace(&a.workspace_id, progress)
                 .await

@@ -491,7 +491,7 @@ impl Pyro {
     // ---------------------------------------------------------------- VMs
 
     /// Creates a VM (state `created`): validates, builds the environment if missing, makes the
-    /// VM's directory and writable disk. Nothing is booted yet.
+    /// VM's directory. Nothing is booted yet; the first start makes its writable disk.
     pub async fn create_vm(&self, req: CreateVm, progress: ProgressFn) -> Result<VmInfo> {
         let kind = self.validate_create(&req)?;
         let choice = req.backend.unwrap_or(self.opts.backend);
@@ -509,8 +509,7 @@ impl Pyro {
         Ok(info)
     }
 
-    /// A new VM in state `created` (directory, owner record, writable disk), not yet in the
-    /// VM map.
+    /// A new VM in state `created` (directory and owner record), not yet in the VM map.
     async fn new_vm(
         &self,
         req: CreateVm,
@@ -523,14 +522,9 @@ impl Pyro {
         let id = host::new_id();
         let dir = self.opts.state_dir.join("vms").join(&id);
         host::ensure_private_dir(&dir)?;
-        let made = async {
-            self.write_owner(&dir, None)?;
-            let upper = dir.join("upper.ext4");
-            self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
-            Ok::<_, CoreError>(())
-        }
-        .await;
-        if let Err(e) = made {
+        // The writable disk is made by the first start: a warm start copies the snapshot's,
+        // a cold one a fresh one, so neither is written twice.
+        if let Err(e) = self.write_owner(&dir, None) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -674,11 +668,14 @@ impl Pyro {
                 Ok(started) => warm = started,
                 Err(e) => {
                     tracing::warn!(vm_id = id, "warm start failed, booting cold: {e}");
-                    // The attempt may have replaced the disk: boot from a fresh one.
+                    // The attempt may have left a copy of the snapshot's disk: boot from a
+                    // fresh one.
                     remove_file_if_exists(&upper)?;
-                    self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
                 }
             }
+        }
+        if warm.is_none() && !upper.exists() {
+            self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
         }
         let (machine, session, mode) = match warm {
             Some((machine, session)) => (machine, session, BootMode::Warm),

@@ -598,6 +598,38 @@ const WORKSPACE_COLUMNS: &str = "id, name, environment, environment_version, bac
 const COMMAND_COLUMNS: &str = "workspace_id, sequence, command, cwd, exit_code, duration_ms, \
     timed_out, stdout_bytes, stderr_bytes, stdout_path, stderr_path, recorded_at";
 
+/// Every column of a workspace row with its value in `rec`, in [`WORKSPACE_COLUMNS`] order:
+/// the one list that inserts and updates are written from.
+fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn ToSql); 25] {
+    [
+        ("id", &rec.id),
+        ("name", &rec.name),
+        ("environment", &rec.environment),
+        ("environment_version", &rec.environment_version),
+        ("backend", &rec.backend),
+        ("vcpu_count", &rec.vcpu_count),
+        ("mem_mib", &rec.mem_mib),
+        ("ttl_seconds", &rec.ttl_seconds),
+        ("created_at", &rec.created_at),
+        ("last_activity_at", &rec.last_activity_at),
+        ("expires_at", &rec.expires_at),
+        ("ttl_consumed", &rec.ttl_consumed),
+        ("started_at", &rec.started_at),
+        ("state", &rec.state),
+        ("vmm_pid", &rec.vmm_pid),
+        ("vmm_start_ticks", &rec.vmm_start_ticks),
+        ("relay_pid", &rec.relay_pid),
+        ("relay_start_ticks", &rec.relay_start_ticks),
+        ("last_error", &rec.last_error),
+        ("seed_json", &rec.seed_json),
+        ("command_count", &rec.command_count),
+        ("reset_count", &rec.reset_count),
+        ("last_reset_at", &rec.last_reset_at),
+        ("network_policy", &rec.network_policy),
+        ("boot_mode", &rec.boot_mode),
+    ]
+}
+
 /// Reads a row selected with [`WORKSPACE_COLUMNS`] (labels are filled in separately).
 fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
     Ok(WorkspaceRecord {
@@ -750,41 +782,16 @@ impl Tx<'_> {
         if exists {
             return Err(StoreError::AlreadyExists { id: rec.id.clone() });
         }
+        let values = workspace_values(rec);
+        let placeholders: Vec<String> = (1..=values.len()).map(|n| format!("?{n}")).collect();
         let sql_text = format!(
-            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-              ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ({})",
+            placeholders.join(", ")
         );
         self.tx
             .execute(
                 &sql_text,
-                params![
-                    rec.id,
-                    rec.name,
-                    rec.environment,
-                    rec.environment_version,
-                    rec.backend,
-                    rec.vcpu_count,
-                    rec.mem_mib,
-                    rec.ttl_seconds,
-                    rec.created_at,
-                    rec.last_activity_at,
-                    rec.expires_at,
-                    rec.ttl_consumed,
-                    rec.started_at,
-                    rec.state,
-                    rec.vmm_pid,
-                    rec.vmm_start_ticks,
-                    rec.relay_pid,
-                    rec.relay_start_ticks,
-                    rec.last_error,
-                    rec.seed_json,
-                    rec.command_count,
-                    rec.reset_count,
-                    rec.last_reset_at,
-                    rec.network_policy,
-                    rec.boot_mode,
-                ],
+                rusqlite::params_from_iter(values.iter().map(|(_, v)| *v)),
             )
             .map_err(sql("insert a workspace"))?;
         self.set_labels(&rec.id, &rec.labels)
@@ -792,41 +799,24 @@ impl Tx<'_> {
 
     /// Writes every column of `rec` except `id` and `command_count`, and replaces its labels.
     fn write_workspace(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
+        // `command_count` belongs to the command log's own transactions.
+        let values: Vec<(&str, &dyn ToSql)> = workspace_values(rec)
+            .into_iter()
+            .filter(|(column, _)| !matches!(*column, "id" | "command_count"))
+            .collect();
+        let sets: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(n, (column, _))| format!("{column} = ?{}", n + 2))
+            .collect();
+        let sql_text = format!("UPDATE workspaces SET {} WHERE id = ?1", sets.join(", "));
         let changed = self
             .tx
             .execute(
-                "UPDATE workspaces SET name = ?2, environment = ?3, environment_version = ?4, \
-                 backend = ?5, vcpu_count = ?6, mem_mib = ?7, ttl_seconds = ?8, created_at = ?9, \
-                 last_activity_at = ?10, expires_at = ?11, ttl_consumed = ?12, started_at = ?13, \
-                 state = ?14, vmm_pid = ?15, vmm_start_ticks = ?16, relay_pid = ?17, \
-                 relay_start_ticks = ?18, last_error = ?19, seed_json = ?20, reset_count = ?21, \
-                 last_reset_at = ?22, network_policy = ?23, boot_mode = ?24 WHERE id = ?1",
-                params![
-                    rec.id,
-                    rec.name,
-                    rec.environment,
-                    rec.environment_version,
-                    rec.backend,
-                    rec.vcpu_count,
-                    rec.mem_mib,
-                    rec.ttl_seconds,
-                    rec.created_at,
-                    rec.last_activity_at,
-                    rec.expires_at,
-                    rec.ttl_consumed,
-                    rec.started_at,
-                    rec.state,
-                    rec.vmm_pid,
-                    rec.vmm_start_ticks,
-                    rec.relay_pid,
-                    rec.relay_start_ticks,
-                    rec.last_error,
-                    rec.seed_json,
-                    rec.reset_count,
-                    rec.last_reset_at,
-                    rec.network_policy,
-                    rec.boot_mode,
-                ],
+                &sql_text,
+                rusqlite::params_from_iter(
+                    std::iter::once(&rec.id as &dyn ToSql).chain(values.iter().map(|(_, v)| *v)),
+                ),
             )
             .map_err(sql("update a workspace"))?;
         if changed == 0 {
@@ -1398,6 +1388,17 @@ mod tests {
             Err(StoreError::StateDirMissing { path }) if path == missing
         ));
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn the_value_list_matches_the_selected_columns() {
+        let rec = ws("a", 1.0);
+        let names: Vec<&str> = workspace_values(&rec).iter().map(|(c, _)| *c).collect();
+        let columns: Vec<&str> = WORKSPACE_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            names, columns,
+            "workspace_from_row reads by these positions"
+        );
     }
 
     #[test]

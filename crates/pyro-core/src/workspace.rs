@@ -747,11 +747,14 @@ impl Pyro {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(workspace = rec.id, "warm start failed, booting cold: {e}");
+                    // It may have left a copy of the snapshot's disk: start from a new one.
                     let _ = std::fs::remove_file(&upper);
-                    self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
                     prepare_vm_dir()?;
                 }
             }
+        }
+        if fresh_disk && !upper.exists() {
+            self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
         }
         let mut machine = backend.boot(spec).await?;
         note_socket(machine.as_ref())?;
@@ -895,8 +898,6 @@ impl Pyro {
                     archive::TarStats::default()
                 }
             };
-            self.cache()
-                .create_upper_disk(&d.upper(), WORKSPACE_DISK_MIB)?;
             host::ensure_private_dir(&d.logs())?;
             let seed_info = WorkspaceSeed {
                 mode: match &seed {
