@@ -293,7 +293,7 @@ fn a_clone_stages_its_own_disk_and_loads_the_snapshot_resumed() {
 }
 
 #[test]
-fn an_ordinary_boot_has_a_clock_and_cannot_be_saved() {
+fn an_ordinary_boot_has_a_clock_cannot_be_saved_and_pauses() {
     let fx = Fixture::new();
     let (work, upper) = fx.sandbox("plain");
     rt().block_on(async {
@@ -304,6 +304,27 @@ fn an_ordinary_boot_has_a_clock_and_cannot_be_saved() {
         let err = m.save_state(&work).await.unwrap_err().to_string();
         assert!(err.contains("not booted to be snapshotted"), "{err}");
         assert!(fx.take_requests().is_empty());
+        // Pause and resume (the pre-warmed pool) are the VM state calls.
+        m.pause().await.unwrap();
+        m.resume().await.unwrap();
+        let calls: Vec<(String, String, Value)> = fx
+            .take_requests()
+            .into_iter()
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap().to_string(),
+                    r["path"].as_str().unwrap().to_string(),
+                    r["body"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("PATCH".into(), "/vm".into(), json!({"state": "Paused"})),
+                ("PATCH".into(), "/vm".into(), json!({"state": "Resumed"})),
+            ]
+        );
         m.kill().await;
     });
 }
