@@ -159,6 +159,24 @@ pub enum ApplyError {
         /// Whether the file is a symlink.
         is_symlink: bool,
     },
+    /// A section that keeps its file (a modification, mode change or rename) states old and
+    /// new modes of different file types: a regular file turning into a symlink, or the
+    /// reverse. Like `git apply`, this is refused; a type change is a deletion of the old
+    /// file followed by a creation of the new one, as `git diff` writes it.
+    #[error(
+        "`{path}`: new mode {new_mode:o} does not match old mode {old_mode:o} (a {} cannot \
+         become a {} in place; delete it and create the new one)",
+        mode_kind(*.old_mode),
+        mode_kind(*.new_mode)
+    )]
+    TypeChangingMode {
+        /// The file (the new path of a rename).
+        path: String,
+        /// The git mode the patch states before the change.
+        old_mode: u32,
+        /// The git mode the patch states after the change.
+        new_mode: u32,
+    },
     /// A hand-built section lacks a path its kind needs.
     #[error("file section {section} ({kind:?}) lacks its {side} path")]
     IncompleteSection {
@@ -169,6 +187,15 @@ pub enum ApplyError {
         /// `"old"` or `"new"`.
         side: &'static str,
     },
+}
+
+/// `"symlink"` or `"regular file"`, for a git mode.
+fn mode_kind(git_mode: u32) -> &'static str {
+    if mode::is_symlink(git_mode) {
+        "symlink"
+    } else {
+        "regular file"
+    }
 }
 
 fn kind_name(is_symlink: bool) -> &'static str {
@@ -214,6 +241,18 @@ pub fn apply(
         }
         let old = file.old_path.as_deref().filter(|_| needs_old);
         let new = file.new_path.as_deref().filter(|_| needs_new);
+        // Like git, from the patch alone: a kept file cannot change its type.
+        if needs_old
+            && needs_new
+            && let (Some(old_mode), Some(new_mode)) = (file.old_mode, file.new_mode)
+            && mode::is_symlink(old_mode) != mode::is_symlink(new_mode)
+        {
+            return Err(ApplyError::TypeChangingMode {
+                path: file.path().to_owned(),
+                old_mode,
+                new_mode,
+            });
+        }
         if let Some(path) = old.filter(|p| !old_paths.insert(*p)) {
             return Err(ApplyError::DuplicatePath {
                 path: path.to_owned(),
@@ -482,15 +521,19 @@ fn find_position(
         });
     }
     for (offset, expected) in pre.iter().enumerate() {
-        match lines.get(stated + offset) {
+        // Checked: a hand-built hunk may state any line.
+        let found = stated
+            .checked_add(offset)
+            .and_then(|at| Some((at, lines.get(at)?)));
+        match found {
             None => {
                 return Err(HunkFailure::PastEnd {
                     file_lines: lines.len(),
                 });
             }
-            Some(found) if found != expected => {
+            Some((at, found)) if found != expected => {
                 return Err(HunkFailure::Mismatch {
-                    line: stated + offset + 1,
+                    line: at + 1,
                     expected: shorten(expected),
                     found: shorten(found),
                 });
@@ -779,6 +822,94 @@ mod tests {
                 is_symlink: false
             }
         );
+    }
+
+    #[test]
+    fn mode_lines_cannot_change_the_file_type() {
+        let regular = || {
+            Some(FileState {
+                content: b"target".to_vec(),
+                mode: 0o100644,
+            })
+        };
+        let symlink = || {
+            Some(FileState {
+                content: b"target".to_vec(),
+                mode: 0o120777,
+            })
+        };
+        // Regression: a mode-only change from a regular file to a symlink was applied,
+        // turning the file's content into a link target; `git apply` refuses it.
+        let to_link = parse("diff --git a/f b/f\nold mode 100644\nnew mode 120000\n").unwrap();
+        let err = apply(&to_link, |_| regular()).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::TypeChangingMode {
+                path: "f".into(),
+                old_mode: 0o100644,
+                new_mode: 0o120000
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "`f`: new mode 120000 does not match old mode 100644 (a regular file cannot become \
+             a symlink in place; delete it and create the new one)"
+        );
+        // Refused from the patch alone, whatever the file is.
+        assert!(matches!(
+            apply(&to_link, |_| symlink()),
+            Err(ApplyError::TypeChangingMode { .. })
+        ));
+
+        let to_file = parse("diff --git a/l b/l\nold mode 120000\nnew mode 100755\n").unwrap();
+        assert_eq!(
+            apply(&to_file, |_| symlink()).unwrap_err(),
+            ApplyError::TypeChangingMode {
+                path: "l".into(),
+                old_mode: 0o120000,
+                new_mode: 0o100755
+            }
+        );
+
+        // With hunks, and on a rename, just the same.
+        let with_hunk = parse(
+            "diff --git a/f b/f\nold mode 100644\nnew mode 120000\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-target\n\\ No newline at end of file\n+other\n\\ No newline at end of file\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            apply(&with_hunk, |_| regular()),
+            Err(ApplyError::TypeChangingMode { .. })
+        ));
+        let rename = parse(
+            "diff --git a/f b/g\nold mode 100644\nnew mode 120000\nrename from f\nrename to g\n",
+        )
+        .unwrap();
+        assert_eq!(
+            apply(&rename, |p| (p == "f").then(regular).flatten()).unwrap_err(),
+            ApplyError::TypeChangingMode {
+                path: "g".into(),
+                old_mode: 0o100644,
+                new_mode: 0o120000
+            }
+        );
+
+        // A deletion and a creation of the same path remain the way to change the type.
+        let type_change = parse(concat!(
+            "diff --git a/f b/f\ndeleted file mode 100644\n--- a/f\n+++ /dev/null\n@@ -1 +0,0 @@\n-target\n\\ No newline at end of file\n",
+            "diff --git a/f b/f\nnew file mode 120000\n--- /dev/null\n+++ b/f\n@@ -0,0 +1 @@\n+target\n\\ No newline at end of file\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            apply(&type_change, |_| regular()).unwrap(),
+            vec![Outcome::Write {
+                path: "f".into(),
+                content: b"target".to_vec(),
+                mode: 0o120777
+            }]
+        );
+        // And a plain permission change still applies.
+        let chmod = parse("diff --git a/f b/f\nold mode 100644\nnew mode 100755\n").unwrap();
+        assert!(apply(&chmod, |_| regular()).is_ok());
     }
 
     #[test]

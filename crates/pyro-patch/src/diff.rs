@@ -29,6 +29,27 @@ pub enum Node {
         /// Permission bits (`0o644`); file-type bits are ignored.
         mode: u32,
     },
+    /// A regular file whose content is not held, for files too large to read into memory:
+    /// only its size and git blob id, as [`BlobHasher`] computes them while streaming it.
+    ///
+    /// It always counts as binary, so its stanza is the one `git diff` writes for a binary
+    /// file (`Binary files a/p and b/p differ` after an `index` line with full blob ids), and
+    /// the patch stays correct for `git apply` wherever git has the blobs. It equals another
+    /// `Large` node when their ids are equal, and a [`Node::File`] when that file's blob id
+    /// is its id. Its mode is handled as a `File`'s. (One with the empty blob's id is known
+    /// to be empty, and diffs as the empty file, as git writes it.)
+    Large {
+        /// The content's length in bytes. Informational: comparisons use `id`, which covers
+        /// the length.
+        size: u64,
+        /// The git blob id of the content: 40 hex digits (either case), the SHA-1 of
+        /// `blob <size>\0` followed by the content. An id that is not 40 hex digits (a
+        /// caller's bug) equals no other, and its stanza then has no `index` line, so
+        /// `git apply` refuses the change instead of applying something else.
+        id: String,
+        /// Permission bits (`0o644`); file-type bits are ignored.
+        mode: u32,
+    },
     /// A symbolic link.
     Symlink {
         /// Where it points.
@@ -79,7 +100,8 @@ pub struct DiffEntry {
     /// What it is: the new tree's kind, or the old tree's for a deletion.
     pub artifact_type: ArtifactType,
     /// This entry's part of [`TreeDiff::patch`], when it is text. `None` for directories
-    /// and for binary content (a NUL byte or invalid UTF-8 on either side).
+    /// and for binary content (a NUL byte or invalid UTF-8 on either side, or a
+    /// [`Node::Large`] file whose content differs).
     pub text_patch: Option<String>,
 }
 
@@ -112,9 +134,10 @@ pub struct TreeDiff {
     /// Counts.
     pub summary: DiffSummary,
     /// One `git diff`-style patch of every file and symlink change, in path order, which
-    /// `git apply` and [`crate::apply()`] accept. Binary files appear as `Binary files a/p
-    /// and b/p differ` with full blob ids on the `index` line: `git apply` takes those only
-    /// where it has the new blob (or for deletions); [`crate::parse`] refuses them.
+    /// `git apply` and [`crate::apply()`] accept. Binary files (and changed [`Node::Large`]
+    /// files) appear as `Binary files a/p and b/p differ` with full blob ids on the `index`
+    /// line: `git apply` takes those only where it has the new blob (or for deletions);
+    /// [`crate::parse`] refuses them.
     pub patch: String,
 }
 
@@ -158,11 +181,65 @@ impl Budget {
 /// Lines of context around each change, as git's default.
 const CONTEXT: usize = 3;
 
-/// A file-like side of a change: its git mode and bytes.
+/// A file-like side of a change: its git mode and content.
 #[derive(Clone, Copy)]
 struct Blob<'a> {
     mode: u32,
-    content: &'a [u8],
+    content: Content<'a>,
+}
+
+/// What a side's content is known as.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    /// The bytes themselves.
+    Bytes(&'a [u8]),
+    /// Only the git blob id (of a [`Node::Large`]), as the caller gave it.
+    Id(&'a str),
+}
+
+impl<'a> Content<'a> {
+    /// The content as text, when it is held and is text; `None` counts as binary.
+    fn text(self) -> Option<&'a str> {
+        match self {
+            Content::Bytes(bytes) => as_text(bytes),
+            Content::Id(_) => None,
+        }
+    }
+
+    /// The full git blob id, lower case; `None` for a malformed [`Content::Id`].
+    fn id(self) -> Option<String> {
+        match self {
+            Content::Bytes(bytes) => Some(blob_id(bytes)),
+            Content::Id(id) if is_blob_id(id) => Some(id.to_ascii_lowercase()),
+            Content::Id(_) => None,
+        }
+    }
+
+    /// Whether two contents are the same: bytes compare as bytes, anything else by blob
+    /// id. A malformed id equals nothing.
+    fn same_as(self, other: Content<'_>) -> bool {
+        match (self, other) {
+            (Content::Bytes(a), Content::Bytes(b)) => a == b,
+            (a, b) => match (a.id(), b.id()) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Whether `id` is a full git blob id: 40 hex digits, either case.
+fn is_blob_id(id: &str) -> bool {
+    id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The git mode of a regular file with permission bits `mode`.
+fn file_mode(mode: u32) -> u32 {
+    if mode & 0o100 != 0 {
+        mode::EXECUTABLE
+    } else {
+        mode::REGULAR
+    }
 }
 
 /// What a node contributes to a diff, once implied directories are set aside.
@@ -175,16 +252,20 @@ enum Side<'a> {
 fn side<'a>(tree: &'a Tree, path: &str) -> Option<Side<'a>> {
     match tree.get(path)? {
         Node::File { content, mode } => Some(Side::Blob(Blob {
-            mode: if mode & 0o100 != 0 {
-                mode::EXECUTABLE
+            mode: file_mode(*mode),
+            content: Content::Bytes(content),
+        })),
+        Node::Large { id, mode, .. } => Some(Side::Blob(Blob {
+            mode: file_mode(*mode),
+            content: if id.eq_ignore_ascii_case(EMPTY_ID) {
+                Content::Bytes(&[])
             } else {
-                mode::REGULAR
+                Content::Id(id)
             },
-            content,
         })),
         Node::Symlink { target } => Some(Side::Blob(Blob {
             mode: mode::SYMLINK,
-            content: target.as_bytes(),
+            content: Content::Bytes(target.as_bytes()),
         })),
         Node::Dir { .. } => {
             let prefix = format!("{path}/");
@@ -233,7 +314,7 @@ pub fn diff_trees(old: &Tree, new: &Tree) -> TreeDiff {
             (Some(Side::Blob(a)), Some(Side::Blob(b)))
                 if mode::is_symlink(a.mode) == mode::is_symlink(b.mode) =>
             {
-                let status = if a.content != b.content {
+                let status = if !a.content.same_as(b.content) {
                     DiffStatus::Modified
                 } else if a.mode != b.mode {
                     DiffStatus::ModeChanged
@@ -295,19 +376,68 @@ fn blob(side: Side<'_>) -> Option<Blob<'_>> {
 
 /// Git's blob id of some content.
 fn blob_id(content: &[u8]) -> String {
-    let mut hasher = Sha1::new();
-    hasher.update(format!("blob {}\0", content.len()).as_bytes());
+    let size = u64::try_from(content.len()).unwrap_or(u64::MAX);
+    let mut hasher = BlobHasher::new(size);
     hasher.update(content);
-    hasher
-        .finalize()
-        .iter()
-        .fold(String::with_capacity(40), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    hasher.finish()
+}
+
+/// Git's blob id (as in `git hash-object`), computed from content streamed in pieces, so a
+/// file need not be held in memory: the id a [`Node::Large`] takes.
+///
+/// ```
+/// use pyro_patch::BlobHasher;
+///
+/// let mut hasher = BlobHasher::new(6);
+/// hasher.update(b"hel");
+/// hasher.update(b"lo\n");
+/// assert_eq!(hasher.hashed(), 6);
+/// assert_eq!(hasher.finish(), "ce013625030ba8dba906f756967f9e9ca394464a");
+/// ```
+#[derive(Debug, Clone)]
+pub struct BlobHasher {
+    sha1: Sha1,
+    hashed: u64,
+}
+
+impl BlobHasher {
+    /// Starts the id of a blob of `size` bytes. The id is only right when exactly `size`
+    /// bytes are then fed to [`update`](Self::update): a file that changed size while it
+    /// was read shows as [`hashed`](Self::hashed) differing from `size`.
+    pub fn new(size: u64) -> Self {
+        let mut sha1 = Sha1::new();
+        sha1.update(format!("blob {size}\0").as_bytes());
+        Self { sha1, hashed: 0 }
+    }
+
+    /// Feeds the next piece of the content.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha1.update(bytes);
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        self.hashed = self.hashed.saturating_add(len);
+    }
+
+    /// How many content bytes [`update`](Self::update) has been given so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
+    /// The blob id: 40 lower-case hex digits.
+    pub fn finish(self) -> String {
+        self.sha1
+            .finalize()
+            .iter()
+            .fold(String::with_capacity(40), |mut out, byte| {
+                let _ = write!(out, "{byte:02x}");
+                out
+            })
+    }
 }
 
 const NULL_ID: &str = "0000000000000000000000000000000000000000";
+
+/// The blob id of empty content.
+const EMPTY_ID: &str = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
 
 /// Whether content counts as text: no NUL byte and valid UTF-8.
 fn as_text(content: &[u8]) -> Option<&str> {
@@ -340,24 +470,37 @@ fn stanza_for(
     let a = quote(&format!("a/{path}"));
     let b = quote(&format!("b/{path}"));
     let mut out = format!("diff --git {a} {b}\n");
-    let old_content = old.map_or(&[][..], |blob| blob.content);
-    let new_content = new.map_or(&[][..], |blob| blob.content);
-    let texts = (as_text(old_content), as_text(new_content));
+    let absent = Content::Bytes(&[]);
+    let old_content = old.map_or(absent, |blob| blob.content);
+    let new_content = new.map_or(absent, |blob| blob.content);
+    let texts = (old_content.text(), new_content.text());
     let binary = texts.0.is_none() || texts.1.is_none();
-    let id = |blob: Option<Blob<'_>>| match (blob, binary) {
-        (Some(blob), true) => blob_id(blob.content),
-        (Some(blob), false) => blob_id(blob.content)[..7].to_owned(),
-        (None, true) => NULL_ID.to_owned(),
-        (None, false) => NULL_ID[..7].to_owned(),
+    // Full ids for binaries (`git apply` needs them), git's 7-digit abbreviation for text.
+    let id = |blob: Option<Blob<'_>>| match blob {
+        Some(blob) => blob
+            .content
+            .id()
+            .map(|id| if binary { id } else { id[..7].to_owned() }),
+        None if binary => Some(NULL_ID.to_owned()),
+        None => Some(NULL_ID[..7].to_owned()),
     };
+    // The `index` line, without its newline; `None` when an id is malformed.
+    let index = |old: Option<Blob<'_>>, new: Option<Blob<'_>>| {
+        Some(format!("index {}..{}", id(old)?, id(new)?))
+    };
+    let same = old_content.same_as(new_content);
     match (old, new) {
         (None, Some(new)) => {
             let _ = writeln!(out, "new file mode {:o}", new.mode);
-            let _ = writeln!(out, "index {}..{}", id(None), id(Some(new)));
+            if let Some(index) = index(None, Some(new)) {
+                let _ = writeln!(out, "{index}");
+            }
         }
         (Some(old), None) => {
             let _ = writeln!(out, "deleted file mode {:o}", old.mode);
-            let _ = writeln!(out, "index {}..{}", id(Some(old)), id(None));
+            if let Some(index) = index(Some(old), None) {
+                let _ = writeln!(out, "{index}");
+            }
         }
         (Some(old_blob), Some(new_blob)) => {
             if old_blob.mode != new_blob.mode {
@@ -367,21 +510,23 @@ fn stanza_for(
                     old_blob.mode, new_blob.mode
                 );
             }
-            if old_content == new_content {
+            if same {
                 return Some(Stanza {
                     text: out,
                     binary: false,
                 });
             }
-            let _ = write!(out, "index {}..{}", id(old), id(new));
-            if old_blob.mode == new_blob.mode {
-                let _ = write!(out, " {:o}", old_blob.mode);
+            if let Some(index) = index(old, new) {
+                out.push_str(&index);
+                if old_blob.mode == new_blob.mode {
+                    let _ = write!(out, " {:o}", old_blob.mode);
+                }
+                out.push('\n');
             }
-            out.push('\n');
         }
         (None, None) => return None,
     }
-    if old_content == new_content {
+    if same {
         // An empty file created or deleted: no hunks, as git writes it.
         return Some(Stanza {
             text: out,
@@ -589,6 +734,197 @@ mod tests {
             blob_id(b"hello\n"),
             "ce013625030ba8dba906f756967f9e9ca394464a"
         );
+    }
+
+    fn large(content: &[u8], mode: u32) -> Node {
+        let size = content.len() as u64;
+        let mut hasher = BlobHasher::new(size);
+        for piece in content.chunks(3) {
+            hasher.update(piece);
+        }
+        assert_eq!(hasher.hashed(), size);
+        Node::Large {
+            size,
+            id: hasher.finish(),
+            mode,
+        }
+    }
+
+    fn bytes(content: &[u8], mode: u32) -> Node {
+        Node::File {
+            content: content.to_vec(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn blob_hasher_streams_the_blob_id() {
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for split in [1, 7, 4096, 10_000] {
+            let mut hasher = BlobHasher::new(content.len() as u64);
+            for piece in content.chunks(split) {
+                hasher.update(piece);
+            }
+            assert_eq!(hasher.finish(), blob_id(&content));
+        }
+        assert_eq!(
+            BlobHasher::new(0).finish(),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+        );
+        // Fed fewer bytes than announced: the count shows it.
+        let mut short = BlobHasher::new(5);
+        short.update(b"abc");
+        assert_eq!(short.hashed(), 3);
+    }
+
+    #[test]
+    fn large_nodes_diff_like_the_files_they_stand_for() {
+        let (a, b) = (&[0u8, 1, 2, 3][..], &[0u8, 1, 9][..]);
+        type FileSide<'a> = Option<(&'a [u8], u32)>;
+        let cases: Vec<(FileSide<'_>, FileSide<'_>)> = vec![
+            (Some((a, 0o644)), Some((b, 0o644))),
+            (Some((a, 0o644)), Some((b, 0o755))),
+            (Some((a, 0o755)), Some((a, 0o644))),
+            (Some((a, 0o644)), Some((a, 0o644))),
+            (None, Some((b, 0o755))),
+            (Some((a, 0o644)), None),
+            // The same text on both sides: no change, large or not.
+            (Some((b"text\n", 0o644)), Some((b"text\n", 0o644))),
+            // An empty large file is the empty file, created or deleted as git writes it.
+            (None, Some((b"", 0o644))),
+            (Some((b"", 0o755)), None),
+            (Some((b"", 0o644)), Some((b"", 0o755))),
+        ];
+        for (before, after) in cases {
+            let make = |side: FileSide<'_>, as_large: bool| -> Tree {
+                side.map(|(content, mode)| {
+                    let node = if as_large {
+                        large(content, mode)
+                    } else {
+                        bytes(content, mode)
+                    };
+                    ("dir/x.bin".to_owned(), node)
+                })
+                .into_iter()
+                .collect()
+            };
+            let reference = diff_trees(&make(before, false), &make(after, false));
+            for (old_large, new_large) in [(true, false), (false, true), (true, true)] {
+                let got = diff_trees(&make(before, old_large), &make(after, new_large));
+                assert_eq!(
+                    got, reference,
+                    "{before:?} -> {after:?} large: {old_large}/{new_large}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_against_text_is_a_binary_change() {
+        let old = tree(&[("f", file("a\n"))]);
+        let new = tree(&[("f", large(b"b\n", 0o644))]);
+        let diff = diff_trees(&old, &new);
+        assert_eq!(
+            diff.patch,
+            format!(
+                "diff --git a/f b/f\nindex {}..{} 100644\nBinary files a/f and b/f differ\n",
+                blob_id(b"a\n"),
+                blob_id(b"b\n")
+            )
+        );
+        assert_eq!(diff.entries[0].status, DiffStatus::Modified);
+        assert_eq!(diff.entries[0].text_patch, None);
+        assert_eq!((diff.summary.text_patched, diff.summary.non_text), (0, 1));
+        // The same text on both sides is no change.
+        let same = tree(&[("f", large(b"a\n", 0o644))]);
+        assert!(!diff_trees(&old, &same).changed());
+        assert!(!diff_trees(&same, &old).changed());
+    }
+
+    #[test]
+    fn large_against_large_compares_ids() {
+        let one = tree(&[("big", large(b"one", 0o644))]);
+        let same = tree(&[(
+            "big",
+            Node::Large {
+                // Another size and upper case: only the id counts.
+                size: 99,
+                id: blob_id(b"one").to_ascii_uppercase(),
+                mode: 0o600,
+            },
+        )]);
+        assert!(!diff_trees(&one, &same).changed());
+
+        let two = tree(&[("big", large(b"two", 0o644))]);
+        let diff = diff_trees(&one, &two);
+        assert_eq!(
+            diff.entries,
+            [DiffEntry {
+                path: "big".into(),
+                status: DiffStatus::Modified,
+                artifact_type: ArtifactType::File,
+                text_patch: None,
+            }]
+        );
+        assert_eq!(
+            diff.patch,
+            format!(
+                "diff --git a/big b/big\nindex {}..{} 100644\nBinary files a/big and b/big differ\n",
+                blob_id(b"one"),
+                blob_id(b"two")
+            )
+        );
+
+        let upper = tree(&[(
+            "big",
+            Node::Large {
+                size: 3,
+                id: blob_id(b"two").to_ascii_uppercase(),
+                mode: 0o755,
+            },
+        )]);
+        let diff = diff_trees(&one, &upper);
+        assert!(diff.patch.contains(&format!(
+            "old mode 100644\nnew mode 100755\nindex {}..{}\n",
+            blob_id(b"one"),
+            blob_id(b"two")
+        )));
+
+        // A large file replaced by a symlink is a type change, binary on its old side.
+        let link = tree(&[("big", Node::Symlink { target: "t".into() })]);
+        let diff = diff_trees(&one, &link);
+        assert_eq!(diff.entries[0].status, DiffStatus::TypeChanged);
+        assert_eq!(diff.entries[0].text_patch, None);
+        assert!(diff.patch.contains("deleted file mode 100644\n"));
+        assert!(diff.patch.contains("new file mode 120000\n"));
+    }
+
+    #[test]
+    fn malformed_large_ids_are_never_equal_and_get_no_index_line() {
+        let bad = |id: &str| {
+            tree(&[(
+                "big",
+                Node::Large {
+                    size: 1,
+                    id: id.into(),
+                    mode: 0o644,
+                },
+            )])
+        };
+        for id in ["", "1234567", "zz", "x\n+++ b/injected"] {
+            let diff = diff_trees(&bad(id), &bad(id));
+            assert_eq!(diff.entries.len(), 1, "{id:?}");
+            assert_eq!(diff.entries[0].status, DiffStatus::Modified);
+            assert_eq!(
+                diff.patch,
+                "diff --git a/big b/big\nBinary files a/big and b/big differ\n"
+            );
+            let added = diff_trees(&Tree::new(), &bad(id));
+            assert_eq!(
+                added.patch,
+                "diff --git a/big b/big\nnew file mode 100644\nBinary files /dev/null and b/big differ\n"
+            );
+        }
     }
 
     #[test]

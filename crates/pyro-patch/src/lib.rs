@@ -18,7 +18,9 @@
 //! - [`diff_trees`] compares two [`Tree`]s of files, symlinks and empty directories, and
 //!   returns a [`TreeDiff`]: sorted [`DiffEntry`]s, a [`DiffSummary`], and one combined
 //!   patch in `git diff` form (modes, `/dev/null`, three lines of context, newline markers,
-//!   symlinks as mode 120000, binaries as `Binary files … differ`).
+//!   symlinks as mode 120000, binaries as `Binary files … differ`). Files too large to hold
+//!   are [`Node::Large`]: a size and a git blob id, which [`BlobHasher`] computes from the
+//!   content streamed in pieces; they diff as binaries.
 //!
 //! `apply(&parse(&diff_trees(&a, &b).patch)?, a)` gives `b` for any trees of text files and
 //! symlinks; the tests check this against the real `git` as well.
@@ -51,7 +53,7 @@ mod quote;
 
 pub use apply::{ApplyError, FileState, HunkFailure, Outcome, apply};
 pub use diff::{
-    ArtifactType, DiffEntry, DiffStatus, DiffSummary, Node, Tree, TreeDiff, diff_trees,
+    ArtifactType, BlobHasher, DiffEntry, DiffStatus, DiffSummary, Node, Tree, TreeDiff, diff_trees,
 };
 pub use model::{FileKind, FilePatch, Hunk, Line, Patch};
 pub use parse::{

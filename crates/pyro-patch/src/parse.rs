@@ -92,6 +92,23 @@ pub enum PatchErrorKind {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A hunk header whose line counts claim more body lines than the rest of the patch
+    /// holds: each body line gives at most one old and one new line, so such a hunk cannot
+    /// be complete (a truncated patch, or a wrong or absurd count).
+    #[error(
+        "hunk header {text:?} claims {old_count} old and {new_count} new lines, more than the \
+         {available} lines left in the patch (truncated patch, or wrong counts)"
+    )]
+    HunkTooLong {
+        /// The header line.
+        text: String,
+        /// The old-side line count the header states.
+        old_count: usize,
+        /// The new-side line count the header states.
+        new_count: usize,
+        /// How many patch lines follow the header.
+        available: usize,
+    },
     /// A line inside a hunk that does not fit its declared counts.
     #[error(
         "unexpected line {text:?} in the hunk body; the header still expects {old_left} old \
@@ -733,6 +750,22 @@ impl<'a> Parser<'a> {
                 )
             })?;
         self.pos += 1;
+        // Every body line gives at most one old and one new line: a count beyond the lines
+        // left cannot be met. Checked up front, so an absurd count is named as such.
+        let available = self.lines.len().saturating_sub(self.pos);
+        if old_count > available || new_count > available {
+            return Err(self.err(
+                header_line,
+                file,
+                Some(number),
+                PatchErrorKind::HunkTooLong {
+                    text: lossy(text),
+                    old_count,
+                    new_count,
+                    available,
+                },
+            ));
+        }
         let err = |line: usize, kind| PatchError {
             line,
             file: file.map(str::to_owned),
@@ -866,6 +899,23 @@ fn no_newline_is_last(lines: &[Line]) -> bool {
     side_ok(old) && side_ok(new)
 }
 
+/// The largest line number a hunk header may state: no file held in memory has more lines
+/// than bytes, and no allocation exceeds `isize::MAX` bytes. With counts bounded by the
+/// patch's own line count, `start + count` never overflows.
+const MAX_LINE_NUMBER: usize = usize::MAX >> 1;
+
+/// A hunk header number: ASCII digits only (no sign, no spaces), fitting in a `usize`.
+fn number(
+    text: &str,
+    malformed: &'static str,
+    too_large: &'static str,
+) -> Result<usize, &'static str> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed);
+    }
+    text.parse().map_err(|_| too_large)
+}
+
 /// Parses `@@ -a[,b] +c[,d] @@[ section]`.
 fn parse_hunk_header(text: &[u8]) -> Result<(usize, usize, usize, usize, String), &'static str> {
     let text = std::str::from_utf8(text).map_err(|_| "not valid UTF-8")?;
@@ -878,10 +928,17 @@ fn parse_hunk_header(text: &[u8]) -> Result<(usize, usize, usize, usize, String)
         .ok_or("expected ` @@` after the new range")?;
     let range = |range: &str| -> Result<(usize, usize), &'static str> {
         let (start, count) = match range.split_once(',') {
-            Some((start, count)) => (start, count.parse().map_err(|_| "bad line count")?),
+            Some((start, count)) => (
+                start,
+                number(count, "bad line count", "line count is too large")?,
+            ),
             None => (range, 1),
         };
-        Ok((start.parse().map_err(|_| "bad line number")?, count))
+        let start = number(start, "bad line number", "line number is too large")?;
+        if start > MAX_LINE_NUMBER {
+            return Err("line number is larger than any file's line count can be");
+        }
+        Ok((start, count))
     };
     let (old_start, old_count) = range(old)?;
     let (new_start, new_count) = range(new)?;
@@ -920,11 +977,29 @@ fn split_git_header(rest: &[u8]) -> Option<(String, String)> {
         return None;
     }
     let text = std::str::from_utf8(rest).ok()?;
-    let spaces: Vec<usize> = text.match_indices(' ').map(|(i, _)| i).collect();
-    for &space in &spaces {
+    let bytes = text.as_bytes();
+    // Each space with the first `/` after it (the end of the new name's first component),
+    // found in one pass from the end, so a line of many spaces stays linear.
+    let mut spaces: Vec<(usize, Option<usize>)> = Vec::new();
+    let mut next_slash = None;
+    for (i, &byte) in bytes.iter().enumerate().rev() {
+        match byte {
+            b'/' => next_slash = Some(i),
+            b' ' => spaces.push((i, next_slash)),
+            _ => {}
+        }
+    }
+    spaces.reverse();
+    let first_slash = bytes.iter().position(|&b| b == b'/');
+    for &(space, new_slash) in &spaces {
         let (old, new) = (&text[..space], &text[space + 1..]);
-        let same_rest = match (old.split_once('/'), new.split_once('/')) {
-            (Some((_, old_rest)), Some((_, new_rest))) => old_rest == new_rest,
+        // The names minus their first components. String equality compares lengths
+        // first, and only one space can give equal lengths (the rest of the new name
+        // shrinks as the space moves right, while that of the old one grows).
+        let same_rest = match (first_slash.filter(|&f| f < space), new_slash) {
+            (Some(old_slash), Some(new_slash)) => {
+                text[old_slash + 1..space] == text[new_slash + 1..]
+            }
             _ => false,
         };
         if old == new || same_rest {
@@ -932,7 +1007,7 @@ fn split_git_header(rest: &[u8]) -> Option<(String, String)> {
         }
     }
     match spaces.as_slice() {
-        [space] => Some((text[..*space].to_owned(), text[space + 1..].to_owned())),
+        [(space, _)] => Some((text[..*space].to_owned(), text[space + 1..].to_owned())),
         _ => None,
     }
 }
@@ -1011,7 +1086,14 @@ fn is_epoch_timestamp(rest: &[u8]) -> bool {
         return false;
     };
     let zone = parts.next().unwrap_or("+0000");
-    let number = |s: &str| s.parse::<i64>().ok();
+    // At most four digits a field: the arithmetic below never sees a number large enough
+    // to overflow, whatever the patch says.
+    let number = |s: &str| {
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<i64>().ok()
+    };
     let date: Vec<Option<i64>> = date.split('-').map(number).collect();
     let Some(time) = time.split('.').next() else {
         return false;
@@ -1211,14 +1293,99 @@ mod tests {
         assert_eq!((err.line, err.hunk), (6, Some(1)));
         assert!(matches!(err.kind, PatchErrorKind::ExtraHunkLine { .. }));
 
-        let err = parse("--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n").unwrap_err();
+        let err = parse("--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n-b\n").unwrap_err();
+        assert_eq!((err.line, err.hunk), (5, Some(1)));
         assert!(matches!(
             err.kind,
             PatchErrorKind::TruncatedHunk {
-                old_left: 1,
+                old_left: 0,
                 new_left: 1
             }
         ));
+    }
+
+    #[test]
+    fn hunk_counts_are_bounded_by_the_patch() {
+        // Regression: a count of 2^64-1 was accepted by the header parser and only failed,
+        // as a truncated hunk, after reading the rest of the patch.
+        let err =
+            parse("--- a/f\n+++ b/f\n@@ -1,18446744073709551615 +1 @@\n-a\n+b\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.file.as_deref(), err.hunk),
+            (3, Some("f"), Some(1))
+        );
+        assert_eq!(
+            err.kind,
+            PatchErrorKind::HunkTooLong {
+                text: "@@ -1,18446744073709551615 +1 @@".into(),
+                old_count: usize::MAX,
+                new_count: 1,
+                available: 2,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "patch line 3, file `f`, hunk 1: hunk header \"@@ -1,18446744073709551615 +1 @@\" \
+             claims 18446744073709551615 old and 1 new lines, more than the 2 lines left in the \
+             patch (truncated patch, or wrong counts)"
+        );
+        // The new side too, and a patch cut short after a hunk header.
+        assert!(matches!(
+            kind_of("--- a/f\n+++ b/f\n@@ -1 +1,18446744073709551615 @@\n-a\n+b\n"),
+            PatchErrorKind::HunkTooLong {
+                new_count: usize::MAX,
+                available: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            kind_of("--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n"),
+            PatchErrorKind::HunkTooLong {
+                old_count: 2,
+                new_count: 2,
+                available: 1,
+                ..
+            }
+        ));
+        // Exactly as many lines as the counts need is fine.
+        let patch = parse("--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n a\n b\n").unwrap();
+        assert_eq!(patch.files[0].hunks[0].lines.len(), 2);
+
+        let reason = |patch: &str| match kind_of(patch) {
+            PatchErrorKind::BadHunkHeader { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        // Numbers past 64 bits, and line numbers past any file's length.
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -1,99999999999999999999999 +1 @@\n-a\n+b\n"),
+            "line count is too large"
+        );
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -99999999999999999999999 +1 @@\n-a\n+b\n"),
+            "line number is too large"
+        );
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -1 +18446744073709551615 @@\n-a\n+b\n"),
+            "line number is larger than any file's line count can be"
+        );
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -9223372036854775808 +1 @@\n-a\n+b\n"),
+            "line number is larger than any file's line count can be"
+        );
+        assert!(parse("--- a/f\n+++ b/f\n@@ -9223372036854775807 +1 @@\n-a\n+b\n").is_ok());
+        // Signs and spaces are not digits.
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -+1 +1 @@\n-a\n+b\n"),
+            "bad line number"
+        );
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -1,+1 +1 @@\n-a\n+b\n"),
+            "bad line count"
+        );
+        assert_eq!(
+            reason("--- a/f\n+++ b/f\n@@ -1, +1 @@\n-a\n+b\n"),
+            "bad line count"
+        );
     }
 
     #[test]

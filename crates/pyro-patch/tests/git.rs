@@ -12,15 +12,26 @@ use std::process::{Command, Output};
 
 use proptest::prelude::*;
 use pyro_patch::{
-    ApplyError, FileState, HunkFailure, Node, Outcome, PatchErrorKind, Tree, Unsupported, apply,
-    diff_trees, parse, parse_bytes,
+    ApplyError, BlobHasher, FileState, HunkFailure, Node, Outcome, PatchErrorKind, Tree,
+    Unsupported, apply, diff_trees, parse, parse_bytes,
 };
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 
 fn git(dir: &Path, args: &[&str]) -> Output {
-    let output = Command::new("git")
+    let output = git_try(dir, args);
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs git and returns its output, whether it succeeded or not.
+fn git_try(dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
         .args([
             "-c",
             "user.name=t",
@@ -35,13 +46,7 @@ fn git(dir: &Path, args: &[&str]) -> Output {
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("LC_ALL", "C")
         .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+        .expect("git runs")
 }
 
 fn file(content: impl AsRef<[u8]>) -> Node {
@@ -101,6 +106,7 @@ fn write_tree(root: &Path, tree: &Tree) {
                 fs::create_dir_all(&full).unwrap();
                 fs::set_permissions(&full, fs::Permissions::from_mode(*mode)).unwrap();
             }
+            Node::Large { .. } => panic!("{path}: a Large node has no content to write"),
         }
     }
 }
@@ -165,7 +171,7 @@ fn state_of(tree: &Tree, path: &str) -> Option<FileState> {
             content: target.as_bytes().to_vec(),
             mode: 0o120777,
         }),
-        Node::Dir { .. } => None,
+        Node::Dir { .. } | Node::Large { .. } => None,
     }
 }
 
@@ -482,6 +488,149 @@ fn git_binary_files() {
     let diff = diff_trees(&old, &new);
     assert_eq!(diff.summary.non_text, 3);
     assert_eq!(diff.summary.text_patched, 0);
+}
+
+/// `tree` with every regular file replaced by the [`Node::Large`] of the same content.
+fn as_large(tree: &Tree) -> Tree {
+    tree.iter()
+        .map(|(path, node)| {
+            let node = match node {
+                Node::File { content, mode } => {
+                    let mut hasher = BlobHasher::new(content.len() as u64);
+                    for piece in content.chunks(2) {
+                        hasher.update(piece);
+                    }
+                    Node::Large {
+                        size: content.len() as u64,
+                        id: hasher.finish(),
+                        mode: *mode,
+                    }
+                }
+                other => other.clone(),
+            };
+            (path.clone(), node)
+        })
+        .collect()
+}
+
+#[test]
+fn git_applies_large_file_stanzas() {
+    let old = tree(vec![
+        ("img.bin", file([0u8, 1, 2, 3, 255])),
+        ("notes.txt", file("a\nb\n")),
+        ("gone.bin", file([0u8; 4])),
+        ("run", file("#!/bin/sh\n")),
+        ("same.txt", file("same\n")),
+    ]);
+    let new = tree(vec![
+        ("img.bin", file([0u8, 1, 2, 4, 255])),
+        ("notes.txt", file("a\nc\n")),
+        ("new.bin", exe([0u8, 7, 7, 7, 7])),
+        ("run", exe("#!/bin/sh\n")),
+        ("same.txt", file("same\n")),
+        ("empty", file("")),
+    ]);
+    // A repository holding both trees' blobs (as the host's would), checked out at the old.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    git(root, &["init", "-q"]);
+    write_tree(root, &new);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "new"]);
+    clear_worktree(root);
+    write_tree(root, &old);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "old"]);
+
+    let sides = [
+        (as_large(&old), as_large(&new)),
+        (old.clone(), as_large(&new)),
+        (as_large(&old), new.clone()),
+    ];
+    for (a, b) in &sides {
+        let diff = diff_trees(a, b);
+        let statuses: Vec<(&str, bool)> = diff
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.text_patch.is_some()))
+            .collect();
+        // Everything with content is binary; the empty file and the mode change keep a
+        // text patch.
+        assert_eq!(
+            statuses,
+            [
+                ("empty", true),
+                ("gone.bin", false),
+                ("img.bin", false),
+                ("new.bin", false),
+                ("notes.txt", false),
+                ("run", true),
+            ]
+        );
+        let patch_file = root.join(".git").join("large.patch");
+        fs::write(&patch_file, &diff.patch).unwrap();
+        let patch_arg = patch_file.to_str().unwrap();
+        git(root, &["apply", "--check", patch_arg]);
+        git(root, &["apply", patch_arg]);
+        assert_eq!(
+            normalized(&read_tree(root)),
+            normalized(&new),
+            "{}",
+            diff.patch
+        );
+        git(root, &["reset", "-q", "--hard"]);
+        git(root, &["clean", "-q", "-f", "-d"]);
+        assert_eq!(normalized(&read_tree(root)), normalized(&old));
+    }
+    // Where both sides are binary anyway, large or held gives the same patch.
+    let binaries = |t: &Tree| -> Tree {
+        t.iter()
+            .filter(|(p, _)| p.ends_with(".bin"))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect()
+    };
+    let held = diff_trees(&binaries(&old), &binaries(&new));
+    for (a, b) in &sides {
+        assert_eq!(diff_trees(&binaries(a), &binaries(b)), held);
+    }
+}
+
+#[test]
+fn git_and_we_refuse_mode_lines_that_change_the_file_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    git(root, &["init", "-q"]);
+    let old = tree(vec![("f", file("target")), ("l", link("x"))]);
+    write_tree(root, &old);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "old"]);
+    for (path, patch) in [
+        (
+            "f",
+            "diff --git a/f b/f\nold mode 100644\nnew mode 120000\n",
+        ),
+        (
+            "l",
+            "diff --git a/l b/l\nold mode 120000\nnew mode 100644\n",
+        ),
+        (
+            "l",
+            "diff --git a/l b/l\nold mode 120000\nnew mode 100755\n",
+        ),
+    ] {
+        let patch_file = root.join(".git").join("mode.patch");
+        fs::write(&patch_file, patch).unwrap();
+        let output = git_try(root, &["apply", "--check", patch_file.to_str().unwrap()]);
+        assert!(!output.status.success(), "git applied {patch:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("does not match old mode"), "{stderr}");
+
+        let err = apply(&parse(patch).unwrap(), |p| state_of(&old, p)).unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::TypeChangingMode { path: p, .. } if p == path),
+            "{err}"
+        );
+    }
 }
 
 #[test]
