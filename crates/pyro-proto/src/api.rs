@@ -10,6 +10,19 @@
 //! (`src/a.rs`) or absolute under the root (`/workspace/src/a.rs`); `..` is refused. Bulk
 //! bytes travel as `DATA` messages of at most [`DATA_CHUNK`] bytes, so files and archives of
 //! any size stream under flow control instead of being buffered.
+//!
+//! # Limits
+//!
+//! The host does not trust the agent's replies: whatever a reply declares, what the client
+//! side keeps in memory is bounded by the caller's request or by a limit here. A reply beyond
+//! it is a [`CallError::Unexpected`]; a request beyond one of the input limits is refused
+//! before anything is sent, as [`CallError::Invalid`].
+//!
+//! - one request: [`MAX_REQUEST_BYTES`] of JSON (it travels as one message);
+//! - exec stdin: [`MAX_STDIN_BYTES`] (the agent buffers it before the process starts);
+//! - [`read_file`]: `max_bytes`, at most [`READ_FILE_MAX_BYTES`] (also when none is given);
+//! - [`list_files`]: `max_entries` ([`LIST_MAX_ENTRIES_DEFAULT`] when none is given);
+//! - every JSON reply: one message ([`Message::MAX_BODY`] bytes).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -52,6 +65,26 @@ pub enum Request {
     /// new `/etc/machine-id`. The host sends it before anything
     /// else after a restore; answered with a [`ReseedResult`].
     Reseed(Reseed),
+}
+
+impl Request {
+    /// Bytes of the request's JSON encoding (what [`MAX_REQUEST_BYTES`] limits), computed
+    /// without building it.
+    pub fn encoded_len(&self) -> Result<usize, ProtoError> {
+        struct Count(usize);
+        impl io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0 = self.0.saturating_add(buf.len());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        serde_json::to_writer(&mut n, self).map_err(|source| ProtoError::Json { source })?;
+        Ok(n.0)
+    }
 }
 
 /// What to run.
@@ -181,6 +214,18 @@ fn yes() -> bool {
 
 /// Largest body of one `DATA` message that file operations send (either direction).
 pub const DATA_CHUNK: usize = 64 * 1024;
+
+/// Largest encoded (JSON) request: a request travels as one `REQUEST` message, so it must fit
+/// one frame with the default limits.
+pub const MAX_REQUEST_BYTES: usize = Message::MAX_BODY;
+
+/// Largest stdin an exec may carry (the agent buffers it in guest memory before the process
+/// starts, and refuses more).
+pub const MAX_STDIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most bytes [`read_file`] takes into memory: its `max_bytes` may not be larger, and a
+/// request without one asks for this many.
+pub const READ_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Entries a [`ListFiles`] returns when it names no `max_entries`.
 pub const LIST_MAX_ENTRIES_DEFAULT: u64 = 10_000;
@@ -573,7 +618,9 @@ pub async fn call<R: DeserializeOwned>(session: &Session, req: &Request) -> Resu
 }
 
 /// Runs a process through the agent. Output chunks are handed to `on_output` as they arrive;
-/// `stdin`, when given, is sent before the agent is told the input ended.
+/// `stdin`, when given, is sent before the agent is told the input ended. A `stdin` larger
+/// than [`MAX_STDIN_BYTES`] is refused before anything is sent; when the agent refuses the
+/// call while input is still being sent, its error is returned (not the broken stream).
 pub async fn exec<F>(
     session: &Session,
     mut req: ExecRequest,
@@ -583,6 +630,16 @@ pub async fn exec<F>(
 where
     F: FnMut(Output),
 {
+    if let Some(data) = &stdin
+        && data.len() > MAX_STDIN_BYTES
+    {
+        return Err(CallError::Invalid {
+            detail: format!(
+                "stdin of {} bytes exceeds the limit of {MAX_STDIN_BYTES} bytes",
+                data.len()
+            ),
+        });
+    }
     req.stdin = stdin.is_some();
     let stream = session.open()?;
     let (mut tx, mut rx) = stream.split();
@@ -591,9 +648,12 @@ where
     // Input is sent concurrently with reading output so neither side can block the other.
     let sender = async move {
         if let Some(data) = stdin {
-            for chunk in data.chunks(Message::MAX_BODY / 2) {
-                tx.send(Message::new(MsgKind::STDIN, Bytes::copy_from_slice(chunk)))
+            let mut off = 0;
+            while off < data.len() {
+                let end = (off + Message::MAX_BODY / 2).min(data.len());
+                tx.send(Message::new(MsgKind::STDIN, data.slice(off..end)))
                     .await?;
+                off = end;
             }
         }
         tx.finish()?;
@@ -621,9 +681,15 @@ where
         }
     };
     let (sent, result) = tokio::join!(sender, receiver);
-    // Keep the send half alive until the result is in, so the stream is not reset early.
-    let _tx = sent?;
-    result
+    match (sent, result) {
+        // The agent refused the call (too much input, say) and dropped the stream, which
+        // broke the sending: its error is the explanation.
+        (_, Err(CallError::Agent(e))) => Err(CallError::Agent(e)),
+        (Err(e), _) => Err(e.into()),
+        // The send half was kept alive until the result was in, so the stream was not reset
+        // early.
+        (Ok(_tx), result) => result,
+    }
 }
 
 /// Receives a call's reply: `DATA` bodies go to `on_data`, `EVENT`s are skipped, and the
@@ -707,7 +773,8 @@ where
 
 /// Lists a file or a directory inside the guest. The agent streams the entries as `DATA`
 /// messages (each a JSON array of [`FileEntry`]) before the [`FileList`]; they are collected
-/// here, at most `max_entries` of them, whatever the agent sends.
+/// here, at most `max_entries` of them (those of the final [`FileList`] included), whatever
+/// the agent sends.
 pub async fn list_files(session: &Session, req: ListFiles) -> Result<FileList, CallError> {
     let limit = req.max_entries.unwrap_or(LIST_MAX_ENTRIES_DEFAULT);
     let mut stream = session.open()?;
@@ -729,15 +796,37 @@ pub async fn list_files(session: &Session, req: ListFiles) -> Result<FileList, C
         Ok(())
     })
     .await?;
+    if (entries.len() + res.entries.len()) as u64 > limit {
+        return Err(CallError::Unexpected {
+            detail: format!("the agent listed more than the {limit} entries asked for"),
+        });
+    }
     entries.append(&mut res.entries);
     res.entries = entries;
     Ok(res)
 }
 
 /// Reads (the start of) a regular file inside the guest. At most `req.max_bytes` bytes are
-/// accepted from the agent, whatever it sends.
-pub async fn read_file(session: &Session, req: ReadFile) -> Result<(FileRead, Vec<u8>), CallError> {
-    let limit = req.max_bytes;
+/// accepted from the agent, whatever it sends; without `max_bytes` the request asks for
+/// [`READ_FILE_MAX_BYTES`] (`truncated` then says whether the file is longer), and a larger
+/// `max_bytes` is refused as [`CallError::Invalid`].
+pub async fn read_file(
+    session: &Session,
+    mut req: ReadFile,
+) -> Result<(FileRead, Vec<u8>), CallError> {
+    let limit = match req.max_bytes {
+        None => READ_FILE_MAX_BYTES,
+        Some(max) if max > READ_FILE_MAX_BYTES => {
+            return Err(CallError::Invalid {
+                detail: format!(
+                    "max_bytes {max} exceeds the limit of {READ_FILE_MAX_BYTES} bytes read \
+                     into memory"
+                ),
+            });
+        }
+        Some(max) => max,
+    };
+    req.max_bytes = Some(limit);
     let mut stream = session.open()?;
     stream
         .send(Message::json(MsgKind::REQUEST, &Request::ReadFile(req))?)
@@ -747,19 +836,16 @@ pub async fn read_file(session: &Session, req: ReadFile) -> Result<(FileRead, Ve
     let mut data = Vec::new();
     let res: FileRead = recv_reply(&mut rx, "read_file", |chunk: Bytes| {
         let len = (data.len() + chunk.len()) as u64;
-        if limit.is_some_and(|max| len > max) {
+        if len > limit {
             return Err(CallError::Unexpected {
-                detail: format!(
-                    "the agent sent more than the {} bytes asked for",
-                    limit.unwrap_or(0)
-                ),
+                detail: format!("the agent sent more than the {limit} bytes asked for"),
             });
         }
         data.extend_from_slice(&chunk);
         Ok(())
     })
     .await?;
-    let expected = limit.map_or(res.size_bytes, |max| res.size_bytes.min(max));
+    let expected = res.size_bytes.min(limit);
     if data.len() as u64 != expected && !res.truncated {
         return Err(CallError::Unexpected {
             detail: format!(
@@ -1008,6 +1094,26 @@ mod tests {
         }
         let v = serde_json::json!({"op": "reseed", "entropy_hex": "00", "unix_nanos": 1, "x": 1});
         assert!(serde_json::from_value::<Request>(v).is_err());
+    }
+
+    #[test]
+    fn encoded_len_is_the_json_length() {
+        let mut env = BTreeMap::new();
+        env.insert("K".to_string(), "v\u{1}\"é".to_string());
+        let req = Request::Exec(ExecRequest {
+            command: Command::Argv(vec!["a b".into(), "\n\t".into()]),
+            cwd: Some("/w".into()),
+            env,
+            timeout_ms: Some(u64::MAX),
+            max_output_bytes: None,
+            stdin: true,
+        });
+        let json = serde_json::to_vec(&req).unwrap();
+        assert_eq!(req.encoded_len().unwrap(), json.len());
+        assert_eq!(
+            Message::json(MsgKind::REQUEST, &req).unwrap().body.len(),
+            json.len()
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!
 //! Frames never depend on message boundaries of the transport: a decoder fed any split of the
 //! byte stream yields the same frames (see the property tests).
+//!
+//! The peer is not trusted: the only number it controls here is `len`, and it is checked
+//! against the decoder's limit ([`MAX_FRAME_PAYLOAD`] by default) before a single payload byte
+//! is buffered, so a decoder never holds more than `HEADER_LEN + limit` bytes for one frame.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -134,19 +138,26 @@ impl Decoder {
             FrameKind::from_u8(kind_byte).ok_or(FrameError::UnknownKind { kind: kind_byte })?;
         let stream = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
         let len = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
+        let too_large = FrameError::TooLarge {
+            len,
+            max: self.max_payload,
+        };
         if len > self.max_payload {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_payload,
-            });
+            return Err(too_large);
         }
-        let total = HEADER_LEN + len as usize;
+        // Only reachable on targets where `usize` is narrower than the limit.
+        let Some(total) = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(HEADER_LEN))
+        else {
+            return Err(too_large);
+        };
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);
         }
         src.advance(HEADER_LEN);
-        let payload = src.split_to(len as usize).freeze();
+        let payload = src.split_to(total - HEADER_LEN).freeze();
         Ok(Some(Frame {
             kind,
             stream,
@@ -220,6 +231,34 @@ mod tests {
             Decoder::new(16).decode(&mut buf),
             Err(FrameError::TooLarge { len: 17, max: 16 })
         );
+    }
+
+    #[test]
+    fn declared_length_reserves_at_most_one_frame() {
+        // A header declaring the largest allowed payload reserves room for it, no more.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[2u8, 0, 0, 0, 1]);
+        buf.extend_from_slice(&MAX_FRAME_PAYLOAD.to_be_bytes());
+        assert_eq!(Decoder::new(MAX_FRAME_PAYLOAD).decode(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 2 * (HEADER_LEN + MAX_FRAME_PAYLOAD as usize));
+        // One byte more is refused without reserving anything.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[2u8, 0, 0, 0, 1]);
+        buf.extend_from_slice(&(MAX_FRAME_PAYLOAD + 1).to_be_bytes());
+        let cap = buf.capacity();
+        assert_eq!(
+            Decoder::new(MAX_FRAME_PAYLOAD).decode(&mut buf),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME_PAYLOAD + 1,
+                max: MAX_FRAME_PAYLOAD
+            })
+        );
+        assert_eq!(buf.capacity(), cap);
+        let mut buf = BytesMut::from(&[2u8, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            Decoder::new(MAX_FRAME_PAYLOAD).decode(&mut buf),
+            Err(FrameError::TooLarge { len: u32::MAX, .. })
+        ));
     }
 
     #[test]

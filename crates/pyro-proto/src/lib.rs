@@ -81,7 +81,9 @@ impl Message {
         Ok(Self::new(kind, body))
     }
 
-    /// Parses the body as JSON.
+    /// Parses the body as JSON. The body is at most one frame ([`Message::MAX_BODY`] bytes),
+    /// which bounds what parsing allocates; nesting deeper than `serde_json`'s recursion limit
+    /// (128) is an error, not a stack overflow.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ProtoError> {
         serde_json::from_slice(&self.body).map_err(|source| ProtoError::Json { source })
     }
@@ -99,7 +101,9 @@ impl Message {
         dst.put_slice(&self.body);
     }
 
-    pub(crate) fn decode(mut payload: Bytes) -> Result<Self, ProtoError> {
+    /// Decodes the payload of a `Data` frame: a kind byte, then the body (which shares
+    /// `payload`'s buffer, so nothing is copied or allocated). An empty payload is an error.
+    pub fn decode(mut payload: Bytes) -> Result<Self, ProtoError> {
         if payload.is_empty() {
             return Err(ProtoError::Protocol {
                 detail: "empty data frame".into(),

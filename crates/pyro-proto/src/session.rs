@@ -9,9 +9,34 @@
 //! of message bytes in flight; the receiver grants credit back as its application consumes
 //! messages. A slow consumer therefore stalls only its own stream, never the session, and no
 //! side buffers more than `window` bytes per stream.
+//!
+//! # Limits against a hostile peer
+//!
+//! The host treats everything the guest sends as hostile, so every buffer or queue whose size
+//! the peer could drive has a bound; breaking one ends the session with a protocol error
+//! (never a panic or an unbounded allocation):
+//!
+//! - one frame: [`Config::max_frame`] payload bytes, checked before it is buffered;
+//! - message data queued for the application: the receive window per stream
+//!   ([`Config::window`]); data beyond the granted credit, data after `End`, and a second
+//!   `End` are protocol errors;
+//! - frames queued in answer to the peer (pongs, refusals of streams it opens) and not yet
+//!   written: [`MAX_PENDING_REPLIES`]; a peer that keeps asking without reading is cut off;
+//! - credit grants: at most one pending `Window` frame per stream (grants coalesce while the
+//!   transport is busy), however many messages the application consumes;
+//! - ping payloads: [`MAX_PING_PAYLOAD`] bytes; reset reasons kept: [`MAX_RESET_REASON`];
+//! - streams open at once: [`MAX_STREAMS`]; the peer's `Open` beyond it is refused;
+//! - our own data queued towards the peer: its announced window, clamped to
+//!   [`MAX_PEER_WINDOW`], per stream (credit the peer grants never exceeds that window).
+//!
+//! One bound is looser than the rest: each queued message costs about 64 bytes of
+//! bookkeeping and header besides its body, so a peer sending one-byte messages to a stream
+//! whose application does not read can make it hold some 32 times its window (32 MiB per
+//! stream with the default 1 MiB window, measured). Tightening that needs a flow-control
+//! change on both sides (charging a per-message overhead against the window).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +50,26 @@ use crate::{Message, PROTOCOL_VERSION, ProtoError};
 
 const MAGIC: &[u8; 4] = b"PYRO";
 const HELLO_LEN: usize = 4 + 2 + 2 + 4 + 4;
+
+/// Most payload bytes a `Ping` (and so the `Pong` answering it) may carry; ours carry 8. A
+/// larger ping is a protocol error.
+pub const MAX_PING_PAYLOAD: usize = 64;
+
+/// Most frames a session keeps queued in answer to the peer (pongs, `Reset`s refusing streams
+/// it opened) while its transport does not take them. A peer that keeps asking without
+/// reading the answers past this is cut off with a protocol error.
+pub const MAX_PENDING_REPLIES: usize = 1024;
+
+/// Most streams open at once on one session (either side's); an `Open` from the peer beyond
+/// it is refused with a `Reset`.
+pub const MAX_STREAMS: usize = 1024;
+
+/// Largest receive window of the peer this side honours: a larger announced window is
+/// clamped to it, so a peer cannot make us queue more than this per stream towards it.
+pub const MAX_PEER_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Longest reason of a peer's `Reset` kept (longer ones are cut at a character boundary).
+pub const MAX_RESET_REASON: usize = 1024;
 
 /// Tunables of a session. Both ends may choose different values; each side honours the
 /// window and frame size the *peer* announced.
@@ -74,6 +119,9 @@ enum Inbound {
 /// Send credit of one stream direction.
 struct Credit {
     avail: Mutex<u64>,
+    /// Most credit we can have: the peer's (clamped) window. A well-behaved peer never grants
+    /// past it; a hostile one is not allowed to make us queue more.
+    cap: u64,
     notify: Notify,
     dead: AtomicBool,
     reason: Mutex<Option<String>>,
@@ -83,10 +131,18 @@ impl Credit {
     fn new(initial: u32) -> Self {
         Self {
             avail: Mutex::new(u64::from(initial)),
+            cap: u64::from(initial),
             notify: Notify::new(),
             dead: AtomicBool::new(false),
             reason: Mutex::new(None),
         }
+    }
+
+    fn grant(&self, amount: u64) {
+        let mut avail = self.avail.lock().unwrap_or_else(|p| p.into_inner());
+        *avail = avail.saturating_add(amount).min(self.cap);
+        drop(avail);
+        self.notify.notify_waiters();
     }
 
     fn kill(&self, reason: &str) {
@@ -103,6 +159,33 @@ struct Slot {
     credit: Arc<Credit>,
     /// How many more message bytes the peer may send us before we grant more.
     recv_budget: u64,
+    /// Whether the peer ended its side (nothing more may arrive but a `Reset`).
+    peer_ended: bool,
+    /// Credit granted by the application and not yet taken by the writer; non-zero exactly
+    /// while an [`Outbound::Grant`] for this stream is queued.
+    grant_queued: u64,
+}
+
+impl Slot {
+    fn new(tx: mpsc::UnboundedSender<Inbound>, credit: Arc<Credit>, window: u32) -> Self {
+        Self {
+            tx,
+            credit,
+            recv_budget: u64::from(window),
+            peer_ended: false,
+            grant_queued: 0,
+        }
+    }
+}
+
+/// What the writer task sends.
+enum Outbound {
+    /// A frame of our own.
+    Frame(Frame),
+    /// A frame in answer to the peer; counted in [`Shared::replies`] until written.
+    Reply(Frame),
+    /// Grant the credit accumulated in the stream's [`Slot::grant_queued`].
+    Grant(u32),
 }
 
 struct State {
@@ -116,8 +199,12 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    out: mpsc::UnboundedSender<Frame>,
+    out: mpsc::UnboundedSender<Outbound>,
+    /// Reply frames queued and not yet written (see [`MAX_PENDING_REPLIES`]).
+    replies: AtomicUsize,
     peer: PeerInfo,
+    /// The peer's window, clamped to [`MAX_PEER_WINDOW`]: our send credit per stream.
+    send_window: u32,
     config: Config,
     closed_notify: Notify,
 }
@@ -130,9 +217,26 @@ impl Shared {
     }
 
     fn send_frame(&self, frame: Frame) -> Result<(), ProtoError> {
-        self.out.send(frame).map_err(|_| ProtoError::SessionClosed {
-            reason: self.close_reason(),
-        })
+        self.out
+            .send(Outbound::Frame(frame))
+            .map_err(|_| ProtoError::SessionClosed {
+                reason: self.close_reason(),
+            })
+    }
+
+    /// Queues a frame answering the peer; an `Err` (the peer is not reading its answers) is a
+    /// protocol violation.
+    fn send_reply(&self, frame: Frame) -> Result<(), String> {
+        if self.replies.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_REPLIES {
+            self.replies.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!(
+                "the peer does not read its answers ({MAX_PENDING_REPLIES} pongs or refusals \
+                 pending)"
+            ));
+        }
+        // A closed session drops the answer; the reader notices the end on its own.
+        let _ = self.out.send(Outbound::Reply(frame));
+        Ok(())
     }
 
     fn close_reason(&self) -> String {
@@ -145,9 +249,11 @@ impl Shared {
     fn shut(&self, reason: &str) {
         // Tells the writer to finish: it writes this frame (if the transport still works) and
         // exits, releasing the transport.
-        let _ = self
-            .out
-            .send(Frame::new(FrameKind::GoAway, 0, Bytes::new()));
+        let _ = self.out.send(Outbound::Frame(Frame::new(
+            FrameKind::GoAway,
+            0,
+            Bytes::new(),
+        )));
         let slots: Vec<Slot> = {
             let mut st = self.lock();
             if st.closed.is_none() {
@@ -265,6 +371,7 @@ impl Session {
             after: config.handshake_timeout,
         })??;
         let peer = parse_hello(&hello)?;
+        let send_window = peer.window.min(MAX_PEER_WINDOW);
 
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (accept_tx, accept_rx) = mpsc::unbounded_channel();
@@ -282,7 +389,9 @@ impl Session {
                 next_ping: 0,
             }),
             out: out_tx,
+            replies: AtomicUsize::new(0),
             peer,
+            send_window,
             config: config.clone(),
             closed_notify: Notify::new(),
         });
@@ -340,15 +449,9 @@ impl Session {
             let id = st.next_id;
             st.next_id = st.next_id.wrapping_add(2);
             let (tx, rx) = mpsc::unbounded_channel();
-            let credit = Arc::new(Credit::new(shared.peer.window));
-            st.streams.insert(
-                id,
-                Slot {
-                    tx,
-                    credit: credit.clone(),
-                    recv_budget: u64::from(shared.config.window),
-                },
-            );
+            let credit = Arc::new(Credit::new(shared.send_window));
+            st.streams
+                .insert(id, Slot::new(tx, credit.clone(), shared.config.window));
             (id, rx, credit)
         };
         shared.send_frame(Frame::new(FrameKind::Open, id, Bytes::new()))?;
@@ -415,33 +518,69 @@ fn parse_hello(frame: &Frame) -> Result<PeerInfo, ProtoError> {
     })
 }
 
+/// What the writer put into one batch.
+#[derive(Default)]
+struct Batch {
+    replies: usize,
+    goaway: bool,
+}
+
+/// Encodes one queued item into `buf`.
+fn encode_outbound(item: Outbound, buf: &mut BytesMut, shared: &Shared, batch: &mut Batch) {
+    match item {
+        Outbound::Frame(frame) => {
+            batch.goaway |= frame.kind == FrameKind::GoAway;
+            frame.encode(buf);
+        }
+        Outbound::Reply(frame) => {
+            batch.replies += 1;
+            frame.encode(buf);
+        }
+        Outbound::Grant(id) => {
+            let amount = shared
+                .lock()
+                .streams
+                .get_mut(&id)
+                .map_or(0, |slot| std::mem::take(&mut slot.grant_queued));
+            if amount > 0 {
+                // `grant_queued` is capped at `u32::MAX` where it accumulates.
+                let amount = u32::try_from(amount).unwrap_or(u32::MAX);
+                Frame::new(FrameKind::Window, id, amount.to_be_bytes().to_vec()).encode(buf);
+            }
+        }
+    }
+}
+
 async fn writer_task<W: AsyncWrite>(
     wr: W,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
     shared: Arc<Shared>,
 ) {
     tokio::pin!(wr);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
-        let goaway = frame.kind == FrameKind::GoAway;
-        frame.encode(&mut buf);
+    while let Some(item) = rx.recv().await {
+        let mut batch = Batch::default();
+        encode_outbound(item, &mut buf, &shared, &mut batch);
         // Batch whatever else is queued into the same write.
-        while buf.len() < 256 * 1024 {
+        while buf.len() < 256 * 1024 && !batch.goaway {
             match rx.try_recv() {
-                Ok(f) => f.encode(&mut buf),
+                Ok(item) => encode_outbound(item, &mut buf, &shared, &mut batch),
                 Err(_) => break,
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            shared.shut(&format!("write failed: {e}"));
-            return;
+        if !buf.is_empty() {
+            if let Err(e) = wr.write_all(&buf).await {
+                shared.shut(&format!("write failed: {e}"));
+                return;
+            }
+            buf.clear();
+            if let Err(e) = wr.flush().await {
+                shared.shut(&format!("flush failed: {e}"));
+                return;
+            }
         }
-        buf.clear();
-        if let Err(e) = wr.flush().await {
-            shared.shut(&format!("flush failed: {e}"));
-            return;
-        }
-        if goaway {
+        shared.replies.fetch_sub(batch.replies, Ordering::SeqCst);
+        if batch.goaway {
             let _ = wr.shutdown().await;
             return;
         }
@@ -506,29 +645,35 @@ fn dispatch(
             let mut st = shared.lock();
             let Some(accept) = st.accept_tx.clone() else {
                 drop(st);
-                let _ = shared.send_frame(Frame::new(
+                return shared.send_reply(Frame::new(
                     FrameKind::Reset,
                     id,
                     Bytes::from_static(b"this side accepts no streams"),
                 ));
-                return Ok(());
             };
-            if st.streams.contains_key(&id) || id == 0 {
+            // The client (the only side that accepts no streams) opens odd ids; even ones
+            // are this side's.
+            if id.is_multiple_of(2) {
+                return Err(format!("peer opened stream {id}, an id of this side"));
+            }
+            if st.streams.contains_key(&id) {
                 return Err(format!("peer reopened stream {id}"));
+            }
+            if st.streams.len() >= MAX_STREAMS {
+                drop(st);
+                return shared.send_reply(Frame::new(
+                    FrameKind::Reset,
+                    id,
+                    Bytes::from(format!("too many streams (at most {MAX_STREAMS} at once)")),
+                ));
             }
             let Some(inner) = session.upgrade() else {
                 return Ok(());
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            let credit = Arc::new(Credit::new(shared.peer.window));
-            st.streams.insert(
-                id,
-                Slot {
-                    tx,
-                    credit: credit.clone(),
-                    recv_budget: u64::from(shared.config.window),
-                },
-            );
+            let credit = Arc::new(Credit::new(shared.send_window));
+            st.streams
+                .insert(id, Slot::new(tx, credit.clone(), shared.config.window));
             drop(st);
             let stream = Stream::new(Session { inner }, id, rx, credit);
             let _ = accept.send(stream);
@@ -540,6 +685,12 @@ fn dispatch(
                 // The stream was dropped locally; late data is discarded.
                 return Ok(());
             };
+            if slot.peer_ended {
+                return Err(format!(
+                    "peer sent data on stream {} after ending it",
+                    frame.stream
+                ));
+            }
             let len = frame.payload.len() as u64;
             if len > slot.recv_budget {
                 return Err(format!(
@@ -558,24 +709,29 @@ fn dispatch(
             }
             let mut p = frame.payload;
             let grant = u64::from(p.get_u32());
-            let st = shared.lock();
-            if let Some(slot) = st.streams.get(&frame.stream) {
-                if let Ok(mut avail) = slot.credit.avail.lock() {
-                    *avail = avail.saturating_add(grant);
-                }
-                slot.credit.notify.notify_waiters();
+            let credit = shared
+                .lock()
+                .streams
+                .get(&frame.stream)
+                .map(|slot| slot.credit.clone());
+            if let Some(credit) = credit {
+                credit.grant(grant);
             }
             Ok(())
         }
         FrameKind::End => {
-            let st = shared.lock();
-            if let Some(slot) = st.streams.get(&frame.stream) {
+            let mut st = shared.lock();
+            if let Some(slot) = st.streams.get_mut(&frame.stream) {
+                if slot.peer_ended {
+                    return Err(format!("peer ended stream {} twice", frame.stream));
+                }
+                slot.peer_ended = true;
                 let _ = slot.tx.send(Inbound::End);
             }
             Ok(())
         }
         FrameKind::Reset => {
-            let reason = String::from_utf8_lossy(&frame.payload).into_owned();
+            let reason = reset_reason(&frame.payload);
             let slot = shared.lock().streams.remove(&frame.stream);
             if let Some(slot) = slot {
                 slot.credit.kill(&reason);
@@ -584,8 +740,13 @@ fn dispatch(
             Ok(())
         }
         FrameKind::Ping => {
-            let _ = shared.send_frame(Frame::new(FrameKind::Pong, 0, frame.payload));
-            Ok(())
+            if frame.payload.len() > MAX_PING_PAYLOAD {
+                return Err(format!(
+                    "ping of {} bytes exceeds the limit of {MAX_PING_PAYLOAD} bytes",
+                    frame.payload.len()
+                ));
+            }
+            shared.send_reply(Frame::new(FrameKind::Pong, 0, frame.payload))
         }
         FrameKind::Pong => {
             if frame.payload.len() == 8 {
@@ -599,6 +760,21 @@ fn dispatch(
         }
         FrameKind::GoAway => Err("the peer closed the session".into()),
     }
+}
+
+/// The reason of a peer's `Reset`, lossily decoded and cut to [`MAX_RESET_REASON`] bytes.
+fn reset_reason(payload: &[u8]) -> String {
+    let mut reason =
+        String::from_utf8_lossy(&payload[..payload.len().min(MAX_RESET_REASON)]).into_owned();
+    if reason.len() > MAX_RESET_REASON {
+        // Lossy decoding can grow the text (a cut character becomes U+FFFD).
+        let mut end = MAX_RESET_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 struct StreamCore {
@@ -728,7 +904,7 @@ impl SendHalf {
                 .peer
                 .max_frame
                 .min(shared.config.max_frame)
-                .min(shared.peer.window),
+                .min(shared.send_window),
         );
         if need > max {
             return Err(ProtoError::MessageTooLarge { len: need, max });
@@ -810,24 +986,25 @@ impl RecvHalf {
                 if self.consumed >= window / 4 || self.rx.is_empty() {
                     let grant = self.consumed;
                     self.consumed = 0;
-                    let still_open = {
+                    // Grants coalesce: while one is queued (the transport is busy, or the peer
+                    // does not read), later ones add to it instead of queueing more frames.
+                    let queue = {
                         let mut st = shared.lock();
                         match st.streams.get_mut(&self.core.id) {
                             Some(slot) => {
                                 slot.recv_budget += grant;
-                                true
+                                let first = slot.grant_queued == 0;
+                                slot.grant_queued = slot
+                                    .grant_queued
+                                    .saturating_add(grant)
+                                    .min(u64::from(u32::MAX));
+                                first
                             }
                             None => false,
                         }
                     };
-                    if still_open {
-                        // Bounded by the window, so the cast cannot truncate.
-                        let grant = grant.min(u64::from(u32::MAX)) as u32;
-                        let _ = shared.send_frame(Frame::new(
-                            FrameKind::Window,
-                            self.core.id,
-                            grant.to_be_bytes().to_vec(),
-                        ));
+                    if queue {
+                        let _ = shared.out.send(Outbound::Grant(self.core.id));
                     }
                 }
                 Ok(Some(msg))
