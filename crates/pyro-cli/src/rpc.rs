@@ -819,7 +819,7 @@ async fn call(
             req.mem_mib = a.mem_mib;
             req.ttl_seconds = a.ttl_seconds;
             req.network_policy = a.network_policy;
-            req.seed_path = a.seed_path;
+            req.seed_path = a.seed_path.map(Into::into);
             req.name = a.name;
             req.labels = a.labels.unwrap_or_default();
             req.backend = backend(a.backend)?;
@@ -1055,6 +1055,7 @@ mod tests {
             agent_bin: None,
             max_active_vms: 4,
             boot_timeout: std::time::Duration::from_secs(5),
+            limits: Default::default(),
         })
         .unwrap()
     }

@@ -290,13 +290,12 @@ fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(map)
 }
 
-fn read_text_file(p: &PathBuf, flag: &str) -> anyhow::Result<String> {
-    let meta =
-        std::fs::metadata(p).map_err(|e| input_err(format!("{flag} {}: {e}", p.display())))?;
-    if meta.is_dir() {
-        return Err(input_err(format!("{flag} {} is a directory", p.display())));
-    }
-    let bytes = std::fs::read(p).map_err(|e| input_err(format!("{flag} {}: {e}", p.display())))?;
+/// Reads `--text-file`/`--patch-file`: a regular file of at most `limit` bytes, checked
+/// before it is read (never more than `limit + 1` bytes are read; FIFOs and devices are
+/// refused without blocking).
+fn read_text_file(p: &std::path::Path, flag: &str, limit: usize) -> anyhow::Result<String> {
+    let bytes = pyro_core::hostfs::read_bounded(p, limit as u64)
+        .map_err(|e| input_err(format!("{flag} {}: {e}", p.display())))?;
     String::from_utf8(bytes)
         .map_err(|_| input_err(format!("{flag} {} is not valid UTF-8", p.display())))
 }
@@ -358,7 +357,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             req.vcpu_count = a.vcpu_count;
             req.mem_mib = a.mem_mib;
             req.ttl_seconds = a.ttl_seconds;
-            req.seed_path = a.seed_path;
+            req.seed_path = a.seed_path.map(Into::into);
             req.name = a.name;
             req.labels = labels;
             req.network_policy = a.network_policy;
@@ -495,7 +494,10 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             let f = fail(json);
             let text = match (patch, patch_file) {
                 (Some(t), _) => t,
-                (None, Some(p)) => read_text_file(&p, "--patch-file").map_err(&f)?,
+                (None, Some(p)) => {
+                    read_text_file(&p, "--patch-file", pyro_core::workspace::MAX_PATCH_BYTES)
+                        .map_err(&f)?
+                }
                 (None, None) => return Err(f(input_err("give --patch or --patch-file"))),
             };
             let pyro = open_pyro(None).map_err(&f)?;
@@ -756,7 +758,10 @@ async fn file(cmd: FileCmd) -> Result<ExitCode, Failure> {
             let f = fail(json);
             let text = match (text, text_file) {
                 (Some(t), _) => t,
-                (None, Some(p)) => read_text_file(&p, "--text-file").map_err(&f)?,
+                (None, Some(p)) => {
+                    read_text_file(&p, "--text-file", pyro_core::workspace::MAX_WRITE_BYTES)
+                        .map_err(&f)?
+                }
                 (None, None) => return Err(f(input_err("give --text or --text-file"))),
             };
             let pyro = open_pyro(None).map_err(&f)?;

@@ -491,3 +491,81 @@ fn base_environment_has_bash_but_not_git() {
     assert_eq!(v["environment"], "debian:12-base");
     s.assert_clean();
 }
+
+/// F8 (review of 64dd67c): `--text-file` and `--patch-file` read the whole file before the
+/// 16 MiB check (a 4 GiB file cost 4.2 GB of RSS, `/dev/zero` ran the host out of memory, a
+/// FIFO blocked forever). Now the size is checked first and only regular files are read.
+/// Also: an error message echoes no raw newline and no huge input whole.
+#[test]
+fn host_input_files_are_bounded_before_they_are_read() {
+    let s = Sandbox::new();
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("big.txt");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let fifo = t.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let big = big.to_str().unwrap();
+    let fifo = fifo.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["workspace", "file", "write", "w", "x", "--text-file", big],
+            "larger than the limit of 16777216 bytes",
+        ),
+        (
+            &[
+                "workspace",
+                "file",
+                "write",
+                "w",
+                "x",
+                "--text-file",
+                "/dev/zero",
+            ],
+            "not a regular file (a device)",
+        ),
+        (
+            &["workspace", "file", "write", "w", "x", "--text-file", fifo],
+            "not a regular file (a FIFO)",
+        ),
+        (
+            &["workspace", "patch", "apply", "w", "--patch-file", big],
+            "larger than the limit",
+        ),
+        (
+            &[
+                "workspace",
+                "patch",
+                "apply",
+                "w",
+                "--patch-file",
+                "/dev/zero",
+            ],
+            "not a regular file (a device)",
+        ),
+    ];
+    for (args, needle) in cases {
+        let started = Instant::now();
+        let out = s.pyro(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?} hung");
+    }
+    // One `[error]` line, however many newlines or bytes the input had.
+    let long = format!("a\nb{}", "x".repeat(100_000));
+    let out = s.pyro(&["run", "debian:12", "--cwd", &long, "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.len() < 2_000, "{} bytes echoed", err.len());
+    s.assert_clean();
+}

@@ -50,6 +50,17 @@ async fn start(profile: &str, roots: &[&Path], cwd: &Path) -> Server {
 
 /// [`start`] with more `pyro mcp serve` options.
 async fn start_with(profile: &str, roots: &[&Path], cwd: &Path, extra: &[&str]) -> Server {
+    start_env(profile, roots, cwd, extra, &[]).await
+}
+
+/// [`start_with`] with environment variables for the server.
+async fn start_env(
+    profile: &str,
+    roots: &[&Path],
+    cwd: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let state = tempfile::Builder::new()
         .prefix("pyro-mcp-test-")
         .tempdir()
@@ -65,6 +76,7 @@ async fn start_with(profile: &str, roots: &[&Path], cwd: &Path, extra: &[&str]) 
         cmd.arg("--allow-host-path").arg(r);
     }
     cmd.args(extra);
+    cmd.envs(env.iter().copied());
     let log = std::fs::File::create(state.path().join("server.log")).unwrap();
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(Stdio::from(log))
@@ -703,4 +715,317 @@ async fn vm_run_is_served_from_the_pool_when_the_server_keeps_one() {
         )
         .await;
     assert_ne!(v["boot_mode"], "pooled", "{v}");
+}
+
+/// F1 (review of 64dd67c): an export accepted while its workspace was locked, whose output's
+/// parent then became a symlink out of the allowed root, must not follow it. Before the fix
+/// the export landed in `outside/pwned`. Also F3: the review's planted chain
+/// (`s -> .`, `esc -> s/../outside`) cannot be exported into the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_client_cannot_write_outside_its_root() {
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().canonicalize().unwrap();
+    let root = base.join("root");
+    let outside = base.join("outside");
+    std::fs::create_dir_all(root.join("project")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(root.join("project/a.txt"), "secret-free\n").unwrap();
+    let s = start("workspace-core", &[&root], Path::new("/")).await;
+    let w = s
+        .ok(
+            "workspace_create",
+            json!({"environment": "debian:12-base", "seed_path": "project"}),
+        )
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+
+    // F3: the chain is made in the guest; `s` alone is harmless, `esc` is refused.
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "ln -s . s && ln -s s/../outside esc && mkdir d && ln -s . d/s && ln -s s/.. d/up"}),
+    )
+    .await;
+    s.ok(
+        "workspace_export",
+        json!({"workspace_id": id, "path": "s", "output_path": "s"}),
+    )
+    .await;
+    let e = s
+        .err(
+            "workspace_export",
+            json!({"workspace_id": id, "path": "esc", "output_path": "esc"}),
+        )
+        .await;
+    assert!(e.contains("points outside"), "{e}");
+    let e = s
+        .err(
+            "workspace_export",
+            json!({"workspace_id": id, "path": "d", "output_path": "d"}),
+        )
+        .await;
+    assert!(e.contains("points outside"), "{e}");
+    assert!(!root.join("esc").exists() && !root.join("d").exists());
+
+    // F1: hold the workspace's lock as a long reset would, let the export arrive and pass
+    // its checks, then swap its output's parent for a symlink out of the root.
+    let lock_path = s._state.path().join("workspaces").join(&id).join("lock");
+    let guard = pyro_core::lock::lock(
+        &lock_path,
+        pyro_core::lock::LockMode::Exclusive,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let peer = s.client.peer().clone();
+    let export = {
+        let id = id.clone();
+        tokio::spawn(async move {
+            peer.call_tool(params(
+                "workspace_export",
+                json!({"workspace_id": id, "path": "a.txt", "output_path": "esc2/pwned"}),
+            ))
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!export.is_finished(), "the export should wait for the lock");
+    std::os::unix::fs::symlink("../outside", root.join("esc2")).unwrap();
+    drop(guard);
+    let r = export.await.unwrap();
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("symlink"), "{}", text(&r));
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written outside the root"
+    );
+    // Nothing of the export (spool, staging) is left in the root either.
+    let mut left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["esc2", "project", "s"]);
+    // The same export to a plain path works.
+    let r = s
+        .ok(
+            "workspace_export",
+            json!({"workspace_id": id, "path": "a.txt", "output_path": "out/a.txt"}),
+        )
+        .await;
+    assert_eq!(r["output_path"], root.join("out/a.txt").to_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(root.join("out/a.txt")).unwrap(),
+        "secret-free\n"
+    );
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}
+
+/// F2 (review of 64dd67c): a 15 TiB sparse file in the guest made `workspace_diff` grow
+/// without bound and abort the server. Now the transfer stops at the limit with a clear
+/// error, the server lives on, big files are compared by hash (binary), and exports of big
+/// sparse files stay sparse and bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_cannot_exhaust_the_servers_memory() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().canonicalize().unwrap();
+    let s = start_env(
+        "workspace-core",
+        &[&root],
+        Path::new("/"),
+        &[],
+        &[
+            ("PYRO_MAX_DIFF_BYTES", "33554432"),
+            ("PYRO_MAX_EXPORT_BYTES", "33554432"),
+        ],
+    )
+    .await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    // Over the per-file threshold: compared by size and hash, shown as binary.
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "head -c 9437184 /dev/urandom > big.bin && printf 'x\\n' > small.txt"}),
+    )
+    .await;
+    let d = s.ok("workspace_diff", json!({"workspace_id": id})).await;
+    assert_eq!(d["summary"]["added"], 2, "{d}");
+    let patch = d["patch"].as_str().unwrap();
+    assert!(
+        patch.contains("Binary files /dev/null and b/big.bin differ"),
+        "{patch}"
+    );
+    assert!(patch.contains("+x"), "{patch}");
+
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "truncate -s 15T huge"}),
+    )
+    .await;
+    let e = s.err("workspace_diff", json!({"workspace_id": id})).await;
+    assert!(e.contains("PYRO_MAX_DIFF_BYTES"), "{e}");
+    let e = s
+        .err(
+            "workspace_export",
+            json!({"workspace_id": id, "path": "huge", "output_path": "huge"}),
+        )
+        .await;
+    assert!(e.contains("PYRO_MAX_EXPORT_BYTES"), "{e}");
+    assert!(!root.join("huge").exists());
+    // A sparse file under the limit arrives sparse.
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "rm huge && truncate -s 16M sparse && printf z >> sparse"}),
+    )
+    .await;
+    s.ok(
+        "workspace_export",
+        json!({"workspace_id": id, "path": "sparse", "output_path": "sparse"}),
+    )
+    .await;
+    let m = std::fs::metadata(root.join("sparse")).unwrap();
+    assert_eq!(m.len(), (16 << 20) + 1);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&m) * 512 < 1 << 20,
+        "the export was not kept sparse"
+    );
+    // The server is alive and answers.
+    let st = s.ok("workspace_status", json!({"workspace_id": id})).await;
+    assert_eq!(st["state"], "started");
+    // No spool is left in the workspace's directory.
+    let dir = s._state.path().join("workspaces").join(&id);
+    let spools: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .collect();
+    assert!(spools.is_empty(), "{spools:?}");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}
+
+/// Swaps two names atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated paths; the result is checked.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// F1, as another local user would race it: while exports into `race/…` run back to back, a
+/// thread swaps `race` between a real directory and a symlink out of the root thousands of
+/// times. Every export either lands inside the root or fails; nothing ever appears outside,
+/// and no spool or staging directory is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_racing_a_directory_symlink_swap_stay_inside_the_root() {
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().canonicalize().unwrap();
+    let root = base.join("root");
+    let outside = base.join("outside");
+    std::fs::create_dir_all(root.join("race")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink("../outside", root.join("alt")).unwrap();
+    let s = start("workspace-core", &[&root], Path::new("/")).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "mkdir -p d/e && echo one > d/e/f && echo two > g"}),
+    )
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = {
+        let stop = stop.clone();
+        let (a, b) = (root.join("race"), root.join("alt"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                exchange(&a, &b);
+                n += 1;
+                if n.is_multiple_of(64) {
+                    std::thread::yield_now();
+                }
+            }
+            n
+        })
+    };
+    let (mut landed, mut refused) = (0, 0);
+    for i in 0..24 {
+        let (path, out) = if i % 2 == 0 {
+            ("d", format!("race/dir{i}"))
+        } else {
+            ("g", format!("race/sub{i}/file"))
+        };
+        let r = s
+            .call(
+                "workspace_export",
+                json!({"workspace_id": id, "path": path, "output_path": out}),
+            )
+            .await;
+        if r.is_error == Some(true) {
+            refused += 1;
+        } else {
+            landed += 1;
+        }
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "export {i} wrote outside the root"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = swaps.join().unwrap();
+    assert!(n > 100, "only {n} swaps");
+    assert_eq!(landed + refused, 24);
+    // Whatever landed is inside the root; nothing of the exports is left behind.
+    let real = if std::fs::symlink_metadata(root.join("race"))
+        .unwrap()
+        .is_dir()
+    {
+        root.join("race")
+    } else {
+        root.join("alt")
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&real)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), landed, "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with(".pyro-export-")),
+        "{names:?}"
+    );
+    let ws_dir = s._state.path().join("workspaces").join(&id);
+    let spools = std::fs::read_dir(&ws_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".spool")
+        })
+        .count();
+    assert_eq!(spools, 0);
+    eprintln!("{n} swaps; {landed} exports landed inside the root, {refused} refused");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
 }

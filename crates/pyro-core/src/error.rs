@@ -37,7 +37,7 @@ pub enum CoreError {
         max: i64,
     },
     /// Any other invalid parameter.
-    #[error("invalid {field}: {reason}")]
+    #[error("invalid {field}: {}", one_line(reason))]
     Invalid {
         /// The parameter.
         field: &'static str,
@@ -170,6 +170,40 @@ pub enum CoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Most characters of a caller's input echoed in an error message.
+pub const ECHO_MAX_CHARS: usize = 512;
+
+/// A message made safe to print as one line: control characters (newlines included) are
+/// escaped, and anything past [`ECHO_MAX_CHARS`] characters is cut with a count of the rest.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == ECHO_MAX_CHARS {
+            let rest = s.chars().count() - n;
+            out.push_str(&format!("… ({rest} more characters)"));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bytes shown as a quoted string: UTF-8 kept, other bytes as `\xNN`, cut like [`one_line`].
+pub fn quote_bytes(b: &[u8]) -> String {
+    let mut text = String::new();
+    for chunk in b.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    format!("`{}`", one_line(&text))
 }
 
 fn console_suffix(tail: &str) -> String {

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod backend;
 pub mod error;
 pub mod host;
+pub mod hostfs;
 pub mod lock;
 pub mod model;
 pub mod pool;
@@ -53,6 +54,14 @@ pub const UPPER_DISK_MIB: u64 = 4096;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// Extra time the host waits beyond a command's own timeout before giving up on the agent.
 pub const HOST_GRACE: Duration = Duration::from_secs(30);
+/// Largest command of an exec: the argv strings, each counted with its terminating NUL, or
+/// the `--shell` script plus its NUL (Linux takes at most 128 KiB per argument too).
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+/// Largest exec request as sent to the guest: command, cwd and environment, JSON-encoded,
+/// must fit one protocol message.
+pub const MAX_EXEC_REQUEST_BYTES: usize = api::MAX_REQUEST_BYTES;
+/// Largest stdin of an exec (64 MiB; the guest buffers it before the command starts).
+pub const MAX_STDIN_BYTES: usize = api::MAX_STDIN_BYTES;
 
 /// Where things live and which VMM to use.
 #[derive(Clone, Debug)]
@@ -69,6 +78,8 @@ pub struct PyroOptions {
     pub max_active_vms: usize,
     /// How long to wait for a booting guest's agent.
     pub boot_timeout: Duration,
+    /// Bounds on seeds, sync pushes, exports and diffs.
+    pub limits: archive::TransferLimits,
 }
 
 impl PyroOptions {
@@ -98,6 +109,7 @@ impl PyroOptions {
             agent_bin: std::env::var_os("PYRO_AGENT_BIN").map(PathBuf::from),
             max_active_vms: 64,
             boot_timeout,
+            limits: archive::TransferLimits::from_env()?,
         })
     }
 }
@@ -349,6 +361,75 @@ pub fn validate_exec(opts: &ExecOptions) -> Result<()> {
             field: "max_output_bytes",
             reason: "must be at least 1".into(),
         });
+    }
+    validate_exec_sizes(opts)
+}
+
+/// The size limits of an exec: [`MAX_COMMAND_BYTES`], [`MAX_EXEC_REQUEST_BYTES`] and
+/// [`MAX_STDIN_BYTES`], so that an oversized request fails as invalid input up front instead
+/// of deep inside the protocol.
+fn validate_exec_sizes(opts: &ExecOptions) -> Result<()> {
+    let command = match &opts.command {
+        Command::Argv(a) => a.iter().map(|s| s.len() + 1).sum(),
+        Command::Shell(s) => s.len() + 1,
+    };
+    if command > MAX_COMMAND_BYTES {
+        return Err(CoreError::Invalid {
+            field: "command",
+            reason: format!(
+                "{command} bytes (with a NUL per argument) exceed the limit of \
+                 {MAX_COMMAND_BYTES} bytes"
+            ),
+        });
+    }
+    if let Some(stdin) = &opts.stdin
+        && stdin.len() > MAX_STDIN_BYTES
+    {
+        return Err(CoreError::Invalid {
+            field: "stdin",
+            reason: format!(
+                "{} bytes exceed the limit of {MAX_STDIN_BYTES} bytes (64 MiB)",
+                stdin.len()
+            ),
+        });
+    }
+    // The request travels as one message; the field named is the largest part of it.
+    let cwd = opts.cwd.as_deref().unwrap_or("/workspace");
+    let env: usize = opts.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let field = [("command", command), ("cwd", cwd.len()), ("env", env)]
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or("command", |(f, _)| f);
+    let too_large = |n: usize| CoreError::Invalid {
+        field,
+        reason: format!(
+            "the exec request (command, cwd and environment) takes {n} bytes encoded, over \
+             the limit of {MAX_EXEC_REQUEST_BYTES} bytes of one request"
+        ),
+    };
+    let raw = command + cwd.len() + env;
+    if raw > MAX_EXEC_REQUEST_BYTES {
+        return Err(too_large(raw));
+    }
+    // Encoding can grow text (escapes), so measure the request as it will be sent: the
+    // largest values of the other fields, a copy of at most a few hundred KiB.
+    let req = api::Request::Exec(api::ExecRequest {
+        command: match &opts.command {
+            Command::Argv(a) => api::Command::Argv(a.clone()),
+            Command::Shell(s) => api::Command::Shell(s.clone()),
+        },
+        cwd: Some(cwd.to_string()),
+        env: opts.env.clone(),
+        timeout_ms: Some(u64::MAX),
+        max_output_bytes: Some(u64::MAX),
+        stdin: true,
+    });
+    let encoded = req.encoded_len().map_err(|e| CoreError::Invalid {
+        field,
+        reason: format!("cannot be encoded: {e}"),
+    })?;
+    if encoded > MAX_EXEC_REQUEST_BYTES {
+        return Err(too_large(encoded));
     }
     Ok(())
 }
@@ -1387,6 +1468,59 @@ mod tests {
             Err(CoreError::Invalid { field: "env", .. })
         ));
         o.env.clear();
+        assert!(validate_exec(&o).is_ok());
+    }
+
+    #[test]
+    fn exec_validation_bounds_argv_and_stdin() {
+        // A 2 MiB argv is invalid input naming the limit, not a protocol failure later.
+        let mut o = ExecOptions::new(Command::Argv(vec!["echo".into(), "x".repeat(2 << 20)]));
+        let err = validate_exec(&o).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            matches!(&err, CoreError::Invalid { field: "command", reason }
+                if reason.contains(&MAX_COMMAND_BYTES.to_string())),
+            "{err}"
+        );
+        // Exactly at the limit passes; one byte more does not (each argument has a NUL).
+        o.command = Command::Argv(vec!["x".repeat(MAX_COMMAND_BYTES - 1)]);
+        assert!(validate_exec(&o).is_ok());
+        o.command = Command::Argv(vec!["x".repeat(MAX_COMMAND_BYTES - 1), String::new()]);
+        assert!(validate_exec(&o).is_err());
+        o.command = Command::Shell("x".repeat(MAX_COMMAND_BYTES));
+        assert!(matches!(
+            validate_exec(&o),
+            Err(CoreError::Invalid {
+                field: "command",
+                ..
+            })
+        ));
+        // Within the command limit but escaped beyond one request message.
+        o.command = Command::Argv(vec!["\u{1}".repeat(100 * 1024)]);
+        let err = validate_exec(&o).unwrap_err();
+        assert!(
+            matches!(&err, CoreError::Invalid { field: "command", reason }
+                if reason.contains(&MAX_EXEC_REQUEST_BYTES.to_string())),
+            "{err}"
+        );
+        // A large environment is named as such.
+        o.command = Command::Argv(vec!["true".into()]);
+        o.env.insert("BIG".into(), "v".repeat(300 * 1024));
+        assert!(matches!(
+            validate_exec(&o),
+            Err(CoreError::Invalid { field: "env", .. })
+        ));
+        o.env.clear();
+        // 70 MiB of stdin is refused; 64 MiB is fine.
+        o.stdin = Some(Bytes::from(vec![0u8; 70 << 20]));
+        let err = validate_exec(&o).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            matches!(&err, CoreError::Invalid { field: "stdin", reason }
+                if reason.contains(&MAX_STDIN_BYTES.to_string())),
+            "{err}"
+        );
+        o.stdin = Some(Bytes::from(vec![0u8; MAX_STDIN_BYTES]));
         assert!(validate_exec(&o).is_ok());
     }
 

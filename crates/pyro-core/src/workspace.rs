@@ -18,11 +18,14 @@ use pyro_proto::api::{self, Output};
 use crate::archive::{self, Seed, SeedMode};
 use crate::backend::{BackendChoice, BackendKind, BootSpec, Machine};
 use crate::error::{CoreError, Result};
+use crate::hostfs::HostPath;
 use crate::lock::{self, LockGuard, LockMode};
 use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
 use crate::snapshot::BootMode;
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
+
+mod procs;
 
 /// The guest path of the workspace tree.
 pub const WORKSPACE_ROOT: &str = "/workspace";
@@ -56,8 +59,9 @@ pub struct CreateWorkspace {
     pub mem_mib: i64,
     /// Running-time budget, seconds.
     pub ttl_seconds: i64,
-    /// A directory or archive that becomes `/workspace` and the baseline.
-    pub seed_path: Option<PathBuf>,
+    /// A directory or archive that becomes `/workspace` and the baseline (a plain path
+    /// converts with `.into()`; MCP passes one confined to its allowed roots).
+    pub seed_path: Option<HostPath>,
     /// Free-form name.
     pub name: Option<String>,
     /// Labels.
@@ -392,7 +396,10 @@ impl Pyro {
     }
 
     /// Checks a record against reality: a started workspace whose VMM died is marked stopped
-    /// (with the reason); one whose TTL ran out is stopped. Returns the fresh record.
+    /// (with the reason); one whose TTL ran out is stopped; a started one whose TTL watchdog
+    /// is gone gets a new one; processes still running for a workspace recorded as not
+    /// running (a `start` killed before it recorded its VMM) are ended and reported, unless
+    /// another pyro process holds the workspace. Returns the fresh record.
     async fn refresh(&self, store: &Store, rec: WorkspaceRecord) -> Result<WorkspaceRecord> {
         let now = host::now();
         // A create or reset whose process died part-way leaves `creating` behind: once it is
@@ -410,10 +417,14 @@ impl Pyro {
                 None => now - rec.last_activity_at > stale_after,
             }
         };
-        if rec.state == WorkspaceState::Creating && builder_gone() {
-            self.halt(&rec).await;
+        if rec.state == WorkspaceState::Creating && !builder_gone() {
+            // A create or reset in progress: its processes are its own.
+            return Ok(rec);
+        }
+        let mut rec = rec;
+        if rec.state == WorkspaceState::Creating {
             let id = rec.id.clone();
-            return store.update_workspace(&id, |r| {
+            rec = store.update_workspace(&id, |r| {
                 r.pause_ttl(now);
                 r.state = WorkspaceState::Error;
                 r.vmm_pid = None;
@@ -424,16 +435,47 @@ impl Pyro {
                     "its creation or reset was interrupted; `reset` rebuilds it from its baseline, or delete it".into(),
                 );
                 Ok::<(), CoreError>(())
-            });
+            })?;
+            // What it had booted is ended below.
         }
         if rec.state != WorkspaceState::Started {
-            return Ok(rec);
+            return match self.reap_unrecorded(&rec).await {
+                procs::Unrecorded::Nothing => Ok(rec),
+                procs::Unrecorded::EndedVmm => {
+                    let id = rec.id.clone();
+                    store.update_workspace(&id, |r| {
+                        if r.state == WorkspaceState::Stopped {
+                            r.last_error = Some(
+                                "its VM was still running although it was recorded as stopped (a start was interrupted); that VM was ended, its data is kept".into(),
+                            );
+                        }
+                        Ok::<(), CoreError>(())
+                    })
+                }
+                procs::Unrecorded::Busy => {
+                    if rec.state == WorkspaceState::Stopped {
+                        rec.last_error = Some(
+                            "its VM is running while another pyro process holds the workspace (a start, reset or delete is in progress)".into(),
+                        );
+                    }
+                    Ok(rec)
+                }
+            };
         }
         let alive = match (rec.vmm_pid, rec.vmm_start_ticks) {
             (Some(pid), Some(t)) => host::process_alive(pid, t),
             _ => false,
         };
         if !alive {
+            // Its relay has nothing left to serve.
+            if let (Some(pid), Some(ticks)) = (rec.relay_pid, rec.relay_start_ticks) {
+                procs::end(&[procs::WsProcess {
+                    pid,
+                    ticks,
+                    role: procs::Role::Relay,
+                }])
+                .await;
+            }
             let id = rec.id.clone();
             return store
                 .update_workspace(&id, |r| {
@@ -442,6 +484,8 @@ impl Pyro {
                         r.state = WorkspaceState::Stopped;
                         r.vmm_pid = None;
                         r.vmm_start_ticks = None;
+                        r.relay_pid = None;
+                        r.relay_start_ticks = None;
                         r.last_error = Some("the VMM process exited unexpectedly; `start` boots the workspace again with its data".into());
                     }
                     Ok::<(), CoreError>(())
@@ -462,6 +506,7 @@ impl Pyro {
                     Ok::<(), CoreError>(())
                 });
         }
+        self.ensure_watchdog(&rec);
         Ok(rec)
     }
 
@@ -518,6 +563,24 @@ impl Pyro {
     /// process started at every boot.
     pub async fn watch_workspace(&self, id: &str, vmm_pid: u32) -> Result<()> {
         let vmm_ticks = host::process_start_ticks(vmm_pid);
+        // One watchdog per workspace: it holds this lock while it lives, so a missing one is
+        // noticed (and replaced) by the next operation. One of an earlier boot lets go
+        // within a second of its VMM's end.
+        let lock_path = self.ws_dirs(id).root.join(procs::WATCHDOG_LOCK);
+        let wait_until = Instant::now() + Duration::from_secs(3);
+        let _watching = loop {
+            match lock::try_lock(&lock_path, LockMode::Exclusive) {
+                Ok(Some(guard)) => break guard,
+                Ok(None) if Instant::now() < wait_until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Another watchdog watches it.
+                Ok(None) => return Ok(()),
+                // The workspace is gone.
+                Err(_) if !self.ws_dirs(id).root.is_dir() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        };
         let mut next_check = Instant::now();
         loop {
             let vmm_alive = vmm_ticks.is_some_and(|t| host::process_alive(vmm_pid, t));
@@ -560,34 +623,30 @@ impl Pyro {
         }
     }
 
-    /// Kills a workspace's VMM and relay (no guest shutdown).
+    /// Kills a workspace's VMM, relay and watchdog (no guest shutdown): those the record
+    /// names, and any other process of the workspace (see [`procs`]: one of a boot that was
+    /// never recorded because its starter died first, one whose directory was replaced).
+    /// Returns once they are gone (so the disk is free) or after a few seconds.
     async fn halt(&self, rec: &WorkspaceRecord) {
-        for (pid, ticks) in [
-            (rec.vmm_pid, rec.vmm_start_ticks),
-            (rec.relay_pid, rec.relay_start_ticks),
-        ] {
-            if let (Some(pid), Some(t)) = (pid, ticks)
-                && host::process_alive(pid, t)
-            {
-                // SAFETY: kill(2) on a pid whose start time matches our record.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-        // Wait (briefly) until the VMM is really gone so its disk is released.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
-            if !host::process_alive(pid, t) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         let d = self.ws_dirs(&rec.id);
-        // Processes of a boot that was never recorded (its builder died before) are found by
-        // their working directory, which is always the workspace's VM directory.
-        for pid in host::processes_with_cwd_in(&d.vm()) {
-            // SAFETY: kill(2) on a process working inside this workspace's VM directory.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let mut all: Vec<procs::WsProcess> = [
+            (rec.vmm_pid, rec.vmm_start_ticks, procs::Role::Vmm),
+            (rec.relay_pid, rec.relay_start_ticks, procs::Role::Relay),
+        ]
+        .into_iter()
+        .filter_map(|(pid, ticks, role)| {
+            let (pid, ticks) = (pid?, ticks?);
+            host::process_alive(pid, ticks).then_some(procs::WsProcess { pid, ticks, role })
+        })
+        .collect();
+        for p in procs::find(&d.root, &rec.id) {
+            if !all.contains(&p) {
+                all.push(p);
+            }
         }
+        procs::end(&all).await;
+        // Anything that appeared meanwhile; forgets the recorded pids.
+        procs::end_all(&d.root, &rec.id).await;
         let _ = std::fs::remove_file(d.socket(&rec.backend));
     }
 
@@ -675,6 +734,9 @@ impl Pyro {
         fresh_disk: bool,
     ) -> Result<(u32, Option<u32>, Session, BootMode)> {
         let d = self.ws_dirs(&rec.id);
+        // Nothing of an earlier boot may outlive into this one: a VMM left by a killed
+        // `start` holds the disk's write lock, and its directory is about to be replaced.
+        procs::end_all(&d.root, &rec.id).await;
         let choice = match rec.backend.as_str() {
             "firecracker" => BackendChoice::Firecracker,
             _ => BackendChoice::Qemu,
@@ -722,7 +784,10 @@ impl Pyro {
             relay_bin: relay_bin.as_deref(),
             boot_timeout: self.options().boot_timeout,
         };
+        // Called as soon as the VMM runs, before anything waits on the guest: the VMM is
+        // recorded (atomically) before it can outlive this process unnoticed.
         let note_socket = |m: &dyn Machine| -> Result<()> {
+            procs::record_pids(&d.root, m.pid(), m.relay_pid())?;
             let _ = std::fs::write(
                 vm_dir.join("agent-socket"),
                 m.agent_socket().display().to_string(),
@@ -757,7 +822,10 @@ impl Pyro {
             self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
         }
         let mut machine = backend.boot(spec).await?;
-        note_socket(machine.as_ref())?;
+        if let Err(e) = note_socket(machine.as_ref()) {
+            machine.kill().await;
+            return Err(e);
+        }
         let session =
             match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
                 Ok(s) => s,
@@ -869,11 +937,17 @@ impl Pyro {
             .map(crate::store::validate_name)
             .transpose()?;
         let labels = crate::store::validate_labels(&req.labels)?;
-        let seed = req.seed_path.as_deref().map(Seed::resolve).transpose()?;
+        let seed = req
+            .seed_path
+            .as_ref()
+            .map(|p| Seed::open(p, "seed_path"))
+            .transpose()?;
         let choice = req.backend.unwrap_or(self.options().backend);
         let kind = crate::backend::resolve(choice, self.host_facts())?;
         let store = self.store()?;
         self.check_capacity(&store)?;
+        // Directories of creates killed before they recorded their workspace.
+        self.reap_orphan_dirs().await;
         self.pull_environment(&req.environment, progress.clone())
             .await?;
 
@@ -892,7 +966,7 @@ impl Pyro {
         rec.ttl_seconds = req.ttl_seconds;
         let built = async {
             let stats = match &seed {
-                Some(s) => s.write_tar(&d.baseline())?,
+                Some(s) => s.write_tar(&d.baseline(), &self.options().limits)?,
                 None => {
                     archive::write_empty_tar(&d.baseline())?;
                     archive::TarStats::default()
@@ -959,6 +1033,8 @@ impl Pyro {
     /// Every workspace, most recently active first (stale states are corrected first).
     pub async fn list_workspaces(&self) -> Result<WorkspaceList> {
         let store = self.store()?;
+        // Directories of creates killed before they recorded their workspace.
+        self.reap_orphan_dirs().await;
         let now = host::now();
         let mut out = Vec::new();
         for rec in store.list_workspaces()? {
@@ -1235,14 +1311,20 @@ impl Pyro {
         let store = self.store()?;
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let rec = self.refresh(&store, rec).await?;
+        // The watchdog first: it would take the VMM's exit for a crash.
+        self.end_watchdogs(id).await;
         if rec.state == WorkspaceState::Started {
             self.graceful_halt(&rec).await;
+        } else {
+            // Whatever an interrupted start or create left running.
+            self.halt(&rec).await;
         }
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
             if r.state == WorkspaceState::Started {
                 r.pause_ttl(now);
                 r.state = WorkspaceState::Stopped;
+                r.last_error = None;
             }
             r.vmm_pid = None;
             r.vmm_start_ticks = None;
@@ -1305,13 +1387,28 @@ impl Pyro {
 
     /// Deletes a workspace in any state: its VM, disk, baseline, history and logs.
     pub async fn delete_workspace(&self, id: &str) -> Result<WorkspaceDeleteResult> {
+        let d = self.ws_dirs(id);
+        if !d.root.is_dir() {
+            // A record whose directory is gone: nothing to lock, only processes to end.
+            let store = self.store()?;
+            let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+            self.halt(&rec).await;
+            store.delete_workspace(id)?;
+            return Ok(WorkspaceDeleteResult {
+                workspace_id: id.to_string(),
+                deleted: true,
+                reason: "explicit_delete".into(),
+            });
+        }
         let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
         let store = self.store()?;
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         self.halt(&rec).await;
         store.delete_workspace(id)?;
-        let d = self.ws_dirs(id);
         std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+        // A watchdog another process started while this one worked ends with its record
+        // anyway; end it now, so nothing of the workspace is left at all.
+        procs::end_all(&d.root, id).await;
         Ok(WorkspaceDeleteResult {
             workspace_id: id.to_string(),
             deleted: true,
@@ -1837,29 +1934,18 @@ impl Pyro {
     pub async fn push_workspace_sync(
         &self,
         id: &str,
-        source: &Path,
+        source: impl Into<HostPath>,
         dest: &str,
     ) -> Result<SyncResult> {
         let dest = normalize_workspace_path(dest)?;
-        let seed = Seed::resolve(source).map_err(|e| match e {
-            CoreError::Invalid { reason, .. } => CoreError::Invalid {
-                field: "source_path",
-                reason,
-            },
-            other => other,
-        })?;
+        let seed = Seed::open(&source.into(), "source_path")?;
         let _guard = self.ws_lock(id, LockMode::Shared).await?;
         let store = self.store()?;
         let rec = self.load_started(&store, id, "workspace_sync_push").await?;
         let d = self.ws_dirs(id);
-        let tmp = d.root.join(format!("sync-{}.tar", host::new_id()));
-        let built = seed.write_tar(&tmp).map_err(|e| match e {
-            CoreError::Invalid { reason, .. } => CoreError::Invalid {
-                field: "source_path",
-                reason,
-            },
-            other => other,
-        });
+        remove_stale_spools(&d.root);
+        let tmp = d.root.join(spool_name("sync"));
+        let built = seed.write_tar(&tmp, &self.options().limits);
         let res = match built {
             Ok(_) => {
                 let session = self.ws_session(&rec).await;
@@ -1894,34 +1980,30 @@ impl Pyro {
         })
     }
 
-    /// Copies a file, symlink or directory out of the workspace to a new host path.
+    /// Copies a file, symlink or directory out of the workspace to a new host path. The
+    /// output's parent is opened (missing directories created, nothing followed below what
+    /// already existed, or below the allowed root for a confined path) once the workspace is
+    /// locked, the guest's tar is spooled into the workspace's own directory within
+    /// [`archive::TransferLimits::max_export_bytes`], and extracted through descriptors.
     pub async fn export_workspace(
         &self,
         id: &str,
         path: &str,
-        output: &Path,
+        output: impl Into<HostPath>,
     ) -> Result<ExportResult> {
+        let output = output.into();
         let path = normalize_workspace_path(path)?;
-        if output.as_os_str().is_empty() {
+        if output.is_empty() {
             return Err(CoreError::Invalid {
                 field: "output_path",
                 reason: "the output path is empty".into(),
             });
         }
-        let output =
-            std::path::absolute(output).map_err(|e| CoreError::io("resolve", output, e))?;
-        if std::fs::symlink_metadata(&output).is_ok() {
-            return Err(CoreError::Invalid {
-                field: "output_path",
-                reason: format!(
-                    "{} already exists; choose a path that does not",
-                    output.display()
-                ),
-            });
-        }
+        let limits = self.options().limits;
         let _guard = self.ws_lock(id, LockMode::Shared).await?;
         let store = self.store()?;
         let rec = self.load_started(&store, id, "workspace_export").await?;
+        let target = archive::ExportTarget::prepare(&output)?;
         let session = self.ws_session(&rec).await?;
         let listing = api::list_files(
             &session,
@@ -1934,42 +2016,142 @@ impl Pyro {
         )
         .await?;
         let kind = listing.artifact_type;
-        let parent = output.parent().unwrap_or(Path::new("/")).to_path_buf();
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| CoreError::io("create directory", &parent, e))?;
-        let spool = parent.join(format!(".pyro-export-{}.tar", host::new_id()));
-        let mut file =
-            std::fs::File::create(&spool).map_err(|e| CoreError::io("create", &spool, e))?;
-        let exported = api::export_tar(
+        let d = self.ws_dirs(id);
+        let spooled = spool_export(
             &session,
-            api::ExportTar {
-                root: WORKSPACE_ROOT.into(),
-                path: rel(&path),
-            },
-            |chunk| std::io::Write::write_all(&mut file, &chunk),
+            &d.root,
+            &path,
+            limits.max_export_bytes,
+            "PYRO_MAX_EXPORT_BYTES",
         )
         .await;
-        drop(file);
-        let res = exported.map_err(CoreError::from).and_then(|_| {
-            let f = std::fs::File::open(&spool).map_err(|e| CoreError::io("open", &spool, e))?;
+        let res = spooled.and_then(|spool| {
+            let f = spool.reopen()?;
             archive::extract_export(
                 std::io::BufReader::new(f),
-                &output,
+                &target,
                 kind != api::ArtifactType::Directory,
+                &limits,
             )
         });
-        let _ = std::fs::remove_file(&spool);
         let stats = res?;
         Ok(ExportResult {
             workspace_id: id.into(),
             workspace_path: path,
-            output_path: output.display().to_string(),
+            output_path: target.shown.display().to_string(),
             artifact_type: artifact_name(kind).into(),
             entry_count: stats.entry_count,
             bytes_written: stats.bytes_written,
             execution_mode: backend_mode(&rec.backend).into(),
         })
     }
+}
+
+/// A spool file in a workspace's directory, removed when dropped. Its name carries the
+/// process id, so that spools of processes killed mid-transfer are removed by the next one.
+#[derive(Debug)]
+struct Spool {
+    path: PathBuf,
+}
+
+impl Spool {
+    fn reopen(&self) -> Result<std::fs::File> {
+        std::fs::File::open(&self.path).map_err(|e| CoreError::io("open", &self.path, e))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+const SPOOL_SUFFIX: &str = ".spool";
+
+/// Room a spool allows beyond the content limit, for tar headers and padding.
+const SPOOL_HEADROOM: u64 = 256 << 20;
+
+/// A new spool name: `<kind>-<pid>-<id>.spool`.
+fn spool_name(kind: &str) -> String {
+    format!(
+        "{kind}-{}-{}{SPOOL_SUFFIX}",
+        std::process::id(),
+        host::new_id()
+    )
+}
+
+/// Removes spools in `dir` whose process is gone.
+fn remove_stale_spools(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SPOOL_SUFFIX)) else {
+            continue;
+        };
+        let pid = stem.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && host::process_start_ticks(pid).is_none()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Streams the guest's tar of `path` (a normalized `/workspace` path; empty = all of it)
+/// into a spool in `dir`, stopping with a clear error once the stream passes `max` bytes of
+/// content plus [`SPOOL_HEADROOM`] for tar headers and padding.
+async fn spool_export(
+    session: &Session,
+    dir: &Path,
+    path: &str,
+    max: u64,
+    setting: &'static str,
+) -> Result<Spool> {
+    remove_stale_spools(dir);
+    let spool_max = max.saturating_add(SPOOL_HEADROOM);
+    let spool = Spool {
+        path: dir.join(spool_name("export")),
+    };
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&spool.path).map_err(|e| CoreError::io("create", &spool.path, e))?,
+    );
+    let mut written = 0u64;
+    let mut over = false;
+    let exported = api::export_tar(
+        session,
+        api::ExportTar {
+            root: WORKSPACE_ROOT.into(),
+            path: rel(path),
+        },
+        |chunk| {
+            written = written.saturating_add(chunk.len() as u64);
+            if written > spool_max {
+                over = true;
+                return Err(std::io::Error::other("over the limit"));
+            }
+            std::io::Write::write_all(&mut file, &chunk)
+        },
+    )
+    .await;
+    if over {
+        return Err(CoreError::Invalid {
+            field: "path",
+            reason: format!(
+                "{} holds more than {max} bytes of file content (with tar headers); the transfer \
+                 was stopped ({setting} sets the limit)",
+                if path.is_empty() {
+                    WORKSPACE_ROOT
+                } else {
+                    path
+                }
+            ),
+        });
+    }
+    exported?;
+    std::io::Write::flush(&mut file).map_err(|e| CoreError::io("write", &spool.path, e))?;
+    Ok(spool)
 }
 
 /// Counts of [`PatchResult`].
@@ -2042,8 +2224,15 @@ pub struct DiffResult {
     pub execution_mode: String,
 }
 
+/// Files larger than this are compared by size and git blob id instead of held in memory,
+/// and shown as binary in a diff.
+pub const DIFF_MAX_TEXT_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Reads a tar stream into an in-memory tree (hard links resolved to their target's content).
-pub fn tree_from_tar<R: std::io::Read>(r: R) -> Result<pyro_patch::Tree> {
+/// Regular files over [`DIFF_MAX_TEXT_FILE_BYTES`] are hashed as they stream and kept as
+/// [`pyro_patch::Node::Large`]; more than `max_bytes` of file content in all is refused.
+/// Names that are not UTF-8 are refused (a lossy rewrite could merge two files).
+pub fn tree_from_tar<R: std::io::Read>(r: R, max_bytes: u64) -> Result<pyro_patch::Tree> {
     use std::io::Read;
     let mut tree = pyro_patch::Tree::new();
     let mut archive = tar::Archive::new(r);
@@ -2051,31 +2240,34 @@ pub fn tree_from_tar<R: std::io::Read>(r: R) -> Result<pyro_patch::Tree> {
         field: "archive",
         reason: format!("corrupt tar stream: {e}"),
     };
+    let mut total = 0u64;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let raw = entry.path_bytes().into_owned();
+        let Ok(raw) = String::from_utf8(raw.clone()) else {
+            return Err(CoreError::Invalid {
+                field: "workspace",
+                reason: format!(
+                    "{} has a name that is not UTF-8; diff cannot show it (rename it)",
+                    crate::error::quote_bytes(&raw)
+                ),
+            });
+        };
         let Ok(name) = archive::normalize_member(&raw) else {
             continue;
         };
         let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default()
+        };
         let node = match entry.header().entry_type() {
             tar::EntryType::Directory => pyro_patch::Node::Dir { mode },
-            tar::EntryType::Symlink => pyro_patch::Node::Symlink {
-                target: entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            },
+            tar::EntryType::Symlink => pyro_patch::Node::Symlink { target: link() },
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                match archive::normalize_member(&target)
+                match archive::normalize_member(&link())
                     .ok()
                     .and_then(|t| tree.get(&t).cloned())
                 {
@@ -2084,9 +2276,43 @@ pub fn tree_from_tar<R: std::io::Read>(r: R) -> Result<pyro_patch::Tree> {
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut content = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut content).map_err(bad)?;
-                pyro_patch::Node::File { content, mode }
+                let size = entry.size();
+                total = total.saturating_add(size);
+                if total > max_bytes {
+                    return Err(CoreError::Invalid {
+                        field: "workspace",
+                        reason: format!(
+                            "/workspace holds more than {max_bytes} bytes of file content; diff \
+                             refuses to compare it (PYRO_MAX_DIFF_BYTES sets the limit)"
+                        ),
+                    });
+                }
+                if size > DIFF_MAX_TEXT_FILE_BYTES {
+                    let mut h = pyro_patch::BlobHasher::new(size);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut left = size;
+                    while left > 0 {
+                        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let n = entry.read(&mut buf[..want]).map_err(bad)?;
+                        if n == 0 {
+                            return Err(bad(std::io::ErrorKind::UnexpectedEof.into()));
+                        }
+                        h.update(&buf[..n]);
+                        left -= n as u64;
+                    }
+                    pyro_patch::Node::Large {
+                        size,
+                        id: h.finish(),
+                        mode,
+                    }
+                } else {
+                    let mut content = Vec::new();
+                    (&mut entry)
+                        .take(size)
+                        .read_to_end(&mut content)
+                        .map_err(bad)?;
+                    pyro_patch::Node::File { content, mode }
+                }
             }
             _ => continue,
         };
@@ -2283,24 +2509,14 @@ impl Pyro {
         let store = self.store()?;
         let rec = self.load_started(&store, id, "workspace_diff").await?;
         let d = self.ws_dirs(id);
+        let max = self.options().limits.max_diff_bytes;
         let baseline = std::fs::File::open(d.baseline())
             .map_err(|e| CoreError::io("open", d.baseline(), e))?;
-        let old = tree_from_tar(std::io::BufReader::new(baseline))?;
+        let old = tree_from_tar(std::io::BufReader::new(baseline), max)?;
         let session = self.ws_session(&rec).await?;
-        let mut buf = Vec::new();
-        api::export_tar(
-            &session,
-            api::ExportTar {
-                root: WORKSPACE_ROOT.into(),
-                path: String::new(),
-            },
-            |chunk| {
-                buf.extend_from_slice(&chunk);
-                Ok(())
-            },
-        )
-        .await?;
-        let new = tree_from_tar(&buf[..])?;
+        // Streamed to disk, never whole in memory: the guest chooses the sizes.
+        let spool = spool_export(&session, &d.root, "", max, "PYRO_MAX_DIFF_BYTES").await?;
+        let new = tree_from_tar(std::io::BufReader::new(spool.reopen()?), max)?;
         let diff = pyro_patch::diff_trees(&old, &new);
         Ok(DiffResult {
             workspace_id: id.into(),

@@ -1,19 +1,38 @@
 //! Host path confinement: the host paths a client names (`seed_path`, `source_path`,
 //! `output_path`) must lie inside the roots the operator allowed.
 //!
-//! Inputs are canonicalized (symlinks resolved) and must then be inside a root, so a symlink
-//! inside a root that points out of it is refused. Outputs do not exist yet: their nearest
-//! existing ancestor is canonicalized and must be inside a root, and the rest of the path may
-//! only name new components (no `..`). Relative paths are taken relative to the first root.
+//! Each root is opened once, when the server starts, as a directory descriptor. A client's
+//! path is mapped lexically to one root and a relative path below it (`..` refused; relative
+//! paths are taken from the first root), and handed to the core as a confined
+//! [`HostPath`]: every later effect (reading a seed, creating an export's directories, its
+//! staging tree and its rename) resolves that relative path from the root's descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`. Nothing is checked by name and used
+//! later, so a component swapped for a symlink while a call waits for its workspace lock
+//! cannot redirect it: below a root, symlinks are never followed.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use pyro_core::hostfs::{self, HostDir, HostPath};
 
 /// The directories under which clients may read and create host files.
 #[derive(Clone, Debug)]
 pub struct HostRoots {
-    roots: Vec<PathBuf>,
+    roots: Vec<Root>,
 }
+
+#[derive(Clone, Debug)]
+struct Root {
+    /// As given (made absolute), for matching clients' absolute paths.
+    given: PathBuf,
+    /// Canonical.
+    canonical: PathBuf,
+    dir: Arc<HostDir>,
+}
+
+/// A path strictly below a root: the root's directory and the relative path.
+type Below = (Arc<HostDir>, PathBuf);
 
 /// A host path refused by [`HostRoots`].
 #[derive(Debug)]
@@ -33,14 +52,14 @@ impl std::fmt::Display for PathRefused {
 impl std::error::Error for PathRefused {}
 
 impl HostRoots {
-    /// Canonicalizes each root; every root must be an existing directory. An empty list is
-    /// refused: use the working directory as the default root instead.
+    /// Canonicalizes and opens each root; every root must be an existing directory. An empty
+    /// list is refused: use the working directory as the default root instead.
     pub fn new<I, P>(roots: I) -> io::Result<Self>
     where
         I: IntoIterator<Item = P>,
         P: AsRef<Path>,
     {
-        let mut out: Vec<PathBuf> = Vec::new();
+        let mut out: Vec<Root> = Vec::new();
         for r in roots {
             let r = r.as_ref();
             let c = std::fs::canonicalize(r).map_err(|e| {
@@ -55,9 +74,20 @@ impl HostRoots {
                     format!("allowed host path `{}` is not a directory", r.display()),
                 ));
             }
-            if !out.contains(&c) {
-                out.push(c);
+            if out.iter().any(|o| o.canonical == c) {
+                continue;
             }
+            let dir = HostDir::open(&c).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("allowed host path `{}`: {e}", r.display()),
+                )
+            })?;
+            out.push(Root {
+                given: std::path::absolute(r).unwrap_or_else(|_| c.clone()),
+                canonical: c,
+                dir: Arc::new(dir),
+            });
         }
         if out.is_empty() {
             return Err(io::Error::new(
@@ -69,113 +99,108 @@ impl HostRoots {
     }
 
     /// The canonical roots, in the order given.
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
+    pub fn roots(&self) -> Vec<PathBuf> {
+        self.roots.iter().map(|r| r.canonical.clone()).collect()
     }
 
     fn roots_text(&self) -> String {
         self.roots
             .iter()
-            .map(|r| r.display().to_string())
+            .map(|r| r.canonical.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    fn absolute(&self, raw: &str) -> PathBuf {
-        let p = Path::new(raw);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.roots[0].join(p)
-        }
-    }
-
-    fn inside(&self, canonical: &Path) -> bool {
-        self.roots.iter().any(|r| canonical.starts_with(r))
     }
 
     fn refuse(&self, field: &'static str, raw: &str, why: &str) -> PathRefused {
         PathRefused {
             field,
             message: format!(
-                "host path `{raw}` {why}; this server only allows host paths under: {} \
-                 (relative paths are taken from {})",
+                "host path `{}` {why}; this server only allows host paths under: {} \
+                 (relative paths are taken from {}; symlinks below a root are not followed)",
+                pyro_core::error::one_line(raw),
                 self.roots_text(),
-                self.roots[0].display()
+                self.roots[0].canonical.display()
             ),
         }
     }
 
-    /// Resolves an existing host path that will be read (seed or sync source).
-    pub fn existing(&self, field: &'static str, raw: &str) -> Result<PathBuf, PathRefused> {
+    /// Maps a client's path to a root and a plain relative path below it.
+    fn confine(
+        &self,
+        field: &'static str,
+        raw: &str,
+    ) -> Result<(HostPath, Option<Below>), PathRefused> {
         if raw.trim().is_empty() {
             return Err(self.refuse(field, raw, "is empty"));
         }
-        let abs = self.absolute(raw);
-        let canonical = std::fs::canonicalize(&abs).map_err(|e| {
-            let why = if e.kind() == io::ErrorKind::NotFound {
-                "does not exist".to_string()
-            } else {
-                format!("cannot be resolved ({e})")
-            };
-            self.refuse(field, raw, &why)
-        })?;
-        if !self.inside(&canonical) {
-            return Err(self.refuse(
-                field,
-                raw,
-                &format!(
-                    "resolves to `{}`, outside the allowed roots",
-                    canonical.display()
-                ),
-            ));
+        let p = Path::new(raw);
+        if p.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(self.refuse(field, raw, "contains `..` (name the path directly)"));
         }
-        Ok(canonical)
+        let (root, rel) = if p.is_absolute() {
+            let found = self.roots.iter().find_map(|r| {
+                p.strip_prefix(&r.canonical)
+                    .or_else(|_| p.strip_prefix(&r.given))
+                    .ok()
+                    .map(|rel| (r, rel.to_path_buf()))
+            });
+            match found {
+                Some(f) => f,
+                None => return Err(self.refuse(field, raw, "is outside the allowed roots")),
+            }
+        } else {
+            (&self.roots[0], p.to_path_buf())
+        };
+        let is_root = rel.components().all(|c| matches!(c, Component::CurDir));
+        let below = (!is_root).then(|| (root.dir.clone(), rel.clone()));
+        HostPath::confined(root.dir.clone(), &rel)
+            .map(|hp| (hp, below))
+            .map_err(|e| self.refuse(field, raw, &e.to_string()))
     }
 
-    /// Resolves a host path that will be created (export output): `..` is refused, and the
-    /// nearest existing ancestor must be inside a root once symlinks are resolved.
-    pub fn output(&self, field: &'static str, raw: &str) -> Result<PathBuf, PathRefused> {
-        if raw.trim().is_empty() {
-            return Err(self.refuse(field, raw, "is empty"));
+    /// An existing host path that will be read (seed or sync source). Checked now for a
+    /// clear early error; the core opens it again, the same way, when it reads it.
+    pub fn existing(&self, field: &'static str, raw: &str) -> Result<HostPath, PathRefused> {
+        let (hp, _) = self.confine(field, raw)?;
+        if let Err(e) = hp.open_read() {
+            return Err(self.refuse(field, raw, &hostfs::explain(&e)));
         }
-        let abs: PathBuf = self.absolute(raw).components().collect();
-        if abs.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(self.refuse(field, raw, "contains `..` (name the output directly)"));
-        }
-        let mut tail: Vec<&std::ffi::OsStr> = Vec::new();
-        let mut cur = abs.as_path();
-        let base = loop {
-            match std::fs::symlink_metadata(cur) {
-                Ok(_) => break cur,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(self.refuse(field, raw, &format!("cannot be resolved ({e})")));
-                }
-            }
-            match (cur.file_name(), cur.parent()) {
-                (Some(name), Some(parent)) => {
-                    tail.push(name);
-                    cur = parent;
-                }
-                _ => return Err(self.refuse(field, raw, "has no existing parent directory")),
-            }
-        };
-        let canonical = std::fs::canonicalize(base)
-            .map_err(|e| self.refuse(field, raw, &format!("cannot be resolved ({e})")))?;
-        if !self.inside(&canonical) {
+        Ok(hp)
+    }
+
+    /// A host path that will be created (export output). The output must name a file below
+    /// a root (not the root itself); its directories are created when the export runs.
+    pub fn output(&self, field: &'static str, raw: &str) -> Result<HostPath, PathRefused> {
+        let (hp, below) = self.confine(field, raw)?;
+        let Some((root, rel)) = below else {
             return Err(self.refuse(
                 field,
                 raw,
-                &format!(
-                    "resolves to `{}`, outside the allowed roots",
-                    canonical.display()
-                ),
+                "names an allowed root itself, not a new path below it",
             ));
+        };
+        // An early, clear refusal when what exists of the path passes through a symlink;
+        // the export checks again, the same way, when it creates it.
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let mut prefix = PathBuf::new();
+        let mut dir = None;
+        for c in parent.components() {
+            prefix.push(c);
+            match root.subdir(&prefix) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hp),
+                Err(e) => return Err(self.refuse(field, raw, &hostfs::explain(&e))),
+            }
         }
-        let mut out = canonical;
-        out.extend(tail.iter().rev());
-        Ok(out)
+        if let Ok(d) = root.subdir(parent) {
+            dir = Some(d);
+        }
+        if let (Some(d), Some(name)) = (dir, rel.file_name())
+            && let Ok(Some(_)) = d.stat(name)
+        {
+            return Err(self.refuse(field, raw, "already exists; choose a path that does not"));
+        }
+        Ok(hp)
     }
 }
 
@@ -198,12 +223,12 @@ mod tests {
         let (t, roots) = setup();
         let root = roots.roots()[0].clone();
         assert_eq!(
-            roots.existing("seed_path", "seed").unwrap(),
+            roots.existing("seed_path", "seed").unwrap().shown(),
             root.join("seed")
         );
         let abs = root.join("seed").display().to_string();
         assert_eq!(
-            roots.existing("seed_path", &abs).unwrap(),
+            roots.existing("seed_path", &abs).unwrap().shown(),
             root.join("seed")
         );
         // Outside, through `..`, through a symlink, missing, empty.
@@ -227,11 +252,11 @@ mod tests {
         let (_t, roots) = setup();
         let root = roots.roots()[0].clone();
         assert_eq!(
-            roots.output("output_path", "out.txt").unwrap(),
+            roots.output("output_path", "out.txt").unwrap().shown(),
             root.join("out.txt")
         );
         assert_eq!(
-            roots.output("output_path", "new/dir/out").unwrap(),
+            roots.output("output_path", "new/dir/out").unwrap().shown(),
             root.join("new/dir/out")
         );
         for bad in [
@@ -239,6 +264,7 @@ mod tests {
             "escape/out",
             "/tmp/pyro-mcp-test-out",
             "new/../../out",
+            "escape",
             "",
             "/",
         ] {

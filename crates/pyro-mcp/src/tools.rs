@@ -618,7 +618,7 @@ pub(crate) async fn call(
             let a: p::WorkspaceSyncPush = parse(tool, args)?;
             let source = cx.roots.existing("source_path", &a.source_path)?;
             ok(pyro
-                .push_workspace_sync(&a.workspace_id, &source, &a.dest)
+                .push_workspace_sync(&a.workspace_id, source, &a.dest)
                 .await?)
         }
         ToolId::WorkspaceStatus => {
@@ -638,7 +638,7 @@ pub(crate) async fn call(
             let a: p::WorkspaceExport = parse(tool, args)?;
             let output = cx.roots.output("output_path", &a.output_path)?;
             ok(pyro
-                .export_workspace(&a.workspace_id, &a.path, &output)
+                .export_workspace(&a.workspace_id, &a.path, output)
                 .await?)
         }
         ToolId::WorkspaceDiff => {
