@@ -81,7 +81,7 @@ PROFILES: Dict[str, List[str]] = {
     "workspace-full": FULL,
 }
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
-BUDGET = {"vm-run": 4_000, "workspace-core": 36_000, "workspace-full": 56_000}
+BUDGET = {"vm-run": 3_000, "workspace-core": 24_000, "workspace-full": 40_000}
 
 
 def _server_env(tmp: Path) -> Dict[str, str]:

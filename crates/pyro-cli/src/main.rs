@@ -1,6 +1,29 @@
 //! `pyro`: the command-line face of pyro. It parses, calls [`pyro_core::Pyro`], and renders;
 //! it holds no business logic.
 
+// Standard output belongs to data, and a reader that stops reading is not an error: `pyro
+// workspace list --json | head -c1` must end quietly with exit code 0, where std's `println!`
+// panics on EPIPE. These two macros shadow std's in this file and in every module declared
+// below (macro_rules scope is textual), so every `println!`/`print!` of the CLI goes through
+// `write_stdout`.
+
+/// `println!` for this binary: see [`write_stdout`].
+macro_rules! println {
+    () => {
+        $crate::write_stdout(::std::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(::std::format_args!("{}\n", ::std::format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for this binary: see [`write_stdout`].
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(::std::format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod doctor;
 mod mcp;
@@ -190,6 +213,22 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes to stdout and flushes. When the reader has gone (EPIPE: `| head`, a closed pager)
+/// the process ends at once with exit code 0 and says nothing, as ripgrep does: nobody is
+/// left to read the rest, and the work it reports is done. Any other write error is reported
+/// on stderr and ends the process with exit code 1.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        drop(out);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("[error] cannot write to stdout: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -5,10 +5,13 @@
 //! `create_workspace`, …, plus `ping`); `params` is an object with the SDK's keyword names
 //! (absent or `null` means `{}`); a result is the core's result struct serialised as JSON.
 //!
-//! Requests run concurrently, each in its own task, so one long exec does not hold up a
-//! status call; responses come back in completion order, matched by `id`. While a request
-//! runs the server may send `{"method":"progress","params":{"id":<request id>,"message":..}}`
-//! notifications for it. Errors:
+//! Requests run concurrently on the multi-threaded runtime, each on a thread of its own (the
+//! runtime's blocking pool), so one slow call, even one that keeps its thread busy (hashing a
+//! big tree, copying a seed, waiting on SQLite), never holds up another: a `ping` or a status
+//! call is answered while an exec or a diff runs. Responses come back in completion order,
+//! matched by `id`. While a request runs the server may send
+//! `{"method":"progress","params":{"id":<request id>,"message":..}}` notifications for it.
+//! Errors:
 //!
 //! | code | when | `data.kind` |
 //! |---|---|---|
@@ -41,8 +44,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tokio::task::{JoinSet, LocalSet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 /// Arguments of `pyro rpc`.
 #[derive(Args, Debug)]
@@ -294,10 +297,7 @@ fn parse_line(line: &[u8]) -> Result<Option<Incoming>, (Value, RpcError)> {
 pub async fn run(args: RpcArgs) -> anyhow::Result<ExitCode> {
     let pyro = Arc::new(crate::open_pyro(Some(&args.backend))?);
     args.pool.enable(&pyro)?;
-    // The core's futures are not `Send` (they hold its SQLite handle and VM locks across
-    // awaits), so requests run as local tasks on this thread; they still run concurrently.
-    let local = LocalSet::new();
-    local.run_until(serve_all(pyro)).await
+    serve_all(pyro).await
 }
 
 async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
@@ -306,13 +306,15 @@ async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // Set once, when a signal abandons the requests in flight.
+    let (cancel, cancelled) = watch::channel(false);
     let mut reading = true;
     let interrupted = loop {
         tokio::select! {
             line = input.recv(), if reading => match line {
                 Some(line) => match parse_line(&line) {
                     Ok(Some(req)) => {
-                        tasks.spawn_local(serve(pyro.clone(), out.clone(), req));
+                        tasks.spawn(serve(pyro.clone(), out.clone(), req, cancelled.clone()));
                     }
                     Ok(None) => {}
                     Err((id, e)) => out.respond(&id, Err(e)),
@@ -331,7 +333,10 @@ async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
             break None;
         }
     };
-    tasks.abort_all();
+    // After a signal this abandons the requests in flight (each is dropped at its next
+    // await); at the end of input none is left. Either way every request is over, its
+    // future dropped, before the shutdown deletes the VMs.
+    let _ = cancel.send(true);
     while tasks.join_next().await.is_some() {}
     pyro.shutdown().await;
     drop(out);
@@ -343,30 +348,68 @@ async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Serves one request: runs it in a task of its own (so a panic becomes an error answer)
-/// and sends the response unless it was a notification.
-async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming) {
+/// Serves one request on a thread of its own (see [`on_own_thread`]) and sends the response
+/// unless it was a notification. A panic becomes an error answer; a cancelled request
+/// (the server is going away) gets none.
+async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming, cancelled: watch::Receiver<bool>) {
     let progress = match &req.id {
         Some(id) => progress_notifier(out.clone(), id.clone()),
         None => pyro_core::no_progress(),
     };
     let method = req.method;
     let params = req.params;
-    let handle =
-        tokio::task::spawn_local(async move { call(&pyro, &method, params, progress).await });
-    let result = match handle.await {
-        Ok(r) => r,
+    let outcome = on_own_thread(cancelled, move || async move {
+        call(&pyro, &method, params, progress).await
+    })
+    .await;
+    let result = match outcome {
+        Ok(Some(r)) => r,
+        // Abandoned: the server is going away; nobody is waiting for an answer.
+        Ok(None) => return,
         Err(e) if e.is_panic() => Err(RpcError {
             code: INTERNAL_ERROR,
             message: "internal error: the request's task panicked".into(),
             data: Some(json!({"kind": "runtime"})),
         }),
-        // Cancelled: the server is going away; nobody is waiting for an answer.
+        // The runtime is shutting down.
         Err(_) => return,
     };
     if let Some(id) = &req.id {
         out.respond(id, result);
     }
+}
+
+/// Runs the future `start` makes on a thread of the runtime's blocking pool, so that whatever
+/// it does between two awaits (the core does synchronous file and SQLite work inside its
+/// async calls) only ever holds up that thread, never the runtime's workers or another
+/// request; its timers and I/O are still driven by the runtime. The future is made and polled
+/// on that thread, so it need not be `Send`. `Ok(None)` when `cancelled` turned true first
+/// (the future is dropped at its next await); `Err` when the thread panicked.
+async fn on_own_thread<T, F, Fut>(
+    mut cancelled: watch::Receiver<bool>,
+    start: F,
+) -> Result<Option<T>, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        rt.block_on(async move {
+            let cancel = async {
+                // A sender that went away without cancelling cancels nothing.
+                if cancelled.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = start() => Some(r),
+                () = cancel => None,
+            }
+        })
+    })
+    .await
 }
 
 /// Progress of request `id` as `progress` notifications. Environment-build steps are sent
@@ -1094,6 +1137,82 @@ mod tests {
         assert_eq!(list["count"], json!(0));
         let envs = call("list_environments", json!({})).await.unwrap();
         assert_eq!(envs["environments"].as_array().unwrap().len(), 3);
+    }
+
+    /// Regression test: requests used to run as local tasks on one thread, so a call that
+    /// kept its thread busy (the core's synchronous sections) held up every other request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_slow_request_does_not_delay_a_fast_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pyro = Arc::new(test_pyro(dir.path()));
+        let (_cancel, cancelled) = watch::channel(false);
+        // More thread-blocking requests than the runtime has workers, each busy for 3 s.
+        let slow: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn(on_own_thread(cancelled.clone(), || async {
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    "slow"
+                }))
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // A ping goes through the whole request path and is answered at once.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        let ping = Incoming {
+            id: Some(json!(1)),
+            method: "ping".into(),
+            params: json!({}),
+        };
+        serve(pyro.clone(), Out(tx.clone()), ping, cancelled.clone()).await;
+        let line: Value = serde_json::from_str(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!(line["id"], json!(1));
+        assert_eq!(line["result"]["pong"], json!(true));
+        // So is a call into the core (SQLite, the state directory).
+        let list = Incoming {
+            id: Some(json!(2)),
+            method: "list_workspaces".into(),
+            params: json!({}),
+        };
+        serve(pyro, Out(tx), list, cancelled).await;
+        let line: Value = serde_json::from_str(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!(line["result"]["count"], json!(0), "{line}");
+        let waited = started.elapsed();
+        assert!(
+            waited < std::time::Duration::from_secs(1),
+            "fast requests waited {waited:?} for the slow ones"
+        );
+        for s in &slow {
+            assert!(
+                !s.is_finished(),
+                "the slow requests should still be running"
+            );
+        }
+        for s in slow {
+            assert_eq!(s.await.unwrap().unwrap(), Some("slow"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn cancelling_abandons_a_request_and_a_gone_sender_does_not() {
+        let (cancel, cancelled) = watch::channel(false);
+        let stuck = tokio::spawn(on_own_thread(cancelled.clone(), || {
+            std::future::pending::<()>()
+        }));
+        cancel.send(true).unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), stuck).await;
+        assert_eq!(r.unwrap().unwrap().unwrap(), None);
+        let (cancel, cancelled) = watch::channel(false);
+        drop(cancel);
+        let r = on_own_thread(cancelled, || async { 7 }).await.unwrap();
+        assert_eq!(r, Some(7));
+        // A panic is reported as such (serve turns it into -32603).
+        let (_cancel, cancelled) = watch::channel(false);
+        let e = on_own_thread(cancelled, || async { panic!("boom") })
+            .await
+            .map(|_: Option<()>| ())
+            .unwrap_err();
+        assert!(e.is_panic());
     }
 
     #[test]

@@ -569,3 +569,53 @@ fn host_input_files_are_bounded_before_they_are_read() {
     assert!(err.len() < 2_000, "{} bytes echoed", err.len());
     s.assert_clean();
 }
+
+/// Regression test: `pyro workspace list --json | head -c1` used to panic in `println!` on
+/// EPIPE (exit 101, a panic message on stderr). A reader that goes away ends the CLI quietly
+/// with exit code 0, whether it left before the first byte or after reading one.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly_with_exit_0() {
+    use std::io::Read;
+
+    let s = Sandbox::new();
+    let commands: [&[&str]; 4] = [
+        &["workspace", "list", "--json"],
+        &["workspace", "list"],
+        &["env", "list"],
+        &["env", "list", "--json"],
+    ];
+    for args in commands {
+        // Closed before the first write: the first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = s
+            .cmd()
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn pyro");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+
+        // `| head -c1`: one byte read, then the pipe closes.
+        let mut child = s
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pyro");
+        let mut first = [0u8; 1];
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut first)
+            .expect("one byte");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+    s.assert_clean();
+}

@@ -42,9 +42,9 @@ fn baseline() -> String {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VmRun {
-    /// Environment: debian:12 (with git), debian:12-base or debian:12-build (gcc, make, python3).
+    /// debian:12 (git), debian:12-base or debian:12-build (gcc, make, python3).
     pub environment: String,
-    /// Shell command, run by /bin/sh -c in /workspace.
+    /// Run by /bin/sh -c in /workspace.
     pub command: String,
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 8))]
@@ -52,18 +52,16 @@ pub(crate) struct VmRun {
     #[serde(default = "mem_default")]
     #[schemars(range(min = 256, max = 32768))]
     pub mem_mib: i64,
-    /// Seconds before the command's process tree is killed (exit_code 124, timed_out true).
     #[serde(default = "timeout_default")]
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: i64,
-    /// Lifetime of the sandbox.
     #[serde(default = "vm_ttl_default")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Guest networking; not available in this version (true is refused).
+    /// Not available in this version (true is refused).
     #[serde(default)]
     pub network: bool,
-    /// Accepted for compatibility; pyro never runs commands on the host.
+    /// Ignored: commands never run on the host.
     #[serde(default)]
     pub allow_host_compat: bool,
 }
@@ -72,7 +70,7 @@ pub(crate) struct VmRun {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VmCreate {
-    /// Environment: debian:12, debian:12-base or debian:12-build.
+    /// debian:12, debian:12-base or debian:12-build.
     pub environment: String,
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 8))]
@@ -80,14 +78,13 @@ pub(crate) struct VmCreate {
     #[serde(default = "mem_default")]
     #[schemars(range(min = 256, max = 32768))]
     pub mem_mib: i64,
-    /// Lifetime of the VM; vm_reap_expired deletes it afterwards.
     #[serde(default = "vm_ttl_default")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Guest networking; not available in this version (true is refused).
+    /// Not available in this version (true is refused).
     #[serde(default)]
     pub network: bool,
-    /// Accepted for compatibility; pyro never runs commands on the host.
+    /// Ignored: commands never run on the host.
     #[serde(default)]
     pub allow_host_compat: bool,
 }
@@ -96,7 +93,6 @@ pub(crate) struct VmCreate {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VmId {
-    /// VM id from vm_create.
     pub vm_id: String,
 }
 
@@ -104,9 +100,8 @@ pub(crate) struct VmId {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VmExec {
-    /// VM id of a started VM.
     pub vm_id: String,
-    /// Shell command, run by /bin/sh -c in /workspace.
+    /// Run by /bin/sh -c in /workspace.
     pub command: String,
     #[serde(default = "timeout_default")]
     #[schemars(range(min = 1, max = 86400))]
@@ -122,7 +117,7 @@ pub(crate) struct NoArgs {}
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceCreate {
-    /// Environment: debian:12 (with git), debian:12-base or debian:12-build (gcc, make, python3).
+    /// debian:12 (git), debian:12-base or debian:12-build (gcc, make, python3).
     pub environment: String,
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 8))]
@@ -130,21 +125,19 @@ pub(crate) struct WorkspaceCreate {
     #[serde(default = "mem_default")]
     #[schemars(range(min = 256, max = 32768))]
     pub mem_mib: i64,
-    /// Running-time budget; it only runs down while the workspace is started.
+    /// Running-time budget; it counts only while started.
     #[serde(default = "ws_ttl_default")]
     #[schemars(range(min = 60, max = 2592000))]
     pub ttl_seconds: i64,
-    /// Accepted for compatibility; pyro never runs commands on the host.
+    /// Ignored: commands never run on the host.
     #[serde(default)]
     pub allow_host_compat: bool,
-    /// Host directory or .tar/.tar.gz/.tgz/.tar.zst archive copied into /workspace (the
-    /// baseline for diff and reset). Must lie inside a root the server allows.
+    /// Host directory or .tar/.tar.gz/.tgz/.tar.zst archive, under an allowed root.
     #[serde(default)]
     pub seed_path: Option<String>,
-    /// Free-form name, to find the workspace again with workspace_list.
+    /// Free-form, shown by workspace_list.
     #[serde(default)]
     pub name: Option<String>,
-    /// Labels (key to value).
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -153,7 +146,6 @@ pub(crate) struct WorkspaceCreate {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceId {
-    /// Workspace id from workspace_create or workspace_list.
     pub workspace_id: String,
 }
 
@@ -162,10 +154,8 @@ pub(crate) struct WorkspaceId {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceUpdate {
     pub workspace_id: String,
-    /// New name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Remove the name.
     #[serde(default)]
     pub clear_name: bool,
     /// Labels to add or replace.
@@ -174,7 +164,7 @@ pub(crate) struct WorkspaceUpdate {
     /// Label keys to remove.
     #[serde(default)]
     pub clear_labels: Option<Vec<String>>,
-    /// Grant this many seconds of running time from now.
+    /// Set the running time left to this.
     #[serde(default)]
     #[schemars(range(min = 60, max = 2592000))]
     pub ttl_seconds: Option<i64>,
@@ -185,7 +175,7 @@ pub(crate) struct WorkspaceUpdate {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceExec {
     pub workspace_id: String,
-    /// Shell command, run by /bin/sh -c in /workspace.
+    /// Run by /bin/sh -c in /workspace.
     pub command: String,
     #[serde(default = "timeout_default")]
     #[schemars(range(min = 1, max = 86400))]
@@ -197,9 +187,9 @@ pub(crate) struct WorkspaceExec {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceSyncPush {
     pub workspace_id: String,
-    /// Host directory or archive; must lie inside a root the server allows.
+    /// Host directory or archive, under an allowed root.
     pub source_path: String,
-    /// Destination directory inside /workspace.
+    /// Directory in /workspace.
     #[serde(default = "workspace_root")]
     pub dest: String,
 }
@@ -212,7 +202,6 @@ pub(crate) struct WorkspaceLogs {
     /// First entry (0 = oldest).
     #[serde(default)]
     pub offset: u64,
-    /// Entries to return.
     #[serde(default = "logs_limit_default")]
     #[schemars(range(min = 1))]
     pub limit: u64,
@@ -223,10 +212,9 @@ pub(crate) struct WorkspaceLogs {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceExport {
     pub workspace_id: String,
-    /// File, symlink or directory inside /workspace.
+    /// File, symlink or directory in /workspace.
     pub path: String,
-    /// New host path (must not exist; parents are created); must lie inside a root the
-    /// server allows.
+    /// New host path under an allowed root (must not exist; parents are created).
     pub output_path: String,
 }
 
@@ -235,10 +223,9 @@ pub(crate) struct WorkspaceExport {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceFileList {
     pub workspace_id: String,
-    /// Directory or file inside /workspace.
+    /// Directory or file in /workspace.
     #[serde(default = "workspace_root")]
     pub path: String,
-    /// Descend into subdirectories.
     #[serde(default)]
     pub recursive: bool,
 }
@@ -248,9 +235,8 @@ pub(crate) struct WorkspaceFileList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceFileRead {
     pub workspace_id: String,
-    /// Regular file inside /workspace.
+    /// File in /workspace.
     pub path: String,
-    /// Bytes returned at most (truncated is true when the file is longer).
     #[serde(default = "read_default")]
     #[schemars(range(min = 1, max = 16777216))]
     pub max_bytes: i64,
@@ -261,9 +247,9 @@ pub(crate) struct WorkspaceFileRead {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceFileWrite {
     pub workspace_id: String,
-    /// File inside /workspace (created with parents, or replaced whole).
+    /// File in /workspace.
     pub path: String,
-    /// The complete new content (UTF-8, up to 16 MiB).
+    /// The whole new content (at most 16 MiB).
     pub text: String,
 }
 
@@ -272,8 +258,7 @@ pub(crate) struct WorkspaceFileWrite {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspacePatchApply {
     pub workspace_id: String,
-    /// Unified diff (git diff format works); paths relative to /workspace, with or without
-    /// a/ b/ prefixes.
+    /// Unified diff (git diff works); paths relative to /workspace, a/ b/ prefixes optional.
     pub patch: String,
 }
 
@@ -282,8 +267,9 @@ pub(crate) struct WorkspacePatchApply {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkspaceReset {
     pub workspace_id: String,
-    /// Only "baseline" exists in this version.
+    // Only "baseline" exists in this version; the call names the error for any other.
     #[serde(default = "baseline")]
+    #[schemars(extend("enum" = ["baseline"]))]
     pub snapshot: String,
 }
 

@@ -34,7 +34,7 @@ pub(crate) struct VmExecResult {
     environment: String,
     environment_version: Option<String>,
     command: String,
-    /// Capped at 1 MiB; a marker line says when it was cut.
+    /// A marker line ends it when it was cut.
     stdout: String,
     stderr: String,
     /// 124 on timeout, 127 command not found, 128+n killed by signal n.
@@ -48,7 +48,7 @@ pub(crate) struct VmExecResult {
     stderr_bytes: u64,
     stdout_truncated: bool,
     stderr_truncated: bool,
-    /// Exact bytes, present only when stdout is not valid UTF-8.
+    /// Only when stdout is not UTF-8: its exact bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     stdout_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +56,7 @@ pub(crate) struct VmExecResult {
     spawn_error: Option<String>,
     backend: String,
     boot_ms: Option<u64>,
-    /// `cold` (booted) or `warm` (restored from a snapshot).
+    /// cold, warm (from a snapshot) or pooled.
     boot_mode: Option<String>,
 }
 
@@ -173,7 +173,6 @@ pub(crate) struct WorkspaceInfo {
     vcpu_count: u8,
     mem_mib: u32,
     ttl_seconds: u64,
-    /// Running time left before the workspace is stopped (extend with workspace_update).
     ttl_remaining_seconds: f64,
     created_at: f64,
     last_activity_at: f64,
@@ -196,7 +195,6 @@ pub(crate) struct WorkspaceInfo {
     last_reset_at: Option<f64>,
     service_count: u64,
     running_service_count: u64,
-    /// Why the workspace stopped unexpectedly, if it did.
     last_error: Option<String>,
     metadata: Map,
 }
@@ -220,7 +218,6 @@ pub(crate) struct WorkspaceSummary {
 #[derive(JsonSchema)]
 pub(crate) struct WorkspaceList {
     count: u64,
-    /// Most recently active first.
     workspaces: Vec<WorkspaceSummary>,
 }
 
@@ -230,14 +227,14 @@ pub(crate) struct WorkspaceExecResult {
     environment: String,
     environment_version: Option<String>,
     command: String,
-    /// Capped at 1 MiB (workspace_logs keeps more); a marker line says when it was cut.
+    /// A marker line ends it when it was cut (workspace_logs keeps more).
     stdout: String,
     stderr: String,
     /// 124 on timeout, 127 command not found, 128+n killed by signal n.
     exit_code: i32,
     duration_ms: u64,
     execution_mode: String,
-    /// Position in the workspace's history (workspace_logs).
+    /// Position in workspace_logs.
     sequence: u64,
     cwd: String,
     timed_out: bool,
@@ -334,7 +331,7 @@ pub(crate) struct DiffResult {
     changed: bool,
     summary: DiffSummary,
     entries: Vec<DiffEntry>,
-    /// git diff of every change, applicable to the baseline.
+    /// git diff of the text changes; git apply takes it on the baseline.
     patch: String,
     execution_mode: String,
 }
@@ -366,9 +363,9 @@ pub(crate) struct FileReadResult {
     path: String,
     size_bytes: u64,
     max_bytes: u64,
-    /// UTF-8 text (invalid bytes replaced; see content_base64).
+    /// Invalid UTF-8 is replaced (see content_base64).
     content: String,
-    /// Exact bytes, present only when they are not valid UTF-8.
+    /// Only when the content is not UTF-8: its exact bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     content_base64: Option<String>,
     truncated: bool,

@@ -10,15 +10,18 @@
 //! [`ToolId::tier`], [`ToolId::definition`] and [`call`]. Tools whose arguments differ between
 //! profiles (`workspace_create` gains `network_policy` and `secrets`, `workspace_exec` gains
 //! `secret_env` in `workspace-full`) get a second argument struct and choose it by
-//! [`Profile`] in `definition` and `call`, as the reference does.
+//! [`Profile`] in `definition` and `call`, as the reference does. Then accept the new
+//! `tools/list` snapshots (`tests/tools_list.rs`): their diff is what a model will read, and
+//! `workspace-core` must stay under its byte budget.
 
 use std::sync::Arc;
 
 use pyro_core::workspace::{CreateWorkspace, UpdateWorkspace};
 use pyro_core::{Command, CreateVm, ExecOptions, ProgressFn, Pyro};
-use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
+use rmcp::handler::server::tool::schema_for_input;
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -92,75 +95,129 @@ pub enum ToolId {
     WorkspaceDelete,
 }
 
-/// Annotations: read-only, destructive, idempotent. Nothing here reaches outside the host's
-/// sandboxes (guests have no network), so `openWorldHint` is false throughout.
-fn ann(title: &str, read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations {
-    let a = ToolAnnotations::with_title(title)
-        .read_only(read_only)
-        .open_world(false);
-    if read_only {
-        a
-    } else {
-        a.destructive(destructive).idempotent(idempotent)
+/// The tool's title (top-level `title`, for display) and annotations. Hints are only written
+/// where they differ from the spec's defaults (`readOnlyHint` is always written): read-only
+/// tools get no destructive/idempotent hints, other tools say whether they are destructive
+/// (the default is true) and only say `idempotentHint` when it is true. Nothing here reaches
+/// outside the host's sandboxes (guests have no network), so `openWorldHint` is false
+/// throughout.
+struct Ann {
+    title: &'static str,
+    read_only: bool,
+    destructive: bool,
+    idempotent: bool,
+}
+
+/// See [`Ann`]: read-only, destructive, idempotent.
+fn ann(title: &'static str, read_only: bool, destructive: bool, idempotent: bool) -> Ann {
+    Ann {
+        title,
+        read_only,
+        destructive,
+        idempotent,
     }
 }
 
-/// Removes what costs bytes in every `tools/list` and tells a model nothing: the `$schema`
-/// URI and numeric `format`s (`int64`, `uint32`, `double`).
-fn trim_schema(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("$schema");
-            if m.get("format").and_then(Value::as_str).is_some_and(|f| {
-                f.starts_with("int") || f.starts_with("uint") || f == "double" || f == "float"
-            }) {
-                m.remove("format");
+impl Ann {
+    fn annotations(&self) -> ToolAnnotations {
+        let mut a = ToolAnnotations::new()
+            .read_only(self.read_only)
+            .open_world(false);
+        if !self.read_only {
+            a = a.destructive(self.destructive);
+            if self.idempotent {
+                a = a.idempotent(true);
             }
-            m.values_mut().for_each(trim_schema);
         }
-        Value::Array(a) => a.iter_mut().for_each(trim_schema),
-        _ => {}
+        a
     }
 }
 
-/// Output schemas say what each field is; `required` lists (the server always writes every
-/// field but the ones marked optional) and the `minimum: 0` of unsigned counters would more
-/// than double their size in every `tools/list` without telling a model anything it needs.
-fn trim_output_schema(v: &mut Value) {
+/// Numeric `format`s (`int64`, `uint32`, `double`): they cost bytes in every `tools/list` and
+/// tell a model nothing.
+fn is_numeric_format(v: &Value) -> bool {
+    v.as_str().is_some_and(|f| {
+        f.starts_with("int") || f.starts_with("uint") || f == "double" || f == "float"
+    })
+}
+
+/// Applies `f` to every schema below `v` (and to `v`): the values of `properties`, `$defs`
+/// and `patternProperties` are schemas keyed by name, so their keys are never touched.
+fn each_schema(v: &mut Value, f: &mut impl FnMut(&mut JsonObject)) {
     match v {
         Value::Object(m) => {
-            m.remove("required");
-            if m.get("minimum").and_then(Value::as_u64) == Some(0) {
-                m.remove("minimum");
-            }
+            f(m);
             for (k, child) in m.iter_mut() {
                 match (k.as_str(), child) {
-                    // Maps from names to schemas: trim the schemas, keep every name.
-                    ("properties" | "$defs", Value::Object(named)) => {
-                        named.values_mut().for_each(trim_output_schema)
+                    ("properties" | "$defs" | "patternProperties", Value::Object(named)) => {
+                        named.values_mut().for_each(|s| each_schema(s, f))
                     }
-                    (_, child) => trim_output_schema(child),
+                    (_, child) => each_schema(child, f),
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(trim_output_schema),
+        Value::Array(a) => a.iter_mut().for_each(|s| each_schema(s, f)),
         _ => {}
     }
 }
 
-fn trimmed(schema: &JsonObject, output: bool) -> Arc<JsonObject> {
-    let mut v = Value::Object(schema.clone());
-    trim_schema(&mut v);
-    if output {
-        trim_output_schema(&mut v);
-    }
+/// Input schemas: drops the `$schema` URI, numeric formats, and `"default": null` (an
+/// optional argument that is left out is simply not set; `required` already says which are
+/// optional).
+fn trim_input_schema(v: &mut Value) {
+    each_schema(v, &mut |m| {
+        m.remove("$schema");
+        if m.get("format").is_some_and(is_numeric_format) {
+            m.remove("format");
+        }
+        if m.get("default").is_some_and(Value::is_null) {
+            m.remove("default");
+        }
+    });
+}
+
+/// Output schemas say what each field is. Dropped: `required` lists (the server always writes
+/// every field but the ones marked optional), the `minimum`/`maximum` that only restate an
+/// integer's width (`u8` is at most 255), `items: true` (any item, the default), numeric
+/// formats and the `$schema` URI. Subschemas are inlined where they are generated, so there are
+/// no `$defs` to refer to.
+fn trim_output_schema(v: &mut Value) {
+    each_schema(v, &mut |m| {
+        for k in ["$schema", "required", "minimum", "maximum"] {
+            m.remove(k);
+        }
+        if m.get("format").is_some_and(is_numeric_format) {
+            m.remove("format");
+        }
+        if m.get("items") == Some(&Value::Bool(true)) {
+            m.remove("items");
+        }
+    });
+}
+
+/// The advertised output schema of `O`: what serializing it writes, with every subschema
+/// inlined (each nested struct appears once per result type, so `$defs` and `$ref`s would
+/// only add bytes), without the root's title and description.
+fn output_schema<O: JsonSchema>() -> JsonObject {
+    let mut settings = SchemaSettings::draft2020_12().for_serialize();
+    settings.inline_subschemas = true;
+    settings.meta_schema = None;
+    let mut v = settings
+        .into_generator()
+        .into_root_schema_for::<O>()
+        .to_value();
+    trim_output_schema(&mut v);
     match v {
-        Value::Object(m) => Arc::new(m),
-        _ => Arc::new(schema.clone()),
+        Value::Object(mut m) => {
+            m.remove("title");
+            m.remove("description");
+            m
+        }
+        _ => JsonObject::new(),
     }
 }
 
-fn tool<I, O>(name: &'static str, description: &'static str, a: ToolAnnotations) -> Tool
+fn tool<I, O>(name: &'static str, description: &'static str, a: Ann) -> Tool
 where
     I: JsonSchema + 'static,
     O: JsonSchema + 'static,
@@ -170,11 +227,16 @@ where
         tracing::error!("input schema of {name}: {e}");
         Arc::new(JsonObject::new())
     });
-    let title = a.title.clone();
-    let mut t = Tool::new(name, description, trimmed(&input, false))
-        .with_raw_output_schema(trimmed(&schema_for_output::<O>(), true))
-        .with_annotations(a);
-    t.title = title;
+    let mut input = Value::Object(input.as_ref().clone());
+    trim_input_schema(&mut input);
+    let input = match input {
+        Value::Object(m) => m,
+        _ => JsonObject::new(),
+    };
+    let mut t = Tool::new(name, description, Arc::new(input))
+        .with_raw_output_schema(Arc::new(output_schema::<O>()))
+        .with_annotations(a.annotations());
+    t.title = Some(a.title.into());
     t
 }
 
@@ -307,172 +369,141 @@ impl ToolId {
     }
 
     /// The definition `tools/list` advertises under `profile`.
+    ///
+    /// Descriptions say what a tool is for and what the schemas cannot: each fact once, in
+    /// the tool it belongs to. Defaults, ranges and field meanings live in the schemas, and
+    /// what every tool shares (Debian 12 guests, no network, the workspace loop) in the
+    /// profile's `instructions`.
     pub fn definition(self, _profile: Profile) -> Tool {
         let n = self.name();
         match self {
             Self::VmRun => tool::<p::VmRun, s::VmExecResult>(
                 n,
-                "Run one shell command in a fresh, disposable microVM sandbox and return its \
-                 exit_code, stdout and stderr. The sandbox is created, booted (a few seconds), \
-                 used for this command only and always destroyed: nothing persists between \
-                 calls. Use it for one-off checks (a build, a test run, a version probe); when \
-                 several commands must share files, use a persistent workspace instead. Output \
-                 is capped at 1 MiB per stream; the command is killed after timeout_seconds \
-                 (exit_code 124, timed_out true). The guest has no network.",
+                "Run one shell command in a fresh microVM sandbox that is destroyed afterwards: \
+                 nothing persists, so chain steps with && or use a workspace. Returns exit_code, \
+                 stdout and stderr (1 MiB each at most). No network.",
                 ann("Run a command in a fresh sandbox", false, false, false),
             ),
             Self::WorkspaceCreate => tool::<p::WorkspaceCreate, s::WorkspaceInfo>(
                 n,
-                "Create and boot a persistent sandbox (workspace): its /workspace directory and \
-                 whole filesystem persist across calls until workspace_delete. Optionally seed \
-                 /workspace from a host directory or archive (seed_path); the seeded tree is the \
-                 baseline that workspace_diff compares with and workspace_reset restores. Returns \
-                 the workspace; pass its workspace_id to every other workspace_* tool. Booting \
-                 takes seconds (building an environment on its first use, minutes). The \
-                 workspace is stopped when its running-time budget (ttl_seconds) is used up; \
-                 workspace_update extends it. The guest has no network.",
+                "Create and boot a persistent sandbox; its files persist until workspace_delete. \
+                 seed_path fills /workspace from the host: the baseline for workspace_diff and \
+                 workspace_reset. Pass the returned workspace_id to the other workspace_* tools. \
+                 An environment's first use builds it (minutes). No network.",
                 ann("Create a workspace", false, false, false),
             ),
             Self::WorkspaceList => tool::<p::NoArgs, s::WorkspaceList>(
                 n,
-                "List every workspace (id, name, labels, state, running time left, command \
-                 count), most recently active first. Use it to find a workspace again by name or \
-                 label, or to see which are started.",
+                "List workspaces, most recently active first (to find one again by name or \
+                 label).",
                 ann("List workspaces", true, false, true),
             ),
             Self::WorkspaceUpdate => tool::<p::WorkspaceUpdate, s::WorkspaceInfo>(
                 n,
-                "Change a workspace's name or labels (add, replace, or remove keys), or grant it \
-                 ttl_seconds more running time counted from now. At least one change is \
-                 required; name and clear_name together are refused. Returns the updated \
-                 workspace.",
+                "Rename or relabel a workspace, or set its running time left. At least one \
+                 change; name and clear_name exclude each other.",
                 ann("Update a workspace", false, false, true),
             ),
             Self::WorkspaceExec => tool::<p::WorkspaceExec, s::WorkspaceExecResult>(
                 n,
-                "Run one non-interactive shell command (/bin/sh -c, cwd /workspace) in a started \
-                 workspace; files, installed packages and everything it writes persist for later \
-                 calls. Returns exit_code, stdout and stderr (1 MiB each at most; workspace_logs \
-                 keeps up to 64 MiB) and the command's sequence number in the history. The \
-                 command's process tree is killed after timeout_seconds (exit_code 124, \
-                 timed_out true). No stdin, no network. Calls on one workspace may overlap.",
+                "Run one non-interactive shell command (no stdin) in a started workspace; its \
+                 effects persist. Returns exit_code, stdout and stderr (1 MiB each at most). \
+                 Calls may overlap.",
                 ann("Run a command in a workspace", false, true, false),
             ),
             Self::WorkspaceSyncPush => tool::<p::WorkspaceSyncPush, s::SyncResult>(
                 n,
-                "Copy a host directory or archive (source_path) into a started workspace under \
-                 dest (default /workspace). It merges: same-named files are overwritten, nothing \
-                 is deleted, the baseline is unchanged. Returns the number of entries and bytes \
-                 imported.",
+                "Copy a host directory or archive into a started workspace. Merges: same-named \
+                 files are overwritten, nothing is deleted, the baseline is unchanged.",
                 ann("Push host files into a workspace", false, true, true),
             ),
             Self::WorkspaceStatus => tool::<p::WorkspaceId, s::WorkspaceInfo>(
                 n,
-                "Show one workspace: state (started or stopped), running time left, seed, \
-                 labels, command count and last command, resets, and why it stopped if it \
-                 stopped unexpectedly.",
+                "Show one workspace: state, running time left, seed, labels, last command, and \
+                 last_error if it stopped unexpectedly.",
                 ann("Workspace status", true, false, true),
             ),
             Self::WorkspaceLogs => tool::<p::WorkspaceLogs, s::WorkspaceLogs>(
                 n,
-                "Return a workspace's command history, oldest first: each command with its exit \
-                 code, duration, stdout and stderr (64 KiB per stream and entry at most). Pages \
-                 by offset and limit; total is the history's length, so offset = total - limit \
-                 shows the newest entries. Reset empties the history.",
+                "A workspace's command history, oldest first, with each command's output (64 KiB \
+                 per stream at most). offset = total - limit pages to the newest; workspace_reset \
+                 empties it.",
                 ann("Workspace command history", true, false, true),
             ),
             Self::WorkspaceExport => tool::<p::WorkspaceExport, s::ExportResult>(
                 n,
-                "Copy one file, symlink or directory from /workspace of a started workspace to a \
-                 new host path (output_path must not exist yet; missing parent directories are \
-                 created). Returns what was written. Use it to hand results back to the host.",
+                "Copy a file, symlink or directory from a started workspace to the host.",
                 ann("Export from a workspace to the host", false, false, false),
             ),
             Self::WorkspaceDiff => tool::<p::WorkspaceId, s::DiffResult>(
                 n,
-                "Compare /workspace with the workspace's create-time baseline (its seed, or an \
-                 empty tree). Returns each changed path with its status (added, modified, \
-                 deleted, type_changed, mode_changed) and one git-style patch of all text \
-                 changes that git apply accepts on the baseline. Needs a started workspace.",
+                "Compare a started workspace's /workspace with its baseline (the seed, or an \
+                 empty tree): every changed path, and one patch of the text changes.",
                 ann("Diff a workspace against its baseline", true, false, true),
             ),
             Self::WorkspaceFileList => tool::<p::WorkspaceFileList, s::FileListResult>(
                 n,
-                "List a path in /workspace: the children of a directory, or its whole subtree \
-                 with recursive. Each entry has its absolute path, type (file, directory, \
-                 symlink, other), size, permission bits and symlink target.",
+                "List a directory's children in /workspace, or its whole subtree with \
+                 recursive.",
                 ann("List workspace files", true, false, true),
             ),
             Self::WorkspaceFileRead => tool::<p::WorkspaceFileRead, s::FileReadResult>(
                 n,
-                "Read a regular file in /workspace as text, up to max_bytes (default 64 KiB, at \
-                 most 16 MiB); truncated says whether the file is longer than what was returned \
-                 and size_bytes gives its full size. Content that is not UTF-8 also comes \
-                 exactly as content_base64.",
+                "Read a regular file in /workspace as text, up to max_bytes; truncated and \
+                 size_bytes tell whether there is more.",
                 ann("Read a workspace file", true, false, true),
             ),
             Self::WorkspaceFileWrite => tool::<p::WorkspaceFileWrite, s::FileWriteResult>(
                 n,
-                "Create or replace a file in /workspace with exactly the given text (UTF-8, up to \
-                 16 MiB): parent directories are created, the write is atomic, an existing file \
-                 keeps its permissions. Overwrites without asking; to change part of an existing \
-                 file, workspace_patch_apply is safer.",
+                "Create or replace a whole file in /workspace (parents created, atomic, mode \
+                 kept). To change part of a file, workspace_patch_apply is safer.",
                 ann("Write a workspace file", false, true, true),
             ),
             Self::WorkspacePatchApply => tool::<p::WorkspacePatchApply, s::PatchResult>(
                 n,
-                "Apply a unified diff (git diff or diff -u output) to files in /workspace: \
-                 modify, create, delete or rename files. All or nothing: if any hunk does not \
-                 apply, nothing changes and the error names the file and hunk. Returns the files \
-                 changed.",
+                "Apply a unified diff in /workspace (modify, create, delete or rename files). All \
+                 or nothing: if a hunk does not apply, nothing changes and the error names it.",
                 ann("Apply a patch in a workspace", false, true, false),
             ),
             Self::WorkspaceReset => tool::<p::WorkspaceReset, s::WorkspaceInfo>(
                 n,
-                "Put a workspace back to its create-time baseline: a fresh filesystem (outside \
-                 /workspace too), /workspace as seeded, an empty command history; the \
-                 workspace_id stays. Discards every change since creation. Only the snapshot \
-                 \"baseline\" exists in this version.",
+                "Restore a workspace to its baseline: a fresh filesystem, /workspace as seeded, \
+                 an empty history, the same workspace_id. Discards every change.",
                 ann("Reset a workspace to its baseline", false, true, true),
             ),
             Self::WorkspaceDelete => tool::<p::WorkspaceId, s::WorkspaceDeleteResult>(
                 n,
-                "Delete a workspace in any state: stop its VM and remove its disk, baseline, \
-                 history and logs. Irreversible; export anything worth keeping first.",
+                "Delete a workspace in any state with its disk and history. Irreversible: export \
+                 what is worth keeping first.",
                 ann("Delete a workspace", false, true, true),
             ),
             Self::VmListEnvironments => tool::<p::NoArgs, s::EnvironmentList>(
                 n,
-                "List the environments sandboxes can run (debian:12 with git, debian:12-base, \
-                 debian:12-build with gcc, make and python3) and whether each is built on this \
-                 host; one that is not is built on first use, which takes minutes.",
+                "List the environments and whether each is built on this host (one that is not \
+                 is built on first use, which takes minutes).",
                 ann("List environments", true, false, true),
             ),
             Self::VmCreate => tool::<p::VmCreate, s::VmInfo>(
                 n,
-                "Create an ephemeral VM without booting it (state created). Then vm_start boots \
-                 it and vm_exec runs one command and deletes it; vm_run does all three in one \
-                 call and is usually what you want. The VM belongs to this server process: it is \
-                 lost when the server stops and vm_reap_expired deletes it after ttl_seconds.",
+                "Create a single-use VM without booting it; vm_start boots it, vm_exec runs one \
+                 command and deletes it (vm_run does all three). It belongs to this server: lost \
+                 when the server stops, deleted by vm_reap_expired after ttl_seconds.",
                 ann("Create a VM", false, false, false),
             ),
             Self::VmStart => tool::<p::VmId, s::VmInfo>(
                 n,
-                "Boot a created or stopped VM (a few seconds). Returns the VM in state started.",
+                "Boot a created or stopped VM (a few seconds).",
                 ann("Start a VM", false, false, false),
             ),
             Self::VmExec => tool::<p::VmExec, s::VmExecResult>(
                 n,
-                "Run one shell command (/bin/sh -c, cwd /workspace) in a started VM and return \
-                 exit_code, stdout and stderr (1 MiB each at most). The VM is deleted afterwards, \
-                 whatever the outcome. The command is killed after timeout_seconds (exit_code \
-                 124).",
+                "Run one shell command in a started VM, then delete the VM whatever the outcome. \
+                 Returns exit_code, stdout and stderr (1 MiB each at most).",
                 ann("Run a command in a VM, then delete it", false, true, false),
             ),
             Self::VmStop => tool::<p::VmId, s::VmInfo>(
                 n,
-                "Power off a started VM, keeping its record and disk (state stopped); vm_start \
-                 boots it again.",
+                "Power off a started VM, keeping its disk; vm_start boots it again.",
                 ann("Stop a VM", false, true, true),
             ),
             Self::VmDelete => tool::<p::VmId, s::VmDeleteResult>(
@@ -487,27 +518,25 @@ impl ToolId {
             ),
             Self::VmNetworkInfo => tool::<p::VmId, s::NetworkInfo>(
                 n,
-                "Show a VM's network configuration. Guest networking is not available in this \
-                 version, so this says so and why.",
+                "Show a VM's network configuration (guest networking is not available in this \
+                 version; reason says why).",
                 ann("VM network info", true, false, true),
             ),
             Self::VmReapExpired => tool::<p::NoArgs, s::ReapResult>(
                 n,
-                "Delete every VM of this server whose ttl_seconds has run out; returns their \
-                 ids.",
+                "Delete every VM of this server whose ttl_seconds has run out.",
                 ann("Delete expired VMs", false, true, true),
             ),
             Self::WorkspaceStop => tool::<p::WorkspaceId, s::WorkspaceInfo>(
                 n,
-                "Power off a started workspace, keeping all its files; running processes end and \
-                 its running-time budget pauses. Tools that work inside the workspace need it \
-                 started again with workspace_start.",
+                "Power off a started workspace, keeping its files; its processes end and its \
+                 running-time budget pauses. workspace_start boots it again.",
                 ann("Stop a workspace", false, true, true),
             ),
             Self::WorkspaceStart => tool::<p::WorkspaceId, s::WorkspaceInfo>(
                 n,
-                "Boot a stopped workspace on its existing disk (a few seconds): everything \
-                 written before it stopped is still there.",
+                "Boot a stopped workspace on its existing disk (a few seconds); everything it \
+                 had written is still there.",
                 ann("Start a workspace", false, false, true),
             ),
         }
@@ -775,13 +804,58 @@ mod tests {
             assert_eq!(out.get("type"), Some(&Value::from("object")), "{}", d.name);
             assert!(!out.contains_key("$schema"));
             let a = d.annotations.as_ref().expect("annotations");
+            assert!(a.read_only_hint.is_some(), "{}", d.name);
+            assert_eq!(a.open_world_hint, Some(false), "{}", d.name);
             assert!(
-                a.read_only_hint.is_some() && a.title.is_some(),
-                "{}",
+                d.title.is_some() && a.title.is_none(),
+                "{}: one title",
                 d.name
             );
             assert!(d.description.as_ref().is_some_and(|s| s.len() > 40));
         }
+    }
+
+    #[test]
+    fn schemas_carry_no_noise() {
+        for &t in ToolId::ALL {
+            let d = t.definition(Profile::WorkspaceFull);
+            let text = serde_json::to_string(&d).unwrap();
+            for noise in [
+                "\"$schema\"",
+                "\"$ref\"",
+                "\"$defs\"",
+                "\"format\":\"int",
+                "\"format\":\"uint",
+                "\"format\":\"double",
+                "\"default\":null",
+                "\"items\":true",
+                "\"idempotentHint\":false",
+                "\\n",
+            ] {
+                assert!(!text.contains(noise), "{}: {noise} in {text}", d.name);
+            }
+            let out = Value::Object(d.output_schema.as_deref().cloned().unwrap_or_default());
+            assert!(!out.to_string().contains("\"required\""), "{}", d.name);
+        }
+        // Nested results are inlined, and an optional one is a nullable object.
+        let status = ToolId::WorkspaceStatus.definition(Profile::WorkspaceCore);
+        let last = &status.output_schema.as_deref().unwrap()["properties"]["last_command"];
+        assert_eq!(last["type"], serde_json::json!(["object", "null"]));
+        assert!(last["properties"]["exit_code"].is_object());
+    }
+
+    #[test]
+    fn annotations_state_only_what_differs_from_the_defaults() {
+        let hints = |t: ToolId| {
+            let a = t.definition(Profile::WorkspaceFull).annotations.unwrap();
+            (a.read_only_hint, a.destructive_hint, a.idempotent_hint)
+        };
+        assert_eq!(hints(ToolId::WorkspaceList), (Some(true), None, None));
+        assert_eq!(hints(ToolId::VmRun), (Some(false), Some(false), None));
+        assert_eq!(
+            hints(ToolId::WorkspaceDelete),
+            (Some(false), Some(true), Some(true))
+        );
     }
 
     #[test]
