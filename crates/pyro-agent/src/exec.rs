@@ -9,10 +9,11 @@
 //! - **Backpressure.** Chunks go through a bounded channel; a slow receiver slows the
 //!   command down instead of growing buffers.
 //! - **A whole tree is killed on timeout.** The command runs as the leader of a new
-//!   session. On timeout, every process of that session or process group, every
-//!   descendant of those, and every process still holding the command's output pipes
-//!   (which catches children that called `setsid` themselves) gets `SIGKILL`; output
-//!   produced until then is kept.
+//!   session, in a cgroup of its own inside a guest ([`crate::limits`]). On timeout, the
+//!   cgroup is killed (`cgroup.kill`), and every process of that session or process
+//!   group, every descendant of those, and every process still holding the command's
+//!   output pipes (which catches children that called `setsid` themselves) gets
+//!   `SIGKILL`; output produced until then is kept.
 //! - **Background daemons do not hang the call.** Once the leader exits, the pipes are
 //!   drained until end of file but for at most [`DRAIN_GRACE`] of waiting for data; a
 //!   process that keeps them open is left running, its further output dropped.
@@ -26,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::pending;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::limits::CommandCgroup;
 use crate::{reaper, sys};
 
 /// `PATH` of the base environment every command starts from.
@@ -339,15 +341,28 @@ fn prepare(spec: &ExecSpec) -> Result<Prepared, ExecError> {
         } else {
             Stdio::null()
         });
-    // SAFETY: the hook runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe, and reads errno on failure; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(sys::setsid);
-    }
     Ok(Prepared::Ready {
         cmd,
         program: program.to_owned(),
     })
+}
+
+/// Makes the child the leader of a new session and moves it into the cgroup whose
+/// `cgroup.procs` is open as `cgroup` (see [`crate::limits`]), between fork and exec.
+fn start_in_session(cmd: &mut std::process::Command, cgroup: Option<RawFd>) {
+    // SAFETY: the hook runs in the forked child before exec and only calls setsid(2) and
+    // write(2) on a descriptor opened before the fork (and kept open until the spawn has
+    // returned), both async-signal-safe, and reads errno on failure; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::setsid()?;
+            if let Some(procs) = cgroup {
+                // Best effort: a command outside the cgroup still runs, only unlimited.
+                let _ = crate::limits::join(procs);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Errors of `execve` that mean "this program cannot be executed" (exit 126) rather
@@ -416,12 +431,19 @@ fn millis(d: Duration) -> u64 {
 pub async fn run(spec: ExecSpec, out: mpsc::Sender<Output>) -> Result<ExecOutcome, ExecError> {
     let started = Instant::now();
     let cap = spec.max_output_bytes;
-    let (cmd, program) = match prepare(&spec)? {
+    let (mut cmd, program) = match prepare(&spec)? {
         Prepared::Ready { cmd, program } => (cmd, program),
         Prepared::Unrunnable { exit_code, message } => {
             return unrunnable(exit_code, message, cap, &out, started).await;
         }
     };
+    // The command's own cgroup, else the commands' shared one, else none (outside a guest).
+    let cgroup = CommandCgroup::create();
+    let join = cgroup
+        .as_ref()
+        .map(CommandCgroup::procs)
+        .or_else(crate::limits::commands_procs);
+    start_in_session(&mut cmd, join);
     // fork + exec blocks until the exec is done (slow for a big binary on a cold disk).
     let spawned = tokio::task::spawn_blocking(move || reaper::spawn(cmd))
         .await
@@ -444,6 +466,7 @@ pub async fn run(spec: ExecSpec, out: mpsc::Sender<Output>) -> Result<ExecOutcom
     let mut guard = KillOnDrop {
         leader,
         pipe_inodes: Vec::new(),
+        cgroup,
         armed: true,
     };
     let (stdout, stdout_ino) = pipe_reader(child.stdout).map_err(spawn_err)?;
@@ -460,7 +483,6 @@ pub async fn run(spec: ExecSpec, out: mpsc::Sender<Output>) -> Result<ExecOutcom
     };
 
     let mut session = Session {
-        leader,
         out: &out,
         stdout: Stream::new(stdout, cap),
         stderr: Stream::new(stderr, cap),
@@ -471,13 +493,10 @@ pub async fn run(spec: ExecSpec, out: mpsc::Sender<Output>) -> Result<ExecOutcom
         drain_deadline: None,
     };
     let deadline = spec.timeout.map(|t| started + t);
-    match session
-        .drive(child.exit, deadline, &guard.pipe_inodes)
-        .await
-    {
+    match session.drive(child.exit, deadline, &guard).await {
         Ok(()) => {}
         Err(Gone) => {
-            kill_tree(leader, &guard.pipe_inodes).await;
+            kill_tree(&guard).await;
             guard.armed = false;
             return Err(ExecError::Cancelled);
         }
@@ -602,7 +621,6 @@ impl Stream {
 
 /// The state of one running command.
 struct Session<'a> {
-    leader: i32,
     out: &'a mpsc::Sender<Output>,
     stdout: Stream,
     stderr: Stream,
@@ -627,7 +645,7 @@ impl Session<'_> {
         &mut self,
         mut exit: reaper::Exit,
         deadline: Option<Instant>,
-        pipe_inodes: &[u64],
+        tree: &KillOnDrop,
     ) -> Result<(), Gone> {
         let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let timeout_sleep = tokio::time::sleep_until(deadline.unwrap_or(never));
@@ -642,7 +660,7 @@ impl Session<'_> {
             if self.status.is_none() && !self.timed_out && deadline.is_some_and(|d| now >= d) {
                 self.timed_out = true;
                 self.stdin = None;
-                kill_tree(self.leader, pipe_inodes).await;
+                kill_tree(tree).await;
                 continue;
             }
             if self.pending.is_none() && self.drain_deadline.is_some_and(|d| now >= d) {
@@ -740,26 +758,43 @@ async fn write_stdin(stdin: &mut Option<(pipe::Sender, Bytes)>) -> io::Result<us
     }
 }
 
-/// Kills the command's tree when a [`run`] future is dropped before finishing.
+/// The command's tree: its leader, its output pipes and its cgroup. Killed when a [`run`]
+/// future is dropped before finishing (while `armed`).
 struct KillOnDrop {
     leader: i32,
     pipe_inodes: Vec<u64>,
+    cgroup: Option<CommandCgroup>,
     armed: bool,
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if self.armed {
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill();
+            }
             signal_tree(self.leader, &self.pipe_inodes);
         }
     }
 }
 
-/// Kills the tree of the command led by `leader` and waits (bounded) until no process
-/// of it is alive: see [`find_tree`] for what belongs to the tree.
-async fn kill_tree(leader: i32, pipe_inodes: &[u64]) {
+/// Kills the command's tree and waits (bounded) until no process of it is alive: its
+/// cgroup at once, then, as before cgroups, what [`find_tree`] finds (a process that moved
+/// itself out of the cgroup). The `/proc` scans run on a blocking thread: with thousands of
+/// processes (a fork bomb) they take long, and the agent must go on answering meanwhile.
+async fn kill_tree(tree: &KillOnDrop) {
+    if let Some(cgroup) = &tree.cgroup {
+        cgroup.kill();
+    }
     let give_up = Instant::now() + KILL_CONFIRM;
-    while signal_tree(leader, pipe_inodes) > 0 && Instant::now() < give_up {
+    loop {
+        let (leader, inodes) = (tree.leader, tree.pipe_inodes.clone());
+        let found = tokio::task::spawn_blocking(move || signal_tree(leader, &inodes))
+            .await
+            .unwrap_or(0);
+        if found == 0 || Instant::now() >= give_up {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

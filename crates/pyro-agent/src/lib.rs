@@ -9,11 +9,14 @@
 //!   caps, timeouts that kill the whole process tree, shell-like 126/127 codes.
 //! - [`fs`] serves file operations confined to a root (`/workspace`): list, read, atomic
 //!   batched writes, tar export and streaming tar import.
+//! - [`limits`] runs commands in a cgroup with process, memory and CPU limits that leave
+//!   the agent room to answer whatever the commands do.
 //! - [`sys`] holds the thin `unsafe` wrappers around the system calls above.
 
 pub mod exec;
 pub mod fs;
 pub mod init;
+pub mod limits;
 pub mod reaper;
 pub mod server;
 pub mod sys;

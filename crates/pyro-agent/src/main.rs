@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use pyro_agent::server::{self, AgentInfo};
-use pyro_agent::{init, reaper, transport};
+use pyro_agent::{init, limits, reaper, transport};
 
 fn main() -> ExitCode {
     let started = Instant::now();
@@ -17,6 +17,22 @@ fn main() -> ExitCode {
     if pid1 && let Err(e) = init::run_stage1() {
         eprintln!("pyro-agent: stage 1 failed: {e}");
         init::poweroff();
+    }
+    if pid1 {
+        match limits::setup() {
+            Ok((l, problems)) => {
+                eprintln!(
+                    "pyro-agent: commands limited to {} tasks, {} MiB, cpu weight {}",
+                    l.pids_max,
+                    l.memory_max >> 20,
+                    l.cpu_weight
+                );
+                for p in problems {
+                    eprintln!("pyro-agent: warning: {p}");
+                }
+            }
+            Err(e) => eprintln!("pyro-agent: warning: commands run without limits: {e}"),
+        }
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen_unix = match args.as_slice() {

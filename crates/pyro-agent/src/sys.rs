@@ -122,6 +122,15 @@ pub fn setsid() -> io::Result<()> {
     check(unsafe { libc::setsid() }).map(drop)
 }
 
+/// `write(2)` of `buf` to `fd`, once; returns the bytes written. Async-signal-safe: usable
+/// between `fork` and `exec`.
+pub fn write_raw(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes for the duration of the call; write(2)
+    // only reads from it, and a bad descriptor is reported as EBADF.
+    let ret = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
 /// `getpid(2)`.
 pub fn getpid() -> i32 {
     // SAFETY: getpid cannot fail and has no preconditions.

@@ -19,18 +19,41 @@
 //!    under the workspace's directory, no directory, no record.
 //!
 //! Kill moments: each operation is first run (and timed) uncut; then it is killed `n` times,
-//! once in each n-th of that duration, at a seeded offset inside it (`start`: ten kills in
-//! its first two seconds, two near its end). The seed is fixed, `PYRO_FAULT_SEED` (decimal
-//! or 0x-hex) picks another; the seed and every delay are printed (`cargo nextest run -p
-//! pyro-cli --test faults --no-capture`). Where a kill lands depends on the machine's speed,
-//! so the outcome counts below vary a little between runs; the assertions do not.
+//! once in each n-th of that duration, at a seeded offset inside it; `create` and `reset` get
+//! six more in their first eighth, where they hand the workspace from state to state, and
+//! `start` has ten in its first two seconds and two near its end. The data operations share
+//! one long-lived workspace, `stop` and `start` another. A killed call's work in the guest
+//! may end a little after the CLI (the agent finishes or rolls back what it had received):
+//! the checks of `file write`, `patch apply` and `sync push` wait until the guest settles.
+//! The seed is fixed, `PYRO_FAULT_SEED` (decimal or 0x-hex) picks another; the seed and every
+//! delay are printed (`cargo nextest run -p pyro-cli --test faults --no-capture`, which runs
+//! the tests one at a time). Where a kill lands depends on the machine's speed, so the
+//! outcome counts below vary a little between runs; the assertions do not.
 //!
-//! Observed with the default seed, QEMU/TCG on 2 cores, the whole file in about 2 minutes
-//! (outcome counts of one run):
+//! One run with the default seed, QEMU/TCG on 2 cores (the whole file: about 2 min 10 s, two
+//! tests at a time); every kill passed all five checks:
 //!
 //! | operation | kills | outcomes |
 //! |---|---|---|
-//! | SUMMARY |
+//! | `create --seed-path DIR` | 16 | 11 `error`, rebuilt from the seed by `reset`; 2 nothing made; 3 finished first (other runs: an unrecorded directory, removed by `list` once past its grace period) |
+//! | `exec` | 8 | 8 not recorded, command killed in the guest, partial logs removed by the next exec |
+//! | `file write` (1 MB) | 8 | 6 new content, 2 old content; never torn |
+//! | `patch apply` (32 files) | 8 | 5 applied whole, 3 not applied |
+//! | `sync push` (40 files) | 8 | 7 all files new (the guest often finishes after the kill), 1 all old (other runs: some new, each whole) |
+//! | `export` (directory) | 8 | 7 absent (spool and staging removed by the next export), 1 complete |
+//! | `export` (file) | 8 | 7 absent (spool removed by the next export), 1 complete |
+//! | `diff` | 8 | 3 left a spool, removed by the next diff; 5 left nothing |
+//! | `reset` | 16 | 11 `error`, rebuilt by `reset`; 2 not begun, data kept; 3 finished first |
+//! | `stop` | 12 | 7 still started, 5 stopped (reported as a VMM crash); unsynced guest writes kept |
+//! | `start` | 12 | 10 left a VMM behind, ended by the next `status`, `start` or `stop`; 2 finished first |
+//! | `delete` | 10 | 8 still listed (3 started, 5 stopped), 2 record gone; a second `delete` left nothing |
+//! | `update` (name + label) | 8 | 3 applied, 5 not applied; never half |
+//! | VMM, relay, watchdog | 1 each | crash reported and `start` recovers; relay and watchdog replaced by the next call |
+//!
+//! Bugs these found (fixed in `pyro-core`): a `reset` killed between its VMM kill and its
+//! `creating` record read as `stopped` "with its data" over an empty or half-written disk; a
+//! `delete` killed after it removed the record left the directory, which `delete` then
+//! refused as unknown; an `exec` killed midway left its partial logs forever.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -178,11 +201,22 @@ impl Env {
                     .is_ok_and(|c| undeleted(c).starts_with(&dir))
             })
             .collect();
-        assert!(in_dir.is_empty(), "processes working in {dir:?}: {in_dir:?}");
+        assert!(
+            in_dir.is_empty(),
+            "processes working in {dir:?}: {in_dir:?}"
+        );
         assert!(!dir.exists(), "{} is left after delete", dir.display());
         let out = self.pyro(&["workspace", "status", id, "--json"]);
-        assert!(!out.status.success(), "a record is left: {}", text(&out.stdout));
-        assert!(text(&out.stdout).contains("not_found"), "{}", text(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "a record is left: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stdout).contains("not_found"),
+            "{}",
+            text(&out.stdout)
+        );
     }
 
     /// Ids of the workspace directories that exist now.
@@ -365,8 +399,23 @@ impl Faults {
             .collect()
     }
 
+    /// [`Self::delays`], plus `early` more in the first eighth of `window`: where `create`
+    /// and `reset` hand the workspace from one state to the next (record, disk swap).
+    fn delays_early(&mut self, n: u32, early: u32, window: Duration) -> Vec<Duration> {
+        let mut d = self.delays(early, window / 8);
+        d.extend(self.delays(n, window));
+        d
+    }
+
     /// Records one kill of `op` and what came of it.
-    fn note(&mut self, op: &'static str, trial: usize, shot: &Shot, window: Duration, outcome: &str) {
+    fn note(
+        &mut self,
+        op: &'static str,
+        trial: usize,
+        shot: &Shot,
+        window: Duration,
+        outcome: &str,
+    ) {
         let outcome = if shot.finished {
             format!("finished before the kill; {outcome}")
         } else {
@@ -392,7 +441,10 @@ impl Faults {
         let mut lines = vec![format!(
             "[faults] {}: {} kills in {:.0} s",
             self.test,
-            self.rows.iter().map(|(_, r)| r.values().sum::<u32>()).sum::<u32>(),
+            self.rows
+                .iter()
+                .map(|(_, r)| r.values().sum::<u32>())
+                .sum::<u32>(),
             self.begun.elapsed().as_secs_f64()
         )];
         for (op, row) in &self.rows {
@@ -513,15 +565,60 @@ fn after_kill(e: &Env, id: &str) -> (serde_json::Value, Guest) {
     let s = truthful_status(e, id);
     assert_eq!(s["state"], "started", "{s}");
     let g = guest(e, id);
-    assert!(g.temps.is_empty(), "staged files left in the guest: {:?}", g.temps);
+    assert!(
+        g.temps.is_empty(),
+        "staged files left in the guest: {:?}",
+        g.temps
+    );
     assert_one_of_each(e, id);
     (s, g)
+}
+
+/// [`after_kill`] for a call that changes files: the agent goes on with what it had received
+/// when its client died (a transfer cut short is rolled back once the agent reads the
+/// reset, one whose data had all arrived is finished), so this looks until no staged file
+/// is left and two looks agree. Also says whether the guest was still at work at first.
+fn after_kill_settled(e: &Env, id: &str) -> (serde_json::Value, Guest, bool) {
+    let s = truthful_status(e, id);
+    assert_eq!(s["state"], "started", "{s}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = guest(e, id);
+    let busy = !first.temps.is_empty();
+    let first_files = first.files.clone();
+    let mut prev = first;
+    loop {
+        let g = guest(e, id);
+        if prev.temps.is_empty() && g.temps.is_empty() && prev.files == g.files {
+            assert_one_of_each(e, id);
+            let busy = busy || first_files != g.files;
+            return (s, g, busy);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "staged files left in the guest: {:?}",
+            g.temps
+        );
+        prev = g;
+    }
+}
+
+/// An outcome, marked when the guest was still at work on it after the kill.
+fn settled(outcome: &str, busy: bool) -> String {
+    if busy {
+        format!("{outcome} (the guest finished its part after the kill)")
+    } else {
+        outcome.to_string()
+    }
 }
 
 /// A host tree: relative path → (kind, permission bits, hash of the content or link target).
 fn host_tree(root: &Path) -> BTreeMap<PathBuf, (char, u32, u64)> {
     fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, (char, u32, u64)>) {
-        let path = root.join(rel);
+        let path = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
         let m = std::fs::symlink_metadata(&path).unwrap();
         let mut h = std::hash::DefaultHasher::new();
         let kind = if m.file_type().is_symlink() {
@@ -533,7 +630,10 @@ fn host_tree(root: &Path) -> BTreeMap<PathBuf, (char, u32, u64)> {
         } else {
             'd'
         };
-        out.insert(rel.to_path_buf(), (kind, m.permissions().mode() & 0o7777, h.finish()));
+        out.insert(
+            rel.to_path_buf(),
+            (kind, m.permissions().mode() & 0o7777, h.finish()),
+        );
         if kind == 'd' {
             for e in std::fs::read_dir(&path).unwrap().flatten() {
                 walk(root, &rel.join(e.file_name()), out);
@@ -552,7 +652,10 @@ fn leftovers(dir: &Path, prefix: &str, suffix: &str) -> Vec<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| (!prefix.is_empty() && n.starts_with(prefix)) || (!suffix.is_empty() && n.ends_with(suffix)))
+        .filter(|n| {
+            (!prefix.is_empty() && n.starts_with(prefix))
+                || (!suffix.is_empty() && n.ends_with(suffix))
+        })
         .collect()
 }
 
@@ -585,8 +688,7 @@ fn data_seed(dir: &Path) {
     write(&dir.join("tree/a/b/c.txt"), "deep\n");
     std::os::unix::fs::symlink("a/b/c.txt", dir.join("tree/link")).unwrap();
     write(&dir.join("run.sh"), "#!/bin/sh\necho run\n");
-    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 const PATCHED_FILES: u32 = 30;
@@ -596,7 +698,10 @@ const PATCHED_FILES: u32 = 30;
 fn patches() -> (String, String) {
     let (mut fwd, mut rev) = (String::new(), String::new());
     for i in 1..=PATCHED_FILES {
-        for (out, from, to) in [(&mut fwd, "line 2", "PATCHED 2"), (&mut rev, "PATCHED 2", "line 2")] {
+        for (out, from, to) in [
+            (&mut fwd, "line 2", "PATCHED 2"),
+            (&mut rev, "PATCHED 2", "line 2"),
+        ] {
             out.push_str(&format!(
                 "diff --git a/src/f{i:02}.txt b/src/f{i:02}.txt\n--- a/src/f{i:02}.txt\n\
                  +++ b/src/f{i:02}.txt\n@@ -1,4 +1,4 @@\n first {i:02}\n-{from}\n+{to}\n line 3\n line 4\n"
@@ -645,30 +750,57 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
     let dir = e.ws_dir(id);
     // What the guest must hold: every acknowledged change, nothing else.
     let mut acked = guest(&e, id).files;
-    assert_eq!(acked.len(), PATCHED_FILES as usize + 5, "{acked:?}");
+    assert_eq!(acked.len(), PATCHED_FILES as usize + 4, "{acked:?}");
 
     // update: name and label together, all or nothing.
-    let (w, _) = e.timed(&["workspace", "update", id, "--name", "n0", "--label", "fault=v0", "--json"]);
+    let (w, _) = e.timed(&[
+        "workspace",
+        "update",
+        id,
+        "--name",
+        "n0",
+        "--label",
+        "fault=v0",
+        "--json",
+    ]);
     let mut prev = ("n0".to_string(), "v0".to_string());
     for (k, d) in f.delays(N, w).into_iter().enumerate() {
         let (name, label) = (format!("n{}", k + 1), format!("v{}", k + 1));
         let shot = e.shoot(
-            &["workspace", "update", id, "--name", &name, "--label", &format!("fault={label}"), "--json"],
+            &[
+                "workspace",
+                "update",
+                id,
+                "--name",
+                &name,
+                "--label",
+                &format!("fault={label}"),
+                "--json",
+            ],
             d,
         );
         let (s, g) = after_kill(&e, id);
         let now = (
             s["name"].as_str().unwrap_or_default().to_string(),
-            s["labels"]["fault"].as_str().unwrap_or_default().to_string(),
+            s["labels"]["fault"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
         let outcome = if now == (name.clone(), label.clone()) {
             "applied"
         } else if now == prev {
             "not applied"
         } else {
-            panic!("a torn update: {now:?}, neither {prev:?} nor {:?}", (name, label))
+            panic!(
+                "a torn update: {now:?}, neither {prev:?} nor {:?}",
+                (name, label)
+            )
         };
-        assert!(!shot.ok || outcome == "applied", "an acknowledged update was lost: {s}");
+        assert!(
+            !shot.ok || outcome == "applied",
+            "an acknowledged update was lost: {s}"
+        );
         assert_eq!(changes(&g.files, &acked), Vec::<String>::new());
         prev = now;
         f.note("update", k, &shot, w, outcome);
@@ -688,40 +820,96 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         let shot = e.shoot(&["workspace", "exec", id, "--json", "--shell", EXEC], d);
         let s = truthful_status(&e, id);
         let recorded = s["command_count"].as_u64().unwrap() - before;
-        assert!(recorded <= 1, "{recorded} commands recorded for one exec: {s}");
-        assert!(!shot.ok || recorded == 1, "an acknowledged exec is not recorded: {s}");
-        let (s, g) = after_kill(&e, id);
+        assert!(
+            recorded <= 1,
+            "{recorded} commands recorded for one exec: {s}"
+        );
+        assert!(
+            !shot.ok || recorded == 1,
+            "an acknowledged exec is not recorded: {s}"
+        );
+        // Partial logs of the killed call (`.spool`; `.*` as they were named before).
+        let logs_dir = dir.join("logs");
+        let partial = !leftovers(&logs_dir, ".", ".spool").is_empty();
+        let (_, g) = after_kill(&e, id);
         assert_eq!(changes(&g.files, &acked), Vec::<String>::new());
+        assert_eq!(
+            leftovers(&logs_dir, ".", ".spool"),
+            Vec::<String>::new(),
+            "the partial logs of a killed exec outlive the next exec"
+        );
         let r = e.ok_json(&["workspace", "exec", id, "--json", "--shell", NO_EXEC_LEFT]);
-        assert_eq!(r["exit_code"], 0, "the killed exec's command still runs in the guest");
-        let logs = e.ok_json(&["workspace", "logs", id, "--json", "--limit", "100000", "--max-bytes", "16"]);
+        assert_eq!(
+            r["exit_code"], 0,
+            "the killed exec's command still runs in the guest"
+        );
+        let logs = e.ok_json(&[
+            "workspace",
+            "logs",
+            id,
+            "--json",
+            "--limit",
+            "100000",
+            "--max-bytes",
+            "16",
+        ]);
         let seqs: Vec<u64> = logs["entries"]
             .as_array()
             .unwrap()
             .iter()
             .map(|x| x["sequence"].as_u64().unwrap())
             .collect();
-        let count = s["command_count"].as_u64().unwrap();
+        let count = e.ok_json(&["workspace", "status", id, "--json"])["command_count"]
+            .as_u64()
+            .unwrap();
         assert!(
-            seqs.iter().copied().eq(1..=count) || seqs.iter().copied().eq(1..=count + 2),
+            seqs.iter().copied().eq(1..=count) && logs["total"] == count,
             "the history is not gap-free: {seqs:?} of {count}"
         );
-        let outcome = match recorded {
-            0 => "not recorded",
-            _ => "recorded",
-        };
-        f.note("exec", k, &shot, w, outcome);
+        let outcome = format!(
+            "{}{}",
+            match recorded {
+                0 => "not recorded",
+                _ => "recorded",
+            },
+            if partial {
+                "; its partial logs removed by the next"
+            } else {
+                ""
+            }
+        );
+        f.note("exec", k, &shot, w, &outcome);
     }
 
     // file write: the old content or the new one, never a torn file or a staged temp.
     let big = |tag: &str| -> String {
-        (0..200_000).map(|i| format!("{tag} line {i:08}\n")).collect()
+        (0..60_000)
+            .map(|i| format!("{tag} line {i:08}\n"))
+            .collect()
     };
     write(&host.path().join("bigA.txt"), big("A"));
     write(&host.path().join("bigB.txt"), big("B"));
-    e.ok_json(&["workspace", "file", "write", id, "big.txt", "--text-file", &h("bigA.txt"), "--json"]);
+    e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        id,
+        "big.txt",
+        "--text-file",
+        &h("bigA.txt"),
+        "--json",
+    ]);
     let sha_a = guest(&e, id).files["big.txt"].clone();
-    let (w, _) = e.timed(&["workspace", "file", "write", id, "big.txt", "--text-file", &h("bigB.txt"), "--json"]);
+    let (w, _) = e.timed(&[
+        "workspace",
+        "file",
+        "write",
+        id,
+        "big.txt",
+        "--text-file",
+        &h("bigB.txt"),
+        "--json",
+    ]);
     let g = guest(&e, id);
     let sha_b = g.files["big.txt"].clone();
     assert_ne!(sha_a, sha_b);
@@ -732,18 +920,42 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         } else {
             ("bigA.txt", &sha_a)
         };
-        let shot = e.shoot(&["workspace", "file", "write", id, "big.txt", "--text-file", &h(file), "--json"], d);
-        let (_, g) = after_kill(&e, id);
+        let shot = e.shoot(
+            &[
+                "workspace",
+                "file",
+                "write",
+                id,
+                "big.txt",
+                "--text-file",
+                &h(file),
+                "--json",
+            ],
+            d,
+        );
+        let (_, g, busy) = after_kill_settled(&e, id);
         let got = &g.files["big.txt"];
         assert!(*got == sha_a || *got == sha_b, "a torn file: {got}");
         assert!(!shot.ok || got == want, "an acknowledged write was lost");
-        let outcome = if got == want { "new content" } else { "old content" };
+        let outcome = if got == want {
+            "new content"
+        } else {
+            "old content"
+        };
         acked.insert("big.txt".into(), got.clone());
         assert_eq!(changes(&g.files, &acked), Vec::<String>::new());
-        f.note("file write", k, &shot, w, outcome);
+        f.note("file write", k, &shot, w, &settled(outcome, busy));
     }
-    // A write the agent finished after the check above would show later: settle it.
-    e.ok_json(&["workspace", "file", "write", id, "big.txt", "--text-file", &h("bigA.txt"), "--json"]);
+    e.ok_json(&[
+        "workspace",
+        "file",
+        "write",
+        id,
+        "big.txt",
+        "--text-file",
+        &h("bigA.txt"),
+        "--json",
+    ]);
     acked.insert("big.txt".into(), sha_a.clone());
 
     // patch apply: all of the patch or nothing.
@@ -751,19 +963,52 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
     write(&host.path().join("fwd.patch"), &fwd);
     write(&host.path().join("rev.patch"), &rev);
     let state_a = acked.clone();
-    let (w, _) = e.timed(&["workspace", "patch", "apply", id, "--patch-file", &h("fwd.patch"), "--json"]);
+    let (w, _) = e.timed(&[
+        "workspace",
+        "patch",
+        "apply",
+        id,
+        "--patch-file",
+        &h("fwd.patch"),
+        "--json",
+    ]);
     let state_b = guest(&e, id).files;
-    assert_eq!(changes(&state_b, &state_a).len(), PATCHED_FILES as usize + 2);
-    e.ok_json(&["workspace", "patch", "apply", id, "--patch-file", &h("rev.patch"), "--json"]);
-    assert_eq!(changes(&guest(&e, id).files, &state_a), Vec::<String>::new());
+    assert_eq!(
+        changes(&state_b, &state_a).len(),
+        PATCHED_FILES as usize + 2
+    );
+    e.ok_json(&[
+        "workspace",
+        "patch",
+        "apply",
+        id,
+        "--patch-file",
+        &h("rev.patch"),
+        "--json",
+    ]);
+    assert_eq!(
+        changes(&guest(&e, id).files, &state_a),
+        Vec::<String>::new()
+    );
     for (k, d) in f.delays(N, w).into_iter().enumerate() {
         let (patch, want) = if acked == state_a {
             ("fwd.patch", &state_b)
         } else {
             ("rev.patch", &state_a)
         };
-        let shot = e.shoot(&["workspace", "patch", "apply", id, "--patch-file", &h(patch), "--json"], d);
-        let (_, g) = after_kill(&e, id);
+        let shot = e.shoot(
+            &[
+                "workspace",
+                "patch",
+                "apply",
+                id,
+                "--patch-file",
+                &h(patch),
+                "--json",
+            ],
+            d,
+        );
+        let (_, g, busy) = after_kill_settled(&e, id);
         let outcome = if g.files == *want {
             "applied whole"
         } else if g.files == acked {
@@ -771,21 +1016,35 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         } else {
             panic!("a partly applied patch: {:?}", changes(&g.files, &acked))
         };
-        assert!(!shot.ok || outcome == "applied whole", "an acknowledged patch was lost");
+        assert!(
+            !shot.ok || outcome == "applied whole",
+            "an acknowledged patch was lost"
+        );
         acked = g.files;
-        f.note("patch apply", k, &shot, w, outcome);
+        f.note("patch apply", k, &shot, w, &settled(outcome, busy));
     }
     if acked != state_a {
-        e.ok_json(&["workspace", "patch", "apply", id, "--patch-file", &h("rev.patch"), "--json"]);
-        acked = state_a;
+        e.ok_json(&[
+            "workspace",
+            "patch",
+            "apply",
+            id,
+            "--patch-file",
+            &h("rev.patch"),
+            "--json",
+        ]);
     }
+    assert_eq!(
+        changes(&guest(&e, id).files, &state_a),
+        Vec::<String>::new()
+    );
 
     // sync push: each file old or new (the push is a merge, not atomic as a whole).
     for (tag, d) in [("A", "pushA"), ("B", "pushB")] {
         for i in 0..40 {
             write(
                 &host.path().join(d).join(format!("p{i:02}.txt")),
-                format!("{tag}{i} {}\n", "x".repeat(80)).repeat(800),
+                format!("{tag}{i} {}\n", "x".repeat(80)).repeat(200),
             );
         }
     }
@@ -796,9 +1055,27 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
             .map(|(p, s)| (p.clone(), s.clone()))
             .collect()
     };
-    e.ok_json(&["workspace", "sync", "push", id, &h("pushA"), "--dest", "pushed", "--json"]);
+    e.ok_json(&[
+        "workspace",
+        "sync",
+        "push",
+        id,
+        &h("pushA"),
+        "--dest",
+        "pushed",
+        "--json",
+    ]);
     let sync_a = pushed(&guest(&e, id));
-    let (w, _) = e.timed(&["workspace", "sync", "push", id, &h("pushB"), "--dest", "pushed", "--json"]);
+    let (w, _) = e.timed(&[
+        "workspace",
+        "sync",
+        "push",
+        id,
+        &h("pushB"),
+        "--dest",
+        "pushed",
+        "--json",
+    ]);
     let g = guest(&e, id);
     let sync_b = pushed(&g);
     assert_eq!(sync_a.len(), 40);
@@ -809,8 +1086,20 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         } else {
             ("pushB", &sync_b, &sync_a)
         };
-        let shot = e.shoot(&["workspace", "sync", "push", id, &h(src), "--dest", "pushed", "--json"], d);
-        let (_, g) = after_kill(&e, id);
+        let shot = e.shoot(
+            &[
+                "workspace",
+                "sync",
+                "push",
+                id,
+                &h(src),
+                "--dest",
+                "pushed",
+                "--json",
+            ],
+            d,
+        );
+        let (_, g, busy) = after_kill_settled(&e, id);
         let now = pushed(&g);
         assert_eq!(now.len(), 40, "{now:?}");
         let mut new = 0;
@@ -825,18 +1114,34 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
                 .map(|(p, s)| (p.clone(), s.clone()))
                 .collect()
         };
-        assert_eq!(changes(&rest(&g.files), &rest(&acked)), Vec::<String>::new());
+        assert_eq!(
+            changes(&rest(&g.files), &rest(&acked)),
+            Vec::<String>::new()
+        );
         acked = g.files;
         let outcome = match new {
             40 => "all files new".to_string(),
             0 => "all files old".to_string(),
             _ => "some files new, each whole".to_string(),
         };
-        f.note("sync push", k, &shot, w, &outcome);
+        f.note("sync push", k, &shot, w, &settled(&outcome, busy));
     }
     // The next push removes the spools of killed ones.
-    e.ok_json(&["workspace", "sync", "push", id, &h("pushA"), "--dest", "pushed", "--json"]);
-    assert_eq!(spools(&dir), Vec::<String>::new(), "spools left after a push");
+    e.ok_json(&[
+        "workspace",
+        "sync",
+        "push",
+        id,
+        &h("pushA"),
+        "--dest",
+        "pushed",
+        "--json",
+    ]);
+    assert_eq!(
+        spools(&dir),
+        Vec::<String>::new(),
+        "spools left after a push"
+    );
     acked = guest(&e, id).files;
 
     // export of a directory and of a file: complete or absent; the next export leaves no
@@ -847,23 +1152,54 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         ("export (directory)", "/workspace", "dir"),
         ("export (file)", "big.txt", "file"),
     ] {
-        let (w, _) = e.timed(&["workspace", "export", id, path, "--output", &out(&format!("{kind}-ref")), "--json"]);
+        let (w, _) = e.timed(&[
+            "workspace",
+            "export",
+            id,
+            path,
+            "--output",
+            &out(&format!("{kind}-ref")),
+            "--json",
+        ]);
         let reference = host_tree(&exports.join(format!("{kind}-ref")));
         assert!(reference.len() > 1 || kind == "file");
         for (k, d) in f.delays(N, w).into_iter().enumerate() {
             let target = exports.join(format!("{kind}-{k}"));
-            let shot = e.shoot(&["workspace", "export", id, path, "--output", &out(&format!("{kind}-{k}")), "--json"], d);
+            let shot = e.shoot(
+                &[
+                    "workspace",
+                    "export",
+                    id,
+                    path,
+                    "--output",
+                    &out(&format!("{kind}-{k}")),
+                    "--json",
+                ],
+                d,
+            );
             let (_, g) = after_kill(&e, id);
             assert_eq!(changes(&g.files, &acked), Vec::<String>::new());
             let exists = std::fs::symlink_metadata(&target).is_ok();
             if exists {
-                assert!(host_tree(&target) == reference, "an incomplete export at {target:?}");
+                assert!(
+                    host_tree(&target) == reference,
+                    "an incomplete export at {target:?}"
+                );
             }
             assert!(!shot.ok || exists, "an acknowledged export is missing");
-            let left = [stagings(&exports), spools(&dir)].concat();
+            let (left_staging, left_spool) =
+                (!stagings(&exports).is_empty(), !spools(&dir).is_empty());
             // The next export: complete, and it removes what the killed one left.
             let again = format!("{kind}-{k}-again");
-            e.ok_json(&["workspace", "export", id, path, "--output", &out(&again), "--json"]);
+            e.ok_json(&[
+                "workspace",
+                "export",
+                id,
+                path,
+                "--output",
+                &out(&again),
+                "--json",
+            ]);
             assert!(host_tree(&exports.join(&again)) == reference);
             assert_eq!(stagings(&exports), Vec::<String>::new(), "staging left");
             assert_eq!(spools(&dir), Vec::<String>::new(), "spool left");
@@ -874,7 +1210,12 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
             let outcome = format!(
                 "{}{}",
                 if exists { "complete" } else { "absent" },
-                if left.is_empty() { "" } else { ", its leftovers removed by the next" }
+                match (left_staging, left_spool) {
+                    (false, false) => "",
+                    (true, false) => "; its staging directory removed by the next",
+                    (false, true) => "; its spool removed by the next",
+                    (true, true) => "; its spool and staging directory removed by the next",
+                }
             );
             f.note(op, k, &shot, w, &outcome);
         }
@@ -890,7 +1231,11 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
         let left = spools(&dir);
         let again = e.ok_json(&["workspace", "diff", id, "--json"]);
         assert!(again["patch"] == reference["patch"], "the diff changed");
-        assert_eq!(spools(&dir), Vec::<String>::new(), "spool left after a diff");
+        assert_eq!(
+            spools(&dir),
+            Vec::<String>::new(),
+            "spool left after a diff"
+        );
         let outcome = if left.is_empty() {
             "nothing left"
         } else {
@@ -907,17 +1252,28 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
 #[test]
 fn killing_create_reset_or_delete_at_any_moment() {
     const N: u32 = 10;
+    const EARLY: u32 = 6;
     let mut f = Faults::new("create, reset, delete", 2);
     let e = Env::new();
     let host = tempfile::tempdir().unwrap();
     let seed_dir = host.path().join("seed");
     write(&seed_dir.join("keep.txt"), "precious");
     for i in 0..20 {
-        write(&seed_dir.join(format!("src/m{i:02}.txt")), format!("{i}\n").repeat(500));
+        write(
+            &seed_dir.join(format!("src/m{i:02}.txt")),
+            format!("{i}\n").repeat(500),
+        );
     }
     std::os::unix::fs::symlink("src/m00.txt", seed_dir.join("link")).unwrap();
     let seed = seed_dir.to_str().unwrap();
-    let create = ["workspace", "create", "debian:12", "--seed-path", seed, "--json"];
+    let create = [
+        "workspace",
+        "create",
+        "debian:12",
+        "--seed-path",
+        seed,
+        "--json",
+    ];
 
     // reset: started (done or not begun), or error/stopped and recovered with its data or
     // its baseline, never a healthy-looking workspace with neither.
@@ -927,9 +1283,18 @@ fn killing_create_reset_or_delete_at_any_moment() {
     let baseline = guest(&e, id).files;
     assert_eq!(baseline.len(), 21, "{baseline:?}");
     let (w, _) = e.timed(&["workspace", "reset", id, "--json"]);
-    for (k, d) in f.delays(N, w).into_iter().enumerate() {
+    for (k, d) in f.delays_early(N, EARLY, w).into_iter().enumerate() {
         let marker = format!("m{k}.txt");
-        e.ok_json(&["workspace", "file", "write", id, &marker, "--text", "mark", "--json"]);
+        e.ok_json(&[
+            "workspace",
+            "file",
+            "write",
+            id,
+            &marker,
+            "--text",
+            "mark",
+            "--json",
+        ]);
         let acked = guest(&e, id).files;
         let resets = e.ok_json(&["workspace", "status", id, "--json"])["reset_count"]
             .as_u64()
@@ -962,7 +1327,11 @@ fn killing_create_reset_or_delete_at_any_moment() {
         assert_one_of_each(&e, id);
         let g = guest(&e, id);
         assert!(g.temps.is_empty(), "{:?}", g.temps);
-        assert_eq!(changes(&g.files, want), Vec::<String>::new(), "after: {outcome}");
+        assert_eq!(
+            changes(&g.files, want),
+            Vec::<String>::new(),
+            "after: {outcome}"
+        );
         f.note("reset", k, &shot, w, outcome);
     }
     e.delete_and_assert_gone(id);
@@ -973,7 +1342,10 @@ fn killing_create_reset_or_delete_at_any_moment() {
     let (w, _) = e.timed(&["workspace", "delete", &first, "--json"]);
     e.assert_gone(&first);
     for (k, d) in f.delays(N, w).into_iter().enumerate() {
-        let id = e.ok_json(&create)["workspace_id"].as_str().unwrap().to_string();
+        let id = e.ok_json(&create)["workspace_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let id = id.as_str();
         let shot = e.shoot(&["workspace", "delete", id, "--json"], d);
         let out = e.pyro(&["workspace", "status", id, "--json"]);
@@ -988,22 +1360,25 @@ fn killing_create_reset_or_delete_at_any_moment() {
             }
             format!("still listed, {state}")
         } else {
-            assert!(text(&out.stdout).contains("not_found"), "{}", text(&out.stdout));
+            assert!(
+                text(&out.stdout).contains("not_found"),
+                "{}",
+                text(&out.stdout)
+            );
             "record gone".to_string()
         };
         // Deleting again finishes it.
         let again = e.pyro(&["workspace", "delete", id, "--json"]);
-        let dir_left = e.ws_dir(id).exists();
         assert!(
             again.status.success() || text(&again.stdout).contains("not_found"),
             "{}",
             text(&again.stdout)
         );
         e.assert_gone(id);
-        let outcome = if !again.status.success() && dir_left {
-            format!("{outcome}; its directory left")
-        } else {
+        let outcome = if again.status.success() {
             format!("{outcome}; deleted again")
+        } else {
+            format!("{outcome}; a second delete: not found")
         };
         assert!(!shot.ok || outcome.starts_with("record gone"), "{outcome}");
         f.note("delete", k, &shot, w, &outcome);
@@ -1011,7 +1386,7 @@ fn killing_create_reset_or_delete_at_any_moment() {
 
     // create with a directory seed: nothing, an unrecorded directory (removed once old), an
     // `error` workspace that `reset` rebuilds from its seed, or a created one.
-    for (k, d) in f.delays(N, w_create).into_iter().enumerate() {
+    for (k, d) in f.delays_early(N, EARLY, w_create).into_iter().enumerate() {
         let before = e.ws_dirs();
         let shot = e.shoot(&create, d);
         let made: Vec<String> = e.ws_dirs().difference(&before).cloned().collect();
@@ -1035,7 +1410,10 @@ fn killing_create_reset_or_delete_at_any_moment() {
                 let dir = e.ws_dir(id);
                 assert_eq!(users_of(&dir), Vec::new());
                 let old = std::time::SystemTime::now() - Duration::from_secs(600);
-                std::fs::File::open(&dir).unwrap().set_modified(old).unwrap();
+                std::fs::File::open(&dir)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
                 e.ok_json(&["workspace", "list", "--json"]);
                 assert!(!dir.exists(), "an unrecorded directory is never removed");
                 "unrecorded directory, removed by `list`".to_string()
@@ -1089,12 +1467,25 @@ fn killing_stop_or_start_at_any_moment_leaves_no_stray_vm_and_loses_no_data() {
         // Written by a command, never synced: a stop (killed or not, then completed) must
         // flush it.
         let unsynced = format!("/root/unsynced-{trial}");
-        e.ok_json(&["workspace", "exec", &id, "--json", "--shell", &format!("echo {trial} > {unsynced}")]);
-        let shot = e.shoot(&["workspace", "stop", &id, "--json"], stop_delays[trial as usize]);
+        e.ok_json(&[
+            "workspace",
+            "exec",
+            &id,
+            "--json",
+            "--shell",
+            &format!("echo {trial} > {unsynced}"),
+        ]);
+        let shot = e.shoot(
+            &["workspace", "stop", &id, "--json"],
+            stop_delays[trial as usize],
+        );
         let s = truthful_status(&e, &id);
         let outcome = match (s["state"].as_str().unwrap(), s["last_error"].as_str()) {
             ("started", _) => "still started".to_string(),
             ("stopped", None) => "stopped".to_string(),
+            ("stopped", Some(why)) if why.contains("exited unexpectedly") => {
+                "stopped, reported as a VMM crash".to_string()
+            }
             ("stopped", Some(why)) => format!("stopped ({why})"),
             (other, _) => panic!("a killed stop left {other}: {s}"),
         };
@@ -1125,6 +1516,9 @@ fn killing_stop_or_start_at_any_moment_leaves_no_stray_vm_and_loses_no_data() {
                     "status said {}{}",
                     s["state"].as_str().unwrap_or_default(),
                     match s["last_error"].as_str() {
+                        Some(why) if why.contains("still running") => {
+                            ", its leftover VM ended".to_string()
+                        }
                         Some(why) => format!(" ({why})"),
                         None => String::new(),
                     }
@@ -1154,9 +1548,20 @@ fn killing_stop_or_start_at_any_moment_leaves_no_stray_vm_and_loses_no_data() {
         };
         assert_eq!(s["state"], "started", "{s}");
         e.assert_usable(&id);
-        let r = e.ok_json(&["workspace", "exec", &id, "--json", "--shell", "cat /root/unsynced-*"]);
+        let r = e.ok_json(&[
+            "workspace",
+            "exec",
+            &id,
+            "--json",
+            "--shell",
+            "cat /root/unsynced-* | sort -n",
+        ]);
         let want: String = (0..=trial).map(|t| format!("{t}\n")).collect();
-        assert_eq!(r["stdout"], want.as_str(), "data written before a stop was lost");
+        assert_eq!(
+            r["stdout"],
+            want.as_str(),
+            "data written before a stop was lost"
+        );
         // One VMM, one relay and one watchdog: nothing of the killed start is left.
         assert_one_of_each(&e, &id);
         let outcome = format!(

@@ -256,9 +256,30 @@ impl TreeShape {
     }
 
     /// Checks every link (see [`links_stay_inside`]).
-    pub fn check(&self) -> std::result::Result<(), (PathBuf, PathBuf)> {
+    pub fn check(&self) -> std::result::Result<(), BadLink> {
         links_stay_inside(&self.links, &self.dirs)
     }
+}
+
+/// A symlink [`links_stay_inside`] refuses, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLink {
+    /// The link.
+    pub member: PathBuf,
+    /// Its target.
+    pub target: PathBuf,
+    /// Why it is refused.
+    pub why: LinkProblem,
+}
+
+/// Why a symlink is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkProblem {
+    /// It resolves outside the tree (absolute, above the root, or back out of a name that is
+    /// not a directory of the tree).
+    Outside,
+    /// Resolving it follows more than 40 links: a loop.
+    Loop,
 }
 
 /// Most links followed while resolving one target (the kernel's own limit).
@@ -273,25 +294,30 @@ const MAX_LINK_HOPS: usize = 40;
 pub fn links_stay_inside(
     links: &HashMap<PathBuf, PathBuf>,
     dirs: &HashSet<PathBuf>,
-) -> std::result::Result<(), (PathBuf, PathBuf)> {
+) -> std::result::Result<(), BadLink> {
     let mut sorted: Vec<_> = links.iter().collect();
     sorted.sort();
     for (member, target) in sorted {
-        if !resolves_inside(links, dirs, member, target) {
-            return Err((member.clone(), target.clone()));
+        if let Err(why) = resolve_link(links, dirs, member, target) {
+            return Err(BadLink {
+                member: member.clone(),
+                target: target.clone(),
+                why,
+            });
         }
     }
     Ok(())
 }
 
-fn resolves_inside(
+fn resolve_link(
     links: &HashMap<PathBuf, PathBuf>,
     dirs: &HashSet<PathBuf>,
     member: &Path,
     target: &Path,
-) -> bool {
+) -> std::result::Result<(), LinkProblem> {
+    use LinkProblem::{Loop, Outside};
     if target.as_os_str().is_empty() || target.is_absolute() {
-        return false;
+        return Err(Outside);
     }
     let mut at: Vec<OsString> = member
         .parent()
@@ -305,7 +331,7 @@ fn resolves_inside(
             b".." => {
                 let here: PathBuf = at.iter().collect();
                 if at.is_empty() || !dirs.contains(&here) {
-                    return false;
+                    return Err(Outside);
                 }
                 at.pop();
             }
@@ -314,8 +340,11 @@ fn resolves_inside(
                 let here: PathBuf = at.iter().collect();
                 if let Some(next) = links.get(&here) {
                     hops += 1;
-                    if hops > MAX_LINK_HOPS || next.as_os_str().is_empty() || next.is_absolute() {
-                        return false;
+                    if hops > MAX_LINK_HOPS {
+                        return Err(Loop);
+                    }
+                    if next.as_os_str().is_empty() || next.is_absolute() {
+                        return Err(Outside);
                     }
                     at.pop();
                     pending.extend(next.iter().rev().map(OsStr::to_os_string));
@@ -323,18 +352,22 @@ fn resolves_inside(
             }
         }
     }
-    true
+    Ok(())
 }
 
 fn check_links(field: &'static str, tree: &TreeShape, what: &str) -> Result<()> {
-    tree.check().map_err(|(m, t)| {
+    tree.check().map_err(|b| {
+        let (m, t) = (b.member.display(), b.target.display());
         invalid(
             field,
-            format!(
-                "symlink `{}` -> `{}` points outside {what} (resolved through the tree's other links)",
-                m.display(),
-                t.display()
-            ),
+            match b.why {
+                LinkProblem::Outside => format!(
+                    "symlink `{m}` -> `{t}` points outside {what} (resolved through the tree's other links)"
+                ),
+                LinkProblem::Loop => format!(
+                    "symlink `{m}` -> `{t}` never resolves: following it passes through more than {MAX_LINK_HOPS} links (a loop)"
+                ),
+            },
         )
     })
 }
@@ -1099,10 +1132,9 @@ mod tests {
         let mut links = HashMap::new();
         links.insert(PathBuf::from("s"), PathBuf::from("."));
         links.insert(PathBuf::from("up"), PathBuf::from("s/.."));
-        assert_eq!(
-            links_stay_inside(&links, &HashSet::new()).unwrap_err().0,
-            PathBuf::from("up")
-        );
+        let bad = links_stay_inside(&links, &HashSet::new()).unwrap_err();
+        assert_eq!(bad.member, PathBuf::from("up"));
+        assert_eq!(bad.why, LinkProblem::Outside);
         // The review's exact chain: `esc -> s/../outside`.
         let mut links = HashMap::new();
         links.insert(PathBuf::from("s"), PathBuf::from("."));
@@ -1125,6 +1157,8 @@ mod tests {
         links.insert(PathBuf::from("a"), PathBuf::from("b"));
         links.insert(PathBuf::from("b"), PathBuf::from("a/x"));
         assert!(!links_ok(&links, &[]));
+        let bad = links_stay_inside(&links, &HashSet::new()).unwrap_err();
+        assert_eq!(bad.why, LinkProblem::Loop);
         // Through a chain ending in an absolute link.
         let mut links = HashMap::new();
         links.insert(PathBuf::from("a"), PathBuf::from("b/c"));

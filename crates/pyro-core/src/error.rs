@@ -159,8 +159,20 @@ pub enum CoreError {
         /// The deadline.
         seconds: u64,
     },
+    /// A started workspace's guest agent did not answer in time (see
+    /// [`crate::workspace::AGENT_ANSWER_TIMEOUT`]); its VM still runs.
+    #[error(
+        "the guest agent of workspace `{id}` did not answer within {seconds} s (the guest may \
+         be overloaded, e.g. by a fork or memory bomb); stop and start it, or reset it"
+    )]
+    AgentUnresponsive {
+        /// The workspace.
+        id: String,
+        /// How long it was given.
+        seconds: u64,
+    },
     /// A host filesystem operation failed.
-    #[error("cannot {action} `{path}`")]
+    #[error("cannot {action} `{}`", one_line(&path.display().to_string()))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -228,7 +240,7 @@ impl CoreError {
                 ErrorKind::InvalidInput
             }
             Self::VmNotFound { .. } | Self::WorkspaceNotFound { .. } => ErrorKind::NotFound,
-            Self::WorkspaceState { .. } => ErrorKind::State,
+            Self::WorkspaceState { .. } | Self::AgentUnresponsive { .. } => ErrorKind::State,
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
                 ErrorKind::State
             }

@@ -25,7 +25,14 @@ use crate::snapshot::BootMode;
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
+mod meter;
 mod procs;
+
+/// How long a started workspace's guest agent has to answer a call (the handshake and a
+/// ping, once connected) before the call fails with [`CoreError::AgentUnresponsive`]. An agent
+/// that is merely busy answers a ping within milliseconds; one that does not answer for
+/// this long is wedged (or its guest frozen) and needs `stop`/`start` or `reset`.
+pub const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The guest path of the workspace tree.
 pub const WORKSPACE_ROOT: &str = "/workspace";
@@ -41,6 +48,12 @@ pub const MAX_RUNNING_WORKSPACES: usize = 64;
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 /// Output of one command kept in its log files, per stream.
 pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// Most entries one `logs` page asks for.
+pub const MAX_LOG_PAGE: u64 = 1000;
+/// Most output bytes (stdout and stderr of all its entries) one `logs` page carries: past
+/// it the page ends early (at least one entry is always given); `offset` + `count` <
+/// `total` says there is more.
+pub const MAX_LOG_PAGE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest file `file read` returns in one call.
 pub const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest text `file write` accepts.
@@ -669,8 +682,63 @@ impl Pyro {
         Ok(rec)
     }
 
-    /// Opens a protocol session to a started workspace's agent.
+    /// Opens a protocol session to a started workspace's agent, and makes sure the agent
+    /// answers: once connected (a dead QEMU relay restarted), the handshake and a ping must
+    /// be done within [`AGENT_ANSWER_TIMEOUT`] (through QEMU's relay the handshake is the
+    /// relay's, so only the ping reaches the agent). Past that the call fails with
+    /// [`CoreError::AgentUnresponsive`], which is also recorded as the workspace's
+    /// `last_error` (its state stays `started`: the VM runs) until an answer clears it.
     async fn ws_session(&self, rec: &WorkspaceRecord) -> Result<Session> {
+        let stream = self.ws_connect(rec).await?;
+        let answered = tokio::time::timeout(AGENT_ANSWER_TIMEOUT, async {
+            // The deadline around it bounds the handshake.
+            let cfg = pyro_proto::Config {
+                handshake_timeout: AGENT_ANSWER_TIMEOUT * 2,
+                ..pyro_proto::Config::default()
+            };
+            let session = Session::client(stream, cfg)
+                .await
+                .map_err(|e| CoreError::Agent(api::CallError::Proto(e)))?;
+            api::call::<api::PingResult>(&session, &api::Request::Ping).await?;
+            Ok::<Session, CoreError>(session)
+        })
+        .await;
+        let note = CoreError::AgentUnresponsive {
+            id: rec.id.clone(),
+            seconds: AGENT_ANSWER_TIMEOUT.as_secs(),
+        };
+        let text = note.to_string();
+        let session = match answered {
+            Ok(answer) => answer?,
+            Err(_) => {
+                if let Ok(store) = self.store() {
+                    let _ = store.update_workspace(&rec.id, |r| {
+                        // Only on the boot that did not answer.
+                        if r.state == WorkspaceState::Started && r.vmm_pid == rec.vmm_pid {
+                            r.last_error = Some(text);
+                        }
+                        Ok::<(), CoreError>(())
+                    });
+                }
+                return Err(note);
+            }
+        };
+        if rec.last_error.as_deref() == Some(text.as_str())
+            && let Ok(store) = self.store()
+        {
+            let _ = store.update_workspace(&rec.id, |r| {
+                if r.last_error.as_deref() == Some(text.as_str()) {
+                    r.last_error = None;
+                }
+                Ok::<(), CoreError>(())
+            });
+        }
+        Ok(session)
+    }
+
+    /// Connects to a started workspace's agent socket, restarting a dead QEMU relay once;
+    /// see [`Self::ws_session`].
+    async fn ws_connect(&self, rec: &WorkspaceRecord) -> Result<tokio::net::UnixStream> {
         let d = self.ws_dirs(&rec.id);
         let sock = d.socket(&rec.backend);
         let mut respawned = false;
@@ -682,15 +750,7 @@ impl Pyro {
             )
             .await
             {
-                Ok(stream) => {
-                    let cfg = pyro_proto::Config {
-                        handshake_timeout: Duration::from_secs(30),
-                        ..pyro_proto::Config::default()
-                    };
-                    return Session::client(stream, cfg)
-                        .await
-                        .map_err(|e| CoreError::Agent(api::CallError::Proto(e)));
-                }
+                Ok(stream) => return Ok(stream),
                 Err(e) => {
                     // A QEMU relay that died (while QEMU lives) is restarted once.
                     let relay_dead = match (rec.relay_pid, rec.relay_start_ticks) {
@@ -1167,9 +1227,11 @@ impl Pyro {
         let limit = opts
             .max_output_bytes
             .unwrap_or(crate::DEFAULT_MAX_OUTPUT_BYTES);
-        let tmp_id = host::new_id();
-        let out_tmp = d.logs().join(format!(".{tmp_id}.stdout"));
-        let err_tmp = d.logs().join(format!(".{tmp_id}.stderr"));
+        // Named like spools (with this process's id), so that the partial logs of an exec
+        // killed midway are removed by the next one (tests/faults.rs, exec kills).
+        remove_stale_spools(&d.logs());
+        let out_tmp = d.logs().join(spool_name("stdout"));
+        let err_tmp = d.logs().join(spool_name("stderr"));
         let mut out_log = LogFile::create(&out_tmp)?;
         let mut err_log = LogFile::create(&err_tmp)?;
         let command_text = match &opts.command {
@@ -1271,12 +1333,26 @@ impl Pyro {
         max_bytes: u64,
     ) -> Result<WorkspaceLogs> {
         let max_bytes = max_bytes.min(MAX_LOG_BYTES);
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(CoreError::OutOfRange {
+                field: "limit",
+                value: i64::try_from(limit).unwrap_or(i64::MAX),
+                min: 1,
+                max: MAX_LOG_PAGE as i64,
+            });
+        }
         let store = self.store()?;
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let total = store.command_count(id)?;
         let d = self.ws_dirs(id);
         let mut entries = Vec::new();
+        let mut page_bytes = 0u64;
         for c in store.commands(id, offset, limit)? {
+            let wants = c.stdout_bytes.min(max_bytes) + c.stderr_bytes.min(max_bytes);
+            if !entries.is_empty() && page_bytes + wants > MAX_LOG_PAGE_BYTES {
+                break;
+            }
+            page_bytes += wants;
             let (stdout, so_t) = read_capped(&d.logs().join(&c.stdout_path), max_bytes);
             let (stderr, se_t) = read_capped(&d.logs().join(&c.stderr_path), max_bytes);
             entries.push(LogEntry {
@@ -1402,7 +1478,21 @@ impl Pyro {
         }
         let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
         let store = self.store()?;
-        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let Some(rec) = store.get_workspace(id)? else {
+            // A delete killed after it removed the record but before the directory was gone
+            // (tests/faults.rs, delete kills): deleting again finishes it. A create holds
+            // this lock from just after making its directory until it has recorded it.
+            if !procs::is_id(id) {
+                return Err(ws_not_found(id));
+            }
+            procs::end_all(&d.root, id).await;
+            std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+            return Ok(WorkspaceDeleteResult {
+                workspace_id: id.to_string(),
+                deleted: true,
+                reason: "explicit_delete".into(),
+            });
+        };
         self.halt(&rec).await;
         store.delete_workspace(id)?;
         std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
@@ -1442,12 +1532,15 @@ impl Pyro {
         if rec.state != WorkspaceState::Started {
             self.check_capacity(&store)?;
         }
-        self.halt(&rec).await;
-        // The new disk is made beside the old one and swapped in, so a failure before the
-        // swap leaves the workspace as it was (stopped, data intact).
+        // The new disk is made beside the old one first: a failure there leaves the
+        // workspace untouched.
         let fresh = d.root.join("upper.ext4.new");
         self.cache().create_upper_disk(&fresh, WORKSPACE_DISK_MIB)?;
-        std::fs::rename(&fresh, d.upper()).map_err(|e| CoreError::io("replace", d.upper(), e))?;
+        // `creating` (its builder recorded) before anything is thrown away: the halt below
+        // loses what the guest had not written back and the swap empties the disk, so a
+        // reset killed from here on must read as interrupted (`reset` again rebuilds it),
+        // never as a stopped workspace that `start` boots without its data
+        // (tests/faults.rs, reset kills).
         self.mark_builder(id);
         let now = host::now();
         store.update_workspace(id, |r| {
@@ -1461,7 +1554,10 @@ impl Pyro {
             r.relay_start_ticks = None;
             Ok::<(), CoreError>(())
         })?;
+        self.halt(&rec).await;
         let rebuilt = async {
+            std::fs::rename(&fresh, d.upper())
+                .map_err(|e| CoreError::io("replace", d.upper(), e))?;
             let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
             let seeded = import_tar_file(
                 &session,
@@ -2016,6 +2112,18 @@ impl Pyro {
         )
         .await?;
         let kind = listing.artifact_type;
+        if kind == api::ArtifactType::Other {
+            // The guest leaves special files out of its tar: say so rather than find an
+            // empty export.
+            return Err(CoreError::Invalid {
+                field: "path",
+                reason: format!(
+                    "`{}` is a FIFO, socket or device; only files, symlinks and directories \
+                     can be exported",
+                    listing.path
+                ),
+            });
+        }
         let d = self.ws_dirs(id);
         let spooled = spool_export(
             &session,
@@ -2119,6 +2227,8 @@ async fn spool_export(
     );
     let mut written = 0u64;
     let mut over = false;
+    // Stops at the header of the member that passes `max`, before its bytes cross over.
+    let mut meter = meter::ContentMeter::default();
     let exported = api::export_tar(
         session,
         api::ExportTar {
@@ -2127,7 +2237,8 @@ async fn spool_export(
         },
         |chunk| {
             written = written.saturating_add(chunk.len() as u64);
-            if written > spool_max {
+            meter.feed(&chunk);
+            if meter.content() > max || written > spool_max {
                 over = true;
                 return Err(std::io::Error::other("over the limit"));
             }
@@ -2137,10 +2248,11 @@ async fn spool_export(
     .await;
     if over {
         return Err(CoreError::Invalid {
-            field: "path",
+            // A diff names no path: the workspace as a whole is what is too big.
+            field: if path.is_empty() { "workspace" } else { "path" },
             reason: format!(
-                "{} holds more than {max} bytes of file content (with tar headers); the transfer \
-                 was stopped ({setting} sets the limit)",
+                "{} holds more than {max} bytes of file content; the transfer was stopped \
+                 ({setting} sets the limit)",
                 if path.is_empty() {
                     WORKSPACE_ROOT
                 } else {

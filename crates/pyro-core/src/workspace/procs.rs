@@ -240,7 +240,7 @@ pub(super) async fn end_all(root: &Path, id: &str) -> Vec<WsProcess> {
 }
 
 /// Whether `name` is a workspace id (as [`host::new_id`] makes them).
-fn is_id(name: &str) -> bool {
+pub(super) fn is_id(name: &str) -> bool {
     name.len() == 12
         && name
             .bytes()

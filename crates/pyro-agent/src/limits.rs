@@ -1,0 +1,347 @@
+//! Keeping the agent answering while commands overload the guest.
+//!
+//! Commands run as root and may do anything, a fork bomb or a memory bomb included. The
+//! agent must still answer the host, so that the host can tell what happened and the
+//! guest can be stopped or reset. As PID 1 the agent therefore mounts the cgroup v2
+//! hierarchy at [`CGROUP_MOUNT`] and runs every command it starts in one cgroup,
+//! [`COMMANDS_CGROUP`], whose limits leave room for itself (see [`Limits::for_machine`]):
+//!
+//! - `pids.max`: half the kernel's `threads-max`, so a fork bomb stops at that many tasks
+//!   while the agent can still create threads and processes (`RLIMIT_NPROC` does not bind
+//!   root);
+//! - `memory.max`: the machine's memory less a reserve, so a memory bomb is killed by the
+//!   cgroup's OOM killer before the whole guest thrashes (the agent's pages stay resident);
+//! - `cpu.weight`: the commands together get a third of a busy CPU against the agent,
+//!   however many processes they run.
+//!
+//! Each command gets a cgroup of its own below that one ([`CommandCgroup`]): commands
+//! share the CPU as cgroups, not per process, so a command started while a fork bomb of an
+//! earlier one still churns gets as much CPU as the whole bomb; each may have half of the
+//! tasks, so such a command can still fork; and a timed-out command is killed all at once
+//! with `cgroup.kill`, whatever it forked meanwhile. A command's cgroup is removed once
+//! nothing runs in it (processes a command leaves behind keep theirs until they end).
+//!
+//! A command joins its cgroup between `fork` and `exec` ([`join`]), through a descriptor
+//! of its `cgroup.procs` opened beforehand, so nothing it runs escapes by being quick.
+//! Everything here is best effort: a kernel without cgroup v2 or one of the controllers
+//! runs commands without that limit, and says so on the console.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use crate::sys;
+
+/// Where the cgroup v2 hierarchy is mounted.
+pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// The cgroup every command runs in.
+pub const COMMANDS_CGROUP: &str = "/sys/fs/cgroup/pyro-commands";
+
+/// `cpu.weight` of [`COMMANDS_CGROUP`]: against the agent (a task of the root cgroup,
+/// which weighs as much as a cgroup of weight 100) the commands get a third of a CPU
+/// that both want.
+pub const COMMANDS_CPU_WEIGHT: u64 = 50;
+
+/// Memory kept out of the commands' reach at least, bytes.
+const MIN_RESERVE: u64 = 64 << 20;
+/// Memory kept out of the commands' reach at most, bytes.
+const MAX_RESERVE: u64 = 256 << 20;
+/// Fewest tasks the commands may have, whatever the machine.
+const MIN_PIDS: u64 = 256;
+
+/// The cgroup below [`COMMANDS_CGROUP`] of commands whose own cgroup could not be made (a
+/// cgroup with controllers enabled for its children may hold no process itself).
+const SHARED: &str = "shared";
+
+/// Prefix of the name of a command's cgroup below [`COMMANDS_CGROUP`].
+const COMMAND_PREFIX: &str = "cmd-";
+
+/// `cgroup.procs` of [`COMMANDS_CGROUP`], opened for writing by [`setup`], with the limits
+/// set there.
+static PROCS: OnceLock<(OwnedFd, Limits)> = OnceLock::new();
+
+/// Number of the next command's cgroup.
+static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
+
+/// Numbers of the command cgroups that a [`CommandCgroup`] still holds (never swept).
+static LIVE: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+
+/// The limits of [`COMMANDS_CGROUP`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `pids.max`: tasks (processes and threads) of all commands together.
+    pub pids_max: u64,
+    /// `memory.max`, bytes.
+    pub memory_max: u64,
+    /// `cpu.weight`.
+    pub cpu_weight: u64,
+}
+
+impl Limits {
+    /// The limits for a machine with `mem_total` bytes of memory whose kernel allows
+    /// `threads_max` tasks: half the tasks, and the memory less 1/16 of it (at least
+    /// 64 MiB, at most 256 MiB).
+    pub fn for_machine(mem_total: u64, threads_max: u64) -> Self {
+        let reserve = (mem_total / 16).clamp(MIN_RESERVE, MAX_RESERVE);
+        Self {
+            pids_max: (threads_max / 2).max(MIN_PIDS),
+            memory_max: mem_total.saturating_sub(reserve).max(MIN_RESERVE),
+            cpu_weight: COMMANDS_CPU_WEIGHT,
+        }
+    }
+}
+
+/// Reads `MemTotal` (bytes) from the text of `/proc/meminfo`.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut fields = line.split_ascii_whitespace().skip(1);
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// Mounts the cgroup v2 hierarchy (unless it already is), enables the `cpu`, `memory` and
+/// `pids` controllers below its root, creates [`COMMANDS_CGROUP`] with [`Limits`] for this
+/// machine, and keeps its `cgroup.procs` open for [`join`]. Returns the limits it set and
+/// the problems it met (each a line for the console); commands run limited by whatever
+/// could be set.
+///
+/// # Errors
+/// When the hierarchy cannot be mounted or the cgroup cannot be created or opened: then
+/// commands run in the root cgroup, without limits.
+pub fn setup() -> io::Result<(Limits, Vec<String>)> {
+    let mount = Path::new(CGROUP_MOUNT);
+    if !mount.join("cgroup.controllers").exists() {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        sys::mount(Some("cgroup2"), mount, Some("cgroup2"), flags, None).map_err(|e| {
+            io::Error::new(e.kind(), format!("mounting cgroup2 on {CGROUP_MOUNT}: {e}"))
+        })?;
+    }
+    let mut problems = Vec::new();
+    enable_controllers(mount, &mut problems);
+    let dir = Path::new(COMMANDS_CGROUP);
+    create_cgroup(dir)?;
+    // Below it, commands get cgroups of their own, limited in turn.
+    enable_controllers(dir, &mut problems);
+    let shared = dir.join(SHARED);
+    create_cgroup(&shared)?;
+    let mem_total = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .as_deref()
+        .and_then(parse_mem_total)
+        .unwrap_or(0);
+    let threads_max = fs::read_to_string("/proc/sys/kernel/threads-max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let limits = Limits::for_machine(mem_total, threads_max);
+    let settings = [
+        ("pids.max", limits.pids_max, threads_max > 0),
+        ("memory.max", limits.memory_max, mem_total > 0),
+        ("cpu.weight", limits.cpu_weight, true),
+    ];
+    for (file, value, known) in settings {
+        if !known {
+            problems.push(format!(
+                "{file} left unlimited: the machine's size is unknown"
+            ));
+            continue;
+        }
+        if let Err(e) = fs::write(dir.join(file), value.to_string()) {
+            problems.push(format!("cannot set {file} to {value}: {e}"));
+        }
+    }
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(shared.join("cgroup.procs"))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening {COMMANDS_CGROUP}/{SHARED}/cgroup.procs: {e}"),
+            )
+        })?;
+    // A second call keeps the first descriptor; both name the same file.
+    let _ = PROCS.set((OwnedFd::from(procs), limits));
+    Ok((limits, problems))
+}
+
+/// The descriptor of the commands' shared cgroup (`COMMANDS_CGROUP/shared`, for a command
+/// whose own cgroup could not be made) for [`join`], once [`setup`] has succeeded.
+pub fn commands_procs() -> Option<RawFd> {
+    PROCS.get().map(|(fd, _)| fd.as_raw_fd())
+}
+
+/// The cgroup of one command, `COMMANDS_CGROUP/cmd-N`: its own `pids.max` (half of the
+/// commands' together), the CPU shared with other commands as one cgroup, and
+/// `cgroup.kill`. Dropping it removes the cgroup if nothing runs in it any more; one that
+/// is still populated is removed by a later [`CommandCgroup::create`] once it is empty.
+#[derive(Debug)]
+pub struct CommandCgroup {
+    number: u64,
+    dir: PathBuf,
+    procs: OwnedFd,
+}
+
+impl CommandCgroup {
+    /// Creates the cgroup of a new command (after removing the empty ones of earlier
+    /// commands). `None` when [`setup`] did not succeed or the cgroup cannot be made: the
+    /// command then runs in the commands' shared cgroup.
+    pub fn create() -> Option<Self> {
+        let (_, limits) = PROCS.get()?;
+        sweep();
+        let number = NEXT_COMMAND.fetch_add(1, Ordering::Relaxed);
+        let dir = Path::new(COMMANDS_CGROUP).join(format!("{COMMAND_PREFIX}{number}"));
+        fs::create_dir(&dir).ok()?;
+        live().get_or_insert_with(HashSet::new).insert(number);
+        let cgroup = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .ok()
+            .map(|f| Self {
+                number,
+                dir: dir.clone(),
+                procs: OwnedFd::from(f),
+            });
+        match cgroup {
+            Some(cgroup) => {
+                // Without its own limit the command is still bound by the commands' one.
+                let _ = fs::write(
+                    cgroup.dir.join("pids.max"),
+                    (limits.pids_max / 2).to_string(),
+                );
+                Some(cgroup)
+            }
+            None => {
+                forget(number);
+                let _ = fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+
+    /// The descriptor for [`join`].
+    pub fn procs(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+
+    /// Kills every process in the cgroup at once (`cgroup.kill`); forks racing with it
+    /// are killed too. Returns whether the kernel took the request.
+    pub fn kill(&self) -> bool {
+        fs::write(self.dir.join("cgroup.kill"), "1").is_ok()
+    }
+}
+
+impl Drop for CommandCgroup {
+    fn drop(&mut self) {
+        forget(self.number);
+        // Fails (EBUSY) while processes remain; `sweep` retries later.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn live() -> std::sync::MutexGuard<'static, Option<HashSet<u64>>> {
+    // Single inserts and removes cannot leave the set inconsistent.
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn forget(number: u64) {
+    if let Some(set) = live().as_mut() {
+        set.remove(&number);
+    }
+}
+
+/// Removes the cgroups of finished commands that nothing runs in any more.
+fn sweep() {
+    let Ok(entries) = fs::read_dir(COMMANDS_CGROUP) else {
+        return;
+    };
+    let held: HashSet<u64> = live().clone().unwrap_or_default();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(COMMAND_PREFIX))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number
+            && !held.contains(&number)
+        {
+            // EBUSY while populated: left for a later sweep.
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// Enables the `cpu`, `memory` and `pids` controllers for the children of `dir`, noting
+/// those that cannot be.
+fn enable_controllers(dir: &Path, problems: &mut Vec<String>) {
+    for controller in ["+cpu", "+memory", "+pids"] {
+        if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), controller) {
+            problems.push(format!(
+                "cannot enable the {controller} controller in {}: {e}",
+                dir.display()
+            ));
+        }
+    }
+}
+
+/// Creates the cgroup `dir` unless it exists.
+fn create_cgroup(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`
+/// (writing `0` there names the writer). Async-signal-safe: meant for the child between
+/// `fork` and `exec`.
+///
+/// # Errors
+/// The write's error (the cgroup was removed, or the kernel refused).
+pub fn join(procs: RawFd) -> io::Result<()> {
+    sys::write_raw(procs, b"0").map(drop)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_leave_room_for_the_agent() {
+        // The default workspace: 1 GiB guest (MemTotal about 961 MiB), threads-max 7573.
+        let l = Limits::for_machine(983_876 * 1024, 7573);
+        assert_eq!(l.pids_max, 3786);
+        assert_eq!(l.memory_max, 983_876 * 1024 - (64 << 20));
+        assert_eq!(l.cpu_weight, COMMANDS_CPU_WEIGHT);
+        // Big machines keep at most 256 MiB back.
+        let l = Limits::for_machine(32 << 30, 250_000);
+        assert_eq!(l.memory_max, (32 << 30) - (256 << 20));
+        assert_eq!(l.pids_max, 125_000);
+        // Tiny or unknown ones still get usable values.
+        let l = Limits::for_machine(0, 0);
+        assert_eq!(l.pids_max, MIN_PIDS);
+        assert_eq!(l.memory_max, MIN_RESERVE);
+    }
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let text = "MemTotal:         983876 kB\nMemFree:          800000 kB\n";
+        assert_eq!(parse_mem_total(text), Some(983_876 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: x kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: 1 MB\n"), None);
+    }
+}
