@@ -849,7 +849,7 @@ fn killing_data_operations_at_any_moment_keeps_data_whole() {
             id,
             "--json",
             "--limit",
-            "100000",
+            "1000",
             "--max-bytes",
             "16",
         ]);
