@@ -58,53 +58,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::hash::Hasher;
 use std::io::{Read, Seek};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-struct Env {
-    state: tempfile::TempDir,
-}
+mod common;
+use common::{Env, text, undeleted, users_of};
 
 impl Env {
     fn new() -> Self {
-        Self {
-            state: tempfile::Builder::new()
-                .prefix("pyro-fault-test-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
-        c.env("PYRO_STATE_DIR", self.state.path())
-            .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
-            .env_remove("PYRO_BACKEND")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn pyro(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.pyro(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}\n{}",
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+        Self::with_prefix("pyro-fault-test-")
     }
 
     /// Runs an operation uncut; returns how long it took and its result.
@@ -230,16 +198,6 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    /// A failed test must not leave workspaces running (their VMs run detached).
-    fn drop(&mut self) {
-        for (pid, _) in users_of(self.state.path()) {
-            // SAFETY: kill(2) on a process that uses this test's own state directory.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 /// What became of a `pyro` call killed at a moment.
 struct Shot {
     delay: Duration,
@@ -250,63 +208,12 @@ struct Shot {
     stdout: Vec<u8>,
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// `path` without the ` (deleted)` the kernel appends to removed files and directories.
-fn undeleted(path: PathBuf) -> PathBuf {
-    match path.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
-        Some(b) => PathBuf::from(OsString::from_vec(b.to_vec())),
-        None => path,
-    }
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
-}
-
-/// Every live process (other than this one) whose working directory or one of whose open
-/// files is `dir` or inside it, deleted or not, with its command name.
-fn users_of(dir: &Path) -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        // Zombies hold nothing.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, r)| r.starts_with('Z'))
-        {
-            continue;
-        }
-        let under = |l: std::io::Result<PathBuf>| l.is_ok_and(|p| undeleted(p).starts_with(dir));
-        let mut uses = under(std::fs::read_link(format!("/proc/{pid}/cwd")));
-        if !uses && let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            uses = fds.flatten().any(|fd| under(std::fs::read_link(fd.path())));
-        }
-        if uses {
-            out.push((pid, comm(pid)));
-        }
-    }
-    out
 }
 
 /// The VMM processes (QEMU) of a workspace.

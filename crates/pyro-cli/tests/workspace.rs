@@ -7,58 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Env {
-    state: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
+mod common;
+use common::{Env, processes_in, text};
 
 impl Env {
     fn new() -> Self {
-        Self {
-            state: tempfile::Builder::new()
-                .prefix("pyro-ws-test-")
-                .tempdir()
-                .unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
-        c.env("PYRO_STATE_DIR", self.state.path())
-            .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
-            .env_remove("PYRO_BACKEND")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn pyro(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn ok_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.pyro(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}\n{}",
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
-    }
-
-    fn err(&self, args: &[&str]) -> String {
-        let out = self.pyro(args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?} should fail: {}",
-            text(&out.stdout)
-        );
-        let err = text(&out.stderr);
-        assert!(err.starts_with("[error] "), "{args:?}: {err}");
-        err
+        Self::with_prefix("pyro-ws-test-")
     }
 
     /// Asserts that no process runs in the state dir and no workspace dirs are left.
@@ -76,24 +30,6 @@ impl Env {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-impl Drop for Env {
-    /// A failed test must not leave workspaces running (their VMs run detached).
-    fn drop(&mut self) {
-        for pid in processes_in(self.state.path()) {
-            // SAFETY: kill(2) on a process of this test's own state directory.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn processes_in(dir: &Path) -> Vec<u32> {
-    pyro_core::host::processes_with_cwd_in(dir)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A seed tree with the things the reference loses: +x, in-tree symlinks, a hard link, an
