@@ -1,0 +1,740 @@
+//! Workspace lifecycle operations: create, list, status, update, exec, logs, stop,
+//! start, delete and reset.
+use super::files::*;
+use super::*;
+
+pub(super) fn check(field: &'static str, value: i64, (min, max): (i64, i64)) -> Result<()> {
+    if value < min || value > max {
+        return Err(CoreError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn seed_json(seed: &WorkspaceSeed) -> String {
+    serde_json::to_string(seed).unwrap_or_else(|_| "{}".into())
+}
+
+impl Pyro {
+    /// Creates and starts a workspace, seeding `/workspace` from a directory or archive.
+    pub async fn create_workspace(
+        &self,
+        req: CreateWorkspace,
+        progress: ProgressFn,
+    ) -> Result<WorkspaceInfo> {
+        // Validate everything before touching anything.
+        let entry = pyro_image::lookup(&req.environment)?;
+        check("vcpu_count", req.vcpu_count, crate::VCPU_RANGE)?;
+        check("mem_mib", req.mem_mib, crate::MEM_RANGE)?;
+        check("ttl_seconds", req.ttl_seconds, WORKSPACE_TTL_RANGE)?;
+        if !req.network_policy.trim().eq_ignore_ascii_case("off") {
+            return Err(CoreError::NetworkUnsupported);
+        }
+        let name = req
+            .name
+            .as_deref()
+            .map(crate::store::validate_name)
+            .transpose()?;
+        let labels = crate::store::validate_labels(&req.labels)?;
+        let seed = req
+            .seed_path
+            .as_ref()
+            .map(|p| Seed::open(p, "seed_path"))
+            .transpose()?;
+        let choice = req.backend.unwrap_or(self.options().backend);
+        let kind = crate::backend::resolve(choice, self.host_facts())?;
+        let store = self.store()?;
+        self.check_capacity(&store)?;
+        // Directories of creates killed before they recorded their workspace.
+        self.reap_orphan_dirs().await;
+        self.pull_environment(&req.environment, progress.clone())
+            .await?;
+
+        let id = host::new_id();
+        let d = self.ws_dirs(&id);
+        host::ensure_private_dir(&d.root)?;
+        let _guard = lock::lock(d.lock(), LockMode::Exclusive, LOCK_TIMEOUT).await?;
+        self.mark_builder(&id);
+        let now = host::now();
+        let mut rec =
+            WorkspaceRecord::new(&id, &req.environment, entry.version, kind.as_str(), now);
+        rec.name = name;
+        rec.labels = labels;
+        rec.vcpu_count = req.vcpu_count;
+        rec.mem_mib = req.mem_mib;
+        rec.ttl_seconds = req.ttl_seconds;
+        let built = async {
+            let stats = match &seed {
+                Some(s) => s.write_tar(&d.baseline(), &self.options().limits)?,
+                None => {
+                    archive::write_empty_tar(&d.baseline())?;
+                    archive::TarStats::default()
+                }
+            };
+            host::ensure_private_dir(&d.logs())?;
+            let seed_info = WorkspaceSeed {
+                mode: match &seed {
+                    Some(s) => match s.mode() {
+                        SeedMode::Directory => "directory",
+                        _ => "tar_archive",
+                    },
+                    None => "empty",
+                }
+                .into(),
+                seed_path: seed.as_ref().map(|s| s.path().display().to_string()),
+                destination: WORKSPACE_ROOT.into(),
+                entry_count: stats.entry_count,
+                bytes_written: stats.bytes_written,
+            };
+            rec.seed_json = seed_json(&seed_info);
+            store.insert_workspace(&rec)?;
+            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let imported = import_tar_file(
+                &session,
+                &d.baseline(),
+                WORKSPACE_ROOT,
+                api::ImportMode::Replace,
+            )
+            .await?;
+            let _ = imported;
+            let now = host::now();
+            store.update_workspace(&id, |r| {
+                r.state = WorkspaceState::Started;
+                r.resume_ttl(now);
+                r.vmm_pid = Some(vmm);
+                r.vmm_start_ticks = host::process_start_ticks(vmm);
+                r.relay_pid = relay;
+                r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+                r.last_activity_at = now;
+                r.boot_mode = Some(mode.as_str().into());
+                Ok::<(), CoreError>(())
+            })
+        }
+        .await;
+        match built {
+            Ok(rec) => {
+                if let Some(pid) = rec.vmm_pid {
+                    self.spawn_watchdog(&id, pid);
+                }
+                self.info(&store, &rec)
+            }
+            Err(e) => {
+                if let Ok(Some(r)) = store.get_workspace(&id) {
+                    self.halt(&r).await;
+                }
+                let _ = store.delete_workspace(&id);
+                let _ = std::fs::remove_dir_all(&d.root);
+                Err(e)
+            }
+        }
+    }
+
+    /// Every workspace, most recently active first (stale states are corrected first).
+    pub async fn list_workspaces(&self) -> Result<WorkspaceList> {
+        let store = self.store()?;
+        // Directories of creates killed before they recorded their workspace.
+        self.reap_orphan_dirs().await;
+        let now = host::now();
+        let mut out = Vec::new();
+        for rec in store.list_workspaces()? {
+            let rec = self.refresh(&store, rec).await?;
+            out.push(WorkspaceSummary {
+                workspace_id: rec.id.clone(),
+                name: rec.name.clone(),
+                labels: rec.labels.clone(),
+                environment: rec.environment.clone(),
+                state: rec.state.as_str().into(),
+                created_at: rec.created_at,
+                last_activity_at: rec.last_activity_at,
+                expires_at: (rec.state == WorkspaceState::Started)
+                    .then(|| now + rec.remaining_ttl(now)),
+                ttl_remaining_seconds: rec.remaining_ttl(now),
+                command_count: rec.command_count,
+                service_count: 0,
+                running_service_count: 0,
+            });
+        }
+        out.sort_by(|a, b| b.last_activity_at.total_cmp(&a.last_activity_at));
+        Ok(WorkspaceList {
+            count: out.len(),
+            workspaces: out,
+        })
+    }
+
+    /// A workspace's state, checked against reality (a dead VMM shows as stopped, with why).
+    pub async fn status_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        self.info(&store, &rec)
+    }
+
+    /// Changes name, labels or TTL. At least one effective change is required.
+    pub async fn update_workspace(&self, id: &str, req: UpdateWorkspace) -> Result<WorkspaceInfo> {
+        if req.name.is_some() && req.clear_name {
+            return Err(CoreError::Invalid {
+                field: "name",
+                reason: "give either a new name or clear_name, not both".into(),
+            });
+        }
+        let name = req
+            .name
+            .as_deref()
+            .map(crate::store::validate_name)
+            .transpose()?;
+        let labels = crate::store::validate_labels(&req.labels)?;
+        let mut clear = Vec::new();
+        for k in &req.clear_labels {
+            clear.push(crate::store::validate_label_key(k)?);
+        }
+        if let Some(t) = req.ttl_seconds {
+            check("ttl_seconds", t, WORKSPACE_TTL_RANGE)?;
+        }
+        if name.is_none()
+            && !req.clear_name
+            && labels.is_empty()
+            && clear.is_empty()
+            && req.ttl_seconds.is_none()
+        {
+            return Err(CoreError::Invalid {
+                field: "update",
+                reason: "nothing to change: give a name, labels, labels to clear, or a TTL".into(),
+            });
+        }
+        let store = self.store()?;
+        let now = host::now();
+        let rec = store
+            .update_workspace(id, |r| {
+                if let Some(n) = &name {
+                    r.name = Some(n.clone());
+                }
+                if req.clear_name {
+                    r.name = None;
+                }
+                for k in &clear {
+                    r.labels.remove(k);
+                }
+                for (k, v) in &labels {
+                    r.labels.insert(k.clone(), v.clone());
+                }
+                if let Some(t) = req.ttl_seconds {
+                    // `t` more seconds of running time from now.
+                    r.ttl_seconds = (r.ttl_used(now) + t as f64).ceil() as i64;
+                    if r.state == WorkspaceState::Started {
+                        r.expires_at = Some(now + t as f64);
+                    }
+                    if r.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("the TTL ran out"))
+                    {
+                        r.last_error = None;
+                    }
+                }
+                r.last_activity_at = now;
+                Ok::<(), CoreError>(())
+            })
+            .map_err(|e| match e {
+                CoreError::Store(crate::store::StoreError::NotFound { .. }) => ws_not_found(id),
+                other => other,
+            })?;
+        store.set_labels(id, &rec.labels)?;
+        if !clear.is_empty() {
+            store.clear_labels(id, clear.iter().map(String::as_str))?;
+        }
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        self.info(&store, &rec)
+    }
+
+    /// Runs a command in `/workspace` (or `cwd`); records it in the history with its full
+    /// output in the logs; the result keeps `max_output_bytes` per stream.
+    pub async fn exec_workspace(
+        &self,
+        id: &str,
+        mut opts: ExecOptions,
+        mut on_output: Option<OutputFn<'_>>,
+    ) -> Result<WorkspaceExecResult> {
+        crate::validate_exec(&opts)?;
+        let _guard = self.ws_lock(id, LockMode::Shared).await?;
+        let store = self.store()?;
+        let rec = self.load_started(&store, id, "workspace_exec").await?;
+        let session = self.ws_session(&rec).await?;
+        let d = self.ws_dirs(id);
+        let cwd = opts
+            .cwd
+            .take()
+            .unwrap_or_else(|| WORKSPACE_ROOT.to_string());
+        let limit = opts
+            .max_output_bytes
+            .unwrap_or(crate::DEFAULT_MAX_OUTPUT_BYTES);
+        // Named like spools (with this process's id), so that the partial logs of an exec
+        // killed midway are removed by the next one (tests/faults.rs, exec kills).
+        remove_stale_spools(&d.logs());
+        let out_tmp = d.logs().join(spool_name("stdout"));
+        let err_tmp = d.logs().join(spool_name("stderr"));
+        let mut out_log = LogFile::create(&out_tmp)?;
+        let mut err_log = LogFile::create(&err_tmp)?;
+        let command_text = match &opts.command {
+            Command::Argv(a) => host::shell_join(a),
+            Command::Shell(s) => s.clone(),
+        };
+        let req = api::ExecRequest {
+            command: match &opts.command {
+                Command::Argv(a) => api::Command::Argv(a.clone()),
+                Command::Shell(s) => api::Command::Shell(s.clone()),
+            },
+            cwd: Some(cwd.clone()),
+            env: opts.env.clone(),
+            timeout_ms: Some(opts.timeout_seconds as u64 * 1000),
+            max_output_bytes: Some(MAX_LOG_BYTES),
+            stdin: false,
+        };
+        let mut out_cap = Vec::new();
+        let mut err_cap = Vec::new();
+        let deadline = Duration::from_secs(opts.timeout_seconds as u64) + crate::HOST_GRACE;
+        let call = api::exec(&session, req, opts.stdin.take(), |o| {
+            match &o {
+                Output::Stdout(b) => {
+                    out_log.write(b);
+                    crate::push_capped(&mut out_cap, b, limit);
+                }
+                Output::Stderr(b) => {
+                    err_log.write(b);
+                    crate::push_capped(&mut err_cap, b, limit);
+                }
+            }
+            if let Some(cb) = on_output.as_mut() {
+                cb(&o);
+            }
+        });
+        let res =
+            tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| CoreError::AgentTimeout {
+                    seconds: deadline.as_secs(),
+                })??;
+        out_log.finish()?;
+        err_log.finish()?;
+        let now = host::now();
+        let logs = d.logs();
+        let recorded = store.next_command_sequence_and_record(id, |seq| NewCommand {
+            command: command_text.clone(),
+            cwd: cwd.clone(),
+            exit_code: i64::from(res.exit_code),
+            duration_ms: res.duration_ms,
+            timed_out: res.timed_out,
+            stdout_bytes: res.stdout_bytes,
+            stderr_bytes: res.stderr_bytes,
+            stdout_path: format!("{seq:06}.stdout"),
+            stderr_path: format!("{seq:06}.stderr"),
+            recorded_at: now,
+        })?;
+        let _ = std::fs::rename(&out_tmp, logs.join(&recorded.stdout_path));
+        let _ = std::fs::rename(&err_tmp, logs.join(&recorded.stderr_path));
+        let _ = store.update_workspace(id, |r| {
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        });
+        let stdout_truncated = res.stdout_bytes > out_cap.len() as u64;
+        let stderr_truncated = res.stderr_bytes > err_cap.len() as u64;
+        let (stdout, stdout_base64) =
+            crate::render_output(&out_cap, stdout_truncated, res.stdout_bytes);
+        let (stderr, stderr_base64) =
+            crate::render_output(&err_cap, stderr_truncated, res.stderr_bytes);
+        Ok(WorkspaceExecResult {
+            workspace_id: id.to_string(),
+            environment: rec.environment.clone(),
+            environment_version: Some(rec.environment_version.clone()),
+            command: command_text,
+            stdout,
+            stderr,
+            exit_code: res.exit_code,
+            duration_ms: res.duration_ms,
+            execution_mode: backend_mode(&rec.backend).into(),
+            sequence: recorded.sequence,
+            cwd,
+            timed_out: res.timed_out,
+            stdout_bytes: res.stdout_bytes,
+            stderr_bytes: res.stderr_bytes,
+            stdout_truncated,
+            stderr_truncated,
+            spawn_error: res.spawn_error,
+            stdout_base64,
+            stderr_base64,
+        })
+    }
+
+    /// The command history, oldest first, paged; output per entry cut at `max_bytes`.
+    pub async fn logs_workspace(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: u64,
+        max_bytes: u64,
+    ) -> Result<WorkspaceLogs> {
+        let max_bytes = max_bytes.min(MAX_LOG_BYTES);
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(CoreError::OutOfRange {
+                field: "limit",
+                value: i64::try_from(limit).unwrap_or(i64::MAX),
+                min: 1,
+                max: MAX_LOG_PAGE as i64,
+            });
+        }
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let total = store.command_count(id)?;
+        let d = self.ws_dirs(id);
+        let mut entries = Vec::new();
+        let mut page_bytes = 0u64;
+        for c in store.commands(id, offset, limit)? {
+            let wants = c.stdout_bytes.min(max_bytes) + c.stderr_bytes.min(max_bytes);
+            if !entries.is_empty() && page_bytes + wants > MAX_LOG_PAGE_BYTES {
+                break;
+            }
+            page_bytes += wants;
+            let (stdout, so_t) = read_capped(&d.logs().join(&c.stdout_path), max_bytes);
+            let (stderr, se_t) = read_capped(&d.logs().join(&c.stderr_path), max_bytes);
+            entries.push(LogEntry {
+                sequence: c.sequence,
+                command: c.command,
+                cwd: c.cwd,
+                exit_code: c.exit_code as i32,
+                duration_ms: c.duration_ms,
+                execution_mode: backend_mode(&rec.backend).into(),
+                recorded_at: c.recorded_at,
+                stdout,
+                stderr,
+                stdout_bytes: c.stdout_bytes,
+                stderr_bytes: c.stderr_bytes,
+                stdout_truncated: so_t || c.stdout_bytes > max_bytes,
+                stderr_truncated: se_t || c.stderr_bytes > max_bytes,
+                timed_out: c.timed_out,
+            });
+        }
+        Ok(WorkspaceLogs {
+            workspace_id: id.to_string(),
+            count: entries.len(),
+            total,
+            offset,
+            entries,
+        })
+    }
+
+    /// Stops a workspace: flushes the guest's filesystems, powers it off, keeps its data.
+    pub async fn stop_workspace(&self, id: &str) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        // The watchdog first: it would take the VMM's exit for a crash.
+        self.end_watchdogs(id).await;
+        if rec.state == WorkspaceState::Started {
+            self.graceful_halt(&rec).await;
+        } else {
+            // Whatever an interrupted start or create left running.
+            self.halt(&rec).await;
+        }
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            if r.state == WorkspaceState::Started {
+                r.pause_ttl(now);
+                r.state = WorkspaceState::Stopped;
+                r.last_error = None;
+            }
+            r.vmm_pid = None;
+            r.vmm_start_ticks = None;
+            r.relay_pid = None;
+            r.relay_start_ticks = None;
+            r.last_activity_at = now;
+            Ok::<(), CoreError>(())
+        })?;
+        self.info(&store, &rec)
+    }
+
+    /// Starts a stopped workspace on its existing disk (everything written survives).
+    pub async fn start_workspace(&self, id: &str, progress: ProgressFn) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let rec = self.refresh(&store, rec).await?;
+        if rec.state == WorkspaceState::Started {
+            return self.info(&store, &rec);
+        }
+        if matches!(rec.state, WorkspaceState::Creating | WorkspaceState::Error) {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_start",
+                detail: Some(
+                    rec.last_error
+                        .clone()
+                        .unwrap_or_else(|| "it is being created or reset".into()),
+                ),
+            });
+        }
+        self.check_capacity(&store)?;
+        let now = host::now();
+        if rec.remaining_ttl(now) <= 0.0 {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: "stopped".into(),
+                operation: "workspace_start",
+                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
+            });
+        }
+        let (vmm, relay, _session, mode) = self.ws_boot(&rec, &progress, false).await?;
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            r.state = WorkspaceState::Started;
+            r.resume_ttl(now);
+            r.vmm_pid = Some(vmm);
+            r.vmm_start_ticks = host::process_start_ticks(vmm);
+            r.relay_pid = relay;
+            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.last_error = None;
+            r.last_activity_at = now;
+            r.boot_mode = Some(mode.as_str().into());
+            Ok::<(), CoreError>(())
+        })?;
+        self.spawn_watchdog(id, vmm);
+        self.info(&store, &rec)
+    }
+
+    /// Deletes a workspace in any state: its VM, disk, baseline, history and logs.
+    pub async fn delete_workspace(&self, id: &str) -> Result<WorkspaceDeleteResult> {
+        let d = self.ws_dirs(id);
+        if !d.root.is_dir() {
+            // A record whose directory is gone: nothing to lock, only processes to end.
+            let store = self.store()?;
+            let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+            self.halt(&rec).await;
+            store.delete_workspace(id)?;
+            return Ok(WorkspaceDeleteResult {
+                workspace_id: id.to_string(),
+                deleted: true,
+                reason: "explicit_delete".into(),
+            });
+        }
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let Some(rec) = store.get_workspace(id)? else {
+            // A delete killed after it removed the record but before the directory was gone
+            // (tests/faults.rs, delete kills): deleting again finishes it. A create holds
+            // this lock from just after making its directory until it has recorded it.
+            if !procs::is_id(id) {
+                return Err(ws_not_found(id));
+            }
+            procs::end_all(&d.root, id).await;
+            std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+            return Ok(WorkspaceDeleteResult {
+                workspace_id: id.to_string(),
+                deleted: true,
+                reason: "explicit_delete".into(),
+            });
+        };
+        self.halt(&rec).await;
+        store.delete_workspace(id)?;
+        std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+        // A watchdog another process started while this one worked ends with its record
+        // anyway; end it now, so nothing of the workspace is left at all.
+        procs::end_all(&d.root, id).await;
+        Ok(WorkspaceDeleteResult {
+            workspace_id: id.to_string(),
+            deleted: true,
+            reason: "explicit_delete".into(),
+        })
+    }
+
+    /// Puts the workspace back to its create-time baseline: a fresh writable disk (so
+    /// everything outside `/workspace` is pristine too), the baseline tree, an empty history.
+    pub async fn reset_workspace(&self, id: &str, progress: ProgressFn) -> Result<WorkspaceInfo> {
+        let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
+        let store = self.store()?;
+        let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
+        let d = self.ws_dirs(id);
+        if !d.baseline().is_file() {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_reset",
+                detail: Some("its baseline archive is missing".into()),
+            });
+        }
+        if rec.remaining_ttl(host::now()) <= 0.0 {
+            return Err(CoreError::WorkspaceState {
+                id: id.into(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_reset",
+                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
+            });
+        }
+        if rec.state != WorkspaceState::Started {
+            self.check_capacity(&store)?;
+        }
+        // The new disk is made beside the old one first: a failure there leaves the
+        // workspace untouched.
+        let fresh = d.root.join("upper.ext4.new");
+        self.cache().create_upper_disk(&fresh, WORKSPACE_DISK_MIB)?;
+        // `creating` (its builder recorded) before anything is thrown away: the halt below
+        // loses what the guest had not written back and the swap empties the disk, so a
+        // reset killed from here on must read as interrupted (`reset` again rebuilds it),
+        // never as a stopped workspace that `start` boots without its data
+        // (tests/faults.rs, reset kills).
+        self.mark_builder(id);
+        let now = host::now();
+        store.update_workspace(id, |r| {
+            r.pause_ttl(now);
+            // `creating` until the baseline is back: a reset killed half-way is reported.
+            r.state = WorkspaceState::Creating;
+            r.last_activity_at = now;
+            r.vmm_pid = None;
+            r.vmm_start_ticks = None;
+            r.relay_pid = None;
+            r.relay_start_ticks = None;
+            Ok::<(), CoreError>(())
+        })?;
+        self.halt(&rec).await;
+        let rebuilt = async {
+            std::fs::rename(&fresh, d.upper())
+                .map_err(|e| CoreError::io("replace", d.upper(), e))?;
+            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let seeded = import_tar_file(
+                &session,
+                &d.baseline(),
+                WORKSPACE_ROOT,
+                api::ImportMode::Replace,
+            )
+            .await;
+            match seeded {
+                Ok(_) => Ok((vmm, relay, mode)),
+                Err(e) => {
+                    let mut booted = rec.clone();
+                    booted.vmm_pid = Some(vmm);
+                    booted.vmm_start_ticks = host::process_start_ticks(vmm);
+                    booted.relay_pid = relay;
+                    booted.relay_start_ticks = relay.and_then(host::process_start_ticks);
+                    self.halt(&booted).await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        let (vmm, relay, mode) = match rebuilt {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = format!("the reset failed: {e}; `reset` again, or delete it");
+                let _ = store.update_workspace(id, |r| {
+                    r.state = WorkspaceState::Error;
+                    r.last_error = Some(msg);
+                    Ok::<(), CoreError>(())
+                });
+                return Err(e);
+            }
+        };
+        store.clear_commands(id)?;
+        let _ = std::fs::remove_dir_all(d.logs());
+        host::ensure_private_dir(&d.logs())?;
+        let now = host::now();
+        let rec = store.update_workspace(id, |r| {
+            r.state = WorkspaceState::Started;
+            r.resume_ttl(now);
+            r.vmm_pid = Some(vmm);
+            r.vmm_start_ticks = host::process_start_ticks(vmm);
+            r.relay_pid = relay;
+            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.reset_count += 1;
+            r.last_reset_at = Some(now);
+            r.last_error = None;
+            r.last_activity_at = now;
+            r.boot_mode = Some(mode.as_str().into());
+            Ok::<(), CoreError>(())
+        })?;
+        self.spawn_watchdog(id, vmm);
+        self.info(&store, &rec)
+    }
+}
+
+pub(super) fn backend_mode(backend: &str) -> &'static str {
+    match backend {
+        "firecracker" => BackendKind::Firecracker.execution_mode(),
+        _ => BackendKind::Qemu.execution_mode(),
+    }
+}
+
+pub(super) fn read_capped(path: &Path, max: u64) -> (String, bool) {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(path) else {
+        return (String::new(), false);
+    };
+    let mut buf = Vec::new();
+    let _ = f.take(max + 1).read_to_end(&mut buf);
+    let truncated = buf.len() as u64 > max;
+    buf.truncate(max as usize);
+    (String::from_utf8_lossy(&buf).into_owned(), truncated)
+}
+
+/// A command's log file: written as output arrives, up to [`MAX_LOG_BYTES`].
+pub(super) struct LogFile {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    written: u64,
+    error: Option<std::io::Error>,
+}
+
+impl LogFile {
+    pub(super) fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path).map_err(|e| CoreError::io("create", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Some(std::io::BufWriter::new(f)),
+            written: 0,
+            error: None,
+        })
+    }
+
+    pub(super) fn write(&mut self, b: &[u8]) {
+        use std::io::Write;
+        let room = MAX_LOG_BYTES.saturating_sub(self.written) as usize;
+        let part = &b[..b.len().min(room)];
+        if let (Some(f), None) = (self.file.as_mut(), self.error.as_ref())
+            && let Err(e) = f.write_all(part)
+        {
+            self.error = Some(e);
+        }
+        self.written += part.len() as u64;
+    }
+
+    pub(super) fn finish(&mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(e) = self.error.take() {
+            return Err(CoreError::io("write", &self.path, e));
+        }
+        if let Some(mut f) = self.file.take() {
+            f.flush()
+                .map_err(|e| CoreError::io("write", &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams a tar file from the host into the guest.
+pub(super) async fn import_tar_file(
+    session: &Session,
+    tar: &Path,
+    dest: &str,
+    mode: api::ImportMode,
+) -> Result<api::TarResult> {
+    let file = tokio::fs::File::open(tar)
+        .await
+        .map_err(|e| CoreError::io("open", tar, e))?;
+    let req = api::ImportTar {
+        root: WORKSPACE_ROOT.into(),
+        dest: rel(dest),
+        mode,
+    };
+    Ok(api::import_tar(session, req, file).await?)
+}
