@@ -373,7 +373,7 @@ impl Faults {
 /// shuts down by itself) it looks again.
 fn truthful_status(e: &Env, id: &str) -> serde_json::Value {
     let dir = e.ws_dir(id);
-    for _ in 0..50 {
+    for attempt in 0..90 {
         let before = vmms(&dir);
         let s = e.ok_json(&["workspace", "status", id, "--json"]);
         let running = vmms(&dir);
@@ -388,6 +388,13 @@ fn truthful_status(e: &Env, id: &str) -> serde_json::Value {
             }
             "creating" => panic!("creating, though nothing builds it: {s}"),
             other => {
+                // A VMM the status call just ended may take a moment to die (SIGKILL waits
+                // for a process in uninterruptible I/O): look again before judging. One
+                // nothing ends stays, and fails here.
+                if !running.is_empty() && attempt < 40 {
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
                 assert!(
                     running.is_empty(),
                     "status says {other} while VMM {running:?} runs: {s}"
