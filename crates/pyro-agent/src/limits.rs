@@ -71,6 +71,11 @@ static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
 /// Numbers of the command cgroups that a [`CommandCgroup`] still holds (never swept).
 static LIVE: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
 
+/// A command cgroup made ahead of time, off the path of an exec: making one (and removing
+/// the last one's) costs milliseconds under emulation, which every command would otherwise
+/// wait for.
+static SPARE: Mutex<Option<CommandCgroup>> = Mutex::new(None);
+
 /// The limits of [`COMMANDS_CGROUP`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -191,10 +196,26 @@ pub struct CommandCgroup {
 }
 
 impl CommandCgroup {
-    /// Creates the cgroup of a new command (after removing the empty ones of earlier
-    /// commands). `None` when [`setup`] did not succeed or the cgroup cannot be made: the
-    /// command then runs in the commands' shared cgroup.
+    /// The cgroup of a new command: the spare made ahead of time when there is one (and a
+    /// new spare is made in the background), else one made now. `None` when [`setup`] did
+    /// not succeed or the cgroup cannot be made: the command then runs in the commands'
+    /// shared cgroup.
     pub fn create() -> Option<Self> {
+        PROCS.get()?;
+        let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let cgroup = spare.or_else(Self::make);
+        std::thread::spawn(|| {
+            let next = Self::make();
+            let mut slot = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = next;
+            }
+        });
+        cgroup
+    }
+
+    /// Makes a command cgroup now (after removing the empty ones of earlier commands).
+    fn make() -> Option<Self> {
         let (_, limits) = PROCS.get()?;
         sweep();
         let number = NEXT_COMMAND.fetch_add(1, Ordering::Relaxed);
@@ -242,8 +263,12 @@ impl CommandCgroup {
 impl Drop for CommandCgroup {
     fn drop(&mut self) {
         forget(self.number);
-        // Fails (EBUSY) while processes remain; `sweep` retries later.
-        let _ = fs::remove_dir(&self.dir);
+        // Off the path of the exec's reply. Fails (EBUSY) while processes remain; `sweep`
+        // retries later.
+        let dir = std::mem::take(&mut self.dir);
+        std::thread::spawn(move || {
+            let _ = fs::remove_dir(&dir);
+        });
     }
 }
 
