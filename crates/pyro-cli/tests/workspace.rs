@@ -413,6 +413,14 @@ fn refused_inputs_change_nothing() {
         ),
         (vec!["workspace", "update", &id], "nothing to change"),
         (
+            vec!["workspace", "logs", &id, "--limit", "1001"],
+            "limit must be between 1 and 1000, got 1001",
+        ),
+        (
+            vec!["workspace", "logs", &id, "--limit", "0"],
+            "limit must be between 1 and 1000, got 0",
+        ),
+        (
             vec!["workspace", "update", &id, "--label", "bad key=x"],
             "label",
         ),

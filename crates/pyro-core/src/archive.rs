@@ -87,6 +87,11 @@ impl TransferLimits {
     /// The defaults, overridden by `PYRO_MAX_SEED_BYTES`, `PYRO_MAX_EXPORT_BYTES`,
     /// `PYRO_MAX_DIFF_BYTES` and `PYRO_MAX_ARCHIVE_ENTRIES` (positive integers).
     pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// [`Self::from_env`] over any source of variables.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut l = Self::default();
         for (var, slot) in [
             ("PYRO_MAX_SEED_BYTES", &mut l.max_seed_bytes),
@@ -94,7 +99,7 @@ impl TransferLimits {
             ("PYRO_MAX_DIFF_BYTES", &mut l.max_diff_bytes),
             ("PYRO_MAX_ARCHIVE_ENTRIES", &mut l.max_entries),
         ] {
-            if let Ok(v) = std::env::var(var) {
+            if let Some(v) = get(var) {
                 *slot = v
                     .trim()
                     .parse::<u64>()
@@ -1097,6 +1102,30 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn limits_come_from_the_environment_or_are_refused_by_name() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            TransferLimits::from_lookup(env(&[])).unwrap(),
+            TransferLimits::default()
+        );
+        let l = TransferLimits::from_lookup(env(&[("PYRO_MAX_DIFF_BYTES", " 1024 ")])).unwrap();
+        assert_eq!(l.max_diff_bytes, 1024);
+        for bad in ["0", "-1", "lots", ""] {
+            let pairs: &'static [(&str, &str)] =
+                Box::leak(vec![("PYRO_MAX_EXPORT_BYTES", bad)].into_boxed_slice());
+            let e = TransferLimits::from_lookup(env(pairs)).unwrap_err();
+            assert!(e.to_string().contains("PYRO_MAX_EXPORT_BYTES"), "{e}");
+        }
     }
 
     #[test]

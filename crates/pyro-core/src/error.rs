@@ -269,3 +269,28 @@ impl CoreError {
 
 /// Result alias for the core.
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_input_is_one_bounded_line() {
+        let e = CoreError::Invalid {
+            field: "cwd",
+            reason: format!("`a\nb{}` is bad", "x".repeat(10_000)),
+        };
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains("a\\nb"), "{text}");
+        assert!(text.contains("more characters"), "{text}");
+        assert!(text.len() < 700, "{}", text.len());
+        let io = CoreError::io(
+            "create",
+            format!("/tmp/{}", "d/".repeat(3000)),
+            std::io::Error::other("x"),
+        );
+        assert!(io.to_string().len() < 700);
+        assert_eq!(quote_bytes(b"x\xff"), "`x\\xff`");
+    }
+}

@@ -518,6 +518,14 @@ impl WorkspaceRecord {
         self.expires_at = Some(now + self.remaining_ttl_at_start(now));
     }
 
+    /// Forgets the VMM and relay of the last boot (they are gone or being ended).
+    pub fn forget_processes(&mut self) {
+        self.vmm_pid = None;
+        self.vmm_start_ticks = None;
+        self.relay_pid = None;
+        self.relay_start_ticks = None;
+    }
+
     /// Stops the TTL clock: the current run is added to `ttl_consumed`, `started_at` and
     /// `expires_at` are cleared. Call when the workspace leaves `started`, before changing
     /// `state`; harmless when the clock is not running.

@@ -445,10 +445,7 @@ impl Pyro {
                 r.state = WorkspaceState::Stopped;
                 r.last_error = None;
             }
-            r.vmm_pid = None;
-            r.vmm_start_ticks = None;
-            r.relay_pid = None;
-            r.relay_start_ticks = None;
+            r.forget_processes();
             r.last_activity_at = now;
             Ok::<(), CoreError>(())
         })?;
@@ -591,10 +588,7 @@ impl Pyro {
             // `creating` until the baseline is back: a reset killed half-way is reported.
             r.state = WorkspaceState::Creating;
             r.last_activity_at = now;
-            r.vmm_pid = None;
-            r.vmm_start_ticks = None;
-            r.relay_pid = None;
-            r.relay_start_ticks = None;
+            r.forget_processes();
             Ok::<(), CoreError>(())
         })?;
         self.halt(&rec).await;

@@ -88,10 +88,7 @@ impl Pyro {
             rec = store.update_workspace(&id, |r| {
                 r.pause_ttl(now);
                 r.state = WorkspaceState::Error;
-                r.vmm_pid = None;
-                r.vmm_start_ticks = None;
-                r.relay_pid = None;
-                r.relay_start_ticks = None;
+                r.forget_processes();
                 r.last_error = Some(
                     "its creation or reset was interrupted; `reset` rebuilds it from its baseline, or delete it".into(),
                 );
@@ -143,10 +140,7 @@ impl Pyro {
                     if r.state == WorkspaceState::Started {
                         r.pause_ttl(now);
                         r.state = WorkspaceState::Stopped;
-                        r.vmm_pid = None;
-                        r.vmm_start_ticks = None;
-                        r.relay_pid = None;
-                        r.relay_start_ticks = None;
+                        r.forget_processes();
                         r.last_error = Some("the VMM process exited unexpectedly; `start` boots the workspace again with its data".into());
                     }
                     Ok::<(), CoreError>(())
@@ -159,10 +153,7 @@ impl Pyro {
                 .update_workspace(&id, |r| {
                     r.pause_ttl(now);
                     r.state = WorkspaceState::Stopped;
-                    r.vmm_pid = None;
-                    r.vmm_start_ticks = None;
-                    r.relay_pid = None;
-                    r.relay_start_ticks = None;
+                    r.forget_processes();
                     r.last_error = Some("the TTL ran out and the workspace was stopped; its data is kept (extend it with `update --ttl-seconds`)".into());
                     Ok::<(), CoreError>(())
                 });
