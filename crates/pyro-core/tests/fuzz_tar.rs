@@ -232,7 +232,7 @@ fn check(bytes: &[u8]) {
         }
     }
     // The diff reader.
-    let _ = tree_from_tar(bytes, 1 << 20);
+    let _ = tree_from_tar(bytes, 1 << 20, 1000);
 }
 
 proptest! {
@@ -250,6 +250,24 @@ proptest! {
     fn hostile_archives_are_refused_or_handled(bytes in archive_strategy()) {
         check(&bytes);
     }
+}
+
+/// The diff reader refuses more members than its limit (the guest chooses how many).
+#[test]
+fn the_diff_reader_bounds_its_member_count() {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..11 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, format!("f{i}"), std::io::empty())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    assert_eq!(tree_from_tar(&tar[..], 1 << 20, 11).unwrap().len(), 11);
+    let e = tree_from_tar(&tar[..], 1 << 20, 10).unwrap_err();
+    assert!(e.to_string().contains("PYRO_MAX_ARCHIVE_ENTRIES"), "{e}");
 }
 
 /// Named inputs (crashers and hand-made attacks) kept as regression tests.

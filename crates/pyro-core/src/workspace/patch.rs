@@ -79,9 +79,14 @@ pub const DIFF_MAX_TEXT_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Reads a tar stream into an in-memory tree (hard links resolved to their target's content).
 /// Regular files over [`DIFF_MAX_TEXT_FILE_BYTES`] are hashed as they stream and kept as
-/// [`pyro_patch::Node::Large`]; more than `max_bytes` of file content in all is refused.
+/// [`pyro_patch::Node::Large`]; more than `max_bytes` of file content in all, or more than
+/// `max_entries` members, is refused (the guest chooses both).
 /// Names that are not UTF-8 are refused (a lossy rewrite could merge two files).
-pub fn tree_from_tar<R: std::io::Read>(r: R, max_bytes: u64) -> Result<pyro_patch::Tree> {
+pub fn tree_from_tar<R: std::io::Read>(
+    r: R,
+    max_bytes: u64,
+    max_entries: u64,
+) -> Result<pyro_patch::Tree> {
     use std::io::Read;
     let mut tree = pyro_patch::Tree::new();
     let mut archive = tar::Archive::new(r);
@@ -90,8 +95,19 @@ pub fn tree_from_tar<R: std::io::Read>(r: R, max_bytes: u64) -> Result<pyro_patc
         reason: format!("corrupt tar stream: {e}"),
     };
     let mut total = 0u64;
+    let mut count = 0u64;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        count += 1;
+        if count > max_entries {
+            return Err(CoreError::Invalid {
+                field: "workspace",
+                reason: format!(
+                    "/workspace holds more than {max_entries} entries; diff refuses to compare \
+                     it (PYRO_MAX_ARCHIVE_ENTRIES sets the limit)"
+                ),
+            });
+        }
         let raw = entry.path_bytes().into_owned();
         let Ok(raw) = String::from_utf8(raw.clone()) else {
             return Err(CoreError::Invalid {
@@ -361,11 +377,12 @@ impl Pyro {
         let max = self.options().limits.max_diff_bytes;
         let baseline = std::fs::File::open(d.baseline())
             .map_err(|e| CoreError::io("open", d.baseline(), e))?;
-        let old = tree_from_tar(std::io::BufReader::new(baseline), max)?;
+        let entries = self.options().limits.max_entries;
+        let old = tree_from_tar(std::io::BufReader::new(baseline), max, entries)?;
         let session = self.ws_session(&rec).await?;
         // Streamed to disk, never whole in memory: the guest chooses the sizes.
         let spool = spool_export(&session, &d.root, "", max, "PYRO_MAX_DIFF_BYTES").await?;
-        let new = tree_from_tar(std::io::BufReader::new(spool.reopen()?), max)?;
+        let new = tree_from_tar(std::io::BufReader::new(spool.reopen()?), max, entries)?;
         let diff = pyro_patch::diff_trees(&old, &new);
         Ok(DiffResult {
             workspace_id: id.into(),
