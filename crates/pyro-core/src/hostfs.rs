@@ -529,6 +529,45 @@ impl HostPath {
         }
     }
 
+    /// Checks, without creating anything, that an output could be made: what exists of its
+    /// parent is reached without a symlink (for a confined path; a local one is the
+    /// user's), and the output itself does not exist. An early, clear refusal only: the
+    /// effects check again, the same way, when they happen ([`Self::output_parent`]).
+    pub fn check_output(&self) -> io::Result<()> {
+        let (parent, name) = match (self.path.parent(), self.path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "names no file (it is a root or ends in `..`)",
+                ));
+            }
+        };
+        let dir = match &self.base {
+            Base::Local => return Ok(()),
+            Base::Confined(root) => {
+                let mut prefix = PathBuf::new();
+                for c in parent.components() {
+                    prefix.push(c);
+                    match root.subdir(&prefix) {
+                        Ok(_) => {}
+                        // The rest is created by the export.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                root.subdir(parent)?
+            }
+        };
+        if dir.stat(name)?.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "already exists; choose a path that does not",
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens (creating what is missing) the parent directory of an output, and returns it
     /// with the output's own name. Only directories that already exist on a local path are
     /// looked up by name; everything created is created and opened without symlinks.

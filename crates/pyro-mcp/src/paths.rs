@@ -31,9 +31,6 @@ struct Root {
     dir: Arc<HostDir>,
 }
 
-/// A path strictly below a root: the root's directory and the relative path.
-type Below = (Arc<HostDir>, PathBuf);
-
 /// A host path refused by [`HostRoots`].
 #[derive(Debug)]
 pub struct PathRefused {
@@ -125,11 +122,7 @@ impl HostRoots {
     }
 
     /// Maps a client's path to a root and a plain relative path below it.
-    fn confine(
-        &self,
-        field: &'static str,
-        raw: &str,
-    ) -> Result<(HostPath, Option<Below>), PathRefused> {
+    fn confine(&self, field: &'static str, raw: &str) -> Result<(HostPath, bool), PathRefused> {
         if raw.trim().is_empty() {
             return Err(self.refuse(field, raw, "is empty"));
         }
@@ -152,9 +145,8 @@ impl HostRoots {
             (&self.roots[0], p.to_path_buf())
         };
         let is_root = rel.components().all(|c| matches!(c, Component::CurDir));
-        let below = (!is_root).then(|| (root.dir.clone(), rel.clone()));
         HostPath::confined(root.dir.clone(), &rel)
-            .map(|hp| (hp, below))
+            .map(|hp| (hp, is_root))
             .map_err(|e| self.refuse(field, raw, &e.to_string()))
     }
 
@@ -171,35 +163,23 @@ impl HostRoots {
     /// A host path that will be created (export output). The output must name a file below
     /// a root (not the root itself); its directories are created when the export runs.
     pub fn output(&self, field: &'static str, raw: &str) -> Result<HostPath, PathRefused> {
-        let (hp, below) = self.confine(field, raw)?;
-        let Some((root, rel)) = below else {
+        let (hp, is_root) = self.confine(field, raw)?;
+        if is_root {
             return Err(self.refuse(
                 field,
                 raw,
                 "names an allowed root itself, not a new path below it",
             ));
-        };
-        // An early, clear refusal when what exists of the path passes through a symlink;
-        // the export checks again, the same way, when it creates it.
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let mut prefix = PathBuf::new();
-        let mut dir = None;
-        for c in parent.components() {
-            prefix.push(c);
-            match root.subdir(&prefix) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hp),
-                Err(e) => return Err(self.refuse(field, raw, &hostfs::explain(&e))),
-            }
         }
-        if let Ok(d) = root.subdir(parent) {
-            dir = Some(d);
-        }
-        if let (Some(d), Some(name)) = (dir, rel.file_name())
-            && let Ok(Some(_)) = d.stat(name)
-        {
-            return Err(self.refuse(field, raw, "already exists; choose a path that does not"));
-        }
+        // An early, clear refusal; the export checks again, the same way, when it runs.
+        hp.check_output().map_err(|e| {
+            let why = if e.kind() == io::ErrorKind::AlreadyExists {
+                e.to_string()
+            } else {
+                hostfs::explain(&e)
+            };
+            self.refuse(field, raw, &why)
+        })?;
         Ok(hp)
     }
 }
