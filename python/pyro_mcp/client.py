@@ -198,10 +198,10 @@ class Pyro:
         *,
         environment: str,
         command: Command,
-        vcpu_count: Optional[int] = None,
-        mem_mib: Optional[int] = None,
-        timeout_seconds: Optional[int] = None,
-        ttl_seconds: Optional[int] = None,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        timeout_seconds: int = 30,
+        ttl_seconds: int = 600,
         network: bool = False,
         allow_host_compat: bool = False,
         cwd: Optional[str] = None,
@@ -248,9 +248,9 @@ class Pyro:
         self,
         *,
         environment: str,
-        vcpu_count: Optional[int] = None,
-        mem_mib: Optional[int] = None,
-        ttl_seconds: Optional[int] = None,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 600,
         network: bool = False,
         allow_host_compat: bool = False,
         backend: Optional[str] = None,
@@ -277,7 +277,7 @@ class Pyro:
         vm_id: str,
         *,
         command: Command,
-        timeout_seconds: Optional[int] = None,
+        timeout_seconds: int = 30,
         cwd: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
         max_output_bytes: Optional[int] = None,
@@ -321,10 +321,10 @@ class Pyro:
         self,
         *,
         environment: str,
-        vcpu_count: Optional[int] = None,
-        mem_mib: Optional[int] = None,
-        ttl_seconds: Optional[int] = None,
-        network_policy: Optional[str] = None,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 3600,
+        network_policy: str = "off",
         allow_host_compat: bool = False,
         seed_path: Optional[PathLike] = None,
         name: Optional[str] = None,
@@ -336,7 +336,7 @@ class Pyro:
         Args:
             environment: catalog name.
             vcpu_count, mem_mib: resources (defaults 1 and 1024).
-            ttl_seconds: running-time budget (the core's default when omitted).
+            ttl_seconds: running-time budget in seconds, counted only while started.
             network_policy: only ``"off"`` in this version.
             allow_host_compat: not available (refused when true).
             seed_path: a host directory or ``.tar``/``.tar.gz``/``.tgz``/``.tar.zst``
@@ -400,7 +400,7 @@ class Pyro:
         workspace_id: str,
         *,
         command: Command,
-        timeout_seconds: Optional[int] = None,
+        timeout_seconds: int = 30,
         cwd: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
         max_output_bytes: Optional[int] = None,
@@ -420,7 +420,7 @@ class Pyro:
         )
 
     def push_workspace_sync(
-        self, workspace_id: str, source_path: PathLike, *, dest: Optional[str] = None
+        self, workspace_id: str, source_path: PathLike, *, dest: str = "/workspace"
     ) -> Result:
         """Imports a host directory or archive into the running workspace (merge; default
         destination ``/workspace``)."""
@@ -435,9 +435,9 @@ class Pyro:
         self,
         workspace_id: str,
         *,
-        offset: Optional[int] = None,
-        limit: Optional[int] = None,
-        max_bytes: Optional[int] = None,
+        offset: int = 0,
+        limit: int = 20,
+        max_bytes: int = 65536,
     ) -> Result:
         """The command history with outputs (default: the first 100 entries, 64 KiB of each
         stream)."""
@@ -463,7 +463,7 @@ class Pyro:
         return self._call("diff_workspace", workspace_id=workspace_id)
 
     def list_workspace_files(
-        self, workspace_id: str, *, path: Optional[str] = None, recursive: bool = False
+        self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
     ) -> Result:
         """Lists a path inside ``/workspace`` (default ``/workspace`` itself)."""
         return self._call(
@@ -471,7 +471,7 @@ class Pyro:
         )
 
     def read_workspace_file(
-        self, workspace_id: str, path: str, *, max_bytes: Optional[int] = None
+        self, workspace_id: str, path: str, *, max_bytes: int = 65536
     ) -> Result:
         """Reads a text file (default at most 65536 bytes)."""
         return self._call(
@@ -486,7 +486,7 @@ class Pyro:
         """Applies a unified diff (``git diff`` output) atomically: all files or none."""
         return self._call("apply_workspace_patch", workspace_id=workspace_id, patch=patch)
 
-    def reset_workspace(self, workspace_id: str, *, snapshot: Optional[str] = None) -> Result:
+    def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> Result:
         """Goes back to the create-time baseline: fresh disk, baseline tree, empty history.
         Only ``snapshot="baseline"`` (the default) exists in this version."""
         return self._call("reset_workspace", workspace_id=workspace_id, snapshot=snapshot)

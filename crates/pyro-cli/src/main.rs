@@ -73,6 +73,10 @@ enum Top {
     /// JSON-RPC 2.0 over stdio (one JSON object per line), used by the Python SDK.
     #[command(hide = true)]
     Rpc(rpc::RpcArgs),
+    /// Print the operation catalogue (every SDK/JSON-RPC method, its MCP tool and its request
+    /// schema with defaults) as JSON: what the Python SDK is checked against.
+    #[command(hide = true)]
+    Catalogue,
     /// Internal: stop a workspace when its TTL runs out (one process per boot).
     #[command(name = "__watchdog", hide = true)]
     Watchdog {
@@ -373,6 +377,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
         Top::Mcp(cmd) => mcp::run(cmd).await,
         Top::Rpc(args) => rpc::run(args).await.map_err(fail(false)),
+        Top::Catalogue => {
+            let settings = || {
+                let mut s = schemars::generate::SchemaSettings::draft2020_12();
+                s.inline_subschemas = true;
+                s
+            };
+            let ops: Vec<serde_json::Value> = pyro_core::ops::Op::catalogue()
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "method": o.method,
+                        "tool": o.tool,
+                        "input_schema": o.input_schema(settings()),
+                    })
+                })
+                .collect();
+            render::print_json(&ops);
+            Ok(ExitCode::SUCCESS)
+        }
         Top::Watchdog {
             workspace_id,
             vmm_pid,

@@ -61,7 +61,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let roots = HostRoots::new(&roots)?;
     let pyro = Arc::new(open_pyro(Some(&args.backend))?);
     args.pool.enable(&pyro)?;
-    let server = PyroMcp::new(pyro.clone(), ServerOptions { profile, roots });
+    let server = PyroMcp::new(
+        pyro.clone(),
+        ServerOptions {
+            profile,
+            roots: Arc::new(roots),
+        },
+    );
     tracing::info!(%profile, "MCP server starting");
     let served = match args.http {
         Some(addr) => pyro_mcp::serve_http(

@@ -26,22 +26,18 @@
 //! the one-shot VMs it created ([`Pyro::shutdown`]) and exits; workspaces persist. SIGINT
 //! or SIGTERM abandon the requests in flight instead.
 //!
-//! This module only translates: every parameter maps onto one call of [`Pyro`].
+//! This module only translates: a method and its params are parsed straight into the core's
+//! operation catalogue ([`pyro_core::ops::Op`]), whose request types carry the parameter
+//! names, defaults and checks, and run with [`Pyro::call`].
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Args;
-use pyro_core::workspace::{CreateWorkspace, UpdateWorkspace};
-use pyro_core::{
-    BackendChoice, Command, CoreError, CreateVm, ExecOptions, ProgressEvent, ProgressFn, Pyro,
-};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use pyro_core::ops::{Ctx, Op, ParseError};
+use pyro_core::{CoreError, ProgressEvent, ProgressFn, Pyro};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -69,41 +65,6 @@ const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
 /// An error reported by the core.
 const APPLICATION_ERROR: i64 = -32000;
-
-/// The methods served, in the SDK's order.
-const METHODS: &[&str] = &[
-    "ping",
-    "run_in_vm",
-    "list_environments",
-    "pull_environment",
-    "inspect_environment",
-    "prune_environments",
-    "create_vm",
-    "start_vm",
-    "exec_vm",
-    "stop_vm",
-    "delete_vm",
-    "status_vm",
-    "network_info_vm",
-    "reap_expired",
-    "create_workspace",
-    "list_workspaces",
-    "update_workspace",
-    "status_workspace",
-    "stop_workspace",
-    "start_workspace",
-    "exec_workspace",
-    "push_workspace_sync",
-    "logs_workspace",
-    "export_workspace",
-    "diff_workspace",
-    "list_workspace_files",
-    "read_workspace_file",
-    "write_workspace_file",
-    "apply_workspace_patch",
-    "reset_workspace",
-    "delete_workspace",
-];
 
 /// A JSON-RPC error object.
 #[derive(Debug)]
@@ -450,535 +411,18 @@ fn progress_notifier(out: Out, id: Value) -> ProgressFn {
     })
 }
 
-// ------------------------------------------------------------------------- parameters
-
-/// A command: a string is run by `/bin/sh -c`, an array is an argv executed directly.
-#[derive(Deserialize, Debug)]
-#[serde(
-    untagged,
-    expecting = "a string (run by /bin/sh -c) or an array of strings (argv, run directly)"
-)]
-enum CommandParam {
-    Shell(String),
-    Argv(Vec<String>),
-}
-
-impl From<CommandParam> for Command {
-    fn from(c: CommandParam) -> Self {
-        match c {
-            CommandParam::Shell(s) => Command::Shell(s),
-            CommandParam::Argv(a) => Command::Argv(a),
-        }
-    }
-}
-
-fn d_one() -> i64 {
-    1
-}
-fn d_mem() -> i64 {
-    1024
-}
-fn d_vm_ttl() -> i64 {
-    600
-}
-fn d_timeout() -> i64 {
-    30
-}
-fn d_ws_ttl() -> i64 {
-    pyro_core::workspace::DEFAULT_WORKSPACE_TTL
-}
-fn d_policy() -> String {
-    "off".into()
-}
-fn d_root() -> String {
-    "/workspace".into()
-}
-fn d_limit() -> u64 {
-    100
-}
-fn d_max_bytes() -> u64 {
-    65536
-}
-fn d_max_bytes_i() -> i64 {
-    65536
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct EnvironmentParams {
-    environment: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct VmIdParams {
-    vm_id: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct WorkspaceIdParams {
-    workspace_id: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct CreateVmParams {
-    environment: String,
-    #[serde(default = "d_one")]
-    vcpu_count: i64,
-    #[serde(default = "d_mem")]
-    mem_mib: i64,
-    #[serde(default = "d_vm_ttl")]
-    ttl_seconds: i64,
-    #[serde(default)]
-    network: bool,
-    #[serde(default)]
-    allow_host_compat: bool,
-    backend: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct RunInVmParams {
-    environment: String,
-    command: CommandParam,
-    #[serde(default = "d_one")]
-    vcpu_count: i64,
-    #[serde(default = "d_mem")]
-    mem_mib: i64,
-    #[serde(default = "d_timeout")]
-    timeout_seconds: i64,
-    #[serde(default = "d_vm_ttl")]
-    ttl_seconds: i64,
-    #[serde(default)]
-    network: bool,
-    #[serde(default)]
-    allow_host_compat: bool,
-    backend: Option<String>,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    max_output_bytes: Option<u64>,
-    stdin: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ExecVmParams {
-    vm_id: String,
-    command: CommandParam,
-    #[serde(default = "d_timeout")]
-    timeout_seconds: i64,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    max_output_bytes: Option<u64>,
-    stdin: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct CreateWorkspaceParams {
-    environment: String,
-    #[serde(default = "d_one")]
-    vcpu_count: i64,
-    #[serde(default = "d_mem")]
-    mem_mib: i64,
-    #[serde(default = "d_ws_ttl")]
-    ttl_seconds: i64,
-    #[serde(default = "d_policy")]
-    network_policy: String,
-    #[serde(default)]
-    allow_host_compat: bool,
-    seed_path: Option<PathBuf>,
-    name: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    backend: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct UpdateWorkspaceParams {
-    workspace_id: String,
-    name: Option<String>,
-    #[serde(default)]
-    clear_name: bool,
-    labels: Option<BTreeMap<String, String>>,
-    clear_labels: Option<Vec<String>>,
-    ttl_seconds: Option<i64>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ExecWorkspaceParams {
-    workspace_id: String,
-    command: CommandParam,
-    #[serde(default = "d_timeout")]
-    timeout_seconds: i64,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    max_output_bytes: Option<u64>,
-    stdin: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct SyncParams {
-    workspace_id: String,
-    source_path: PathBuf,
-    #[serde(default = "d_root")]
-    dest: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct LogsParams {
-    workspace_id: String,
-    #[serde(default)]
-    offset: u64,
-    #[serde(default = "d_limit")]
-    limit: u64,
-    #[serde(default = "d_max_bytes")]
-    max_bytes: u64,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ExportParams {
-    workspace_id: String,
-    path: String,
-    output_path: PathBuf,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileListParams {
-    workspace_id: String,
-    #[serde(default = "d_root")]
-    path: String,
-    #[serde(default)]
-    recursive: bool,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileReadParams {
-    workspace_id: String,
-    path: String,
-    #[serde(default = "d_max_bytes_i")]
-    max_bytes: i64,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileWriteParams {
-    workspace_id: String,
-    path: String,
-    text: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct PatchParams {
-    workspace_id: String,
-    patch: String,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ResetParams {
-    workspace_id: String,
-    snapshot: Option<String>,
-}
-
-/// Deserialises `params` for `method`, turning serde's complaint into -32602.
-fn params<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, RpcError> {
-    serde_json::from_value(params)
-        .map_err(|e| RpcError::invalid_params(format!("invalid params for {method}: {e}")))
-}
-
-/// Serialises a result, or maps the core's error.
-fn reply<T: serde::Serialize>(r: Result<T, CoreError>) -> Result<Value, RpcError> {
-    let v = r?;
-    serde_json::to_value(v).map_err(|e| RpcError {
-        code: INTERNAL_ERROR,
-        message: format!("cannot serialise the result: {e}"),
-        data: Some(json!({"kind": "runtime"})),
-    })
-}
-
-/// An application error of kind `invalid_input` for a parameter this version refuses.
-fn unsupported(field: &'static str, reason: &str) -> RpcError {
-    CoreError::Invalid {
-        field,
-        reason: reason.into(),
-    }
-    .into()
-}
-
-fn refuse_host_compat(allow_host_compat: bool) -> Result<(), RpcError> {
-    if allow_host_compat {
-        return Err(unsupported(
-            "allow_host_compat",
-            "host compatibility mode (running commands on the host) is not offered by pyro; \
-             every command runs in a sandbox",
-        ));
-    }
-    Ok(())
-}
-
-fn backend(b: Option<String>) -> Result<Option<BackendChoice>, RpcError> {
-    Ok(b.map(|b| b.parse::<BackendChoice>()).transpose()?)
-}
-
-fn exec_options(
-    command: CommandParam,
-    timeout_seconds: i64,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    max_output_bytes: Option<u64>,
-    stdin: Option<String>,
-) -> ExecOptions {
-    let mut o = ExecOptions::new(command.into());
-    o.timeout_seconds = timeout_seconds;
-    o.cwd = cwd;
-    o.env = env.unwrap_or_default();
-    o.max_output_bytes = max_output_bytes;
-    o.stdin = stdin.map(|s| s.into_bytes().into());
-    o
-}
-
-/// Runs one method.
+/// Runs one method: `params` parsed straight into the core's [`Op`], run by [`Pyro::call`].
 async fn call(
     pyro: &Pyro,
     method: &str,
-    p: Value,
+    params: Value,
     progress: ProgressFn,
 ) -> Result<Value, RpcError> {
-    match method {
-        "ping" => {
-            params::<NoParams>(method, p)?;
-            Ok(json!({
-                "pong": true,
-                "version": env!("CARGO_PKG_VERSION"),
-                "methods": METHODS,
-            }))
-        }
-        "list_environments" => {
-            params::<NoParams>(method, p)?;
-            reply(Ok(pyro.list_environments()))
-        }
-        "pull_environment" => {
-            let a: EnvironmentParams = params(method, p)?;
-            pyro.pull_environment(&a.environment, progress).await?;
-            reply(pyro.inspect_environment(&a.environment))
-        }
-        "inspect_environment" => {
-            let a: EnvironmentParams = params(method, p)?;
-            reply(pyro.inspect_environment(&a.environment))
-        }
-        "prune_environments" => {
-            params::<NoParams>(method, p)?;
-            reply(pyro.prune_environments())
-        }
-        "create_vm" => {
-            let a: CreateVmParams = params(method, p)?;
-            refuse_host_compat(a.allow_host_compat)?;
-            let req = CreateVm {
-                environment: a.environment,
-                vcpu_count: a.vcpu_count,
-                mem_mib: a.mem_mib,
-                ttl_seconds: a.ttl_seconds,
-                network: a.network,
-                backend: backend(a.backend)?,
-            };
-            reply(pyro.create_vm(req, progress).await)
-        }
-        "run_in_vm" => {
-            let a: RunInVmParams = params(method, p)?;
-            refuse_host_compat(a.allow_host_compat)?;
-            let create = CreateVm {
-                environment: a.environment,
-                vcpu_count: a.vcpu_count,
-                mem_mib: a.mem_mib,
-                ttl_seconds: a.ttl_seconds,
-                network: a.network,
-                backend: backend(a.backend)?,
-            };
-            let exec = exec_options(
-                a.command,
-                a.timeout_seconds,
-                a.cwd,
-                a.env,
-                a.max_output_bytes,
-                a.stdin,
-            );
-            reply(pyro.run_in_vm(create, exec, progress, None).await)
-        }
-        "start_vm" => {
-            let a: VmIdParams = params(method, p)?;
-            reply(pyro.start_vm(&a.vm_id, progress).await)
-        }
-        "exec_vm" => {
-            let a: ExecVmParams = params(method, p)?;
-            let exec = exec_options(
-                a.command,
-                a.timeout_seconds,
-                a.cwd,
-                a.env,
-                a.max_output_bytes,
-                a.stdin,
-            );
-            reply(pyro.exec_vm(&a.vm_id, exec, None).await)
-        }
-        "stop_vm" => {
-            let a: VmIdParams = params(method, p)?;
-            reply(pyro.stop_vm(&a.vm_id).await)
-        }
-        "delete_vm" => {
-            let a: VmIdParams = params(method, p)?;
-            reply(pyro.delete_vm(&a.vm_id).await)
-        }
-        "status_vm" => {
-            let a: VmIdParams = params(method, p)?;
-            reply(pyro.status_vm(&a.vm_id).await)
-        }
-        "network_info_vm" => {
-            let a: VmIdParams = params(method, p)?;
-            reply(pyro.network_info_vm(&a.vm_id).await)
-        }
-        "reap_expired" => {
-            params::<NoParams>(method, p)?;
-            reply(Ok(pyro.reap_expired().await))
-        }
-        "create_workspace" => {
-            let a: CreateWorkspaceParams = params(method, p)?;
-            refuse_host_compat(a.allow_host_compat)?;
-            let mut req = CreateWorkspace::new(a.environment);
-            req.vcpu_count = a.vcpu_count;
-            req.mem_mib = a.mem_mib;
-            req.ttl_seconds = a.ttl_seconds;
-            req.network_policy = a.network_policy;
-            req.seed_path = a.seed_path.map(Into::into);
-            req.name = a.name;
-            req.labels = a.labels.unwrap_or_default();
-            req.backend = backend(a.backend)?;
-            reply(pyro.create_workspace(req, progress).await)
-        }
-        "list_workspaces" => {
-            params::<NoParams>(method, p)?;
-            reply(pyro.list_workspaces().await)
-        }
-        "update_workspace" => {
-            let a: UpdateWorkspaceParams = params(method, p)?;
-            let req = UpdateWorkspace {
-                name: a.name,
-                clear_name: a.clear_name,
-                labels: a.labels.unwrap_or_default(),
-                clear_labels: a.clear_labels.unwrap_or_default(),
-                ttl_seconds: a.ttl_seconds,
-            };
-            reply(pyro.update_workspace(&a.workspace_id, req).await)
-        }
-        "status_workspace" => {
-            let a: WorkspaceIdParams = params(method, p)?;
-            reply(pyro.status_workspace(&a.workspace_id).await)
-        }
-        "stop_workspace" => {
-            let a: WorkspaceIdParams = params(method, p)?;
-            reply(pyro.stop_workspace(&a.workspace_id).await)
-        }
-        "start_workspace" => {
-            let a: WorkspaceIdParams = params(method, p)?;
-            reply(pyro.start_workspace(&a.workspace_id, progress).await)
-        }
-        "exec_workspace" => {
-            let a: ExecWorkspaceParams = params(method, p)?;
-            let exec = exec_options(
-                a.command,
-                a.timeout_seconds,
-                a.cwd,
-                a.env,
-                a.max_output_bytes,
-                a.stdin,
-            );
-            reply(pyro.exec_workspace(&a.workspace_id, exec, None).await)
-        }
-        "push_workspace_sync" => {
-            let a: SyncParams = params(method, p)?;
-            reply(
-                pyro.push_workspace_sync(&a.workspace_id, &a.source_path, &a.dest)
-                    .await,
-            )
-        }
-        "logs_workspace" => {
-            let a: LogsParams = params(method, p)?;
-            reply(
-                pyro.logs_workspace(&a.workspace_id, a.offset, a.limit, a.max_bytes)
-                    .await,
-            )
-        }
-        "export_workspace" => {
-            let a: ExportParams = params(method, p)?;
-            reply(
-                pyro.export_workspace(&a.workspace_id, &a.path, &a.output_path)
-                    .await,
-            )
-        }
-        "diff_workspace" => {
-            let a: WorkspaceIdParams = params(method, p)?;
-            reply(pyro.diff_workspace(&a.workspace_id).await)
-        }
-        "list_workspace_files" => {
-            let a: FileListParams = params(method, p)?;
-            reply(
-                pyro.list_workspace_files(&a.workspace_id, &a.path, a.recursive)
-                    .await,
-            )
-        }
-        "read_workspace_file" => {
-            let a: FileReadParams = params(method, p)?;
-            reply(
-                pyro.read_workspace_file(&a.workspace_id, &a.path, a.max_bytes)
-                    .await,
-            )
-        }
-        "write_workspace_file" => {
-            let a: FileWriteParams = params(method, p)?;
-            reply(
-                pyro.write_workspace_file(&a.workspace_id, &a.path, &a.text)
-                    .await,
-            )
-        }
-        "apply_workspace_patch" => {
-            let a: PatchParams = params(method, p)?;
-            reply(pyro.apply_workspace_patch(&a.workspace_id, &a.patch).await)
-        }
-        "reset_workspace" => {
-            let a: ResetParams = params(method, p)?;
-            if let Some(s) = &a.snapshot
-                && s != "baseline"
-            {
-                return Err(unsupported(
-                    "snapshot",
-                    "named snapshots are not available in this version; reset goes back to \
-                     `baseline`",
-                ));
-            }
-            reply(pyro.reset_workspace(&a.workspace_id, progress).await)
-        }
-        "delete_workspace" => {
-            let a: WorkspaceIdParams = params(method, p)?;
-            reply(pyro.delete_workspace(&a.workspace_id).await)
-        }
-        other => Err(RpcError::new(
-            METHOD_NOT_FOUND,
-            format!("unknown method `{other}`"),
-        )),
-    }
+    let op = Op::parse(method, params).map_err(|e| match e {
+        ParseError::UnknownMethod(_) => RpcError::new(METHOD_NOT_FOUND, e.to_string()),
+        ParseError::Params { .. } => RpcError::invalid_params(e.to_string()),
+    })?;
+    Ok(pyro.call(op, &Ctx::with_progress(progress)).await?)
 }
 
 #[cfg(test)]
@@ -1032,45 +476,31 @@ mod tests {
         assert_eq!(e.data, Some(json!({"kind": "invalid_input"})));
     }
 
-    #[test]
-    fn unknown_and_ill_typed_params_are_invalid_params() {
-        let e = params::<VmIdParams>("status_vm", json!({"vm_id": "a", "extra": 1})).unwrap_err();
+    #[tokio::test(flavor = "current_thread")]
+    async fn unknown_and_ill_typed_params_are_invalid_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let pyro = test_pyro(dir.path());
+        let call = |m: &'static str, p: Value| call(&pyro, m, p, pyro_core::no_progress());
+        let e = call("status_vm", json!({"vm_id": "a", "extra": 1}))
+            .await
+            .unwrap_err();
         assert_eq!(e.code, INVALID_PARAMS);
         assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
-        let e = params::<VmIdParams>("status_vm", json!({})).unwrap_err();
+        let e = call("status_vm", json!({})).await.unwrap_err();
         assert!(e.message.contains("missing field `vm_id`"), "{}", e.message);
-        let e = params::<RunInVmParams>(
+        let e = call(
             "run_in_vm",
             json!({"environment": "debian:12", "command": "true", "vcpu_count": 1.5}),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.code, INVALID_PARAMS);
-        assert!(params::<NoParams>("ping", json!({"x": 1})).is_err());
-    }
-
-    #[test]
-    fn defaults_match_the_sdk_and_commands_take_both_forms() {
-        let p: RunInVmParams = params(
-            "run_in_vm",
-            json!({"environment": "debian:12", "command": "git --version"}),
-        )
-        .unwrap();
-        assert_eq!(
-            (p.vcpu_count, p.mem_mib, p.timeout_seconds, p.ttl_seconds),
-            (1, 1024, 30, 600)
-        );
-        assert_eq!(
-            Command::from(p.command),
-            Command::Shell("git --version".into())
-        );
-        let p: ExecVmParams =
-            params("exec_vm", json!({"vm_id": "v", "command": ["ls", "-l"]})).unwrap();
-        assert_eq!(
-            Command::from(p.command),
-            Command::Argv(vec!["ls".into(), "-l".into()])
-        );
-        let e = params::<ExecVmParams>("exec_vm", json!({"vm_id": "v", "command": 5})).unwrap_err();
+        assert_eq!(e.data, Some(json!({"kind": "invalid_input"})));
+        let e = call("exec_vm", json!({"vm_id": "v", "command": 5}))
+            .await
+            .unwrap_err();
         assert!(e.message.contains("a string"), "{}", e.message);
+        assert!(call("ping", json!({"x": 1})).await.is_err());
     }
 
     #[test]
@@ -1094,7 +524,7 @@ mod tests {
         Pyro::new(pyro_core::PyroOptions {
             state_dir: dir.join("state"),
             cache_dir: dir.join("cache"),
-            backend: BackendChoice::Auto,
+            backend: pyro_core::BackendChoice::Auto,
             agent_bin: None,
             max_active_vms: 4,
             boot_timeout: std::time::Duration::from_secs(5),
@@ -1110,7 +540,10 @@ mod tests {
         let call = |m: &'static str, p: Value| call(&pyro, m, p, pyro_core::no_progress());
         let ping = call("ping", json!({})).await.unwrap();
         assert_eq!(ping["pong"], json!(true));
-        assert_eq!(ping["methods"].as_array().unwrap().len(), METHODS.len());
+        assert_eq!(
+            ping["methods"].as_array().unwrap().len(),
+            Op::catalogue().len()
+        );
         assert_eq!(
             call("nope", json!({})).await.unwrap_err().code,
             METHOD_NOT_FOUND
@@ -1128,11 +561,8 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.message.contains("allow_host_compat"), "{}", e.message);
-        let list = call("list_workspaces", json!(null)).await;
-        assert!(
-            list.is_err(),
-            "params null is mapped before dispatch, not here"
-        );
+        let list = call("list_workspaces", json!(null)).await.unwrap();
+        assert_eq!(list["count"], json!(0), "null params mean {{}}");
         let list = call("list_workspaces", json!({})).await.unwrap();
         assert_eq!(list["count"], json!(0));
         let envs = call("list_environments", json!({})).await.unwrap();
@@ -1223,7 +653,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        for m in METHODS {
+        for m in Op::catalogue().iter().map(|o| o.method) {
             // Empty params: every method either runs or complains about its params; none
             // is unknown.
             let r = rt.block_on(call(

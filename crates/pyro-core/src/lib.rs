@@ -17,6 +17,7 @@ pub mod host;
 pub mod hostfs;
 pub mod lock;
 pub mod model;
+pub mod ops;
 pub mod pool;
 pub mod snapshot;
 pub mod store;
@@ -171,12 +172,17 @@ impl CreateVm {
     }
 }
 
-/// What to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to run: a string is run by `/bin/sh -c`, an array of strings is an argv run
+/// directly.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "a string (run by /bin/sh -c) or an array of strings (argv, run directly)"
+)]
 pub enum Command {
-    /// Executed directly (no shell).
+    /// argv, run directly.
     Argv(Vec<String>),
-    /// Run by `/bin/sh -c`.
+    /// Run by /bin/sh -c.
     Shell(String),
 }
 

@@ -71,7 +71,6 @@ pub const MAX_PATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Parameters of [`Pyro::create_workspace`].
 #[derive(Clone, Debug)]
 pub struct CreateWorkspace {
-    /// Catalog name.
     pub environment: String,
     /// 1..=8.
     pub vcpu_count: i64,
@@ -82,7 +81,6 @@ pub struct CreateWorkspace {
     /// A directory or archive that becomes `/workspace` and the baseline (a plain path
     /// converts with `.into()`; MCP passes one confined to its allowed roots).
     pub seed_path: Option<HostPath>,
-    /// Free-form name.
     pub name: Option<String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
@@ -125,144 +123,94 @@ pub struct UpdateWorkspace {
 }
 
 /// Result of [`Pyro::exec_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct WorkspaceExecResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// Its environment.
     pub environment: String,
-    /// Environment version.
     pub environment_version: Option<String>,
-    /// The command text.
     pub command: String,
-    /// Standard output (capped; the full text is in the logs).
+    /// A marker line ends it when it was cut (the logs keep more).
     pub stdout: String,
-    /// Standard error (capped; the full text is in the logs).
     pub stderr: String,
-    /// Exit status.
     pub exit_code: i32,
-    /// Wall time in the guest.
     pub duration_ms: u64,
-    /// How it ran.
     pub execution_mode: String,
-    /// 1-based sequence number in the workspace's history.
+    /// Its place in the logs.
     pub sequence: u64,
-    /// Working directory.
     pub cwd: String,
-    /// pyro extension: the timeout killed the command.
     pub timed_out: bool,
-    /// pyro extension: bytes written to stdout.
     pub stdout_bytes: u64,
-    /// pyro extension: bytes written to stderr.
     pub stderr_bytes: u64,
-    /// pyro extension: stdout in this result was cut (see the logs for all of it).
     pub stdout_truncated: bool,
-    /// pyro extension: stderr in this result was cut.
     pub stderr_truncated: bool,
-    /// pyro extension: why the program could not be started.
     pub spawn_error: Option<String>,
-    /// pyro extension: exact stdout bytes, base64, only when they are not UTF-8.
+    /// Only when stdout is not UTF-8: its exact bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdout_base64: Option<String>,
-    /// pyro extension: exact stderr bytes, base64, only when they are not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_base64: Option<String>,
 }
 
 /// Summary line of [`Pyro::list_workspaces`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct WorkspaceSummary {
-    /// The workspace.
     pub workspace_id: String,
-    /// Its name.
     pub name: Option<String>,
-    /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// Catalog name.
     pub environment: String,
-    /// `started` or `stopped`.
     pub state: String,
-    /// Creation time.
     pub created_at: f64,
-    /// Last mutating operation.
     pub last_activity_at: f64,
-    /// When the TTL stops it (while started).
+    /// Null while stopped.
     pub expires_at: Option<f64>,
-    /// pyro extension: running time left.
     pub ttl_remaining_seconds: f64,
-    /// Commands run.
     pub command_count: u64,
-    /// Services (none in this version).
     pub service_count: u64,
-    /// Running services (none in this version).
     pub running_service_count: u64,
 }
 
 /// Result of [`Pyro::list_workspaces`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct WorkspaceList {
-    /// How many.
     pub count: usize,
-    /// Most recently active first.
     pub workspaces: Vec<WorkspaceSummary>,
 }
 
 /// One history entry of [`Pyro::logs_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct LogEntry {
-    /// Sequence number.
     pub sequence: u64,
-    /// Command text.
     pub command: String,
-    /// Working directory.
     pub cwd: String,
-    /// Exit status.
     pub exit_code: i32,
-    /// Wall time.
     pub duration_ms: u64,
-    /// How it ran.
     pub execution_mode: String,
-    /// When it finished.
     pub recorded_at: f64,
-    /// The output (up to `max_bytes` per stream).
     pub stdout: String,
-    /// The error output (up to `max_bytes` per stream).
     pub stderr: String,
-    /// pyro extension: total stdout bytes.
     pub stdout_bytes: u64,
-    /// pyro extension: total stderr bytes.
     pub stderr_bytes: u64,
-    /// pyro extension: stdout shown here was cut.
     pub stdout_truncated: bool,
-    /// pyro extension: stderr shown here was cut.
     pub stderr_truncated: bool,
-    /// pyro extension: the timeout killed the command.
     pub timed_out: bool,
 }
 
 /// Result of [`Pyro::logs_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct WorkspaceLogs {
-    /// The workspace.
     pub workspace_id: String,
-    /// Entries returned.
     pub count: usize,
-    /// pyro extension: entries in the whole history.
+    /// Entries in the whole history.
     pub total: u64,
-    /// pyro extension: where this page starts (0-based).
     pub offset: u64,
-    /// Oldest first.
     pub entries: Vec<LogEntry>,
 }
 
 /// Result of [`Pyro::delete_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct WorkspaceDeleteResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// Always true.
     pub deleted: bool,
-    /// `explicit_delete`.
     pub reason: String,
 }
 

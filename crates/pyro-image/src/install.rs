@@ -112,7 +112,7 @@ pub struct Installed {
 
 /// Catalog and install state of one environment (the reference's `EnvInfo`, plus the
 /// artifact paths when installed).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct EnvironmentInfo {
     /// Catalog name.
     pub name: String,

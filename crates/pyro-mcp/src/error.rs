@@ -5,8 +5,6 @@
 use pyro_core::CoreError;
 use rmcp::model::{CallToolResult, ContentBlock};
 
-use crate::paths::PathRefused;
-
 /// Why a tool call failed.
 #[derive(Debug)]
 pub(crate) struct ToolError {
@@ -58,12 +56,6 @@ impl From<CoreError> for ToolError {
             kind,
             message: chain(&e),
         }
-    }
-}
-
-impl From<PathRefused> for ToolError {
-    fn from(e: PathRefused) -> Self {
-        Self::invalid(e.to_string())
     }
 }
 

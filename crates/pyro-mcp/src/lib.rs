@@ -1,14 +1,17 @@
 //! `pyro-mcp`: the MCP face of pyro, on the official Rust SDK (`rmcp`).
 //!
 //! [`PyroMcp`] is an MCP server handler that maps tools onto one shared
-//! [`pyro_core::Pyro`]. It holds no logic of its own: it parses arguments, confines host
-//! paths, calls the core, and renders the core's result as `structuredContent` (plus the same
-//! JSON as a text item).
+//! [`pyro_core::Pyro`]. It holds no logic of its own: each tool is a row of a table (name,
+//! profile, title, annotations, description) naming an operation of the core's catalogue
+//! ([`pyro_core::ops`]), whose request and result types give the tool's schemas; a call
+//! parses the arguments into that request, runs it with [`pyro_core::Pyro::call`] and renders
+//! the result as `structuredContent` (plus the same JSON as a text item).
 //!
 //! - [`Profile`] picks the tools a client sees (`vm-run`, `workspace-core`, `workspace-full`);
-//!   [`ToolId`] is the catalogue (adding a tool is described there).
+//!   [`ToolId`] is a row of the table (adding a tool is described in `tools.rs`).
 //! - [`HostRoots`] confines the host paths a client may name (`seed_path`, `source_path`,
-//!   `output_path`) to the directories the operator allowed.
+//!   `output_path`) to the directories the operator allowed: every call runs under
+//!   [`pyro_core::ops::PathPolicy::Confined`].
 //! - Every failure, argument errors included, is a tool result with `isError: true` whose text
 //!   names the error kind and the full cause chain; protocol errors are never used for them.
 //! - Requests are served concurrently (rmcp runs each in its own task and every core call is
@@ -22,11 +25,8 @@
 mod error;
 #[cfg(feature = "http")]
 mod http;
-mod params;
-mod paths;
 mod profile;
 mod progress;
-mod schema;
 mod tools;
 
 use std::sync::Arc;
@@ -41,8 +41,8 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 
 #[cfg(feature = "http")]
 pub use http::{HTTP_PATH, HttpError, serve_http};
-pub use paths::{HostRoots, PathRefused};
 pub use profile::{Profile, UnknownProfile};
+pub use pyro_core::ops::{HostRoots, PathRefused};
 pub use tools::ToolId;
 
 /// The server's name in `initialize`.
@@ -54,13 +54,13 @@ pub struct ServerOptions {
     /// The tools offered.
     pub profile: Profile,
     /// Where client-named host paths may point.
-    pub roots: HostRoots,
+    pub roots: Arc<HostRoots>,
 }
 
 struct Inner {
     pyro: Arc<Pyro>,
     profile: Profile,
-    roots: HostRoots,
+    roots: Arc<HostRoots>,
     tools: Vec<(ToolId, Tool)>,
 }
 
@@ -179,12 +179,12 @@ impl PyroMcp {
         let inner = self.inner.clone();
         let sink = progress.sink();
         let task = tokio::spawn(async move {
-            let cx = tools::CallCtx {
-                pyro: &inner.pyro,
-                roots: &inner.roots,
+            let cx = pyro_core::ops::Ctx {
                 progress: sink,
+                paths: pyro_core::ops::PathPolicy::Confined(inner.roots.clone()),
+                output: None,
             };
-            tools::call(tool, inner.profile, args, cx).await
+            tools::call(tool, inner.profile, args, &inner.pyro, &cx).await
         });
         let outcome = task.await.unwrap_or_else(|e| {
             Err(error::ToolError {

@@ -63,7 +63,7 @@ pub enum Node {
 }
 
 /// What kind of thing an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactType {
     /// A regular file.
@@ -75,7 +75,7 @@ pub enum ArtifactType {
 }
 
 /// How a path changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiffStatus {
     /// Only in the new tree.
@@ -106,7 +106,7 @@ pub struct DiffEntry {
 }
 
 /// Counts over [`TreeDiff::entries`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, schemars::JsonSchema)]
 pub struct DiffSummary {
     /// Every entry.
     pub total: usize,

@@ -4,118 +4,81 @@ use super::lifecycle::*;
 use super::*;
 
 /// One entry of a file listing.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct FileEntry {
-    /// Absolute guest path.
     pub path: String,
-    /// `file`, `directory`, `symlink` or `other`.
     pub artifact_type: String,
-    /// Size (0 for directories).
     pub size_bytes: u64,
-    /// pyro extension: permission bits, e.g. 493 (0o755).
+    /// Permission bits (493 = 0o755).
     pub mode: u32,
-    /// Target of a symlink.
     pub link_target: Option<String>,
 }
 
 /// Result of [`Pyro::list_workspace_files`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct FileListResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// The listed path.
     pub path: String,
-    /// Whether subdirectories were descended into.
     pub recursive: bool,
-    /// Entries sorted by path.
     pub entries: Vec<FileEntry>,
-    /// pyro extension: the listing stopped at the entry limit.
     pub truncated: bool,
-    /// How it ran.
     pub execution_mode: String,
 }
 
 /// Result of [`Pyro::read_workspace_file`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct FileReadResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// The file.
     pub path: String,
-    /// Size of the whole file.
     pub size_bytes: u64,
-    /// The limit asked for.
     pub max_bytes: u64,
-    /// The first `max_bytes` bytes, as UTF-8 (lossy; see `content_base64`).
+    /// Invalid UTF-8 is replaced (see content_base64).
     pub content: String,
-    /// pyro extension: exact bytes, base64, only when they are not valid UTF-8.
+    /// Only when the content is not UTF-8: its exact bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_base64: Option<String>,
-    /// Whether the file is longer than `max_bytes`.
     pub truncated: bool,
-    /// pyro extension: permission bits.
     pub mode: u32,
-    /// How it ran.
     pub execution_mode: String,
 }
 
 /// Result of [`Pyro::write_workspace_file`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct FileWriteResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// The file.
     pub path: String,
-    /// Its size now.
     pub size_bytes: u64,
-    /// Bytes written.
     pub bytes_written: u64,
-    /// How it ran.
     pub execution_mode: String,
 }
 
 /// The `workspace_sync` part of a [`SyncResult`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct SyncInfo {
-    /// `directory` or `tar_archive`.
     pub mode: String,
-    /// The resolved host source.
     pub source_path: String,
-    /// Where it went in the guest.
     pub destination: String,
-    /// Members imported.
     pub entry_count: u64,
-    /// Bytes of file content imported.
     pub bytes_written: u64,
 }
 
 /// Result of [`Pyro::push_workspace_sync`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct SyncResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// How it ran.
     pub execution_mode: String,
-    /// What was imported.
     pub workspace_sync: SyncInfo,
 }
 
 /// Result of [`Pyro::export_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct ExportResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// The exported guest path.
     pub workspace_path: String,
-    /// The absolute host path written.
     pub output_path: String,
-    /// `file`, `directory` or `symlink`.
     pub artifact_type: String,
-    /// Members written.
     pub entry_count: u64,
-    /// Bytes of file content written.
     pub bytes_written: u64,
-    /// How it ran.
     pub execution_mode: String,
 }
 

@@ -4,72 +4,51 @@ use super::lifecycle::*;
 use super::*;
 
 /// Counts of [`PatchResult`].
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct PatchSummary {
-    /// Files touched.
     pub total: usize,
-    /// Files created.
     pub added: usize,
-    /// Files changed (including renames and mode changes).
     pub modified: usize,
-    /// Files removed.
     pub deleted: usize,
 }
 
 /// One file of [`PatchResult`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct PatchEntry {
-    /// Absolute guest path (the new path of a rename).
     pub path: String,
-    /// `added`, `modified`, `deleted`, `renamed` or `mode_changed`.
+    /// added, modified, deleted, renamed or mode_changed.
     pub status: String,
 }
 
 /// Result of [`Pyro::apply_workspace_patch`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct PatchResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// Whether anything changed.
     pub changed: bool,
-    /// Counts.
     pub summary: PatchSummary,
-    /// Files, sorted by path.
     pub entries: Vec<PatchEntry>,
-    /// The patch, echoed.
     pub patch: String,
-    /// How it ran.
     pub execution_mode: String,
 }
 
 /// One entry of [`DiffResult`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct DiffEntry {
-    /// Absolute guest path (pyro uses absolute paths everywhere; the reference used relative
-    /// ones here only).
     pub path: String,
-    /// `added`, `modified`, `deleted`, `type_changed` or `mode_changed`.
     pub status: pyro_patch::DiffStatus,
-    /// `file`, `directory` or `symlink`.
     pub artifact_type: pyro_patch::ArtifactType,
-    /// This entry's part of `patch`, when it is text.
     pub text_patch: Option<String>,
 }
 
 /// Result of [`Pyro::diff_workspace`].
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct DiffResult {
-    /// The workspace.
     pub workspace_id: String,
-    /// Whether anything differs from the baseline.
     pub changed: bool,
-    /// Counts.
     pub summary: pyro_patch::DiffSummary,
-    /// Entries sorted by path.
     pub entries: Vec<DiffEntry>,
-    /// A `git diff` of all changes that `git apply` accepts on the baseline tree.
+    /// git diff of the text changes; git apply takes it on the baseline.
     pub patch: String,
-    /// How it ran.
     pub execution_mode: String,
 }
 

@@ -1,5 +1,16 @@
-//! Host path confinement: the host paths a client names (`seed_path`, `source_path`,
-//! `output_path`) must lie inside the roots the operator allowed.
+//! Host paths named in requests, and their confinement.
+//!
+//! A request never carries a [`HostPath`]: it carries a [`HostPathParam`] (the string the
+//! caller wrote), and the operation turns it into a [`HostPath`] only through the call's
+//! [`PathPolicy`]. So every path parameter, including ones added later (secret files, disk
+//! exports), is confined to the allowed roots whenever the caller is an MCP client, by
+//! construction rather than by remembering to check.
+//!
+//! [`PathPolicy::Local`] (CLI, Python SDK, Rust callers) takes a path as the user's own: what
+//! exists is trusted, and what pyro creates is created without following symlinks.
+//! [`PathPolicy::Confined`] (the MCP server) holds [`HostRoots`]: the host paths a client
+//! names (`seed_path`, `source_path`, `output_path`) must lie inside the roots the operator
+//! allowed.
 //!
 //! Each root is opened once, when the server starts, as a directory descriptor. A client's
 //! path is mapped lexically to one root and a relative path below it (`..` refused; relative
@@ -14,7 +25,67 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use pyro_core::hostfs::{self, HostDir, HostPath};
+use crate::error::{CoreError, Result};
+use crate::hostfs::{self, HostDir, HostPath};
+
+/// A host path as a request names it: a string, resolved only through the call's
+/// [`PathPolicy`] (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct HostPathParam(pub String);
+
+impl<P: AsRef<Path>> From<P> for HostPathParam {
+    fn from(p: P) -> Self {
+        Self(p.as_ref().to_string_lossy().into_owned())
+    }
+}
+
+/// How the host paths of a call's requests resolve.
+#[derive(Clone, Debug, Default)]
+pub enum PathPolicy {
+    /// The caller's own paths (CLI, SDK, library): taken as given.
+    #[default]
+    Local,
+    /// Only under these roots, through their descriptors (MCP clients).
+    Confined(Arc<HostRoots>),
+}
+
+impl PathPolicy {
+    /// An existing host path that will be read (a seed or a sync source).
+    pub fn existing(&self, field: &'static str, p: &HostPathParam) -> Result<HostPath> {
+        match self {
+            Self::Local => local(field, &p.0),
+            Self::Confined(roots) => roots.existing(field, &p.0).map_err(Into::into),
+        }
+    }
+
+    /// A host path that will be created (an export's output).
+    pub fn output(&self, field: &'static str, p: &HostPathParam) -> Result<HostPath> {
+        match self {
+            Self::Local => local(field, &p.0),
+            Self::Confined(roots) => roots.output(field, &p.0).map_err(Into::into),
+        }
+    }
+}
+
+fn local(field: &'static str, raw: &str) -> Result<HostPath> {
+    if raw.is_empty() {
+        return Err(CoreError::Invalid {
+            field,
+            reason: "the host path is empty".into(),
+        });
+    }
+    Ok(HostPath::local(Path::new(raw)))
+}
+
+impl From<PathRefused> for CoreError {
+    fn from(e: PathRefused) -> Self {
+        CoreError::Invalid {
+            field: e.field,
+            reason: e.message,
+        }
+    }
+}
 
 /// The directories under which clients may read and create host files.
 #[derive(Clone, Debug)]
@@ -114,7 +185,7 @@ impl HostRoots {
             message: format!(
                 "host path `{}` {why}; this server only allows host paths under: {} \
                  (relative paths are taken from {}; symlinks below a root are not followed)",
-                pyro_core::error::one_line(raw),
+                crate::error::one_line(raw),
                 self.roots_text(),
                 self.roots[0].canonical.display()
             ),
