@@ -152,6 +152,17 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
+impl From<&LogsArgs> for pyro_core::ops::LogsWorkspace {
+    fn from(a: &LogsArgs) -> Self {
+        Self {
+            workspace_id: a.workspace_id.clone(),
+            offset: a.offset,
+            limit: a.limit,
+            max_bytes: a.max_bytes,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct LogsArgs {
     /// Workspace id.
@@ -159,11 +170,11 @@ pub struct LogsArgs {
     /// First entry to show (0-based).
     #[arg(long, default_value_t = 0)]
     offset: u64,
-    /// Entries to show.
-    #[arg(long, default_value_t = 100)]
+    /// Entries to show (1-1000).
+    #[arg(long, default_value_t = pyro_core::ops::defaults::LOGS_LIMIT)]
     limit: u64,
     /// Bytes of each stream shown per entry.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::LOG_ENTRY_BYTES)]
     max_bytes: u64,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -436,8 +447,9 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
         WorkspaceCmd::Logs(a) => {
             let f = fail(a.json);
             let pyro = open_pyro(None).map_err(&f)?;
+            let req = pyro_core::ops::LogsWorkspace::from(&a);
             let logs = pyro
-                .logs_workspace(&a.workspace_id, a.offset, a.limit, a.max_bytes)
+                .logs_workspace(&req.workspace_id, req.offset, req.limit, req.max_bytes)
                 .await
                 .map_err(|e| f(e.into()))?;
             if a.json {
