@@ -5,7 +5,7 @@
 //! socket itself; for QEMU a relay (in this process) offers it on top of the virtio-serial
 //! port, so the host-side client code is the same for both.
 //!
-//! Warm snapshots (see [`crate::snapshot`]) use four optional operations, implemented by the
+//! Warm snapshots (see [`crate::warm`]) use four optional operations, implemented by the
 //! QEMU backend: [`Backend::snapshot_identity`], [`Backend::boot_for_snapshot`],
 //! [`Machine::detach_agent`] + [`Machine::save_state`], and [`Backend::restore`]. A backend
 //! that keeps the defaults simply always boots cold.

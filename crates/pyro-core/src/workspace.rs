@@ -21,8 +21,8 @@ use crate::error::{CoreError, Result};
 use crate::hostfs::HostPath;
 use crate::lock::{self, LockGuard, LockMode};
 use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
-use crate::snapshot::BootMode;
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
+use crate::warm::BootMode;
 use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
 mod files;

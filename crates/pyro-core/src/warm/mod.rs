@@ -1,4 +1,5 @@
-//! Warm snapshots: boot an environment once, save the running machine, restore copies of it.
+//! Warm snapshots: boot an environment once, save the running machine, restore copies of it;
+//! and the pre-warmed pool of paused one-shot sandboxes ([`pool`]).
 //!
 //! A cold boot under QEMU/TCG takes seconds; restoring a saved machine takes a fraction of
 //! that. A snapshot is taken per environment *and* machine shape:
@@ -65,6 +66,8 @@ use crate::backend::{Backend, BackendKind, BootSpec, Machine};
 use crate::error::CoreError;
 use crate::lock::{self, LockMode};
 
+pub mod pool;
+
 /// Environment variable that turns warm snapshots off when set to `0`, `false`, `no` or
 /// `off`.
 pub const SNAPSHOTS_ENV: &str = "PYRO_SNAPSHOTS";
@@ -110,7 +113,7 @@ pub enum BootMode {
     /// Restored from a warm snapshot.
     Warm,
     /// Taken from the pre-warmed pool: started ahead of time, kept paused, resumed and
-    /// reseeded when taken (see [`crate::pool`]).
+    /// reseeded when taken (see [`pool`]).
     Pooled,
 }
 
