@@ -558,7 +558,7 @@ impl Pyro {
                 })
                 .await
                 .map_err(|e| CoreError::BackendUnavailable {
-                    backend: "firecracker",
+                    backend: BackendKind::Firecracker.as_str(),
                     reason: format!("provisioning task failed: {e}"),
                 })??;
                 Arc::new(fc)

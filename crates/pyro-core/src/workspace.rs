@@ -358,10 +358,8 @@ impl Dirs {
                 return p;
             }
         }
-        match backend {
-            "firecracker" => self.vm().join("vsock.sock"),
-            _ => self.vm().join(pyro_qemu::RELAY_SOCKET),
-        }
+        self.vm()
+            .join(BackendKind::of_record(backend).agent_socket_name())
     }
 }
 

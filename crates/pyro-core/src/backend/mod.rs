@@ -83,6 +83,45 @@ impl BackendKind {
             Self::Qemu => "guest_serial",
         }
     }
+
+    /// The kind spelled exactly `name` (as [`BackendKind::as_str`] writes it), or `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "firecracker" => Some(Self::Firecracker),
+            "qemu" => Some(Self::Qemu),
+            _ => None,
+        }
+    }
+
+    /// The kind a stored workspace record names: Firecracker for `firecracker`, QEMU for
+    /// anything else (the rule records have always been read with).
+    pub fn of_record(name: &str) -> Self {
+        Self::from_name(name).unwrap_or(Self::Qemu)
+    }
+
+    /// File name of the agent's `CONNECT` socket in a sandbox's VM directory, where the
+    /// backend puts it by default: Firecracker's hybrid-vsock socket, or the QEMU relay's.
+    pub fn agent_socket_name(self) -> &'static str {
+        match self {
+            Self::Firecracker => pyro_firecracker::vmm::VSOCK_SOCKET,
+            Self::Qemu => pyro_qemu::RELAY_SOCKET,
+        }
+    }
+
+    /// Whether an executable file name is one of the well-known VMM binaries of some
+    /// backend (`qemu-system-*`, `firecracker*`, `jailer`).
+    pub fn is_vmm_process_name(name: &str) -> bool {
+        name.starts_with("qemu-system") || name.starts_with("firecracker") || name == "jailer"
+    }
+}
+
+impl From<BackendKind> for BackendChoice {
+    fn from(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::Firecracker => Self::Firecracker,
+            BackendKind::Qemu => Self::Qemu,
+        }
+    }
 }
 
 /// The host facts that decide the backend.
@@ -343,6 +382,41 @@ mod tests {
     fn explicit_firecracker_without_hardware_kvm_is_refused_with_the_reason() {
         let err = resolve(BackendChoice::Firecracker, &facts(false, true)).unwrap_err();
         assert!(err.to_string().contains("kvm_pvm"), "{err}");
+    }
+
+    #[test]
+    fn backend_kinds_round_trip_their_names() {
+        for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
+            assert_eq!(BackendKind::from_name(kind.as_str()), Some(kind));
+            assert_eq!(BackendKind::of_record(kind.as_str()), kind);
+        }
+        assert_eq!(BackendKind::from_name("QEMU"), None);
+        assert_eq!(BackendKind::from_name("vmware"), None);
+        // Records naming anything but firecracker have always been read as QEMU.
+        assert_eq!(BackendKind::of_record(""), BackendKind::Qemu);
+        assert_eq!(BackendKind::of_record("vmware"), BackendKind::Qemu);
+        assert_eq!(BackendKind::Firecracker.agent_socket_name(), "vsock.sock");
+        assert_eq!(BackendKind::Qemu.agent_socket_name(), "vsock.sock");
+        assert_eq!(
+            BackendChoice::from(BackendKind::Firecracker),
+            BackendChoice::Firecracker
+        );
+        assert_eq!(BackendChoice::from(BackendKind::Qemu), BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn vmm_process_names_are_recognised() {
+        for name in [
+            "qemu-system-x86_64",
+            "firecracker",
+            "firecracker-v1.7",
+            "jailer",
+        ] {
+            assert!(BackendKind::is_vmm_process_name(name), "{name}");
+        }
+        for name in ["qemu-img", "jailer2", "pyro", ""] {
+            assert!(!BackendKind::is_vmm_process_name(name), "{name}");
+        }
     }
 
     #[test]

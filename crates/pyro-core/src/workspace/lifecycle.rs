@@ -653,10 +653,7 @@ impl Pyro {
 }
 
 pub(super) fn backend_mode(backend: &str) -> &'static str {
-    match backend {
-        "firecracker" => BackendKind::Firecracker.execution_mode(),
-        _ => BackendKind::Qemu.execution_mode(),
-    }
+    BackendKind::of_record(backend).execution_mode()
 }
 
 pub(super) fn read_capped(path: &Path, max: u64) -> (String, bool) {

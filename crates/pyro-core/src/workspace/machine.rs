@@ -47,7 +47,7 @@ impl Pyro {
             .into_iter()
             .find(|c| c.is_file())
             .ok_or_else(|| CoreError::BackendUnavailable {
-                backend: "qemu",
+                backend: BackendKind::Qemu.as_str(),
                 reason: "persistent QEMU workspaces need the `pyro` binary for their relay; set PYRO_BIN".into(),
             })
     }
@@ -394,9 +394,12 @@ impl Pyro {
                     // A QEMU relay that died (while QEMU lives) is restarted once.
                     let relay_dead = match (rec.relay_pid, rec.relay_start_ticks) {
                         (Some(p), Some(t)) => !host::process_alive(p, t),
-                        _ => rec.backend == "qemu",
+                        _ => BackendKind::from_name(&rec.backend) == Some(BackendKind::Qemu),
                     };
-                    if rec.backend == "qemu" && relay_dead && !respawned {
+                    if BackendKind::from_name(&rec.backend) == Some(BackendKind::Qemu)
+                        && relay_dead
+                        && !respawned
+                    {
                         respawned = true;
                         let bin = self.relay_bin()?;
                         let pid = crate::backend::spawn_relay_process(&bin, &d.vm())?;
@@ -436,10 +439,7 @@ impl Pyro {
         // Nothing of an earlier boot may outlive into this one: a VMM left by a killed
         // `start` holds the disk's write lock, and its directory is about to be replaced.
         procs::end_all(&d.root, &rec.id).await;
-        let choice = match rec.backend.as_str() {
-            "firecracker" => BackendChoice::Firecracker,
-            _ => BackendChoice::Qemu,
-        };
+        let choice = BackendChoice::from(BackendKind::of_record(&rec.backend));
         let backend = self.backend(choice, progress).await?;
         // `create` has already pulled with progress; here the environment is normally cached.
         let env = self
@@ -540,10 +540,7 @@ impl Pyro {
         let now = host::now();
         let labels = rec.labels.clone();
         let last = store.last_command(&rec.id)?;
-        let mode = match rec.backend.as_str() {
-            "firecracker" => BackendKind::Firecracker,
-            _ => BackendKind::Qemu,
-        };
+        let mode = BackendKind::of_record(&rec.backend);
         let seed: WorkspaceSeed = serde_json::from_str(&rec.seed_json).unwrap_or(WorkspaceSeed {
             mode: "empty".into(),
             seed_path: None,

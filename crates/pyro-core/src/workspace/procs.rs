@@ -134,10 +134,7 @@ fn is_vmm(pid: u32, vmm_bins: &[PathBuf]) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.starts_with("qemu-system")
-        || name.starts_with("firecracker")
-        || name == "jailer"
-        || vmm_bins.contains(&exe)
+    crate::backend::BackendKind::is_vmm_process_name(&name) || vmm_bins.contains(&exe)
 }
 
 /// The configured VMM binaries (resolved), beyond the well-known names.
