@@ -351,15 +351,14 @@ impl Dirs {
     }
     /// The agent's `CONNECT` socket: recorded at boot (a jailed Firecracker keeps it inside
     /// its chroot), else the backend's default place.
-    fn socket(&self, backend: &str) -> PathBuf {
+    fn socket(&self, backend: BackendKind) -> PathBuf {
         if let Ok(p) = std::fs::read_to_string(self.vm().join("agent-socket")) {
             let p = PathBuf::from(p.trim());
             if p.is_absolute() {
                 return p;
             }
         }
-        self.vm()
-            .join(BackendKind::of_record(backend).agent_socket_name())
+        self.vm().join(backend.agent_socket_name())
     }
 }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
+use crate::backend::BackendKind;
+
 /// Where a workspace is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +67,19 @@ impl FromSql for WorkspaceState {
     }
 }
 
+impl ToSql for BackendKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+/// Read as [`BackendKind::of_record`] does: a name other than `firecracker` is QEMU, as
+/// records have always been read, so a row is never unreadable for its backend.
+impl FromSql for BackendKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str().map(BackendKind::of_record)
+    }
+}
 /// One workspace as stored, with its labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkspaceRecord {
@@ -78,8 +93,8 @@ pub struct WorkspaceRecord {
     pub environment: String,
     /// Its version.
     pub environment_version: String,
-    /// The VMM backend (`firecracker`, `qemu`, ...).
-    pub backend: String,
+    /// The VMM backend, stored as its name (`firecracker`, `qemu`).
+    pub backend: BackendKind,
     /// vCPUs.
     pub vcpu_count: i64,
     /// Guest memory, MiB.
@@ -136,7 +151,7 @@ impl WorkspaceRecord {
         id: impl Into<String>,
         environment: impl Into<String>,
         environment_version: impl Into<String>,
-        backend: impl Into<String>,
+        backend: BackendKind,
         now: f64,
     ) -> Self {
         Self {
@@ -145,7 +160,7 @@ impl WorkspaceRecord {
             labels: BTreeMap::new(),
             environment: environment.into(),
             environment_version: environment_version.into(),
-            backend: backend.into(),
+            backend,
             vcpu_count: 1,
             mem_mib: 1024,
             ttl_seconds: 600,

@@ -3,13 +3,14 @@
 
 use super::records::{WORKSPACE_COLUMNS, workspace_values};
 use super::*;
+use crate::backend::BackendKind;
 use std::time::Instant;
 
 const CHILD_DIR_ENV: &str = "PYRO_STORE_TEST_DIR";
 const CHILD_MODE_ENV: &str = "PYRO_STORE_TEST_MODE";
 
 fn ws(id: &str, now: f64) -> WorkspaceRecord {
-    WorkspaceRecord::new(id, "debian:12", "1.0.0", "firecracker", now)
+    WorkspaceRecord::new(id, "debian:12", "1.0.0", BackendKind::Firecracker, now)
 }
 
 fn cmd(tag: &str, seq: u64) -> NewCommand {
@@ -777,6 +778,47 @@ fn ttl_fields_round_trip_through_the_store() {
     assert_eq!(got, w);
     assert_eq!(got.expires_at, Some(700.0));
     assert_eq!(got.state, WorkspaceState::Started);
+}
+
+#[test]
+fn backends_are_stored_as_their_names_and_unknown_names_read_as_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut q = ws("q", 1.0);
+    q.backend = BackendKind::Qemu;
+    s.insert_workspace(&ws("f", 1.0)).unwrap();
+    s.insert_workspace(&q).unwrap();
+    let stored = |id: &str| -> String {
+        s.conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT backend FROM workspaces WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(stored("f"), "firecracker");
+    assert_eq!(stored("q"), "qemu");
+    assert_eq!(
+        s.get_workspace("f").unwrap().unwrap().backend,
+        BackendKind::Firecracker
+    );
+    assert_eq!(
+        s.get_workspace("q").unwrap().unwrap().backend,
+        BackendKind::Qemu
+    );
+    s.conn
+        .lock()
+        .unwrap()
+        .execute(
+            "UPDATE workspaces SET backend = 'vmware' WHERE id = 'f'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(
+        s.get_workspace("f").unwrap().unwrap().backend,
+        BackendKind::Qemu
+    );
 }
 
 #[test]

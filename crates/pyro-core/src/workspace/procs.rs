@@ -281,7 +281,7 @@ impl Pyro {
             Ok(Some(_guard)) => {
                 // Under the lock nobody boots it: everything found is left over.
                 let ended = end_all(&d.root, &rec.id).await;
-                let _ = std::fs::remove_file(d.socket(&rec.backend));
+                let _ = std::fs::remove_file(d.socket(rec.backend));
                 if ended.iter().any(|p| p.role == Role::Vmm) {
                     Unrecorded::EndedVmm
                 } else {
