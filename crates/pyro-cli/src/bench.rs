@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pyro_core::snapshot::{self, SnapshotStore};
+use pyro_core::warm::{self, SnapshotStore};
 use pyro_core::{BackendChoice, BackendKind, CreateVm, HostFacts, Pyro};
 use serde::Serialize;
 
@@ -322,7 +322,7 @@ async fn snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter(|s| {
                 let k = &s.meta().key;
-                k.format == snapshot::SNAPSHOT_FORMAT
+                k.format == warm::SNAPSHOT_FORMAT
                     && k.environment == args.environment
                     && k.backend == kind.as_str()
                     && k.kernel_digest == env.digests.kernel
@@ -599,7 +599,7 @@ async fn in_process_runs(
         warm.push(run(pyro.clone()).await?.0);
     }
     let pooled = Arc::new(crate::open_pyro(Some(backend))?);
-    let mut spec = pyro_core::pool::PoolSpec::new(args.environment.clone(), 1);
+    let mut spec = pyro_core::warm::pool::PoolSpec::new(args.environment.clone(), 1);
     spec.mem_mib = args.mem_mib;
     pooled.enable_pool(spec)?;
     let mut from_pool = Vec::new();
@@ -734,7 +734,7 @@ async fn timed_with(
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(args).stdin(std::process::Stdio::null());
     if let Some(on) = snapshots {
-        cmd.env(snapshot::SNAPSHOTS_ENV, if on { "1" } else { "0" });
+        cmd.env(warm::SNAPSHOTS_ENV, if on { "1" } else { "0" });
     }
     let t = Instant::now();
     let out = cmd.output().await?;

@@ -200,7 +200,7 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = &cache_dir {
         // Informational: warm snapshots are built on first use and never required.
-        let store = pyro_core::snapshot::SnapshotStore::new(c);
+        let store = pyro_core::warm::SnapshotStore::new(c);
         let snaps = store.list();
         let bytes: u64 = snaps.iter().map(|s| s.meta().disk_bytes).sum();
         let failed = std::fs::read_dir(store.root())
@@ -215,7 +215,7 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
             ok: true,
             detail: format!(
                 "warm snapshots {} (PYRO_SNAPSHOTS); {} built, {:.0} MiB, in {}{}",
-                if pyro_core::snapshot::enabled_by_env() {
+                if pyro_core::warm::enabled_by_env() {
                     "on"
                 } else {
                     "off"

@@ -300,7 +300,7 @@ impl PoolArgs {
             return Ok(());
         }
         let mut spec =
-            pyro_core::pool::PoolSpec::new(self.pool_environment.clone(), self.pool_size);
+            pyro_core::warm::pool::PoolSpec::new(self.pool_environment.clone(), self.pool_size);
         spec.vcpu_count = self.pool_vcpu_count;
         spec.mem_mib = self.pool_mem_mib;
         pyro.enable_pool(spec)?;

@@ -421,7 +421,7 @@ fn doctor_explains_the_backend_choice() {
             .map(|c| c["detail"].as_str().unwrap().to_string())
             .unwrap_or_else(|| panic!("no snapshots check: {v}"))
     };
-    let expected = if pyro_core::snapshot::enabled_by_env() {
+    let expected = if pyro_core::warm::enabled_by_env() {
         "snapshots on"
     } else {
         "snapshots off"

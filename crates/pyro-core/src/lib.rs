@@ -18,9 +18,8 @@ pub mod hostfs;
 pub mod lock;
 pub mod model;
 pub mod ops;
-pub mod pool;
-pub mod snapshot;
 pub mod store;
+pub mod warm;
 pub mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +38,7 @@ pub use error::{CoreError, ErrorKind, Result};
 pub use model::*;
 
 use backend::{Backend, BootSpec, Machine};
-use snapshot::BootMode;
+use warm::{BootMode, pool};
 
 /// Allowed vCPU counts.
 pub const VCPU_RANGE: (i64, i64) = (1, 8);
@@ -452,12 +451,12 @@ impl Pyro {
             facts: HostFacts::probe(),
             vms: StdMutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
-            snapshots: AtomicBool::new(snapshot::enabled_by_env()),
+            snapshots: AtomicBool::new(warm::enabled_by_env()),
             pool: pool::Pool::default(),
         })
     }
 
-    /// Whether first starts of one-shot VMs restore a warm snapshot (see [`snapshot`]). On
+    /// Whether first starts of one-shot VMs restore a warm snapshot (see [`warm`]). On
     /// unless `PYRO_SNAPSHOTS=0` was set when this instance was made.
     pub fn snapshots_enabled(&self) -> bool {
         self.snapshots.load(Ordering::Relaxed)
@@ -526,11 +525,11 @@ impl Pyro {
     }
 
     /// Removes stale cache entries, and warm snapshots that no longer fit their environment
-    /// ([`snapshot::is_current`]).
+    /// ([`warm::is_current`]).
     pub fn prune_environments(&self) -> Result<PruneResult> {
         let mut r = pyro_image::prune(&self.cache)?;
-        let (snapshots, freed) = snapshot::SnapshotStore::new(self.cache.root())
-            .prune(|meta| snapshot::is_current(meta, &self.cache));
+        let (snapshots, freed) = warm::SnapshotStore::new(self.cache.root())
+            .prune(|meta| warm::is_current(meta, &self.cache));
         r.deleted.extend(snapshots);
         r.freed_bytes += freed;
         Ok(PruneResult {
@@ -565,7 +564,7 @@ impl Pyro {
                 })
                 .await
                 .map_err(|e| CoreError::BackendUnavailable {
-                    backend: "firecracker",
+                    backend: BackendKind::Firecracker.as_str(),
                     reason: format!("provisioning task failed: {e}"),
                 })??;
                 Arc::new(fc)
@@ -809,7 +808,7 @@ impl Pyro {
         let Some(vmm) = backend.snapshot_identity(&spec) else {
             return Ok(None);
         };
-        let key = snapshot::SnapshotKey::new(
+        let key = warm::SnapshotKey::new(
             spec.env,
             backend.kind(),
             spec.vcpu_count,
@@ -818,11 +817,11 @@ impl Pyro {
             spec.durable_disk,
             vmm,
         );
-        let store = snapshot::SnapshotStore::new(self.cache.root());
+        let store = warm::SnapshotStore::new(self.cache.root());
         let snap = match store.lookup(&key) {
             Some(snap) => snap,
             None => {
-                let ctx = snapshot::BuildContext {
+                let ctx = warm::BuildContext {
                     backend,
                     cache: &self.cache,
                     env: spec.env,
@@ -851,7 +850,7 @@ impl Pyro {
                         snap
                     }
                     // Already reported when the build failed: boot cold quietly.
-                    Err(e @ snapshot::SnapshotError::RecentlyFailed { .. }) => {
+                    Err(e @ warm::SnapshotError::RecentlyFailed { .. }) => {
                         tracing::debug!(sandbox = id, "{e}");
                         return Ok(None);
                     }
@@ -860,7 +859,7 @@ impl Pyro {
             }
         };
         remove_file_if_exists(disk)?;
-        snapshot::copy_disk(&snap.upper_disk(), disk)
+        warm::copy_disk(&snap.upper_disk(), disk)
             .map_err(|e| CoreError::io("copy the snapshot's disk to", disk, e))?;
         let t = Instant::now();
         let mut machine = match backend.restore(spec, snap.dir()).await {
@@ -876,7 +875,7 @@ impl Pyro {
             let session = connect_agent_session(machine.as_mut(), self.opts.boot_timeout).await?;
             tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "agent connected");
             // Nothing may run in a clone before it has its own entropy, clock and identity.
-            snapshot::reseed(&session).await?;
+            warm::reseed(&session).await?;
             tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "reseeded");
             Ok::<_, CoreError>(session)
         }
@@ -1218,7 +1217,7 @@ pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) 
 }
 
 /// [`connect_agent`] without setting the clock (a restored guest gets it with
-/// [`snapshot::reseed`]).
+/// [`warm::reseed`]).
 async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
     let socket = machine.agent_socket();

@@ -21,8 +21,8 @@ use crate::error::{CoreError, Result};
 use crate::hostfs::HostPath;
 use crate::lock::{self, LockGuard, LockMode};
 use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
-use crate::snapshot::BootMode;
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
+use crate::warm::BootMode;
 use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
 mod files;
@@ -299,17 +299,14 @@ impl Dirs {
     }
     /// The agent's `CONNECT` socket: recorded at boot (a jailed Firecracker keeps it inside
     /// its chroot), else the backend's default place.
-    fn socket(&self, backend: &str) -> PathBuf {
+    fn socket(&self, backend: BackendKind) -> PathBuf {
         if let Ok(p) = std::fs::read_to_string(self.vm().join("agent-socket")) {
             let p = PathBuf::from(p.trim());
             if p.is_absolute() {
                 return p;
             }
         }
-        match backend {
-            "firecracker" => self.vm().join("vsock.sock"),
-            _ => self.vm().join(pyro_qemu::RELAY_SOCKET),
-        }
+        self.vm().join(backend.agent_socket_name())
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyro_core::pool::{MAX_POOL_SIZE, PoolSpec};
+use pyro_core::warm::pool::{MAX_POOL_SIZE, PoolSpec};
 use pyro_core::{Command, CoreError, ExecOptions, Pyro, no_progress};
 
 mod common;

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use pyro_core::snapshot::{Snapshot, SnapshotStore};
+use pyro_core::warm::{Snapshot, SnapshotStore};
 use pyro_core::{Command, ExecOptions, Pyro, VmInfo, no_progress};
 
 mod common;
@@ -29,7 +29,7 @@ fn snapshot_for(p: &Pyro, mem_mib: u32) -> Option<Snapshot> {
             k.environment == ENV
                 && k.mem_mib == mem_mib
                 && !k.durable_disk
-                && pyro_core::snapshot::is_current(s.meta(), p.cache())
+                && pyro_core::warm::is_current(s.meta(), p.cache())
         })
         .max_by(|a, b| a.meta().created_at.total_cmp(&b.meta().created_at))
 }

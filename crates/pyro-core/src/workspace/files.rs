@@ -130,7 +130,7 @@ impl Pyro {
                 })
                 .collect(),
             truncated: list.truncated,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 
@@ -188,7 +188,7 @@ impl Pyro {
             content_base64,
             truncated: meta.truncated,
             mode: meta.mode,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 
@@ -235,7 +235,7 @@ impl Pyro {
             path,
             size_bytes: data.len() as u64,
             bytes_written: data.len() as u64,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 
@@ -274,7 +274,7 @@ impl Pyro {
         });
         Ok(SyncResult {
             workspace_id: id.into(),
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
             workspace_sync: SyncInfo {
                 mode: match seed.mode() {
                     SeedMode::Directory => "directory",
@@ -363,7 +363,7 @@ impl Pyro {
             artifact_type: artifact_name(kind).into(),
             entry_count: stats.entry_count,
             bytes_written: stats.bytes_written,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 }

@@ -60,8 +60,7 @@ impl Pyro {
         let _guard = lock::lock(d.lock(), LockMode::Exclusive, LOCK_TIMEOUT).await?;
         self.mark_builder(&id);
         let now = host::now();
-        let mut rec =
-            WorkspaceRecord::new(&id, &req.environment, entry.version, kind.as_str(), now);
+        let mut rec = WorkspaceRecord::new(&id, &req.environment, entry.version, kind, now);
         rec.name = name;
         rec.labels = labels;
         rec.vcpu_count = req.vcpu_count;
@@ -353,7 +352,7 @@ impl Pyro {
             stderr,
             exit_code: res.exit_code,
             duration_ms: res.duration_ms,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
             sequence: recorded.sequence,
             cwd,
             timed_out: res.timed_out,
@@ -404,7 +403,7 @@ impl Pyro {
                 cwd: c.cwd,
                 exit_code: c.exit_code as i32,
                 duration_ms: c.duration_ms,
-                execution_mode: backend_mode(&rec.backend).into(),
+                execution_mode: rec.backend.execution_mode().into(),
                 recorded_at: c.recorded_at,
                 stdout,
                 stderr,
@@ -649,13 +648,6 @@ impl Pyro {
         })?;
         self.spawn_watchdog(id, vmm);
         self.info(&store, &rec)
-    }
-}
-
-pub(super) fn backend_mode(backend: &str) -> &'static str {
-    match backend {
-        "firecracker" => BackendKind::Firecracker.execution_mode(),
-        _ => BackendKind::Qemu.execution_mode(),
     }
 }
 

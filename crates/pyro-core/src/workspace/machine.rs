@@ -47,7 +47,7 @@ impl Pyro {
             .into_iter()
             .find(|c| c.is_file())
             .ok_or_else(|| CoreError::BackendUnavailable {
-                backend: "qemu",
+                backend: BackendKind::Qemu.as_str(),
                 reason: "persistent QEMU workspaces need the `pyro` binary for their relay; set PYRO_BIN".into(),
             })
     }
@@ -299,7 +299,7 @@ impl Pyro {
         procs::end(&all).await;
         // Anything that appeared meanwhile; forgets the recorded pids.
         procs::end_all(&d.root, &rec.id).await;
-        let _ = std::fs::remove_file(d.socket(&rec.backend));
+        let _ = std::fs::remove_file(d.socket(rec.backend));
     }
 
     pub(super) async fn load_started(
@@ -379,7 +379,7 @@ impl Pyro {
     /// see [`Self::ws_session`].
     pub(super) async fn ws_connect(&self, rec: &WorkspaceRecord) -> Result<tokio::net::UnixStream> {
         let d = self.ws_dirs(&rec.id);
-        let sock = d.socket(&rec.backend);
+        let sock = d.socket(rec.backend);
         let mut respawned = false;
         loop {
             match pyro_firecracker::vsock::connect(
@@ -394,9 +394,9 @@ impl Pyro {
                     // A QEMU relay that died (while QEMU lives) is restarted once.
                     let relay_dead = match (rec.relay_pid, rec.relay_start_ticks) {
                         (Some(p), Some(t)) => !host::process_alive(p, t),
-                        _ => rec.backend == "qemu",
+                        _ => rec.backend == BackendKind::Qemu,
                     };
-                    if rec.backend == "qemu" && relay_dead && !respawned {
+                    if rec.backend == BackendKind::Qemu && relay_dead && !respawned {
                         respawned = true;
                         let bin = self.relay_bin()?;
                         let pid = crate::backend::spawn_relay_process(&bin, &d.vm())?;
@@ -436,10 +436,7 @@ impl Pyro {
         // Nothing of an earlier boot may outlive into this one: a VMM left by a killed
         // `start` holds the disk's write lock, and its directory is about to be replaced.
         procs::end_all(&d.root, &rec.id).await;
-        let choice = match rec.backend.as_str() {
-            "firecracker" => BackendChoice::Firecracker,
-            _ => BackendChoice::Qemu,
-        };
+        let choice = BackendChoice::from(rec.backend);
         let backend = self.backend(choice, progress).await?;
         // `create` has already pulled with progress; here the environment is normally cached.
         let env = self
@@ -540,10 +537,7 @@ impl Pyro {
         let now = host::now();
         let labels = rec.labels.clone();
         let last = store.last_command(&rec.id)?;
-        let mode = match rec.backend.as_str() {
-            "firecracker" => BackendKind::Firecracker,
-            _ => BackendKind::Qemu,
-        };
+        let mode = rec.backend;
         let seed: WorkspaceSeed = serde_json::from_str(&rec.seed_json).unwrap_or(WorkspaceSeed {
             mode: "empty".into(),
             seed_path: None,
@@ -572,7 +566,7 @@ impl Pyro {
             guest_ip: None,
             tap_name: None,
             execution_mode: mode.execution_mode().into(),
-            backend: rec.backend.clone(),
+            backend: rec.backend.as_str().into(),
             workspace_path: WORKSPACE_ROOT.into(),
             workspace_seed: seed,
             secrets: Vec::new(),

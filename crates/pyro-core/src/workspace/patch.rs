@@ -1,6 +1,5 @@
 //! Changing and comparing trees: `patch apply` and `diff`.
 use super::files::*;
-use super::lifecycle::*;
 use super::*;
 
 /// Counts of [`PatchResult`].
@@ -343,7 +342,7 @@ impl Pyro {
             summary,
             entries,
             patch: patch_text.to_string(),
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 
@@ -378,7 +377,7 @@ impl Pyro {
                 })
                 .collect(),
             patch: diff.patch,
-            execution_mode: backend_mode(&rec.backend).into(),
+            execution_mode: rec.backend.execution_mode().into(),
         })
     }
 }

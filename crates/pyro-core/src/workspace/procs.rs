@@ -134,10 +134,7 @@ fn is_vmm(pid: u32, vmm_bins: &[PathBuf]) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.starts_with("qemu-system")
-        || name.starts_with("firecracker")
-        || name == "jailer"
-        || vmm_bins.contains(&exe)
+    crate::backend::BackendKind::is_vmm_process_name(&name) || vmm_bins.contains(&exe)
 }
 
 /// The configured VMM binaries (resolved), beyond the well-known names.
@@ -284,7 +281,7 @@ impl Pyro {
             Ok(Some(_guard)) => {
                 // Under the lock nobody boots it: everything found is left over.
                 let ended = end_all(&d.root, &rec.id).await;
-                let _ = std::fs::remove_file(d.socket(&rec.backend));
+                let _ = std::fs::remove_file(d.socket(rec.backend));
                 if ended.iter().any(|p| p.role == Role::Vmm) {
                     Unrecorded::EndedVmm
                 } else {

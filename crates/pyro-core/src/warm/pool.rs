@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::backend::{BackendChoice, BackendKind};
 use crate::error::{CoreError, Result};
-use crate::snapshot::{self, BootMode};
+use crate::warm::{self, BootMode};
 use crate::{CreateVm, ProgressFn, Pyro, Vm, VmInfo, host, no_progress};
 
 /// Largest pool.
@@ -125,7 +125,7 @@ impl Pool {
 }
 
 impl Pyro {
-    /// Starts keeping `spec.size` sandboxes of `spec`'s shape ready (see [`crate::pool`]).
+    /// Starts keeping `spec.size` sandboxes of `spec`'s shape ready (see [`crate::warm::pool`]).
     /// Returns at once; the sandboxes are started in the background (the first start of an
     /// environment builds it and its warm snapshot). Needs a Tokio runtime.
     ///
@@ -241,7 +241,7 @@ impl Pyro {
                 .as_ref()
                 .ok_or(CoreError::VmNotFound { id: id.clone() })?;
             // The clock stood still while paused; the entropy must be this call's own.
-            snapshot::reseed(session).await?;
+            warm::reseed(session).await?;
             Ok::<(), CoreError>(())
         }
         .await;

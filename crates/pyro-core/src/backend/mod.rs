@@ -1,0 +1,430 @@
+//! The VMM backends behind one trait, and how `auto` picks one.
+//!
+//! Everything above [`Backend`] is shared: a booted [`Machine`] exposes one Unix socket that
+//! speaks Firecracker's hybrid-vsock `CONNECT <port>` handshake. Firecracker provides that
+//! socket itself; for QEMU a relay (in this process) offers it on top of the virtio-serial
+//! port, so the host-side client code is the same for both.
+//!
+//! Warm snapshots (see [`crate::warm`]) use four optional operations, implemented by the
+//! QEMU backend: [`Backend::snapshot_identity`], [`Backend::boot_for_snapshot`],
+//! [`Machine::detach_agent`] + [`Machine::save_state`], and [`Backend::restore`]. A backend
+//! that keeps the defaults simply always boots cold.
+
+//!
+//! Layout: this file holds the traits, [`BackendChoice`]/[`BackendKind`], [`HostFacts`] and
+//! the shared helpers; `qemu.rs` and `firecracker.rs` the two implementations.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{CoreError, Result};
+
+mod firecracker;
+mod qemu;
+
+pub use firecracker::{FC_MEMORY_FILE, FC_STATE_FILE, FirecrackerBackend};
+pub use qemu::{QemuBackend, spawn_relay_process};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which VMM to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// Firecracker when KVM is hardware-assisted, else QEMU.
+    Auto,
+    /// Firecracker.
+    Firecracker,
+    /// QEMU `microvm` (KVM when hardware-assisted, else TCG).
+    Qemu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "firecracker" => Ok(Self::Firecracker),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(CoreError::Invalid {
+                field: "backend",
+                reason: format!("`{other}` is not one of auto, firecracker, qemu"),
+            }),
+        }
+    }
+}
+
+/// A concrete backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Firecracker.
+    Firecracker,
+    /// QEMU.
+    Qemu,
+}
+
+impl BackendKind {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
+        }
+    }
+
+    /// The `execution_mode` of sandboxes on this backend.
+    pub fn execution_mode(self) -> &'static str {
+        match self {
+            Self::Firecracker => "guest_vsock",
+            Self::Qemu => "guest_serial",
+        }
+    }
+
+    /// The kind spelled exactly `name` (as [`BackendKind::as_str`] writes it), or `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "firecracker" => Some(Self::Firecracker),
+            "qemu" => Some(Self::Qemu),
+            _ => None,
+        }
+    }
+
+    /// The kind a stored workspace record names: Firecracker for `firecracker`, QEMU for
+    /// anything else (the rule records have always been read with).
+    pub fn of_record(name: &str) -> Self {
+        Self::from_name(name).unwrap_or(Self::Qemu)
+    }
+
+    /// File name of the agent's `CONNECT` socket in a sandbox's VM directory, where the
+    /// backend puts it by default: Firecracker's hybrid-vsock socket, or the QEMU relay's.
+    pub fn agent_socket_name(self) -> &'static str {
+        match self {
+            Self::Firecracker => pyro_firecracker::vmm::VSOCK_SOCKET,
+            Self::Qemu => pyro_qemu::RELAY_SOCKET,
+        }
+    }
+
+    /// Whether an executable file name is one of the well-known VMM binaries of some
+    /// backend (`qemu-system-*`, `firecracker*`, `jailer`).
+    pub fn is_vmm_process_name(name: &str) -> bool {
+        name.starts_with("qemu-system") || name.starts_with("firecracker") || name == "jailer"
+    }
+}
+
+impl From<BackendKind> for BackendChoice {
+    fn from(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::Firecracker => Self::Firecracker,
+            BackendKind::Qemu => Self::Qemu,
+        }
+    }
+}
+
+/// The host facts that decide the backend.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostFacts {
+    /// `/dev/kvm` exists.
+    pub kvm_exists: bool,
+    /// `/dev/kvm` can be opened read-write.
+    pub kvm_usable: bool,
+    /// KVM is hardware-assisted (vmx/svm and kvm_intel/kvm_amd).
+    pub kvm_hardware_assisted: bool,
+    /// KVM is the paravirtual kvm_pvm, which cannot run ordinary guest kernels.
+    pub kvm_paravirtual: bool,
+    /// Human summary.
+    pub kvm_reason: String,
+}
+
+impl HostFacts {
+    /// Reads the facts of this host.
+    pub fn probe() -> Self {
+        let k = pyro_firecracker::kvm_status();
+        Self {
+            kvm_exists: k.exists,
+            kvm_usable: k.readable && k.writable,
+            kvm_hardware_assisted: k.hardware_assisted,
+            kvm_paravirtual: k.paravirtual_pvm,
+            kvm_reason: k.reason.clone(),
+        }
+    }
+
+    /// Whether guests can use KVM acceleration here.
+    pub fn kvm_accelerates(&self) -> bool {
+        self.kvm_usable && self.kvm_hardware_assisted
+    }
+}
+
+/// Resolves `auto` and checks an explicit choice against the host.
+pub fn resolve(choice: BackendChoice, facts: &HostFacts) -> Result<BackendKind> {
+    match choice {
+        BackendChoice::Auto => Ok(if facts.kvm_accelerates() {
+            BackendKind::Firecracker
+        } else {
+            BackendKind::Qemu
+        }),
+        BackendChoice::Qemu => Ok(BackendKind::Qemu),
+        BackendChoice::Firecracker => {
+            if facts.kvm_accelerates() {
+                Ok(BackendKind::Firecracker)
+            } else {
+                Err(CoreError::BackendUnavailable {
+                    backend: "firecracker",
+                    reason: format!(
+                        "Firecracker needs hardware-assisted KVM ({}); use --backend qemu or auto",
+                        facts.kvm_reason
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// What to boot.
+#[derive(Clone, Copy, Debug)]
+pub struct BootSpec<'a> {
+    /// The sandbox id.
+    pub id: &'a str,
+    /// Its private directory (all sockets and logs live here, by relative path).
+    pub workdir: &'a Path,
+    /// The environment's artifacts.
+    pub env: &'a pyro_image::Installed,
+    /// The per-sandbox writable disk.
+    pub upper: &'a Path,
+    /// Virtual CPUs.
+    pub vcpu_count: u8,
+    /// Guest memory.
+    pub mem_mib: u32,
+    /// Whether the VMM must outlive this process (workspaces) or die with it (one-shot runs).
+    pub persistent: bool,
+    /// Whether the guest's flushes of the writable disk must reach the host file
+    /// (workspaces, and the snapshots they restore from); one-shot disks skip them.
+    pub durable_disk: bool,
+    /// For persistent QEMU sandboxes: the `pyro` binary to run as `pyro __relay DIR`, a
+    /// detached process that outlives this one. One-shot sandboxes relay in-process.
+    pub relay_bin: Option<&'a Path>,
+    /// How long the guest may take to boot (the relay waits this long for the agent).
+    pub boot_timeout: std::time::Duration,
+}
+
+/// A VMM able to boot sandboxes.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Which one it is.
+    fn kind(&self) -> BackendKind;
+    /// Starts the VMM; returns once the agent socket can be connected to (the guest may
+    /// still be booting: connecting retries until the agent answers).
+    fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>>;
+
+    /// Everything about this backend that a snapshot of `spec`'s machine depends on (the
+    /// VMM binary, the exact machine description), as one string; a snapshot is only
+    /// restored where this is unchanged. `None`: this backend takes no snapshots.
+    fn snapshot_identity(&self, spec: &BootSpec<'_>) -> Option<String> {
+        let _ = spec;
+        None
+    }
+
+    /// Like [`Backend::boot`], but describing the machine exactly as [`Backend::restore`]
+    /// will, so that it can be saved with [`Machine::save_state`].
+    fn boot_for_snapshot<'a>(
+        &'a self,
+        spec: BootSpec<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        let _ = spec;
+        Box::pin(async move { Err(self.no_snapshots()) })
+    }
+
+    /// Starts a machine from the state [`Machine::save_state`] wrote into `state_dir`, with
+    /// `spec`'s working directory and writable disk (a copy of the one saved with the
+    /// state). Returns once the guest runs again; connect to its agent as after a boot.
+    fn restore<'a>(
+        &'a self,
+        spec: BootSpec<'a>,
+        state_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        let _ = (spec, state_dir);
+        Box::pin(async move { Err(self.no_snapshots()) })
+    }
+
+    /// The error of the snapshot operations a backend does not have.
+    fn no_snapshots(&self) -> CoreError {
+        CoreError::BackendUnavailable {
+            backend: self.kind().as_str(),
+            reason: "this backend does not take snapshots".into(),
+        }
+    }
+}
+
+/// One running VMM process.
+pub trait Machine: Send + Sync + std::fmt::Debug {
+    /// The VMM's pid.
+    fn pid(&self) -> u32;
+    /// The Unix socket speaking the `CONNECT <port>` handshake.
+    fn agent_socket(&self) -> PathBuf;
+    /// The guest console log.
+    fn console_log(&self) -> PathBuf;
+    /// Whether the VMM has exited.
+    fn exited(&mut self) -> bool;
+    /// Kills the VMM (and anything serving it) and waits for it.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// The pid of a separate relay process, if the backend runs one.
+    fn relay_pid(&self) -> Option<u32> {
+        None
+    }
+    /// Closes the host's end of the agent channel, so the agent ends its session and waits
+    /// for the next host (whose first bytes will be the agent's hello). Before
+    /// [`Machine::save_state`]: a restored clone then greets its new host.
+    fn detach_agent(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Stops the guest's vCPUs (the machine keeps its memory and devices) until
+    /// [`Machine::resume`].
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            Err(CoreError::BackendUnavailable {
+                backend: "unknown",
+                reason: "this machine cannot be paused".into(),
+            })
+        })
+    }
+    /// Runs a [`Machine::pause`]d guest again.
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            Err(CoreError::BackendUnavailable {
+                backend: "unknown",
+                reason: "this machine cannot be resumed".into(),
+            })
+        })
+    }
+    /// Pauses the machine for good and writes its memory and device state into `dir`, for
+    /// [`Backend::restore`]. The writable disk is consistent once this returns.
+    fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
+        let _ = dir;
+        Box::pin(async {
+            Err(CoreError::BackendUnavailable {
+                backend: "unknown",
+                reason: "this machine cannot save its state".into(),
+            })
+        })
+    }
+}
+
+/// Kernel command-line fragment shared by both backends: the host's clock, so the guest
+/// starts with the right time even before the agent is asked to sync it.
+pub(crate) fn clock_param() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("pyro.clock={}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// Reads the last `max` bytes of a console log, lossily.
+pub(crate) fn console_tail(path: &Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
+/// Identifies a file by where it is, its size, inode and modification time: a changed
+/// binary (a QEMU upgrade) gets a new fingerprint without being read.
+fn file_fingerprint(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{} size={} ino={} mtime={}.{:09}",
+        path.display(),
+        m.len(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(hw: bool, pvm: bool) -> HostFacts {
+        HostFacts {
+            kvm_exists: true,
+            kvm_usable: true,
+            kvm_hardware_assisted: hw,
+            kvm_paravirtual: pvm,
+            kvm_reason: if pvm {
+                "paravirtual kvm_pvm".into()
+            } else {
+                "ok".into()
+            },
+        }
+    }
+
+    #[test]
+    fn auto_picks_qemu_on_paravirtual_kvm() {
+        assert_eq!(
+            resolve(BackendChoice::Auto, &facts(false, true)).unwrap(),
+            BackendKind::Qemu
+        );
+    }
+
+    #[test]
+    fn auto_picks_firecracker_on_hardware_kvm() {
+        assert_eq!(
+            resolve(BackendChoice::Auto, &facts(true, false)).unwrap(),
+            BackendKind::Firecracker
+        );
+    }
+
+    #[test]
+    fn explicit_firecracker_without_hardware_kvm_is_refused_with_the_reason() {
+        let err = resolve(BackendChoice::Firecracker, &facts(false, true)).unwrap_err();
+        assert!(err.to_string().contains("kvm_pvm"), "{err}");
+    }
+
+    #[test]
+    fn backend_kinds_round_trip_their_names() {
+        for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
+            assert_eq!(BackendKind::from_name(kind.as_str()), Some(kind));
+            assert_eq!(BackendKind::of_record(kind.as_str()), kind);
+        }
+        assert_eq!(BackendKind::from_name("QEMU"), None);
+        assert_eq!(BackendKind::from_name("vmware"), None);
+        // Records naming anything but firecracker have always been read as QEMU.
+        assert_eq!(BackendKind::of_record(""), BackendKind::Qemu);
+        assert_eq!(BackendKind::of_record("vmware"), BackendKind::Qemu);
+        assert_eq!(BackendKind::Firecracker.agent_socket_name(), "vsock.sock");
+        assert_eq!(BackendKind::Qemu.agent_socket_name(), "vsock.sock");
+        assert_eq!(
+            BackendChoice::from(BackendKind::Firecracker),
+            BackendChoice::Firecracker
+        );
+        assert_eq!(BackendChoice::from(BackendKind::Qemu), BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn vmm_process_names_are_recognised() {
+        for name in [
+            "qemu-system-x86_64",
+            "firecracker",
+            "firecracker-v1.7",
+            "jailer",
+        ] {
+            assert!(BackendKind::is_vmm_process_name(name), "{name}");
+        }
+        for name in ["qemu-img", "jailer2", "pyro", ""] {
+            assert!(!BackendKind::is_vmm_process_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!(
+            "QEMU".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Qemu
+        );
+        assert!("vmware".parse::<BackendChoice>().is_err());
+    }
+}
