@@ -114,9 +114,9 @@ impl Pyro {
     /// Checks create parameters without side effects; returns the backend they resolve to.
     pub fn validate_create(&self, req: &CreateVm) -> Result<BackendKind> {
         pyro_image::lookup(&req.environment)?;
-        check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
-        check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
-        check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
+        crate::validate::check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
+        crate::validate::check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
+        crate::validate::check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
         if req.network {
             return Err(CoreError::NetworkUnsupported);
         }

@@ -39,13 +39,12 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 mod commands;
 mod records;
 mod tx;
-mod validate;
 
-pub use records::{CommandRecord, NewCommand, WorkspaceRecord, WorkspaceState};
-pub use tx::Tx;
-pub use validate::{
+pub use crate::validate::names::{
     ValidationError, validate_label_key, validate_label_value, validate_labels, validate_name,
 };
+pub use records::{CommandRecord, NewCommand, WorkspaceRecord, WorkspaceState};
+pub use tx::Tx;
 
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "pyro.db";

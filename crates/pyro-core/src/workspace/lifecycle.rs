@@ -3,17 +3,7 @@
 use super::files::*;
 use super::*;
 
-pub(super) fn check(field: &'static str, value: i64, (min, max): (i64, i64)) -> Result<()> {
-    if value < min || value > max {
-        return Err(CoreError::OutOfRange {
-            field,
-            value,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
+pub(super) use crate::validate::check_range as check;
 
 pub(super) fn seed_json(seed: &WorkspaceSeed) -> String {
     serde_json::to_string(seed).unwrap_or_else(|_| "{}".into())

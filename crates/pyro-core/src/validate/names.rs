@@ -1,8 +1,9 @@
-//! Name and label rules: what [`super::Store`] callers check before anything is stored.
+//! Workspace name and label rules: what callers of [`crate::store::Store`] check before
+//! anything is stored.
 
 use std::collections::BTreeMap;
 
-use super::{LABEL_KEY_MAX_CHARS, LABEL_KEY_RULE, LABEL_VALUE_MAX_CHARS, NAME_MAX_CHARS};
+use crate::store::{LABEL_KEY_MAX_CHARS, LABEL_KEY_RULE, LABEL_VALUE_MAX_CHARS, NAME_MAX_CHARS};
 
 /// A rule a name or label broke.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
