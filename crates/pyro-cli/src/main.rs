@@ -126,16 +126,16 @@ struct RunArgs {
     /// Environment name (debian:12, debian:12-base, debian:12-build).
     environment: String,
     /// Virtual CPUs (1-8).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::VCPU_COUNT)]
     vcpu_count: i64,
     /// Guest memory in MiB (256-32768).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::MEM_MIB)]
     mem_mib: i64,
     /// Seconds before the command's whole process tree is killed (exit code 124).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::TIMEOUT_SECONDS)]
     timeout_seconds: i64,
     /// Lifetime of the sandbox in seconds (60-3600).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::VM_TTL_SECONDS)]
     ttl_seconds: i64,
     /// Give the guest network access (not available in this version).
     #[arg(long)]

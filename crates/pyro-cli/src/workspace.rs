@@ -70,10 +70,10 @@ pub struct CreateArgs {
     /// Environment name (debian:12, debian:12-base, debian:12-build).
     environment: String,
     /// Virtual CPUs (1-8).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::VCPU_COUNT)]
     vcpu_count: i64,
     /// Guest memory in MiB (256-32768).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::MEM_MIB)]
     mem_mib: i64,
     /// Running-time budget in seconds (60 s to 30 days); it only runs while started.
     #[arg(long, default_value_t = pyro_core::workspace::DEFAULT_WORKSPACE_TTL)]
@@ -130,7 +130,7 @@ pub struct ExecArgs {
     /// Workspace id.
     workspace_id: String,
     /// Seconds before the command's whole process tree is killed (exit code 124).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = pyro_core::ops::defaults::TIMEOUT_SECONDS)]
     timeout_seconds: i64,
     /// Working directory in the guest (default /workspace).
     #[arg(long)]
@@ -221,7 +221,7 @@ pub enum FileCmd {
         /// Path inside /workspace.
         path: String,
         /// Bytes to read at most.
-        #[arg(long, default_value_t = 65536)]
+        #[arg(long, default_value_t = pyro_core::ops::defaults::READ_BYTES)]
         max_bytes: i64,
         /// Print only the content.
         #[arg(long, conflicts_with = "json")]
