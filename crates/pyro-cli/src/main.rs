@@ -507,39 +507,60 @@ fn parse_env_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>>
     Ok(map)
 }
 
+/// The command of `run` and `workspace exec`: the words after the environment or workspace
+/// (a leading `--` dropped), run directly, or joined by spaces for `/bin/sh -c` with
+/// `--shell`. `usage` is the command line the error shows when there are none.
+fn command_words(
+    words: &[String],
+    shell: bool,
+    usage: impl FnOnce() -> String,
+) -> anyhow::Result<Command> {
+    let words = match words.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => words,
+    };
+    if words.is_empty() {
+        return Err(input_err(format!("a command is required: {}", usage())));
+    }
+    Ok(if shell {
+        Command::Shell(words.join(" "))
+    } else {
+        Command::Argv(words.to_vec())
+    })
+}
+
+impl TryFrom<&RunArgs> for pyro_core::ops::RunInVm {
+    type Error = anyhow::Error;
+    fn try_from(a: &RunArgs) -> anyhow::Result<Self> {
+        let usage = || format!("pyro run {} -- CMD [ARGS...]", a.environment);
+        Ok(Self {
+            environment: a.environment.clone(),
+            command: command_words(&a.command, a.shell, usage)?,
+            vcpu_count: a.vcpu_count,
+            mem_mib: a.mem_mib,
+            timeout_seconds: a.timeout_seconds,
+            ttl_seconds: a.ttl_seconds,
+            network: a.network,
+            allow_host_compat: false,
+            // `--backend` chose the instance's default (`open_pyro`).
+            backend: None,
+            cwd: a.cwd.clone(),
+            env: Some(parse_env_pairs(&a.env)?),
+            max_output_bytes: a.max_output_bytes,
+            stdin: None,
+        })
+    }
+}
+
 async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
     let json = args.json;
     let f = fail(json);
-    let mut words = args.command.clone();
-    if words.first().map(String::as_str) == Some("--") {
-        words.remove(0);
-    }
-    if words.is_empty() {
-        return Err(f(input_err(format!(
-            "a command is required: pyro run {} -- CMD [ARGS...]",
-            args.environment
-        ))));
-    }
-    let command = if args.shell {
-        Command::Shell(words.join(" "))
-    } else {
-        Command::Argv(words)
-    };
+    let req = pyro_core::ops::RunInVm::try_from(&args).map_err(&f)?;
     let pyro = open_pyro(Some(&args.backend)).map_err(&f)?;
-    let mut exec = ExecOptions::new(command);
-    exec.timeout_seconds = args.timeout_seconds;
-    exec.cwd = args.cwd.clone();
-    exec.env = parse_env_pairs(&args.env).map_err(&f)?;
-    exec.max_output_bytes = args.max_output_bytes;
+    let (create, mut exec) = req
+        .into_parts(&pyro_core::ops::Ctx::default())
+        .map_err(|e| f(e.into()))?;
     exec.stream_all = !json;
-    let create = CreateVm {
-        environment: args.environment.clone(),
-        vcpu_count: args.vcpu_count,
-        mem_mib: args.mem_mib,
-        ttl_seconds: args.ttl_seconds,
-        network: args.network,
-        backend: None,
-    };
     let progress = progress_unless(json, &args.environment);
     let mut stdout_ok = true;
     let mut sink = |o: &Output| match o {

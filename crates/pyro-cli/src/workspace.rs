@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use pyro_core::workspace::{CreateWorkspace, UpdateWorkspace};
-use pyro_core::{Command, ExecOptions, WorkspaceInfo};
+use pyro_core::workspace::UpdateWorkspace;
+use pyro_core::WorkspaceInfo;
 use pyro_proto::api::Output;
 
 use crate::{Failure, fail, input_err, open_pyro, parse_env_pairs, progress_unless, render};
@@ -150,6 +150,41 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+impl TryFrom<&CreateArgs> for pyro_core::ops::CreateWorkspaceRequest {
+    type Error = anyhow::Error;
+    fn try_from(a: &CreateArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            environment: a.environment.clone(),
+            vcpu_count: a.vcpu_count,
+            mem_mib: a.mem_mib,
+            ttl_seconds: a.ttl_seconds,
+            network_policy: a.network_policy.clone(),
+            allow_host_compat: false,
+            seed_path: a.seed_path.as_ref().map(Into::into),
+            name: a.name.clone(),
+            labels: Some(parse_labels(&a.labels)?),
+            // `--backend` chose the instance's default (`open_pyro`).
+            backend: None,
+        })
+    }
+}
+
+impl TryFrom<&ExecArgs> for pyro_core::ops::ExecWorkspace {
+    type Error = anyhow::Error;
+    fn try_from(a: &ExecArgs) -> anyhow::Result<Self> {
+        let usage = || format!("pyro workspace exec {} -- CMD [ARGS...]", a.workspace_id);
+        Ok(Self {
+            workspace_id: a.workspace_id.clone(),
+            command: crate::command_words(&a.command, a.shell, usage)?,
+            timeout_seconds: a.timeout_seconds,
+            cwd: a.cwd.clone(),
+            env: Some(parse_env_pairs(&a.env)?),
+            max_output_bytes: a.max_output_bytes,
+            stdin: None,
+        })
+    }
 }
 
 impl From<&LogsArgs> for pyro_core::ops::LogsWorkspace {
@@ -362,16 +397,11 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
         WorkspaceCmd::Create(a) => {
             let json = a.json;
             let f = fail(json);
-            let labels = parse_labels(&a.labels).map_err(&f)?;
+            let req = pyro_core::ops::CreateWorkspaceRequest::try_from(&a)
+                .map_err(&f)?
+                .resolve(&pyro_core::ops::Ctx::default())
+                .map_err(|e| f(e.into()))?;
             let pyro = open_pyro(Some(&a.backend)).map_err(&f)?;
-            let mut req = CreateWorkspace::new(a.environment.clone());
-            req.vcpu_count = a.vcpu_count;
-            req.mem_mib = a.mem_mib;
-            req.ttl_seconds = a.ttl_seconds;
-            req.seed_path = a.seed_path.map(Into::into);
-            req.name = a.name;
-            req.labels = labels;
-            req.network_policy = a.network_policy;
             let progress = progress_unless(json || a.id_only, &a.environment);
             let w = pyro
                 .create_workspace(req, progress)
@@ -629,26 +659,8 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
 async fn exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     let json = a.json;
     let f = fail(json);
-    let mut words = a.command.clone();
-    if words.first().map(String::as_str) == Some("--") {
-        words.remove(0);
-    }
-    if words.is_empty() {
-        return Err(f(input_err(format!(
-            "a command is required: pyro workspace exec {} -- CMD [ARGS...]",
-            a.workspace_id
-        ))));
-    }
-    let command = if a.shell {
-        Command::Shell(words.join(" "))
-    } else {
-        Command::Argv(words)
-    };
-    let mut opts = ExecOptions::new(command);
-    opts.timeout_seconds = a.timeout_seconds;
-    opts.cwd = a.cwd;
-    opts.env = parse_env_pairs(&a.env).map_err(&f)?;
-    opts.max_output_bytes = a.max_output_bytes;
+    let req = pyro_core::ops::ExecWorkspace::try_from(&a).map_err(&f)?;
+    let (workspace_id, opts) = req.into_parts(&pyro_core::ops::Ctx::default());
     let pyro = open_pyro(None).map_err(&f)?;
     let mut stdout_ok = true;
     let mut sink = |o: &Output| match o {
@@ -667,7 +679,7 @@ async fn exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     };
     let on_output: Option<pyro_core::OutputFn<'_>> = if json { None } else { Some(&mut sink) };
     let r = pyro
-        .exec_workspace(&a.workspace_id, opts, on_output)
+        .exec_workspace(&workspace_id, opts, on_output)
         .await
         .map_err(|e| f(e.into()))?;
     if json {

@@ -28,15 +28,25 @@ use std::sync::Arc;
 use crate::error::{CoreError, Result};
 use crate::hostfs::{self, HostDir, HostPath};
 
-/// A host path as a request names it: a string, resolved only through the call's
+/// A host path as a request names it (a JSON string), resolved only through the call's
 /// [`PathPolicy`] (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
-pub struct HostPathParam(pub String);
+pub struct HostPathParam(pub PathBuf);
 
 impl<P: AsRef<Path>> From<P> for HostPathParam {
     fn from(p: P) -> Self {
-        Self(p.as_ref().to_string_lossy().into_owned())
+        Self(p.as_ref().to_path_buf())
+    }
+}
+
+impl HostPathParam {
+    /// The path as text, for a confined lookup (a client's JSON string always is).
+    fn text(&self, field: &'static str) -> Result<&str> {
+        self.0.to_str().ok_or_else(|| CoreError::Invalid {
+            field,
+            reason: "the host path is not UTF-8".into(),
+        })
     }
 }
 
@@ -55,7 +65,7 @@ impl PathPolicy {
     pub fn existing(&self, field: &'static str, p: &HostPathParam) -> Result<HostPath> {
         match self {
             Self::Local => local(field, &p.0),
-            Self::Confined(roots) => roots.existing(field, &p.0).map_err(Into::into),
+            Self::Confined(roots) => roots.existing(field, p.text(field)?).map_err(Into::into),
         }
     }
 
@@ -63,19 +73,19 @@ impl PathPolicy {
     pub fn output(&self, field: &'static str, p: &HostPathParam) -> Result<HostPath> {
         match self {
             Self::Local => local(field, &p.0),
-            Self::Confined(roots) => roots.output(field, &p.0).map_err(Into::into),
+            Self::Confined(roots) => roots.output(field, p.text(field)?).map_err(Into::into),
         }
     }
 }
 
-fn local(field: &'static str, raw: &str) -> Result<HostPath> {
-    if raw.is_empty() {
+fn local(field: &'static str, raw: &Path) -> Result<HostPath> {
+    if raw.as_os_str().is_empty() {
         return Err(CoreError::Invalid {
             field,
             reason: "the host path is empty".into(),
         });
     }
-    Ok(HostPath::local(Path::new(raw)))
+    Ok(HostPath::local(raw))
 }
 
 impl From<PathRefused> for CoreError {

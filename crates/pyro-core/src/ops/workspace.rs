@@ -158,11 +158,9 @@ pub struct ExecWorkspace {
     pub stdin: Option<String>,
 }
 
-impl Operation for ExecWorkspace {
-    const METHOD: &'static str = "exec_workspace";
-    const TOOL: Option<&'static str> = Some("workspace_exec");
-    type Output = WorkspaceExecResult;
-    async fn run(self, pyro: &Pyro, cx: &Ctx) -> Result<WorkspaceExecResult> {
+impl ExecWorkspace {
+    /// The workspace and the core's exec parameters.
+    pub fn into_parts(self, cx: &Ctx) -> (String, crate::ExecOptions) {
         let exec = ExecFields {
             command: self.command,
             timeout_seconds: self.timeout_seconds,
@@ -172,9 +170,19 @@ impl Operation for ExecWorkspace {
             stdin: self.stdin,
         }
         .options(cx);
+        (self.workspace_id, exec)
+    }
+}
+
+impl Operation for ExecWorkspace {
+    const METHOD: &'static str = "exec_workspace";
+    const TOOL: Option<&'static str> = Some("workspace_exec");
+    type Output = WorkspaceExecResult;
+    async fn run(self, pyro: &Pyro, cx: &Ctx) -> Result<WorkspaceExecResult> {
+        let (id, exec) = self.into_parts(cx);
         let mut cb = output_callback(cx);
         let on = cb.as_mut().map(|f| f as OutputFn<'_>);
-        pyro.exec_workspace(&self.workspace_id, exec, on).await
+        pyro.exec_workspace(&id, exec, on).await
     }
 }
 
