@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use pyro_core::workspace::UpdateWorkspace;
 use pyro_core::WorkspaceInfo;
+use pyro_core::workspace::UpdateWorkspace;
 use pyro_proto::api::Output;
 
 use crate::{Failure, fail, input_err, open_pyro, parse_env_pairs, progress_unless, render};

@@ -21,38 +21,25 @@ pub fn new_id() -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`);
-/// together with the pid it identifies a process even when pids are reused.
+/// The start time of a process in clock ticks since boot; with the pid it identifies a
+/// process even when pids are reused ([`pyro_host::process::start_ticks`]).
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); field 22 is index 19 here. Zombies count as dead.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    pyro_host::process::start_ticks(pid)
 }
 
 /// Whether the process `pid` that started at `ticks` is still alive.
 pub fn process_alive(pid: u32, ticks: u64) -> bool {
-    process_start_ticks(pid) == Some(ticks)
+    pyro_host::process::alive(pid, ticks)
 }
 
 /// Starts `cmd` in a new session (`setsid`), so it outlives this process and its terminal.
 /// Used for the per-workspace relay and TTL watchdog processes.
 pub fn spawn_detached(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    pyro_host::process::ChildSetup {
+        die_with_parent: false,
+        new_session: true,
     }
+    .apply(cmd);
     cmd.spawn()
 }
 

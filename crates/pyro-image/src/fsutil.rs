@@ -119,34 +119,10 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| ImageError::io("sync directory", dir, e))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
-/// the directory. Readers see the old content or the new, never a mix.
+/// Writes `bytes` to `path` atomically ([`pyro_host::fs::atomic_write`]): readers see the
+/// old content or the new, never a mix.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        random_hex(4)
-    ));
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(ImageError::io("write", path, e));
-    }
-    fsync_dir(dir)
+    pyro_host::fs::atomic_write(path, bytes, mode).map_err(|e| ImageError::io("write", path, e))
 }
 
 /// Serializes `value` as pretty JSON (with a final newline) and writes it atomically.
@@ -399,72 +375,9 @@ pub(crate) fn disk_usage(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Copies `src` to a new file `dst` preserving holes: a reflink where the filesystem has
-/// them, else only the data extents (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`).
+/// Copies `src` to a new file `dst` preserving holes ([`pyro_host::fs::sparse_copy`]).
 pub(crate) fn sparse_copy(src: &Path, dst: &Path, mode: u32) -> Result<()> {
-    let input = File::open(src).map_err(|e| ImageError::io("open", src, e))?;
-    let len = input
-        .metadata()
-        .map_err(|e| ImageError::io("inspect", src, e))?
-        .len();
-    let output = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dst)
-        .map_err(|e| ImageError::io("create", dst, e))?;
-    let copy = || -> io::Result<()> {
-        // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
-        // source descriptor as its argument.
-        let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
-        if r == 0 {
-            return Ok(());
-        }
-        let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
-        let mut pos: i64 = 0;
-        let end = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        while pos < end {
-            // SAFETY: plain syscalls on descriptors we own.
-            let data = unsafe { libc::lseek(ifd, pos, libc::SEEK_DATA) };
-            if data < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENXIO) {
-                    break; // only a hole remains
-                }
-                return Err(e);
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
-            if hole < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut off_in = data;
-            let mut off_out = data;
-            while off_in < hole {
-                let want = usize::try_from(hole - off_in).unwrap_or(usize::MAX);
-                // SAFETY: the offsets are valid pointers to local i64s; descriptors are open.
-                let n =
-                    unsafe { libc::copy_file_range(ifd, &mut off_in, ofd, &mut off_out, want, 0) };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            pos = hole;
-        }
-        output.set_len(len)
-    };
-    if let Err(e) = copy() {
-        let _ = fs::remove_file(dst);
-        return Err(ImageError::io("copy to", dst, e));
-    }
-    Ok(())
+    pyro_host::fs::sparse_copy(src, dst, mode).map_err(|e| ImageError::io("copy to", dst, e))
 }
 
 /// Seconds since the Unix epoch, as a float.

@@ -438,34 +438,17 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         .stdout(log_out)
         .stderr(log)
         .kill_on_drop(false);
-    let die_with_parent = opts.die_with_parent;
-    let new_session = opts.new_session;
+    let mut setup = pyro_host::process::ChildSetup {
+        die_with_parent: opts.die_with_parent,
+        new_session: opts.new_session,
+    }
+    .hook();
     let incoming_fd = incoming.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    // SAFETY: getpid has no preconditions. In the child only async-signal-safe calls
-    // (prctl, getppid, setsid, dup2, fcntl, _exit) are made, and nothing is allocated.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and obeys the rules above.
+    // SAFETY: the closure runs between fork and exec; it only makes async-signal-safe calls
+    // (the setup hook's prctl, getppid, setsid, _exit; dup2, fcntl) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if die_with_parent {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-            }
-            if new_session && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            setup()?;
             if let Some(fd) = incoming_fd {
                 // dup2 leaves the copy without FD_CLOEXEC; a descriptor that already has
                 // the number needs the flag cleared by hand.
