@@ -18,6 +18,7 @@ pub mod hostfs;
 pub mod lock;
 pub mod model;
 pub mod ops;
+mod output;
 pub mod store;
 pub mod validate;
 mod vm;
@@ -38,6 +39,7 @@ use tokio::sync::Mutex;
 pub use backend::{BackendChoice, BackendKind, HostFacts};
 pub use error::{CoreError, ErrorKind, Result};
 pub use model::*;
+pub use output::base64;
 pub use validate::validate_exec;
 
 use backend::{Backend, BootSpec, Machine};
@@ -489,123 +491,26 @@ async fn sync_clock(session: &Session) {
     .await;
 }
 
-/// Output collected for a result: the first `limit` bytes, plus the total.
-struct Capture {
-    data: Vec<u8>,
-    limit: usize,
-}
-
-impl Capture {
-    fn push(&mut self, b: &[u8]) {
-        push_capped(&mut self.data, b, self.limit as u64);
-    }
-}
-
-/// Appends as much of `b` as fits under `limit` bytes (output kept for a result).
-pub(crate) fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) {
-    let room = (limit as usize).saturating_sub(buf.len());
-    buf.extend_from_slice(&b[..b.len().min(room)]);
-}
-
-pub(crate) fn render_output(data: &[u8], truncated: bool, total: u64) -> (String, Option<String>) {
-    let exact = match std::str::from_utf8(data) {
-        Ok(_) => None,
-        Err(_) => Some(base64(data)),
-    };
-    let mut text = String::from_utf8_lossy(data).into_owned();
-    if truncated {
-        if !text.ends_with('\n') && !text.is_empty() {
-            text.push('\n');
-        }
-        text.push_str(&format!(
-            "[pyro: output truncated: {} of {} bytes shown]\n",
-            data.len(),
-            total
-        ));
-    }
-    (text, exact)
-}
-
-/// Standard base64 (RFC 4648, with padding).
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 async fn run_exec(
     session: &Session,
     info: &VmInfo,
     opts: ExecOptions,
-    mut on_output: Option<OutputFn<'_>>,
+    on_output: Option<OutputFn<'_>>,
 ) -> Result<VmExecResult> {
-    let limit = opts.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
-    let command_text = opts.command.display();
-    let req = api::ExecRequest {
-        command: match opts.command {
-            Command::Argv(a) => api::Command::Argv(a),
-            Command::Shell(s) => api::Command::Shell(s),
-        },
-        cwd: Some(opts.cwd.unwrap_or_else(|| "/workspace".into())),
-        env: opts.env,
-        timeout_ms: Some(opts.timeout_seconds as u64 * 1000),
-        max_output_bytes: if opts.stream_all { None } else { Some(limit) },
-        stdin: false,
-    };
-    let mut out = Capture {
-        data: Vec::new(),
-        limit: limit as usize,
-    };
-    let mut err = Capture {
-        data: Vec::new(),
-        limit: limit as usize,
-    };
-    let host_deadline = Duration::from_secs(opts.timeout_seconds as u64) + HOST_GRACE;
-    let call = api::exec(session, req, opts.stdin, |o| {
-        match &o {
-            Output::Stdout(b) => out.push(b),
-            Output::Stderr(b) => err.push(b),
-        }
-        if let Some(cb) = on_output.as_mut() {
-            cb(&o);
-        }
-    });
-    let res = tokio::time::timeout(host_deadline, call)
-        .await
-        .map_err(|_| CoreError::AgentTimeout {
-            seconds: host_deadline.as_secs(),
-        })??;
-    let stdout_truncated = res.stdout_truncated || res.stdout_bytes > out.data.len() as u64;
-    let stderr_truncated = res.stderr_truncated || res.stderr_bytes > err.data.len() as u64;
-    let (stdout, stdout_base64) = render_output(&out.data, stdout_truncated, res.stdout_bytes);
-    let (stderr, stderr_base64) = render_output(&err.data, stderr_truncated, res.stderr_bytes);
+    let limit = output::result_limit(&opts);
+    // The guest sends only what the result keeps, unless a live stream wants all of it.
+    let forward = if opts.stream_all { None } else { Some(limit) };
+    let cwd = opts.cwd.as_deref().unwrap_or("/workspace");
+    let mut pipe = output::OutputPipeline::new(limit, on_output);
+    let res = output::exec(session, &opts, cwd, forward, &mut pipe).await?;
+    let out = pipe.finish(&res)?;
     Ok(VmExecResult {
         vm_id: info.vm_id.clone(),
         environment: info.environment.clone(),
         environment_version: info.environment_version.clone(),
-        command: command_text,
-        stdout,
-        stderr,
+        command: opts.command.display(),
+        stdout: out.stdout.text,
+        stderr: out.stderr.text,
         exit_code: res.exit_code,
         duration_ms: res.duration_ms,
         execution_mode: info.execution_mode.clone(),
@@ -618,37 +523,13 @@ async fn run_exec(
         signal: res.signal,
         stdout_bytes: res.stdout_bytes,
         stderr_bytes: res.stderr_bytes,
-        stdout_truncated,
-        stderr_truncated,
-        stdout_base64,
-        stderr_base64,
+        stdout_truncated: out.stdout.truncated,
+        stderr_truncated: out.stderr.truncated,
+        stdout_base64: out.stdout.base64,
+        stderr_base64: out.stderr.base64,
         spawn_error: res.spawn_error,
         backend: info.backend.clone(),
         boot_ms: None,
         boot_mode: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn truncated_output_carries_a_marker_and_non_utf8_keeps_exact_bytes() {
-        let (text, exact) = render_output(b"abc", true, 10);
-        assert_eq!(text, "abc\n[pyro: output truncated: 3 of 10 bytes shown]\n");
-        assert!(exact.is_none());
-        let (text, exact) = render_output(&[0xff, b'a'], false, 2);
-        assert_eq!(text, "\u{fffd}a");
-        assert_eq!(exact.as_deref(), Some("/2E="));
-    }
 }

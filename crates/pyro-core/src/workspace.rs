@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pyro_proto::Session;
-use pyro_proto::api::{self, Output};
+use pyro_proto::api;
 
 use crate::archive::{self, Seed, SeedMode};
 use crate::backend::{BackendChoice, BackendKind, BootSpec, Machine};
@@ -23,7 +23,7 @@ use crate::lock::{self, LockGuard, LockMode};
 use crate::model::{LastCommand, WorkspaceInfo, WorkspaceSeed};
 use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::warm::BootMode;
-use crate::{Command, ExecOptions, OutputFn, ProgressFn, Pyro, host};
+use crate::{ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
 mod files;
 mod lifecycle;
@@ -313,6 +313,7 @@ impl Dirs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Command;
 
     fn assert_send<T: Send>(_: &T) {}
 

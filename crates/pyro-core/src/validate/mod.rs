@@ -143,15 +143,9 @@ pub(crate) fn validate_exec_sizes(opts: &ExecOptions) -> Result<()> {
     // Encoding can grow text (escapes), so measure the request as it will be sent: the
     // largest values of the other fields, a copy of at most a few hundred KiB.
     let req = api::Request::Exec(api::ExecRequest {
-        command: match &opts.command {
-            Command::Argv(a) => api::Command::Argv(a.clone()),
-            Command::Shell(s) => api::Command::Shell(s.clone()),
-        },
-        cwd: Some(cwd.to_string()),
-        env: opts.env.clone(),
         timeout_ms: Some(u64::MAX),
-        max_output_bytes: Some(u64::MAX),
         stdin: true,
+        ..crate::output::exec_request(opts, cwd, Some(u64::MAX))
     });
     let encoded = req.encoded_len().map_err(|e| CoreError::Invalid {
         field,

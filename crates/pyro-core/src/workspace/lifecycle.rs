@@ -2,6 +2,7 @@
 //! start, delete and reset.
 use super::files::*;
 use super::*;
+use crate::output::{self, LogFile, OutputPipeline};
 
 pub(super) use crate::validate::check_range as check;
 
@@ -243,8 +244,8 @@ impl Pyro {
     pub async fn exec_workspace(
         &self,
         id: &str,
-        mut opts: ExecOptions,
-        mut on_output: Option<OutputFn<'_>>,
+        opts: ExecOptions,
+        on_output: Option<OutputFn<'_>>,
     ) -> Result<WorkspaceExecResult> {
         crate::validate_exec(&opts)?;
         let _guard = self.ws_lock(id, LockMode::Shared).await?;
@@ -254,59 +255,20 @@ impl Pyro {
         let d = self.ws_dirs(id);
         let cwd = opts
             .cwd
-            .take()
+            .clone()
             .unwrap_or_else(|| WORKSPACE_ROOT.to_string());
-        let limit = opts
-            .max_output_bytes
-            .unwrap_or(crate::DEFAULT_MAX_OUTPUT_BYTES);
         // Named like spools (with this process's id), so that the partial logs of an exec
         // killed midway are removed by the next one (tests/faults.rs, exec kills).
         remove_stale_spools(&d.logs());
         let out_tmp = d.logs().join(spool_name("stdout"));
         let err_tmp = d.logs().join(spool_name("stderr"));
-        let mut out_log = LogFile::create(&out_tmp)?;
-        let mut err_log = LogFile::create(&err_tmp)?;
-        let command_text = match &opts.command {
-            Command::Argv(a) => host::shell_join(a),
-            Command::Shell(s) => s.clone(),
-        };
-        let req = api::ExecRequest {
-            command: match &opts.command {
-                Command::Argv(a) => api::Command::Argv(a.clone()),
-                Command::Shell(s) => api::Command::Shell(s.clone()),
-            },
-            cwd: Some(cwd.clone()),
-            env: opts.env.clone(),
-            timeout_ms: Some(opts.timeout_seconds as u64 * 1000),
-            max_output_bytes: Some(MAX_LOG_BYTES),
-            stdin: false,
-        };
-        let mut out_cap = Vec::new();
-        let mut err_cap = Vec::new();
-        let deadline = Duration::from_secs(opts.timeout_seconds as u64) + crate::HOST_GRACE;
-        let call = api::exec(&session, req, opts.stdin.take(), |o| {
-            match &o {
-                Output::Stdout(b) => {
-                    out_log.write(b);
-                    crate::push_capped(&mut out_cap, b, limit);
-                }
-                Output::Stderr(b) => {
-                    err_log.write(b);
-                    crate::push_capped(&mut err_cap, b, limit);
-                }
-            }
-            if let Some(cb) = on_output.as_mut() {
-                cb(&o);
-            }
-        });
-        let res =
-            tokio::time::timeout(deadline, call)
-                .await
-                .map_err(|_| CoreError::AgentTimeout {
-                    seconds: deadline.as_secs(),
-                })??;
-        out_log.finish()?;
-        err_log.finish()?;
+        let mut pipe = OutputPipeline::new(output::result_limit(&opts), on_output)
+            .with_logs(LogFile::create(&out_tmp)?, LogFile::create(&err_tmp)?);
+        let command_text = opts.command.display();
+        // The guest forwards everything up to the log's cap: the log keeps what the result
+        // drops.
+        let res = output::exec(&session, &opts, &cwd, Some(MAX_LOG_BYTES), &mut pipe).await?;
+        let out = pipe.finish(&res)?;
         let now = host::now();
         let logs = d.logs();
         let recorded = store.next_command_sequence_and_record(id, |seq| NewCommand {
@@ -327,19 +289,13 @@ impl Pyro {
             r.last_activity_at = now;
             Ok::<(), CoreError>(())
         });
-        let stdout_truncated = res.stdout_bytes > out_cap.len() as u64;
-        let stderr_truncated = res.stderr_bytes > err_cap.len() as u64;
-        let (stdout, stdout_base64) =
-            crate::render_output(&out_cap, stdout_truncated, res.stdout_bytes);
-        let (stderr, stderr_base64) =
-            crate::render_output(&err_cap, stderr_truncated, res.stderr_bytes);
         Ok(WorkspaceExecResult {
             workspace_id: id.to_string(),
             environment: rec.environment.clone(),
             environment_version: Some(rec.environment_version.clone()),
             command: command_text,
-            stdout,
-            stderr,
+            stdout: out.stdout.text,
+            stderr: out.stderr.text,
             exit_code: res.exit_code,
             duration_ms: res.duration_ms,
             execution_mode: rec.backend.execution_mode().into(),
@@ -348,11 +304,11 @@ impl Pyro {
             timed_out: res.timed_out,
             stdout_bytes: res.stdout_bytes,
             stderr_bytes: res.stderr_bytes,
-            stdout_truncated,
-            stderr_truncated,
+            stdout_truncated: out.stdout.truncated,
+            stderr_truncated: out.stderr.truncated,
             spawn_error: res.spawn_error,
-            stdout_base64,
-            stderr_base64,
+            stdout_base64: out.stdout.base64,
+            stderr_base64: out.stderr.base64,
         })
     }
 
@@ -651,50 +607,6 @@ pub(super) fn read_capped(path: &Path, max: u64) -> (String, bool) {
     let truncated = buf.len() as u64 > max;
     buf.truncate(max as usize);
     (String::from_utf8_lossy(&buf).into_owned(), truncated)
-}
-
-/// A command's log file: written as output arrives, up to [`MAX_LOG_BYTES`].
-pub(super) struct LogFile {
-    path: PathBuf,
-    file: Option<std::io::BufWriter<std::fs::File>>,
-    written: u64,
-    error: Option<std::io::Error>,
-}
-
-impl LogFile {
-    pub(super) fn create(path: &Path) -> Result<Self> {
-        let f = std::fs::File::create(path).map_err(|e| CoreError::io("create", path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Some(std::io::BufWriter::new(f)),
-            written: 0,
-            error: None,
-        })
-    }
-
-    pub(super) fn write(&mut self, b: &[u8]) {
-        use std::io::Write;
-        let room = MAX_LOG_BYTES.saturating_sub(self.written) as usize;
-        let part = &b[..b.len().min(room)];
-        if let (Some(f), None) = (self.file.as_mut(), self.error.as_ref())
-            && let Err(e) = f.write_all(part)
-        {
-            self.error = Some(e);
-        }
-        self.written += part.len() as u64;
-    }
-
-    pub(super) fn finish(&mut self) -> Result<()> {
-        use std::io::Write;
-        if let Some(e) = self.error.take() {
-            return Err(CoreError::io("write", &self.path, e));
-        }
-        if let Some(mut f) = self.file.take() {
-            f.flush()
-                .map_err(|e| CoreError::io("write", &self.path, e))?;
-        }
-        Ok(())
-    }
 }
 
 /// Streams a tar file from the host into the guest.
