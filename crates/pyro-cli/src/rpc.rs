@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Args;
-use pyro_core::ops::{Ctx, Op, ParseError};
+use pyro_core::ops::{Ctx, Op, ParseError, on_own_thread};
 use pyro_core::{CoreError, ProgressEvent, ProgressFn, Pyro};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
@@ -309,7 +309,7 @@ async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Serves one request on a thread of its own (see [`on_own_thread`]) and sends the response
+/// Serves one request on a thread of its own ([`on_own_thread`]) and sends the response
 /// unless it was a notification. A panic becomes an error answer; a cancelled request
 /// (the server is going away) gets none.
 async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming, cancelled: watch::Receiver<bool>) {
@@ -319,7 +319,7 @@ async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming, cancelled: watch::Recei
     };
     let method = req.method;
     let params = req.params;
-    let outcome = on_own_thread(cancelled, move || async move {
+    let outcome = on_own_thread(Some(cancelled), move || async move {
         call(&pyro, &method, params, progress).await
     })
     .await;
@@ -338,39 +338,6 @@ async fn serve(pyro: Arc<Pyro>, out: Out, req: Incoming, cancelled: watch::Recei
     if let Some(id) = &req.id {
         out.respond(id, result);
     }
-}
-
-/// Runs the future `start` makes on a thread of the runtime's blocking pool, so that whatever
-/// it does between two awaits (the core does synchronous file and SQLite work inside its
-/// async calls) only ever holds up that thread, never the runtime's workers or another
-/// request; its timers and I/O are still driven by the runtime. The future is made and polled
-/// on that thread, so it need not be `Send`. `Ok(None)` when `cancelled` turned true first
-/// (the future is dropped at its next await); `Err` when the thread panicked.
-async fn on_own_thread<T, F, Fut>(
-    mut cancelled: watch::Receiver<bool>,
-    start: F,
-) -> Result<Option<T>, tokio::task::JoinError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-{
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        rt.block_on(async move {
-            let cancel = async {
-                // A sender that went away without cancelling cancels nothing.
-                if cancelled.wait_for(|c| *c).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                r = start() => Some(r),
-                () = cancel => None,
-            }
-        })
-    })
-    .await
 }
 
 /// Progress of request `id` as `progress` notifications. Environment-build steps are sent
@@ -579,7 +546,7 @@ mod tests {
         // More thread-blocking requests than the runtime has workers, each busy for 3 s.
         let slow: Vec<_> = (0..3)
             .map(|_| {
-                tokio::spawn(on_own_thread(cancelled.clone(), || async {
+                tokio::spawn(on_own_thread(Some(cancelled.clone()), || async {
                     std::thread::sleep(std::time::Duration::from_secs(3));
                     "slow"
                 }))
@@ -621,28 +588,6 @@ mod tests {
         for s in slow {
             assert_eq!(s.await.unwrap().unwrap(), Some("slow"));
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn cancelling_abandons_a_request_and_a_gone_sender_does_not() {
-        let (cancel, cancelled) = watch::channel(false);
-        let stuck = tokio::spawn(on_own_thread(cancelled.clone(), || {
-            std::future::pending::<()>()
-        }));
-        cancel.send(true).unwrap();
-        let r = tokio::time::timeout(std::time::Duration::from_secs(5), stuck).await;
-        assert_eq!(r.unwrap().unwrap().unwrap(), None);
-        let (cancel, cancelled) = watch::channel(false);
-        drop(cancel);
-        let r = on_own_thread(cancelled, || async { 7 }).await.unwrap();
-        assert_eq!(r, Some(7));
-        // A panic is reported as such (serve turns it into -32603).
-        let (_cancel, cancelled) = watch::channel(false);
-        let e = on_own_thread(cancelled, || async { panic!("boom") })
-            .await
-            .map(|_: Option<()>| ())
-            .unwrap_err();
-        assert!(e.is_panic());
     }
 
     #[test]

@@ -174,11 +174,13 @@ impl PyroMcp {
         }
         let started = std::time::Instant::now();
         tracing::info!(tool = name, "tool call");
-        // Its own task: a panic in a call becomes an error result instead of a request that
-        // never gets an answer, and a client that goes away does not cut an operation short.
+        // On a thread of its own (`on_own_thread`): the core's synchronous sections (SQLite,
+        // hashing, file copies) never hold up the runtime's workers or another call; a panic
+        // becomes an error result instead of a request that never gets an answer; and a
+        // client that goes away does not cut an operation short.
         let inner = self.inner.clone();
         let sink = progress.sink();
-        let task = tokio::spawn(async move {
+        let task = pyro_core::ops::on_own_thread(None, move || async move {
             let cx = pyro_core::ops::Ctx {
                 progress: sink,
                 paths: pyro_core::ops::PathPolicy::Confined(inner.roots.clone()),
@@ -186,12 +188,18 @@ impl PyroMcp {
             };
             tools::call(tool, inner.profile, args, &inner.pyro, &cx).await
         });
-        let outcome = task.await.unwrap_or_else(|e| {
-            Err(error::ToolError {
+        let outcome = match task.await {
+            Ok(Some(r)) => r,
+            // Without a cancel signal a call is never abandoned; the runtime is going away.
+            Ok(None) => Err(error::ToolError {
+                kind: "runtime".into(),
+                message: "the server is shutting down".into(),
+            }),
+            Err(e) => Err(error::ToolError {
                 kind: "runtime".into(),
                 message: format!("internal error in pyro ({e}); the server is still running"),
-            })
-        });
+            }),
+        };
         progress.finish().await;
         let ms = started.elapsed().as_millis();
         match outcome {

@@ -31,6 +31,7 @@
 //! - Host paths resolve through the call's [`PathPolicy`] ([`paths`]).
 
 pub mod paths;
+mod thread;
 mod vm;
 mod workspace;
 
@@ -45,6 +46,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use paths::{HostPathParam, HostRoots, PathPolicy, PathRefused};
+pub use thread::on_own_thread;
 pub use vm::*;
 pub use workspace::*;
 
