@@ -16,15 +16,25 @@
 //! - [`ruleset`]: the nftables rules as a pure function of plan, policy and allowlist
 //!   ([`ruleset::sandbox`] for the sandbox namespace, [`ruleset::host_guard`] for the host's
 //!   namespace), a typed [`Ruleset`] rendered to nft's JSON (`nft -j -f -`).
+//! - [`netns`], [`link`]: named network namespaces (`/run/netns/NAME`), running code inside
+//!   one, veth pairs, TAPs, addresses and routes, through `ip` and `nft` invoked with argv.
+//! - [`setup`]: the capability check ([`setup::check_capabilities`]), [`setup::create`],
+//!   which plumbs one sandbox's network, and [`Teardown`], which removes exactly what was
+//!   created and is safe to run twice, after a crash, or on half-made state.
 //!
 //! Not built yet: pyro's DNS resolver on the gateway (it will fill the `allowed_v4` set), the
 //! HTTP(S) egress proxy, published ports, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
+pub mod cmd;
+pub mod link;
+pub mod netns;
 pub mod plan;
 pub mod policy;
 pub mod ruleset;
+pub mod setup;
 
 pub use plan::{Ipv4Cidr, PlanError, SandboxNet};
 pub use policy::{Allowlist, AllowlistError, HostPattern, NetworkPolicy, PolicyError};
 pub use ruleset::Ruleset;
+pub use setup::{NetError, Teardown};
