@@ -1,0 +1,142 @@
+//! Running `ip` and `nft`: argv only (never a shell), the document on stdin, failures as
+//! one-line errors that name the command.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Directories searched after `PATH`: root's tools live in `sbin`, which an ordinary
+/// user's `PATH` often lacks.
+const SBIN: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// Most bytes of a failed command's stderr kept in an error.
+const STDERR_KEPT: usize = 400;
+
+/// A command that could not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    /// The program could not be started (or fed, or waited for).
+    #[error("could not run `{command}`")]
+    Spawn {
+        /// The command line, for people (it was run as argv).
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The program exited unsuccessfully.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line, for people (it was run as argv).
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its stderr, on one line, cut to a few hundred bytes.
+        stderr: String,
+    },
+}
+
+/// Where `name` is: the first executable file of that name on `PATH` or in the `sbin`
+/// directories.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs `program args…`, writing `stdin` to it if given; returns its stdout.
+pub fn run(program: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String, CmdError> {
+    let command = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let spawn = |source| CmdError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // nft reads the whole document before answering, so writing first cannot deadlock
+        // on a full stdout pipe.
+        pipe.write_all(input).map_err(spawn)?;
+    }
+    let output = child.wait_with_output().map_err(spawn)?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    Err(CmdError::Failed {
+        command,
+        status: output.status,
+        stderr: one_line(&output.stderr),
+    })
+}
+
+/// `bytes` as one line of at most [`STDERR_KEPT`] bytes (lines joined with ` / `).
+fn one_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    if line.len() > STDERR_KEPT {
+        let mut cut = STDERR_KEPT;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_command_on_one_line() {
+        let sh = find_program("sh").unwrap();
+        let err = run(&sh, &["-c", "echo one >&2; echo two >&2; exit 3"], None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("`{} -c echo one", sh.display())),
+            "{text}"
+        );
+        assert!(text.ends_with(": one / two"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn stdin_is_fed_and_stdout_returned() {
+        let cat = find_program("cat").unwrap();
+        assert_eq!(run(&cat, &[], Some(b"doc")).unwrap(), "doc");
+        assert!(matches!(
+            run(Path::new("/nonexistent/prog"), &[], None),
+            Err(CmdError::Spawn { .. })
+        ));
+    }
+
+    #[test]
+    fn long_stderr_is_cut() {
+        let line = one_line("é".repeat(500).as_bytes());
+        assert!(line.len() <= STDERR_KEPT + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,129 @@
+//! Named network namespaces (the iproute2 convention, `/run/netns/NAME`) and running code
+//! inside one.
+//!
+//! Namespaces are made and removed with `ip netns add|del NAME` (argv, no shell) rather than
+//! `unshare(CLONE_NEWNET)` and a bind mount of our own: iproute2 also makes `/run/netns` a
+//! shared mount point so the name stays valid from other mount namespaces (the jailer's,
+//! for one), and every tool that takes a namespace by name (`ip -n`, `ip netns exec`,
+//! Firecracker's jailer `--netns`) reads exactly that convention. What pyro does *inside*
+//! a namespace from Rust (sysctls now, the resolver later) runs on a thread that has
+//! `setns(2)`-ed into it ([`run_in`], [`spawn_in`]): a network namespace is per thread, so
+//! the rest of the process is unaffected.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Where iproute2 keeps named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A namespace could not be entered.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// `/run/netns/NAME` could not be opened.
+    #[error("cannot open network namespace {path}")]
+    Open {
+        /// The path tried.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `setns(2)` failed.
+    #[error("cannot enter network namespace {name}")]
+    Enter {
+        /// The namespace.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The thread running inside it panicked.
+    #[error("the thread inside network namespace {name} panicked")]
+    Panicked {
+        /// The namespace.
+        name: String,
+    },
+}
+
+/// The path of namespace `name`.
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Whether namespace `name` exists.
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+/// Moves the calling thread into namespace `name`.
+fn enter(name: &str) -> Result<(), NetnsError> {
+    let path = path(name);
+    let file = File::open(&path).map_err(|source| NetnsError::Open { path, source })?;
+    // SAFETY: `file` is an open descriptor of a namespace file that lives until after the
+    // call; setns only changes this thread's network namespace and touches no memory of ours.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(NetnsError::Enter {
+            name: name.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread inside namespace `name` and returns its result.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(name)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NetnsError::Panicked {
+                    name: name.to_owned(),
+                })
+            })
+    })
+}
+
+/// Starts `f` on a thread of its own inside namespace `name` (a server, say).
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, NetnsError>> {
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        enter(&name)?;
+        Ok(f())
+    })
+}
+
+/// Writes `value` to the sysctl `key` (a path under `/proc/sys`, as `net/ipv4/ip_forward`)
+/// inside namespace `name`. `/proc/sys/net` shows the namespace of the thread that opens it.
+pub fn write_sysctl(name: &str, key: &str, value: &str) -> Result<(), SysctlError> {
+    let path = Path::new("/proc/sys").join(key);
+    run_in(name, || std::fs::write(&path, value))?.map_err(|source| SysctlError::Write {
+        key: key.to_owned(),
+        namespace: name.to_owned(),
+        source,
+    })
+}
+
+/// A sysctl could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    /// The namespace could not be entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The write failed.
+    #[error("cannot set {key} in network namespace {namespace}")]
+    Write {
+        /// The sysctl.
+        key: String,
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,485 @@
+//! One sandbox's network on the host: the capability check, [`create`], and [`Teardown`].
+//!
+//! [`create`] builds, in this order, so the rules are in force before any link exists:
+//!
+//! 1. the namespace `pyro-<index>` (refused if it exists: never adopt what someone else made),
+//!    IPv6 disabled and strict reverse-path filtering inside it;
+//! 2. the sandbox table inside it, and the host-guard table in the host's namespace
+//!    (refused if a table of that name exists there);
+//! 3. the uplink veth (`pyro-<index>` on the host, `pyro-up` inside), its addresses, and the
+//!    namespace's default route via the host end;
+//! 4. the guest link `pyro-tap` (a TAP for the VMM, or for tests a veth into another
+//!    namespace) with the gateway address;
+//! 5. `ip_forward` inside the namespace only.
+//!
+//! Every step that creates something is recorded in the [`Teardown`] first; if a later step
+//! fails, what was made is removed before the error is returned. The host's own settings
+//! (forwarding, NAT to the outside world) are not touched yet: that is the next slice.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cmd::{self, CmdError};
+use crate::netns::{self, SysctlError};
+use crate::plan::{SandboxNet, TAP_NAME, UPLINK_NS_NAME};
+use crate::policy::{Allowlist, NetworkPolicy};
+use crate::{link, ruleset};
+
+/// `CAP_NET_ADMIN`: links, addresses, routes, nftables.
+const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_SYS_ADMIN`: creating and bind-mounting a network namespace.
+const CAP_SYS_ADMIN: u32 = 21;
+/// The TUN/TAP device.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Why a sandbox's network could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The host lacks something guest networking needs (one line, naming each thing).
+    #[error("guest networking is unavailable: missing {missing}")]
+    Unavailable {
+        /// What is missing, comma-separated.
+        missing: String,
+    },
+    /// Something of this name exists already; pyro does not adopt what it did not make.
+    #[error("{what} `{name}` already exists; refusing to reuse it")]
+    Exists {
+        /// Network namespace or nft table.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A command failed.
+    #[error(transparent)]
+    Command(#[from] CmdError),
+    /// A sysctl could not be set.
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+}
+
+/// The programs guest networking runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    /// iproute2's `ip`.
+    pub ip: PathBuf,
+    /// nftables' `nft`.
+    pub nft: PathBuf,
+}
+
+/// What [`missing`] looks at, gathered from the host by [`check_capabilities`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The effective capability set (`CapEff` of `/proc/self/status`).
+    pub cap_eff: u64,
+    /// Whether `/dev/net/tun` exists.
+    pub tun: bool,
+    /// Where `ip` is.
+    pub ip: Option<PathBuf>,
+    /// Where `nft` is.
+    pub nft: Option<PathBuf>,
+}
+
+/// What guest networking lacks on a host with `facts`; `tap` says whether a TAP is needed.
+pub fn missing(facts: &HostFacts, tap: bool) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if facts.cap_eff & (1 << CAP_NET_ADMIN) == 0 {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if facts.cap_eff & (1 << CAP_SYS_ADMIN) == 0 {
+        missing.push("CAP_SYS_ADMIN (to create network namespaces)");
+    }
+    if tap && !facts.tun {
+        missing.push(TUN_DEVICE);
+    }
+    if facts.ip.is_none() {
+        missing.push("`ip` (iproute2)");
+    }
+    if facts.nft.is_none() {
+        missing.push("`nft` (nftables)");
+    }
+    missing
+}
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks, creating nothing, that this process can build guest networks; a one-line
+/// [`NetError::Unavailable`] names everything missing.
+pub fn check_capabilities(tap: bool) -> Result<Tools, NetError> {
+    let facts = HostFacts {
+        cap_eff: effective_caps(),
+        tun: Path::new(TUN_DEVICE).exists(),
+        ip: cmd::find_program("ip"),
+        nft: cmd::find_program("nft"),
+    };
+    match (missing(&facts, tap).as_slice(), facts.ip, facts.nft) {
+        ([], Some(ip), Some(nft)) => Ok(Tools { ip, nft }),
+        (missing, _, _) => Err(NetError::Unavailable {
+            missing: missing.join(", "),
+        }),
+    }
+}
+
+/// The guest's side of the sandbox namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestLink {
+    /// A persistent TAP `pyro-tap`, for a VMM started inside the namespace.
+    Tap,
+    /// A veth pair: `pyro-tap` inside, `name` in namespace `netns` (a stand-in for a VM, in
+    /// tests).
+    Veth {
+        /// The namespace standing in for the guest.
+        netns: String,
+        /// The interface's name there.
+        name: String,
+    },
+}
+
+/// Where [`create`] puts things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The namespace playing the host (the host end of the uplink and the host-guard
+    /// table); `None` is the namespace pyro runs in.
+    pub host_netns: Option<String>,
+    /// The guest link.
+    pub guest: GuestLink,
+}
+
+/// A sandbox's network, as made by [`create`].
+#[derive(Debug)]
+pub struct Network {
+    /// Its plan.
+    pub plan: SandboxNet,
+    /// What removes it.
+    pub teardown: Teardown,
+    tools: Tools,
+}
+
+impl Network {
+    /// Adds `addrs` to the sandbox's `allowed_v4` set, each for its lifetime (what pyro's
+    /// resolver will do for answers to allowed names).
+    pub fn allow(&self, addrs: &[(Ipv4Addr, Duration)]) -> Result<(), NetError> {
+        apply(
+            &self.tools,
+            Some(&self.plan.name()),
+            &ruleset::allow_addresses(&self.plan, addrs),
+        )
+    }
+}
+
+/// Applies an nft JSON document inside `ns` (`ip netns exec NS nft -j -f -`).
+fn apply(tools: &Tools, ns: Option<&str>, doc: &serde_json::Value) -> Result<(), NetError> {
+    let body = doc.to_string();
+    nft(tools, ns, &["-j", "-f", "-"], Some(body.as_bytes())).map(drop)
+}
+
+fn nft(
+    tools: &Tools,
+    ns: Option<&str>,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<String, NetError> {
+    let nft = tools.nft.to_string_lossy();
+    let result = match ns {
+        Some(ns) => {
+            let mut argv = vec!["netns", "exec", ns, &nft];
+            argv.extend_from_slice(args);
+            cmd::run(&tools.ip, &argv, stdin)
+        }
+        None => cmd::run(&tools.nft, args, stdin),
+    };
+    Ok(result?)
+}
+
+fn table_exists(tools: &Tools, ns: Option<&str>, table: &str) -> bool {
+    nft(tools, ns, &["list", "table", ruleset::FAMILY, table], None).is_ok()
+}
+
+/// Builds the network of sandbox `plan` (see the module docs). Under
+/// [`NetworkPolicy::Off`] nothing is created and the [`Teardown`] is empty.
+pub fn create(
+    tools: &Tools,
+    plan: SandboxNet,
+    policy: NetworkPolicy,
+    allowlist: &Allowlist,
+    options: &Options,
+) -> Result<Network, NetError> {
+    let mut net = Network {
+        plan,
+        teardown: Teardown::nothing(plan, options.host_netns.clone()),
+        tools: tools.clone(),
+    };
+    if !policy.is_networked() {
+        return Ok(net);
+    }
+    match build(tools, &mut net.teardown, policy, allowlist, options) {
+        Ok(()) => Ok(net),
+        Err(err) => {
+            // Best effort: the build error is the one worth reporting; Teardown::all (by
+            // name) cleans up whatever this leaves.
+            let _ = net.teardown.run(tools);
+            Err(err)
+        }
+    }
+}
+
+fn build(
+    tools: &Tools,
+    td: &mut Teardown,
+    policy: NetworkPolicy,
+    allowlist: &Allowlist,
+    options: &Options,
+) -> Result<(), NetError> {
+    let plan = td.plan;
+    let name = plan.name();
+    let host = options.host_netns.as_deref();
+    let ip = tools.ip.as_path();
+
+    if netns::exists(&name) {
+        return Err(NetError::Exists {
+            what: "network namespace",
+            name,
+        });
+    }
+    if table_exists(tools, host, &name) {
+        return Err(NetError::Exists {
+            what: "nft table inet",
+            name,
+        });
+    }
+    cmd::run(ip, &["netns", "add", &name], None)?;
+    td.netns = true;
+    netns::write_sysctl(&name, "net/ipv4/conf/all/rp_filter", "1")?;
+    netns::write_sysctl(&name, "net/ipv4/conf/default/rp_filter", "1")?;
+    for key in [
+        "net/ipv6/conf/all/disable_ipv6",
+        "net/ipv6/conf/default/disable_ipv6",
+    ] {
+        match netns::write_sysctl(&name, key, "1") {
+            // A kernel without IPv6 has no such file, and nothing to disable.
+            Err(SysctlError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+
+    apply(
+        tools,
+        Some(&name),
+        &ruleset::sandbox(&plan, policy, allowlist).to_json(),
+    )?;
+    td.host_table = true;
+    apply(tools, host, &ruleset::host_guard(&plan).to_json())?;
+
+    td.host_link = true;
+    link::add_veth(ip, host, &name, UPLINK_NS_NAME, &name)?;
+    link::add_addr(
+        ip,
+        host,
+        &name,
+        plan.uplink_host(),
+        plan.uplink_subnet().prefix_len(),
+    )?;
+    link::up(ip, host, &name)?;
+    link::up(ip, Some(&name), "lo")?;
+    link::add_addr(
+        ip,
+        Some(&name),
+        UPLINK_NS_NAME,
+        plan.uplink_ns(),
+        plan.uplink_subnet().prefix_len(),
+    )?;
+    link::up(ip, Some(&name), UPLINK_NS_NAME)?;
+    link::default_route(ip, Some(&name), plan.uplink_host())?;
+
+    match &options.guest {
+        GuestLink::Tap => link::add_tap(ip, Some(&name), TAP_NAME)?,
+        GuestLink::Veth { netns, name: peer } => {
+            link::add_veth(ip, Some(&name), TAP_NAME, peer, netns)?;
+        }
+    }
+    link::add_addr(
+        ip,
+        Some(&name),
+        TAP_NAME,
+        plan.gateway(),
+        plan.guest_subnet().prefix_len(),
+    )?;
+    link::up(ip, Some(&name), TAP_NAME)?;
+
+    netns::write_sysctl(&name, "net/ipv4/ip_forward", "1")?;
+    Ok(())
+}
+
+/// Removes a sandbox's network: exactly the things it names, each only if still there.
+/// Safe to run twice, after a crash ([`Teardown::all`] names everything a plan could have
+/// made), or on half-made state. Deleting the namespace takes the TAP, the namespace's end
+/// of the uplink and the sandbox table with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Teardown {
+    plan: SandboxNet,
+    host_netns: Option<String>,
+    /// The host-guard table `inet pyro-<index>` in the host's namespace.
+    pub host_table: bool,
+    /// The host end of the uplink, `pyro-<index>`.
+    pub host_link: bool,
+    /// The namespace `pyro-<index>`.
+    pub netns: bool,
+}
+
+impl Teardown {
+    /// Removes nothing.
+    pub fn nothing(plan: SandboxNet, host_netns: Option<String>) -> Self {
+        Self {
+            plan,
+            host_netns,
+            host_table: false,
+            host_link: false,
+            netns: false,
+        }
+    }
+
+    /// Removes everything `plan` could own (for cleaning up after a crash, from the
+    /// ledger's record of the index).
+    pub fn all(plan: SandboxNet, host_netns: Option<String>) -> Self {
+        Self {
+            plan,
+            host_netns,
+            host_table: true,
+            host_link: true,
+            netns: true,
+        }
+    }
+
+    /// Whether there is nothing left to remove.
+    pub fn is_done(&self) -> bool {
+        !(self.host_table || self.host_link || self.netns)
+    }
+
+    /// Removes what is recorded; each thing removed (or found gone) is struck off, so a
+    /// second run does nothing. On failure the rest is still tried and the first error
+    /// returned.
+    pub fn run(&mut self, tools: &Tools) -> Result<(), NetError> {
+        let name = self.plan.name();
+        let host = self.host_netns.as_deref();
+        let mut first_error = None;
+        let mut note = |result: Result<(), NetError>, still_there: bool| match result {
+            Ok(()) => true,
+            Err(_) if !still_there => true,
+            Err(err) => {
+                first_error.get_or_insert(err);
+                false
+            }
+        };
+        if self.host_table {
+            let gone = note(
+                apply(tools, host, &ruleset::delete_table(&name)),
+                table_exists(tools, host, &name),
+            );
+            self.host_table = !gone;
+        }
+        if self.host_link {
+            let result = if link::exists(&tools.ip, host, &name) {
+                link::delete(&tools.ip, host, &name).map_err(NetError::from)
+            } else {
+                Ok(())
+            };
+            self.host_link = !note(result, link::exists(&tools.ip, host, &name));
+        }
+        if self.netns {
+            let result = if netns::exists(&name) {
+                cmd::run(&tools.ip, &["netns", "del", &name], None)
+                    .map(drop)
+                    .map_err(NetError::from)
+            } else {
+                Ok(())
+            };
+            self.netns = !note(result, netns::exists(&name));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            cap_eff: (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN),
+            tun: true,
+            ip: Some("/usr/sbin/ip".into()),
+            nft: Some("/usr/sbin/nft".into()),
+        }
+    }
+
+    #[test]
+    fn nothing_missing() {
+        assert!(missing(&facts(), true).is_empty());
+    }
+
+    #[test]
+    fn missing_things_are_named_on_one_line() {
+        let f = HostFacts {
+            cap_eff: 0,
+            tun: false,
+            ip: None,
+            nft: None,
+        };
+        let err = NetError::Unavailable {
+            missing: missing(&f, true).join(", "),
+        };
+        assert_eq!(
+            err.to_string(),
+            "guest networking is unavailable: missing CAP_NET_ADMIN, CAP_SYS_ADMIN (to create \
+             network namespaces), /dev/net/tun, `ip` (iproute2), `nft` (nftables)"
+        );
+        assert_eq!(
+            missing(
+                &HostFacts {
+                    tun: false,
+                    ..facts()
+                },
+                false
+            ),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            missing(
+                &HostFacts {
+                    nft: None,
+                    ..facts()
+                },
+                true
+            ),
+            vec!["`nft` (nftables)"]
+        );
+        assert_eq!(
+            missing(
+                &HostFacts {
+                    cap_eff: 1 << CAP_SYS_ADMIN,
+                    ..facts()
+                },
+                true
+            ),
+            vec!["CAP_NET_ADMIN"]
+        );
+    }
+
+    #[test]
+    fn teardown_records() {
+        let plan = SandboxNet::new(3).unwrap();
+        assert!(Teardown::nothing(plan, None).is_done());
+        assert!(!Teardown::all(plan, None).is_done());
+    }
+}

@@ -1,0 +1,353 @@
+//! Integration tests of pyro's guest networking against a small "internet" of network
+//! namespaces (see `common/mod.rs`). They need root, `ip` and `nft`, and skip with a printed
+//! reason without them. No packet leaves the namespaces they create.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use pyro_net::plan::TAP_NAME;
+use pyro_net::setup::{self, GuestLink, NetError, Options, Teardown};
+use pyro_net::{Allowlist, NetworkPolicy, SandboxNet, cmd, netns};
+
+fn sock(addr: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((addr, port))
+}
+
+fn open() -> Allowlist {
+    Allowlist::default()
+}
+
+#[test]
+fn egress_reaches_a_public_server_by_address_masqueraded() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "egress");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let sb = world.sandbox(16301, NetworkPolicy::Egress, &open());
+    let seen_as = tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress to a public address");
+    assert_eq!(
+        seen_as,
+        sb.plan().uplink_ns().to_string(),
+        "the guest leaves masqueraded"
+    );
+}
+
+#[test]
+fn blocked_destinations_are_refused() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "blocked");
+    let a = world.sandbox(16302, NetworkPolicy::Egress, &open());
+    let b = world.sandbox(16303, NetworkPolicy::EgressPublishedPorts, &open());
+    let any = |port| sock(Ipv4Addr::UNSPECIFIED, port);
+    let _internet = Server::tcp(&world.internet.name, any(80));
+    let host_service = Server::tcp(&world.host.name, any(8080));
+    let gateway_service = Server::tcp(&a.ns(), any(8080));
+    let other_guest = Server::tcp(&b.guest.name, any(8080));
+
+    // Controls: every server is up and reachable where pyro's rules do not apply.
+    for target in [PRIVATE, METADATA, PUBLIC] {
+        tcp_connect(&world.host.name, target, 80).expect("reachable from the host");
+        tcp_connect(&a.ns(), target, 80).expect("reachable from the sandbox namespace");
+    }
+    tcp_connect(&a.guest.name, PUBLIC, 80).expect("public egress");
+
+    let pa = a.plan();
+    for (target, port, what) in [
+        (PRIVATE, 80, "a private address"),
+        (METADATA, 80, "the metadata address"),
+        (
+            pa.gateway(),
+            8080,
+            "a service on 0.0.0.0 in the sandbox namespace, via the gateway",
+        ),
+        (
+            pa.uplink_ns(),
+            8080,
+            "the sandbox namespace's uplink address",
+        ),
+        (pa.uplink_host(), 8080, "the host, on its uplink address"),
+        (
+            HOST_WAN,
+            8080,
+            "the host, on its public address (service on 0.0.0.0)",
+        ),
+        (b.plan().guest(), 8080, "another sandbox's guest"),
+        (b.plan().uplink_ns(), 8080, "another sandbox's namespace"),
+        (
+            Ipv4Addr::new(127, 0, 0, 1),
+            1,
+            "loopback (the guest's own: nothing listens there)",
+        ),
+    ] {
+        let result = tcp_connect(&a.guest.name, target, port);
+        if target.is_loopback() {
+            assert!(result.is_err(), "{what}");
+            continue;
+        }
+        assert_refused(result, what);
+    }
+    assert_eq!(host_service.hits(), 0);
+    assert_eq!(gateway_service.hits(), 0);
+    assert_eq!(other_guest.hits(), 0);
+    // And the host guard works on the host's side too: from the second sandbox.
+    assert_refused(
+        tcp_connect(&b.guest.name, HOST_WAN, 8080),
+        "host from sandbox b",
+    );
+}
+
+#[test]
+fn dns_goes_only_to_the_gateway() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "dns");
+    let sb = world.sandbox(16304, NetworkPolicy::Egress, &open());
+    let outside_dns = Server::udp(&world.internet.name, sock(PUBLIC, 53));
+    let _tcp_dns = Server::tcp(&world.internet.name, sock(PUBLIC, 53));
+    let _dot = Server::tcp(&world.internet.name, sock(PUBLIC, 853));
+    let resolver = Server::udp(&sb.ns(), sock(sb.plan().gateway(), 53));
+
+    assert!(
+        udp_exchange(&world.host.name, None, sock(PUBLIC, 53)),
+        "control: server answers"
+    );
+    let before = outside_dns.hits();
+    assert!(
+        !udp_exchange(&sb.guest.name, None, sock(PUBLIC, 53)),
+        "UDP 53 elsewhere"
+    );
+    assert_eq!(outside_dns.hits(), before);
+    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 53), "TCP 53 elsewhere");
+    assert_refused(
+        tcp_connect(&sb.guest.name, PUBLIC, 853),
+        "DNS over TLS elsewhere",
+    );
+
+    assert!(
+        udp_exchange(&sb.guest.name, None, sock(sb.plan().gateway(), 53)),
+        "the resolver"
+    );
+    assert_eq!(resolver.hits(), 1);
+}
+
+#[test]
+fn spoofed_sources_are_dropped() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "spoof");
+    let sb = world.sandbox(16305, NetworkPolicy::Egress, &open());
+    let echo = Server::udp(&world.internet.name, sock(PUBLIC, 7));
+    assert!(
+        udp_exchange(&sb.guest.name, None, sock(PUBLIC, 7)),
+        "control: the real address"
+    );
+    assert_eq!(echo.hits(), 1);
+
+    let other_guest = SandboxNet::new(16300).unwrap().guest();
+    for spoofed in [Ipv4Addr::new(198, 51, 100, 99), other_guest] {
+        sb.guest
+            .ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+        assert!(
+            !udp_exchange(&sb.guest.name, Some(spoofed), sock(PUBLIC, 7)),
+            "{spoofed}"
+        );
+    }
+    assert_eq!(echo.hits(), 1, "no spoofed datagram arrived");
+}
+
+#[test]
+fn broadcast_and_multicast_reach_nothing() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "bcast");
+    let sb = world.sandbox(16306, NetworkPolicy::Egress, &open());
+    let in_sandbox_ns = Server::udp(&sb.ns(), sock(Ipv4Addr::UNSPECIFIED, 9999));
+    let on_host = Server::udp(&world.host.name, sock(Ipv4Addr::UNSPECIFIED, 9999));
+    assert!(
+        udp_exchange(&sb.ns(), None, sock(Ipv4Addr::LOCALHOST, 9999)),
+        "control"
+    );
+    let before = in_sandbox_ns.hits();
+    sb.guest.ip(&["route", "add", "224.0.0.0/4", "dev", "eth0"]);
+    for target in [
+        Ipv4Addr::BROADCAST,
+        sb.plan().guest_subnet().last(),
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::new(239, 255, 255, 250),
+    ] {
+        assert!(
+            !udp_exchange(&sb.guest.name, None, sock(target, 9999)),
+            "{target}"
+        );
+    }
+    assert_eq!(in_sandbox_ns.hits(), before);
+    assert_eq!(on_host.hits(), 0);
+}
+
+#[test]
+fn allowlist_admits_allowed_cidrs_and_resolved_addresses_only() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "allow");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let list = Allowlist::parse(["*.example.org"], [PUBLIC_2.to_string()]).unwrap();
+    let sb = world.sandbox(16307, NetworkPolicy::Egress, &list);
+
+    tcp_connect(&sb.guest.name, PUBLIC_2, 80).expect("--allow-cidr");
+    assert_refused(
+        tcp_connect(&sb.guest.name, PUBLIC, 80),
+        "not (yet) resolved",
+    );
+    sb.net.allow(&[(PUBLIC, Duration::from_secs(60))]).unwrap();
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("resolved for an allowed name");
+    // A resolver answer never opens a blocked range.
+    sb.net
+        .allow(&[(METADATA, Duration::from_secs(60))])
+        .unwrap();
+    assert_refused(
+        tcp_connect(&sb.guest.name, METADATA, 80),
+        "metadata, even when resolved",
+    );
+}
+
+#[test]
+fn off_creates_nothing_and_the_guest_has_no_route() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "off");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let sb = world.sandbox(16308, NetworkPolicy::Off, &open());
+    assert!(sb.net.teardown.is_done());
+    assert!(!netns::exists(&sb.ns()));
+    let err = tcp_connect(&sb.guest.name, PUBLIC, 80).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+}
+
+fn leftovers(world: &World, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let netns_list = ip(&world.tools, &["netns", "list"]);
+    if netns_list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+    {
+        found.push(format!("namespace {name}"));
+    }
+    if world
+        .host
+        .ip(&["-o", "link"])
+        .contains(&format!(" {name}@"))
+    {
+        found.push(format!("link {name}"));
+    }
+    let tables = cmd::run(
+        &world.tools.ip,
+        &[
+            "netns",
+            "exec",
+            &world.host.name,
+            &world.tools.nft.to_string_lossy(),
+            "list",
+            "tables",
+        ],
+        None,
+    )
+    .unwrap();
+    if tables
+        .lines()
+        .any(|l| l.trim() == format!("table inet {name}"))
+    {
+        found.push(format!("table inet {name}"));
+    }
+    found
+}
+
+#[test]
+fn teardown_leaves_nothing_and_is_idempotent() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "teardown");
+    let mut sb = world.sandbox(16309, NetworkPolicy::Egress, &open());
+    let name = sb.ns();
+    assert_eq!(
+        leftovers(&world, &name).len(),
+        3,
+        "all three exist while it runs"
+    );
+    sb.net.teardown.run(&tools).unwrap();
+    assert!(sb.net.teardown.is_done());
+    assert_eq!(leftovers(&world, &name), Vec::<String>::new());
+    sb.net.teardown.run(&tools).unwrap();
+
+    // After a crash: rebuild by name from the plan alone; also on nothing at all.
+    let host = Some(world.host.name.clone());
+    let plan = sb.plan();
+    let mut after_crash = Teardown::all(plan, host.clone());
+    after_crash.run(&tools).unwrap();
+    assert!(after_crash.is_done());
+
+    // Half-made state: only the namespace and the host table.
+    ip(&tools, &["netns", "add", &name]);
+    let guard = pyro_net::ruleset::host_guard(&plan).to_json().to_string();
+    cmd::run(
+        &tools.ip,
+        &[
+            "netns",
+            "exec",
+            &world.host.name,
+            &tools.nft.to_string_lossy(),
+            "-j",
+            "-f",
+            "-",
+        ],
+        Some(guard.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(leftovers(&world, &name).len(), 2);
+    // create refuses to adopt the existing namespace, and removes nothing of it.
+    let options = Options {
+        host_netns: host.clone(),
+        guest: GuestLink::Tap,
+    };
+    let err = setup::create(&tools, plan, NetworkPolicy::Egress, &open(), &options).unwrap_err();
+    assert!(matches!(err, NetError::Exists { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("network namespace `{name}` already exists; refusing to reuse it")
+    );
+    assert_eq!(leftovers(&world, &name).len(), 2);
+    Teardown::all(plan, host).run(&tools).unwrap();
+    assert_eq!(leftovers(&world, &name), Vec::<String>::new());
+}
+
+#[test]
+fn a_tap_is_created_in_the_namespace_and_removed() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "tap");
+    let plan = SandboxNet::new(16310).unwrap();
+    let host = Some(world.host.name.clone());
+    let _ = Teardown::all(plan, host.clone()).run(&tools);
+    let options = Options {
+        host_netns: host,
+        guest: GuestLink::Tap,
+    };
+    let mut net = setup::create(&tools, plan, NetworkPolicy::Egress, &open(), &options).unwrap();
+    let details = ip(
+        &tools,
+        &["-n", &plan.name(), "-d", "addr", "show", "dev", TAP_NAME],
+    );
+    assert!(details.contains("tun type tap"), "{details}");
+    assert!(
+        details.contains(&format!("inet {}/30", plan.gateway())),
+        "{details}"
+    );
+    assert!(
+        !ip(&tools, &["-o", "link"]).contains(TAP_NAME),
+        "not in pyro's own namespace"
+    );
+    net.teardown.run(&tools).unwrap();
+    assert_eq!(leftovers(&world, &plan.name()), Vec::<String>::new());
+}
+
+#[test]
+fn the_capability_check_passes_here() {
+    let Some(tools) = tools() else { return };
+    assert!(tools.ip.is_absolute() && tools.nft.is_absolute());
+}
