@@ -27,9 +27,10 @@ pub mod read;
 pub mod sys;
 pub mod write;
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
 use pyro_proto::api::{
@@ -163,6 +164,35 @@ impl FsError {
     }
 }
 
+/// Where the guest's `/workspace` lives when the agent runs on a host as a stand-in guest
+/// (`--listen-unix` with `PYRO_AGENT_WORKSPACE`); unset in a real guest.
+static WORKSPACE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Test mode only (never as PID 1): makes the guest path `/workspace` (and everything below
+/// it) name `dir` on this host, for request roots and exec working directories. Can be set
+/// once; a second call returns the directory it was not set to.
+pub fn map_workspace_to(dir: PathBuf) -> Result<(), PathBuf> {
+    WORKSPACE_DIR.set(dir)
+}
+
+/// The path on this machine that the guest path `path` names: under
+/// [`map_workspace_to`], `/workspace` and below map into its directory; any other path (and
+/// every path in a real guest) names itself.
+pub fn host_path(path: &Path) -> PathBuf {
+    map_guest_path(path, WORKSPACE_DIR.get().map(PathBuf::as_path))
+}
+
+fn map_guest_path(path: &Path, workspace: Option<&Path>) -> PathBuf {
+    let Some(dir) = workspace else {
+        return path.to_path_buf();
+    };
+    match path.strip_prefix(pyro_proto::api::WORKSPACE_ROOT) {
+        Ok(rest) if rest.as_os_str().is_empty() => dir.to_path_buf(),
+        Ok(rest) => dir.join(rest),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
 /// The root directory of one request, held open.
 #[derive(Debug)]
 pub struct Root {
@@ -176,7 +206,8 @@ impl Root {
         if !root.starts_with('/') {
             return Err(FsError::bad(root, "the root must be an absolute path"));
         }
-        let fd = sys::open_root(OsStr::new(root)).map_err(|e| {
+        let on_host = host_path(Path::new(root));
+        let fd = sys::open_root(on_host.as_os_str()).map_err(|e| {
             FsError::bad(
                 root,
                 format!("the root must be an existing directory ({e})"),
@@ -537,4 +568,46 @@ pub async fn serve_sync(mut tx: SendHalf) {
     })
     .await;
     reply(&mut tx, joined(res)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn workspace_paths_map_into_the_stand_in_directory_only_in_test_mode() {
+        let dir = Path::new("/tmp/ws-1");
+        let map = |p: &str| map_guest_path(Path::new(p), Some(dir));
+        assert_eq!(map("/workspace"), PathBuf::from("/tmp/ws-1"));
+        assert_eq!(map("/workspace/"), PathBuf::from("/tmp/ws-1"));
+        assert_eq!(
+            map("/workspace/src/a.rs"),
+            PathBuf::from("/tmp/ws-1/src/a.rs")
+        );
+        // Only whole components: a sibling with the same prefix is not the workspace.
+        assert_eq!(map("/workspacefoo"), PathBuf::from("/workspacefoo"));
+        assert_eq!(map("/tmp"), PathBuf::from("/tmp"));
+        assert_eq!(map("/"), PathBuf::from("/"));
+        // A real guest maps nothing.
+        let guest = map_guest_path(Path::new("/workspace/x"), None);
+        assert_eq!(guest, PathBuf::from("/workspace/x"));
+    }
+
+    #[test]
+    fn a_request_root_of_workspace_opens_the_mapped_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("marker"), b"here").unwrap();
+        // The only test in this binary that sets the mapping.
+        map_workspace_to(dir.path().to_path_buf()).unwrap();
+        let root = Root::open("/workspace").unwrap();
+        // Paths keep their guest spelling.
+        let rel = root.parse("/workspace/marker").unwrap();
+        assert_eq!(root.show(&rel), "/workspace/marker");
+        let st = root.lstat(&rel, sys::BENEATH).unwrap();
+        assert_eq!(st.kind, sys::Kind::File);
+        // Other roots are untouched.
+        assert!(Root::open("/").is_ok());
+    }
 }

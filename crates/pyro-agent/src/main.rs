@@ -3,7 +3,10 @@
 //! As PID 1 (the initramfs `/init`) it first runs stage 1 (mounts, modules, overlay root,
 //! switch root), then serves the pyro protocol on the virtio-serial port and on vsock port
 //! [`pyro_proto::AGENT_PORT`], whichever the VMM provides. Outside a guest it can serve on a
-//! Unix socket (`pyro-agent --listen-unix PATH`), which the test suites use.
+//! Unix socket (`pyro-agent --listen-unix PATH`), which the test suites use; with
+//! `PYRO_AGENT_WORKSPACE=DIR` (read only in that mode) it stands in for a whole guest, as
+//! pyro-core's fake backend runs it: the guest path `/workspace` is `DIR` and a poweroff
+//! ends the process.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -60,7 +63,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let info = AgentInfo { started, pid1 };
+    // Test mode: a stand-in guest on a host, whose `/workspace` is another directory and
+    // which "powers off" by exiting. Read only with --listen-unix, never as PID 1.
+    let mut exit_on_poweroff = false;
+    if !pid1 && listen_unix.is_some() {
+        match workspace_dir_from_env() {
+            Ok(Some(dir)) => {
+                // main runs once: the mapping cannot have been set before.
+                let _ = pyro_agent::fs::map_workspace_to(dir);
+                exit_on_poweroff = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("pyro-agent: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let info = AgentInfo {
+        started,
+        pid1,
+        exit_on_poweroff,
+    };
     let res = rt.block_on(async move {
         reaper::start()?;
         if let Some(path) = listen_unix {
@@ -135,6 +159,24 @@ fn tracing_free_log(msg: &str) {
     if std::env::var_os("PYRO_AGENT_DEBUG").is_some() {
         eprintln!("pyro-agent: {msg}");
     }
+}
+
+/// The variable naming the directory that stands in for `/workspace` in test mode.
+const WORKSPACE_ENV: &str = "PYRO_AGENT_WORKSPACE";
+
+/// `PYRO_AGENT_WORKSPACE`, which must be an absolute path to an existing directory.
+fn workspace_dir_from_env() -> Result<Option<std::path::PathBuf>, String> {
+    let Some(dir) = std::env::var_os(WORKSPACE_ENV) else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(format!(
+            "{WORKSPACE_ENV}={} must be an absolute path to an existing directory",
+            dir.display()
+        ));
+    }
+    Ok(Some(dir))
 }
 
 async fn serve_unix(path: &str, info: AgentInfo) -> std::io::Result<()> {

@@ -20,6 +20,9 @@ pub struct AgentInfo {
     pub started: Instant,
     /// Whether it runs as PID 1.
     pub pid1: bool,
+    /// Test mode only (a stand-in guest on a host, see [`crate::fs::map_workspace_to`]): a
+    /// `Shutdown` with `poweroff` ends this process, as powering off ends a guest.
+    pub exit_on_poweroff: bool,
 }
 
 /// Serves one transport until the peer goes away.
@@ -108,10 +111,13 @@ async fn handle(stream: Stream, info: AgentInfo) {
             // SAFETY: sync(2) takes no arguments and cannot fail.
             unsafe { libc::sync() };
             reply_ok(&mut tx, &Empty {}).await;
-            if s.poweroff && info.pid1 {
+            if s.poweroff && (info.pid1 || info.exit_on_poweroff) {
                 // Give the reply a moment to leave before the machine goes away.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                crate::init::poweroff();
+                if info.pid1 {
+                    crate::init::poweroff();
+                }
+                std::process::exit(0);
             }
         }
         Request::ListFiles(req) => crate::fs::serve_list(tx, req).await,
@@ -208,7 +214,10 @@ async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::E
             pyro_proto::api::Command::Argv(a) => exec::Command::Argv(a),
             pyro_proto::api::Command::Shell(s) => exec::Command::Shell(s),
         },
-        cwd: req.cwd.map(Into::into),
+        // `/workspace` is a directory elsewhere when a stand-in guest runs on a host.
+        cwd: req
+            .cwd
+            .map(|c| crate::fs::host_path(std::path::Path::new(&c))),
         env: req.env,
         timeout: req.timeout_ms.map(Duration::from_millis),
         max_output_bytes: req.max_output_bytes,

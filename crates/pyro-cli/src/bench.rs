@@ -146,10 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.iterations
         );
         let mut create = CreateVm::new(args.environment.clone());
-        create.backend = Some(match kind {
-            BackendKind::Firecracker => BackendChoice::Firecracker,
-            BackendKind::Qemu => BackendChoice::Qemu,
-        });
+        create.backend = Some(BackendChoice::from(kind));
         let rt = pyro.round_trips(create, args.iterations).await?;
         results.push(BackendResult {
             backend: kind.as_str().into(),

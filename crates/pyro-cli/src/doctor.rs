@@ -85,6 +85,8 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
                     "no hardware-assisted KVM ({}), so QEMU runs guests under TCG emulation",
                     facts.kvm_reason
                 ),
+                // A test backend (pyro-core's `fake-backend` feature).
+                _ => "a test backend, no VM".to_string(),
             };
             checks.push(Check {
                 name: "backend",
@@ -133,7 +135,7 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
                 detail,
             });
         }
-        None => {}
+        Some(_) | None => {}
     }
     match pyro_core::host::locate_agent(agent_explicit.as_deref()) {
         Ok(p) => checks.push(Check {

@@ -80,10 +80,8 @@ enum Top {
     /// Internal: stop a workspace when its TTL runs out (one process per boot).
     #[command(name = "__watchdog", hide = true)]
     Watchdog {
-        /// The workspace.
+        /// The workspace (the boot recorded when the watchdog starts is watched).
         workspace_id: String,
-        /// The VMM pid of the boot being watched.
-        vmm_pid: u32,
     },
     /// Internal: relay a persistent QEMU sandbox's agent port to DIR/vsock.sock.
     #[command(name = "__relay", hide = true)]
@@ -396,12 +394,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             render::print_json(&ops);
             Ok(ExitCode::SUCCESS)
         }
-        Top::Watchdog {
-            workspace_id,
-            vmm_pid,
-        } => {
+        Top::Watchdog { workspace_id } => {
             let pyro = open_pyro(None).map_err(fail(false))?;
-            pyro.watch_workspace(&workspace_id, vmm_pid)
+            pyro.watch_workspace(&workspace_id)
                 .await
                 .map_err(|e| fail(false)(e.into()))?;
             Ok(ExitCode::SUCCESS)

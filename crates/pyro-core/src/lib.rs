@@ -397,6 +397,17 @@ impl Pyro {
                 })??;
                 Arc::new(fc)
             }
+            #[cfg(feature = "fake-backend")]
+            BackendKind::Fake => {
+                let agent = host::locate_agent(self.opts.agent_bin.as_deref()).or_else(|e| {
+                    // Any build of the agent serves on the host, a dynamic one included.
+                    match e {
+                        CoreError::AgentNotStatic { path } => Ok(path),
+                        other => Err(other),
+                    }
+                })?;
+                Arc::new(backend::FakeBackend::new(agent))
+            }
         };
         map.insert(kind, b.clone());
         Ok(b)
@@ -424,13 +435,11 @@ pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) 
 /// [`warm::reseed`]).
 async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
-    let socket = machine.agent_socket();
-    let console = machine.console_log();
     loop {
-        if machine.exited() {
+        if !machine.is_alive() {
             return Err(CoreError::Boot {
                 reason: "the VMM exited before the guest agent answered".into(),
-                console_tail: backend::console_tail(&console, 4000),
+                console_tail: machine.console_tail(4000),
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -440,14 +449,12 @@ async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> 
                     "the guest agent did not answer within {} s",
                     timeout.as_secs()
                 ),
-                console_tail: backend::console_tail(&console, 4000),
+                console_tail: machine.console_tail(4000),
             });
         }
         // Short attempts, so a dead VMM is noticed quickly.
         let attempt = left.min(Duration::from_millis(500));
-        if let Ok(stream) =
-            pyro_firecracker::vsock::connect(&socket, pyro_proto::AGENT_PORT, attempt).await
-        {
+        if let Ok(stream) = machine.connect(attempt).await {
             let cfg = pyro_proto::Config {
                 handshake_timeout: left,
                 ..pyro_proto::Config::default()
@@ -459,10 +466,10 @@ async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> 
                 tokio::select! {
                     r = &mut handshake => break r,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if machine.exited() {
+                        if !machine.is_alive() {
                             return Err(CoreError::Boot {
                                 reason: "the VMM exited before the guest agent answered".into(),
-                                console_tail: backend::console_tail(&console, 4000),
+                                console_tail: machine.console_tail(4000),
                             });
                         }
                     }

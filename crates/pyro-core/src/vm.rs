@@ -232,7 +232,7 @@ impl Pyro {
                 match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
                     Ok(session) => (machine, session, BootMode::Cold),
                     Err(e) => {
-                        machine.kill().await;
+                        machine.halt().await;
                         return Err(e);
                     }
                 }
@@ -344,7 +344,7 @@ impl Pyro {
         match ready {
             Ok(session) => Ok(Some((machine, session))),
             Err(e) => {
-                machine.kill().await;
+                machine.halt().await;
                 if !matches!(e, CoreError::Io { .. }) {
                     // The restored guest did not answer or refused its reseed.
                     store.invalidate(&snap, &e);
@@ -431,12 +431,12 @@ impl Pyro {
         if let Some(mut m) = vm.machine.take() {
             // Give the guest a moment to power off by itself, then make sure.
             for _ in 0..50 {
-                if m.exited() {
+                if !m.is_alive() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            m.kill().await;
+            m.halt().await;
         }
         if vm.info.state == VmState::Started {
             vm.info.state = VmState::Stopped;
@@ -461,7 +461,7 @@ impl Pyro {
             let mut vm = handle.lock().await;
             vm.session = None;
             if let Some(mut m) = vm.machine.take() {
-                m.kill().await;
+                m.halt().await;
             }
             let _ = std::fs::remove_dir_all(&vm.dir);
         }
@@ -476,7 +476,7 @@ impl Pyro {
             self.reap_expired().await;
             return Err(e);
         }
-        let dead = vm.machine.as_mut().map(|m| m.exited()).unwrap_or(false);
+        let dead = vm.machine.as_mut().map(|m| !m.is_alive()).unwrap_or(false);
         if dead {
             vm.machine = None;
             vm.session = None;

@@ -4,9 +4,10 @@
 //! read-modify-write edits, shared for exec and reads), `baseline.tar` (the create-time tree),
 //! `upper.ext4` (the writable disk: every change to the guest filesystem, `/workspace`
 //! included), `vm/` (the VMM's directory: sockets, console log) and `logs/` (full output of
-//! every command). Records live in SQLite ([`crate::store`]). The VMM and (for QEMU) its relay
-//! run detached, so a workspace outlives the process that started it; any later process
-//! reconnects through `vm/vsock.sock`.
+//! every command). Records live in SQLite ([`crate::store`]), the running machine as its
+//! backend's [`MachineRecord`]. The VMM and (for QEMU) its relay run detached, so a workspace
+//! outlives the process that started it; any later process attaches to the recorded
+//! machine ([`crate::backend::attach`]) to check, reach or halt it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use pyro_proto::Session;
 use pyro_proto::api;
 
 use crate::archive::{self, Seed, SeedMode};
-use crate::backend::{BackendChoice, BackendKind, BootSpec, Machine};
+use crate::backend::{BackendChoice, BootSpec, Machine, MachineRecord};
 use crate::error::{CoreError, Result};
 use crate::hostfs::HostPath;
 use crate::lock::{self, LockGuard, LockMode};
@@ -278,8 +279,6 @@ struct Dirs {
 
 /// The workspace's writable disk, in its directory.
 const UPPER_FILE: &str = "upper.ext4";
-/// The link to it in the VM's working directory (QEMU).
-const UPPER_LINK: &str = "upper.ext4";
 
 impl Dirs {
     fn lock(&self) -> PathBuf {
@@ -296,17 +295,6 @@ impl Dirs {
     }
     fn logs(&self) -> PathBuf {
         self.root.join("logs")
-    }
-    /// The agent's `CONNECT` socket: recorded at boot (a jailed Firecracker keeps it inside
-    /// its chroot), else the backend's default place.
-    fn socket(&self, backend: BackendKind) -> PathBuf {
-        if let Ok(p) = std::fs::read_to_string(self.vm().join("agent-socket")) {
-            let p = PathBuf::from(p.trim());
-            if p.is_absolute() {
-                return p;
-            }
-        }
-        self.vm().join(backend.agent_socket_name())
     }
 }
 

@@ -199,7 +199,7 @@ fn a_template_is_booted_without_a_clock_paused_and_saved_next_to_its_disk() {
         );
         assert_eq!(boot[3]["body"]["path_on_host"], "drive-upper.img");
         assert!(same_inode(&upper, &work.join("drive-upper.img")));
-        assert_eq!(machine.agent_socket(), work.join("vsock.sock"));
+        assert_eq!(socket_of(machine.as_ref()), work.join("vsock.sock"));
 
         machine.save_state(&work).await.unwrap();
         let save = fx.take_requests();
@@ -224,8 +224,8 @@ fn a_template_is_booted_without_a_clock_paused_and_saved_next_to_its_disk() {
             assert!(!work.join(name).exists(), "{name} left in the snapshot");
         }
         assert_eq!(std::fs::read_to_string(&upper).unwrap(), "disk of template");
-        machine.kill().await;
-        assert!(machine.exited());
+        machine.halt().await;
+        assert!(!machine.is_alive());
     });
 }
 
@@ -241,7 +241,7 @@ fn a_clone_stages_its_own_disk_and_loads_the_snapshot_resumed() {
             .await
             .unwrap();
         t.save_state(&template).await.unwrap();
-        t.kill().await;
+        t.halt().await;
         fx.take_requests();
 
         let mut c = fx
@@ -280,7 +280,7 @@ fn a_clone_stages_its_own_disk_and_loads_the_snapshot_resumed() {
         assert!(files.contains(&"drive-rootfs.img"), "{files:?}");
         assert!(same_inode(&c_upper, &clone.join("drive-upper.img")));
         assert!(!same_inode(&c_upper, &t_upper));
-        assert_eq!(c.agent_socket(), clone.join("vsock.sock"));
+        assert_eq!(socket_of(c.as_ref()), clone.join("vsock.sock"));
         // A restored machine is not itself a template.
         let err = c.save_state(&clone).await.unwrap_err().to_string();
         assert!(err.contains("not booted to be snapshotted"), "{err}");
@@ -288,7 +288,7 @@ fn a_clone_stages_its_own_disk_and_loads_the_snapshot_resumed() {
             fx.take_requests().is_empty(),
             "the refusal made no API call"
         );
-        c.kill().await;
+        c.halt().await;
     });
 }
 
@@ -325,7 +325,7 @@ fn an_ordinary_boot_has_a_clock_cannot_be_saved_and_pauses() {
                 ("PATCH".into(), "/vm".into(), json!({"state": "Resumed"})),
             ]
         );
-        m.kill().await;
+        m.halt().await;
     });
 }
 
@@ -350,4 +350,10 @@ fn the_snapshot_identity_follows_the_machine_and_not_the_sandbox() {
     let mut two = fx.spec(&a, &a_upper, 256);
     two.vcpu_count = 2;
     assert_ne!(base, id(two));
+}
+
+/// The agent socket a machine's record names.
+fn socket_of(machine: &dyn pyro_core::backend::Machine) -> std::path::PathBuf {
+    let rec = serde_json::to_value(machine.record()).unwrap();
+    std::path::PathBuf::from(rec["socket"].as_str().unwrap())
 }

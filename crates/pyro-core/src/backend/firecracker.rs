@@ -1,12 +1,15 @@
 //! The Firecracker backend: [`FirecrackerBackend`] boots machines through the Firecracker
 //! API (optionally jailed) and saves/restores warm snapshots with its snapshot API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 
+use super::record::{ProcessRef, connect_vsock};
 use super::{
-    Backend, BackendKind, BootSpec, BoxFuture, Machine, clock_param, console_tail, file_fingerprint,
+    Backend, BackendKind, BootSpec, BoxFuture, Machine, MachineRecord, clock_param, console_tail,
+    file_fingerprint,
 };
 
 /// The Firecracker backend.
@@ -191,16 +194,28 @@ impl Machine for FcMachine {
     fn pid(&self) -> u32 {
         self.vm.pid()
     }
-    fn agent_socket(&self) -> PathBuf {
-        self.vm.vsock_path()
+    fn record(&self) -> MachineRecord {
+        MachineRecord {
+            backend: BackendKind::Firecracker,
+            vmm: ProcessRef::of(self.vm.pid()),
+            relay: None,
+            relay_bin: None,
+            // A jailed Firecracker keeps its socket inside its chroot.
+            socket: self.vm.vsock_path(),
+            workdir: self.vm.workdir().to_path_buf(),
+        }
     }
-    fn console_log(&self) -> PathBuf {
-        self.vm.console_path()
+    fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>> {
+        let socket = self.vm.vsock_path();
+        Box::pin(async move { connect_vsock(&socket, timeout).await })
     }
-    fn exited(&mut self) -> bool {
-        !matches!(self.vm.try_wait(), Ok(None))
+    fn is_alive(&mut self) -> bool {
+        matches!(self.vm.try_wait(), Ok(None))
     }
-    fn kill(&mut self) -> BoxFuture<'_, ()> {
+    fn console_tail(&self, max: usize) -> String {
+        console_tail(&self.vm.console_path(), max)
+    }
+    fn halt(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.vm.kill().await;
             if self.snapshottable && self.vm.jailed() {

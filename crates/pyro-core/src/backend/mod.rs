@@ -11,26 +11,45 @@
 //! that keeps the defaults simply always boots cold.
 
 //!
+//! A persistent machine (a workspace's) outlives the process that booted it: its
+//! [`Machine::record`], a [`MachineRecord`] kept with the workspace, is all a later process
+//! needs; [`Backend::attach`] (or [`attach`]) makes a [`Machine`] of it again, through which
+//! that process checks it ([`Machine::is_alive`]), reaches its agent ([`Machine::connect`],
+//! which for QEMU restarts a dead relay), reads its console ([`Machine::console_tail`]) and
+//! ends it ([`Machine::halt`]). Nothing outside this module handles a pid, a socket path or
+//! a backend's name.
+//!
 //! Layout: this file holds the traits, [`BackendChoice`]/[`BackendKind`], [`HostFacts`] and
-//! the shared helpers; `qemu.rs` and `firecracker.rs` the two implementations.
+//! the shared helpers; `record.rs` the [`MachineRecord`] and attached machines; `qemu.rs`
+//! and `firecracker.rs` the two VMMs; `fake.rs` (feature `fake-backend`) a stand-in that
+//! runs the agent on the host, for tests of everything above the backend.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{CoreError, Result};
 
+#[cfg(feature = "fake-backend")]
+mod fake;
 mod firecracker;
 mod qemu;
+mod record;
 
+#[cfg(feature = "fake-backend")]
+pub use fake::FakeBackend;
 pub use firecracker::{FC_MEMORY_FILE, FC_STATE_FILE, FirecrackerBackend};
-pub use qemu::{QemuBackend, spawn_relay_process};
+pub use qemu::QemuBackend;
+#[cfg(test)]
+pub(crate) use record::ProcessRef;
+pub use record::{MachineRecord, attach};
 
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Which VMM to use.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendChoice {
@@ -40,6 +59,9 @@ pub enum BackendChoice {
     Firecracker,
     /// QEMU `microvm` (KVM when hardware-assisted, else TCG).
     Qemu,
+    /// The agent as a host process, no VM (tests only; feature `fake-backend`).
+    #[cfg(feature = "fake-backend")]
+    Fake,
 }
 
 impl std::str::FromStr for BackendChoice {
@@ -49,6 +71,8 @@ impl std::str::FromStr for BackendChoice {
             "auto" => Ok(Self::Auto),
             "firecracker" => Ok(Self::Firecracker),
             "qemu" => Ok(Self::Qemu),
+            #[cfg(feature = "fake-backend")]
+            "fake" => Ok(Self::Fake),
             other => Err(CoreError::Invalid {
                 field: "backend",
                 reason: format!("`{other}` is not one of auto, firecracker, qemu"),
@@ -58,13 +82,17 @@ impl std::str::FromStr for BackendChoice {
 }
 
 /// A concrete backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     /// Firecracker.
     Firecracker,
     /// QEMU.
     Qemu,
+    /// The agent as a host process (tests only; feature `fake-backend`).
+    #[cfg(feature = "fake-backend")]
+    Fake,
 }
 
 impl BackendKind {
@@ -73,6 +101,8 @@ impl BackendKind {
         match self {
             Self::Firecracker => "firecracker",
             Self::Qemu => "qemu",
+            #[cfg(feature = "fake-backend")]
+            Self::Fake => "fake",
         }
     }
 
@@ -81,6 +111,8 @@ impl BackendKind {
         match self {
             Self::Firecracker => "guest_vsock",
             Self::Qemu => "guest_serial",
+            #[cfg(feature = "fake-backend")]
+            Self::Fake => "host_process",
         }
     }
 
@@ -89,6 +121,8 @@ impl BackendKind {
         match name {
             "firecracker" => Some(Self::Firecracker),
             "qemu" => Some(Self::Qemu),
+            #[cfg(feature = "fake-backend")]
+            "fake" => Some(Self::Fake),
             _ => None,
         }
     }
@@ -99,19 +133,14 @@ impl BackendKind {
         Self::from_name(name).unwrap_or(Self::Qemu)
     }
 
-    /// File name of the agent's `CONNECT` socket in a sandbox's VM directory, where the
-    /// backend puts it by default: Firecracker's hybrid-vsock socket, or the QEMU relay's.
-    pub fn agent_socket_name(self) -> &'static str {
-        match self {
-            Self::Firecracker => pyro_firecracker::vmm::VSOCK_SOCKET,
-            Self::Qemu => pyro_qemu::RELAY_SOCKET,
-        }
-    }
-
     /// Whether an executable file name is one of the well-known VMM binaries of some
-    /// backend (`qemu-system-*`, `firecracker*`, `jailer`).
+    /// backend (`qemu-system-*`, `firecracker*`, `jailer`; with `fake-backend`, the
+    /// `pyro-agent` it runs on the host).
     pub fn is_vmm_process_name(name: &str) -> bool {
-        name.starts_with("qemu-system") || name.starts_with("firecracker") || name == "jailer"
+        name.starts_with("qemu-system")
+            || name.starts_with("firecracker")
+            || name == "jailer"
+            || (cfg!(feature = "fake-backend") && name == "pyro-agent")
     }
 }
 
@@ -120,6 +149,8 @@ impl From<BackendKind> for BackendChoice {
         match kind {
             BackendKind::Firecracker => Self::Firecracker,
             BackendKind::Qemu => Self::Qemu,
+            #[cfg(feature = "fake-backend")]
+            BackendKind::Fake => Self::Fake,
         }
     }
 }
@@ -167,6 +198,8 @@ pub fn resolve(choice: BackendChoice, facts: &HostFacts) -> Result<BackendKind> 
             BackendKind::Qemu
         }),
         BackendChoice::Qemu => Ok(BackendKind::Qemu),
+        #[cfg(feature = "fake-backend")]
+        BackendChoice::Fake => Ok(BackendKind::Fake),
         BackendChoice::Firecracker => {
             if facts.kvm_accelerates() {
                 Ok(BackendKind::Firecracker)
@@ -204,7 +237,8 @@ pub struct BootSpec<'a> {
     /// (workspaces, and the snapshots they restore from); one-shot disks skip them.
     pub durable_disk: bool,
     /// For persistent QEMU sandboxes: the `pyro` binary to run as `pyro __relay DIR`, a
-    /// detached process that outlives this one. One-shot sandboxes relay in-process.
+    /// detached process that outlives this one (a persistent QEMU boot without one fails).
+    /// One-shot sandboxes relay in-process; other backends ignore it.
     pub relay_bin: Option<&'a Path>,
     /// How long the guest may take to boot (the relay waits this long for the agent).
     pub boot_timeout: std::time::Duration,
@@ -217,6 +251,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Starts the VMM; returns once the agent socket can be connected to (the guest may
     /// still be booting: connecting retries until the agent answers).
     fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>>;
+
+    /// The machine `record` (of this backend, see [`Machine::record`]) describes, as a
+    /// process that did not boot it sees it. Checks nothing: a machine that is gone
+    /// answers [`Machine::is_alive`] with `false`.
+    fn attach(&self, record: &MachineRecord) -> Box<dyn Machine> {
+        attach(record)
+    }
+
+    /// Whether its machines boot an environment's kernel and disks (so the environment
+    /// must be pulled first). The fake backend's do not.
+    fn boots_environments(&self) -> bool {
+        true
+    }
 
     /// Everything about this backend that a snapshot of `spec`'s machine depends on (the
     /// VMM binary, the exact machine description), as one string; a snapshot is only
@@ -257,22 +304,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// One running VMM process.
+/// One running machine: booted by this process, or attached from its [`MachineRecord`].
 pub trait Machine: Send + Sync + std::fmt::Debug {
-    /// The VMM's pid.
+    /// The VMM's pid (one-shot VMs note it for their orphan reaping and benchmarks;
+    /// persistent machines are known by [`Machine::record`]).
     fn pid(&self) -> u32;
-    /// The Unix socket speaking the `CONNECT <port>` handshake.
-    fn agent_socket(&self) -> PathBuf;
-    /// The guest console log.
-    fn console_log(&self) -> PathBuf;
-    /// Whether the VMM has exited.
-    fn exited(&mut self) -> bool;
-    /// Kills the VMM (and anything serving it) and waits for it.
-    fn kill(&mut self) -> BoxFuture<'_, ()>;
-    /// The pid of a separate relay process, if the backend runs one.
-    fn relay_pid(&self) -> Option<u32> {
-        None
-    }
+    /// What a later process needs to find this machine again ([`Backend::attach`]). It
+    /// can change: a QEMU machine whose relay [`Machine::connect`] restarted names the new
+    /// relay.
+    fn record(&self) -> MachineRecord;
+    /// Opens one stream to the guest agent (within `timeout`), ready for the protocol's
+    /// handshake; a QEMU machine restarts a dead relay first. Fails while the guest still
+    /// boots: callers retry.
+    fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>>;
+    /// Whether the VMM still runs.
+    fn is_alive(&mut self) -> bool;
+    /// Kills the VMM (and anything serving it), waits until it is gone (so its disk is
+    /// free), and removes its agent socket. No guest shutdown.
+    fn halt(&mut self) -> BoxFuture<'_, ()>;
+    /// The last `max` bytes of the guest console, lossily.
+    fn console_tail(&self, max: usize) -> String;
     /// Closes the host's end of the agent channel, so the agent ends its session and waits
     /// for the next host (whose first bytes will be the agent's hello). Before
     /// [`Machine::save_state`]: a restored clone then greets its new host.
@@ -395,8 +446,6 @@ mod tests {
         // Records naming anything but firecracker have always been read as QEMU.
         assert_eq!(BackendKind::of_record(""), BackendKind::Qemu);
         assert_eq!(BackendKind::of_record("vmware"), BackendKind::Qemu);
-        assert_eq!(BackendKind::Firecracker.agent_socket_name(), "vsock.sock");
-        assert_eq!(BackendKind::Qemu.agent_socket_name(), "vsock.sock");
         assert_eq!(
             BackendChoice::from(BackendKind::Firecracker),
             BackendChoice::Firecracker

@@ -3,16 +3,24 @@
 //! Firecracker-style `CONNECT` socket, and saves/restores warm snapshots.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 
+use super::record::{AttachedMachine, ProcessRef, connect_vsock};
 use super::{
-    Backend, BackendKind, BootSpec, BoxFuture, HostFacts, Machine, console_tail, file_fingerprint,
+    Backend, BackendKind, BootSpec, BoxFuture, HostFacts, Machine, MachineRecord, console_tail,
+    file_fingerprint,
 };
+
+/// The name of the writable disk in the machine's working directory: the command line
+/// names it there (relatively, as a warm snapshot records it), a link when the disk lives
+/// elsewhere.
+const UPPER_IN_WORKDIR: &str = "upper.ext4";
 
 /// Starts `bin __relay DIR` detached (own session, stdio to `DIR/relay.log`), for a
 /// persistent QEMU sandbox whose relay must outlive the calling process.
-pub fn spawn_relay_process(bin: &Path, dir: &Path) -> Result<u32> {
+fn spawn_relay_process(bin: &Path, dir: &Path) -> Result<u32> {
     let log_path = dir.join("relay.log");
     let log =
         std::fs::File::create(&log_path).map_err(|e| CoreError::io("create", &log_path, e))?;
@@ -66,6 +74,9 @@ struct QemuMachine {
     vm: pyro_qemu::Qemu,
     qemu: PathBuf,
     relay: Relay,
+    /// The binary of a [`Relay::Process`], for the record.
+    relay_bin: Option<PathBuf>,
+    workdir: PathBuf,
     socket: PathBuf,
     console: PathBuf,
     /// What a snapshot of this machine records as its command line (empty for a machine
@@ -115,7 +126,7 @@ impl QemuBackend {
             kernel: spec.env.kernel.clone(),
             initrd: spec.env.initramfs.clone(),
             rootfs: spec.env.rootfs.clone(),
-            upper: spec.upper.to_path_buf(),
+            upper: spec.workdir.join(UPPER_IN_WORKDIR),
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
             accel: self.accel,
@@ -139,6 +150,17 @@ impl QemuBackend {
     }
 
     async fn start(&self, spec: BootSpec<'_>, how: QemuStart<'_>) -> Result<Box<dyn Machine>> {
+        let relay_bin = match (spec.persistent, spec.relay_bin) {
+            (true, Some(bin)) => Some(bin),
+            (true, None) => {
+                return Err(CoreError::BackendUnavailable {
+                    backend: BackendKind::Qemu.as_str(),
+                    reason: "persistent QEMU workspaces need the `pyro` binary for their relay; set PYRO_BIN".into(),
+                });
+            }
+            (false, _) => None,
+        };
+        link_disk(&spec)?;
         let memory_file = match how {
             QemuStart::Boot => None,
             QemuStart::BootForSnapshot => Some(pyro_qemu::MemoryFile {
@@ -201,7 +223,7 @@ impl QemuBackend {
         let agent_sock = vm.agent_socket_path();
         let socket = spec.workdir.join(pyro_qemu::RELAY_SOCKET);
         let listen = socket.clone();
-        let relay = match spec.relay_bin {
+        let relay = match relay_bin {
             Some(bin) => match spawn_relay_process(bin, spec.workdir) {
                 Ok(pid) => Relay::Process(pid),
                 Err(e) => {
@@ -246,11 +268,28 @@ impl QemuBackend {
             vm,
             qemu: self.qemu.clone(),
             relay,
+            relay_bin: relay_bin.map(Path::to_path_buf),
+            workdir: spec.workdir.to_path_buf(),
             socket,
             console,
             recorded_argv,
         }) as Box<dyn Machine>)
     }
+}
+
+/// Names the writable disk `workdir/upper.ext4` (see [`UPPER_IN_WORKDIR`]), by a link when
+/// `spec.upper` is another file.
+fn link_disk(spec: &BootSpec<'_>) -> Result<()> {
+    let link = spec.workdir.join(UPPER_IN_WORKDIR);
+    if link == spec.upper {
+        return Ok(());
+    }
+    match std::fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CoreError::io("remove", &link, e)),
+    }
+    std::os::unix::fs::symlink(spec.upper, &link).map_err(|e| CoreError::io("link", &link, e))
 }
 
 /// The error of a failed QEMU pause or resume.
@@ -264,6 +303,10 @@ fn qemu_run_state(step: &'static str) -> impl Fn(pyro_qemu::QemuError) -> CoreEr
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
+    }
+
+    fn attach(&self, record: &MachineRecord) -> Box<dyn Machine> {
+        attach(record)
     }
 
     fn boot<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
@@ -309,16 +352,30 @@ impl Machine for QemuMachine {
     fn pid(&self) -> u32 {
         self.vm.pid()
     }
-    fn agent_socket(&self) -> PathBuf {
-        self.socket.clone()
+    fn record(&self) -> MachineRecord {
+        let relay = match self.relay {
+            Relay::Process(pid) => ProcessRef::of(pid),
+            Relay::Task(_) | Relay::Detached => None,
+        };
+        MachineRecord {
+            backend: BackendKind::Qemu,
+            vmm: ProcessRef::of(self.vm.pid()),
+            relay,
+            relay_bin: self.relay_bin.clone(),
+            socket: self.socket.clone(),
+            workdir: self.workdir.clone(),
+        }
     }
-    fn console_log(&self) -> PathBuf {
-        self.console.clone()
+    fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>> {
+        Box::pin(connect_vsock(&self.socket, timeout))
     }
-    fn exited(&mut self) -> bool {
-        !matches!(self.vm.try_wait(), Ok(None))
+    fn is_alive(&mut self) -> bool {
+        matches!(self.vm.try_wait(), Ok(None))
     }
-    fn kill(&mut self) -> BoxFuture<'_, ()> {
+    fn console_tail(&self, max: usize) -> String {
+        console_tail(&self.console, max)
+    }
+    fn halt(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             match &self.relay {
                 Relay::Task(t) => t.abort(),
@@ -331,12 +388,6 @@ impl Machine for QemuMachine {
             let _ = self.vm.kill().await;
             let _ = std::fs::remove_file(&self.socket);
         })
-    }
-    fn relay_pid(&self) -> Option<u32> {
-        match self.relay {
-            Relay::Process(pid) => Some(pid),
-            Relay::Task(_) | Relay::Detached => None,
-        }
     }
     fn detach_agent(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -408,5 +459,66 @@ impl Machine for QemuMachine {
             })?;
             std::fs::write(&path, body).map_err(|e| CoreError::io("write", &path, e))
         })
+    }
+}
+
+/// A persistent QEMU machine found again from its record: its relay runs detached, and one
+/// that died while QEMU lives is restarted by [`Machine::connect`].
+#[derive(Debug)]
+struct AttachedQemu {
+    base: AttachedMachine,
+}
+
+/// The machine a QEMU record describes; see [`super::attach`].
+pub(super) fn attach(record: &MachineRecord) -> Box<dyn Machine> {
+    Box::new(AttachedQemu {
+        base: AttachedMachine::new(record.clone()),
+    })
+}
+
+impl AttachedQemu {
+    /// Restarts the relay if it is gone while QEMU runs; whether it did.
+    fn restart_dead_relay(&mut self) -> Result<bool> {
+        let rec = &mut self.base.rec;
+        let relay_alive = rec.relay.is_some_and(|p| p.alive());
+        if relay_alive || !rec.vmm_alive() {
+            return Ok(false);
+        }
+        let Some(bin) = rec.relay_bin.clone() else {
+            return Ok(false);
+        };
+        let pid = spawn_relay_process(&bin, &rec.workdir)?;
+        rec.relay = ProcessRef::of(pid);
+        Ok(true)
+    }
+}
+
+impl Machine for AttachedQemu {
+    fn pid(&self) -> u32 {
+        self.base.pid()
+    }
+    fn record(&self) -> MachineRecord {
+        self.base.record()
+    }
+    fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>> {
+        Box::pin(async move {
+            match connect_vsock(&self.base.rec.socket, timeout).await {
+                Ok(stream) => Ok(stream),
+                // A relay that died (while QEMU lives) is restarted once.
+                Err(e) => match self.restart_dead_relay()? {
+                    true => connect_vsock(&self.base.rec.socket, timeout).await,
+                    false => Err(e),
+                },
+            }
+        })
+    }
+    fn is_alive(&mut self) -> bool {
+        self.base.is_alive()
+    }
+    fn halt(&mut self) -> BoxFuture<'_, ()> {
+        self.base.halt()
+    }
+    fn console_tail(&self, max: usize) -> String {
+        self.base.console_tail(max)
     }
 }

@@ -114,6 +114,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 1 -> 2: how the running VM was started (`cold` or `warm`).
     "ALTER TABLE workspaces ADD COLUMN boot_mode TEXT;",
+    // 2 -> 3: the running machine as its backend records it (JSON, opaque to the store). It
+    // replaces vmm_pid, vmm_start_ticks, relay_pid and relay_start_ticks, which are no longer
+    // read or written (left in place: SQLite before 3.35 cannot drop columns).
+    "ALTER TABLE workspaces ADD COLUMN machine TEXT;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).

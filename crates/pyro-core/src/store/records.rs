@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, MachineRecord};
 
 /// Where a workspace is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -73,6 +73,13 @@ impl ToSql for BackendKind {
     }
 }
 
+/// Stored as the JSON of [`MachineRecord::to_json`].
+impl ToSql for MachineRecord {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_json()))
+    }
+}
+
 /// Read as [`BackendKind::of_record`] does: a name other than `firecracker` is QEMU, as
 /// records have always been read, so a row is never unreadable for its backend.
 impl FromSql for BackendKind {
@@ -114,14 +121,10 @@ pub struct WorkspaceRecord {
     pub started_at: Option<f64>,
     /// Lifecycle state.
     pub state: WorkspaceState,
-    /// The VMM process.
-    pub vmm_pid: Option<u32>,
-    /// Its start time in clock ticks (tells a reused pid apart).
-    pub vmm_start_ticks: Option<u64>,
-    /// The vsock relay process, if the backend uses one.
-    pub relay_pid: Option<u32>,
-    /// Its start time in clock ticks.
-    pub relay_start_ticks: Option<u64>,
+    /// The running machine, as its backend describes it (stored as JSON in the `machine`
+    /// column; the store does not interpret it). `None` while nothing runs, and for a
+    /// record this build cannot read.
+    pub machine: Option<MachineRecord>,
     /// The last failure, for status output.
     pub last_error: Option<String>,
     /// The seed description (JSON text; the store does not interpret it).
@@ -170,10 +173,7 @@ impl WorkspaceRecord {
             ttl_consumed: 0.0,
             started_at: None,
             state: WorkspaceState::Creating,
-            vmm_pid: None,
-            vmm_start_ticks: None,
-            relay_pid: None,
-            relay_start_ticks: None,
+            machine: None,
             last_error: None,
             seed_json: "{}".into(),
             command_count: 0,
@@ -213,12 +213,9 @@ impl WorkspaceRecord {
         self.expires_at = Some(now + self.remaining_ttl_at_start(now));
     }
 
-    /// Forgets the VMM and relay of the last boot (they are gone or being ended).
+    /// Forgets the machine of the last boot (it is gone or being ended).
     pub fn forget_processes(&mut self) {
-        self.vmm_pid = None;
-        self.vmm_start_ticks = None;
-        self.relay_pid = None;
-        self.relay_start_ticks = None;
+        self.machine = None;
     }
 
     /// Stops the TTL clock: the current run is added to `ttl_consumed`, `started_at` and
@@ -297,15 +294,15 @@ pub struct CommandRecord {
 
 pub(super) const WORKSPACE_COLUMNS: &str = "id, name, environment, environment_version, backend, \
     vcpu_count, mem_mib, ttl_seconds, created_at, last_activity_at, expires_at, ttl_consumed, \
-    started_at, state, vmm_pid, vmm_start_ticks, relay_pid, relay_start_ticks, last_error, \
-    seed_json, command_count, reset_count, last_reset_at, network_policy, boot_mode";
+    started_at, state, last_error, seed_json, command_count, reset_count, last_reset_at, \
+    network_policy, boot_mode, machine";
 
 pub(super) const COMMAND_COLUMNS: &str = "workspace_id, sequence, command, cwd, exit_code, duration_ms, \
     timed_out, stdout_bytes, stderr_bytes, stdout_path, stderr_path, recorded_at";
 
 /// Every column of a workspace row with its value in `rec`, in [`WORKSPACE_COLUMNS`] order:
 /// the one list that inserts and updates are written from.
-pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn ToSql); 25] {
+pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn ToSql); 22] {
     [
         ("id", &rec.id),
         ("name", &rec.name),
@@ -321,10 +318,6 @@ pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn To
         ("ttl_consumed", &rec.ttl_consumed),
         ("started_at", &rec.started_at),
         ("state", &rec.state),
-        ("vmm_pid", &rec.vmm_pid),
-        ("vmm_start_ticks", &rec.vmm_start_ticks),
-        ("relay_pid", &rec.relay_pid),
-        ("relay_start_ticks", &rec.relay_start_ticks),
         ("last_error", &rec.last_error),
         ("seed_json", &rec.seed_json),
         ("command_count", &rec.command_count),
@@ -332,6 +325,7 @@ pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn To
         ("last_reset_at", &rec.last_reset_at),
         ("network_policy", &rec.network_policy),
         ("boot_mode", &rec.boot_mode),
+        ("machine", &rec.machine),
     ]
 }
 
@@ -353,17 +347,19 @@ pub(super) fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecor
         ttl_consumed: r.get(11)?,
         started_at: r.get(12)?,
         state: r.get(13)?,
-        vmm_pid: r.get(14)?,
-        vmm_start_ticks: r.get(15)?,
-        relay_pid: r.get(16)?,
-        relay_start_ticks: r.get(17)?,
-        last_error: r.get(18)?,
-        seed_json: r.get(19)?,
-        command_count: r.get(20)?,
-        reset_count: r.get(21)?,
-        last_reset_at: r.get(22)?,
-        network_policy: r.get(23)?,
-        boot_mode: r.get(24)?,
+        last_error: r.get(14)?,
+        seed_json: r.get(15)?,
+        command_count: r.get(16)?,
+        reset_count: r.get(17)?,
+        last_reset_at: r.get(18)?,
+        network_policy: r.get(19)?,
+        boot_mode: r.get(20)?,
+        // A record this build cannot read is no record: the workspace reads as not running,
+        // and whatever still runs of it is found by the workspace's process scan.
+        machine: r
+            .get::<_, Option<String>>(21)?
+            .as_deref()
+            .and_then(MachineRecord::from_json),
     })
 }
 

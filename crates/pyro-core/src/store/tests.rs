@@ -191,8 +191,17 @@ fn workspace_crud_and_labels() {
     a.name = Some("alpha".into());
     a.labels.insert("team".into(), "core".into());
     a.labels.insert("env".into(), "dev".into());
-    a.vmm_pid = Some(1234);
-    a.vmm_start_ticks = Some(u64::from(u32::MAX) + 7);
+    a.machine = Some(crate::backend::MachineRecord {
+        backend: BackendKind::Qemu,
+        vmm: Some(crate::backend::ProcessRef {
+            pid: 1234,
+            start_ticks: u64::from(u32::MAX) + 7,
+        }),
+        relay: None,
+        relay_bin: Some("/usr/bin/pyro".into()),
+        socket: "/s/vm/vsock.sock".into(),
+        workdir: "/s/vm".into(),
+    });
     s.insert_workspace(&a).unwrap();
     assert!(matches!(
         s.insert_workspace(&a),
@@ -850,4 +859,20 @@ fn busy_errors_are_recognised() {
     };
     assert!(e.is_busy());
     assert!(!StoreError::NotFound { id: "a".into() }.is_busy());
+}
+
+#[test]
+fn a_machine_record_this_build_cannot_read_reads_as_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.insert_workspace(&ws("a", 1.0)).unwrap();
+    let raw = rusqlite::Connection::open(s.path()).unwrap();
+    raw.execute(
+        "UPDATE workspaces SET machine = '{\"backend\":\"vmware\"}' WHERE id = 'a'",
+        [],
+    )
+    .unwrap();
+    let rec = s.get_workspace("a").unwrap().unwrap();
+    assert_eq!(rec.machine, None);
+    assert_eq!(rec.id, "a");
 }

@@ -336,7 +336,7 @@ async fn build(
         .await
         .map_err(|e| fail(error_chain(&e)))?;
     let prepared = prepare_and_save(machine.as_mut(), dir, ctx.boot_timeout, started).await;
-    machine.kill().await;
+    machine.halt().await;
     let (boot_ms, save_ms) = prepared.map_err(|e| fail(error_chain(&e)))?;
     // The template's logs stay for diagnosis; its sockets are gone with it.
     Ok(SnapshotMeta {

@@ -294,7 +294,7 @@ impl Pyro {
 async fn discard(mut vm: Vm) {
     vm.session = None;
     if let Some(mut m) = vm.machine.take() {
-        m.kill().await;
+        m.halt().await;
     }
     let _ = std::fs::remove_dir_all(&vm.dir);
 }

@@ -42,7 +42,8 @@ impl Pyro {
         self.check_capacity(&store)?;
         // Directories of creates killed before they recorded their workspace.
         self.reap_orphan_dirs().await;
-        self.pull_environment(&req.environment, progress.clone())
+        let backend = self.backend(BackendChoice::from(kind), &progress).await?;
+        self.environment_for(backend.as_ref(), &req.environment, progress.clone())
             .await?;
 
         let id = host::new_id();
@@ -82,7 +83,7 @@ impl Pyro {
             };
             rec.seed_json = seed_json(&seed_info);
             store.insert_workspace(&rec)?;
-            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let (machine, session, mode) = self.ws_boot(&rec, &progress, true).await?;
             let imported = import_tar_file(
                 &session,
                 &d.baseline(),
@@ -95,10 +96,7 @@ impl Pyro {
             store.update_workspace(&id, |r| {
                 r.state = WorkspaceState::Started;
                 r.resume_ttl(now);
-                r.vmm_pid = Some(vmm);
-                r.vmm_start_ticks = host::process_start_ticks(vmm);
-                r.relay_pid = relay;
-                r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+                r.machine = Some(machine);
                 r.last_activity_at = now;
                 r.boot_mode = Some(mode.as_str().into());
                 Ok::<(), CoreError>(())
@@ -107,15 +105,12 @@ impl Pyro {
         .await;
         match built {
             Ok(rec) => {
-                if let Some(pid) = rec.vmm_pid {
-                    self.spawn_watchdog(&id, pid);
-                }
+                self.spawn_watchdog(&id);
                 self.info(&store, &rec)
             }
             Err(e) => {
-                if let Ok(Some(r)) = store.get_workspace(&id) {
-                    self.halt(&r).await;
-                }
+                // The record names nothing yet: the machine a boot noted is ended.
+                self.halt_machines(&id, None).await;
                 let _ = store.delete_workspace(&id);
                 let _ = std::fs::remove_dir_all(&d.root);
                 Err(e)
@@ -428,21 +423,18 @@ impl Pyro {
                 detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
             });
         }
-        let (vmm, relay, _session, mode) = self.ws_boot(&rec, &progress, false).await?;
+        let (machine, _session, mode) = self.ws_boot(&rec, &progress, false).await?;
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
             r.state = WorkspaceState::Started;
             r.resume_ttl(now);
-            r.vmm_pid = Some(vmm);
-            r.vmm_start_ticks = host::process_start_ticks(vmm);
-            r.relay_pid = relay;
-            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.machine = Some(machine);
             r.last_error = None;
             r.last_activity_at = now;
             r.boot_mode = Some(mode.as_str().into());
             Ok::<(), CoreError>(())
         })?;
-        self.spawn_watchdog(id, vmm);
+        self.spawn_watchdog(id);
         self.info(&store, &rec)
     }
 
@@ -470,7 +462,7 @@ impl Pyro {
             if !procs::is_id(id) {
                 return Err(ws_not_found(id));
             }
-            procs::end_all(&d.root, id).await;
+            self.halt_machines(id, None).await;
             std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
             return Ok(WorkspaceDeleteResult {
                 workspace_id: id.to_string(),
@@ -540,7 +532,7 @@ impl Pyro {
         let rebuilt = async {
             std::fs::rename(&fresh, d.upper())
                 .map_err(|e| CoreError::io("replace", d.upper(), e))?;
-            let (vmm, relay, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let (machine, session, mode) = self.ws_boot(&rec, &progress, true).await?;
             let seeded = import_tar_file(
                 &session,
                 &d.baseline(),
@@ -549,20 +541,15 @@ impl Pyro {
             )
             .await;
             match seeded {
-                Ok(_) => Ok((vmm, relay, mode)),
+                Ok(_) => Ok((machine, mode)),
                 Err(e) => {
-                    let mut booted = rec.clone();
-                    booted.vmm_pid = Some(vmm);
-                    booted.vmm_start_ticks = host::process_start_ticks(vmm);
-                    booted.relay_pid = relay;
-                    booted.relay_start_ticks = relay.and_then(host::process_start_ticks);
-                    self.halt(&booted).await;
+                    self.halt_machines(id, Some(&machine)).await;
                     Err(e)
                 }
             }
         }
         .await;
-        let (vmm, relay, mode) = match rebuilt {
+        let (machine, mode) = match rebuilt {
             Ok(v) => v,
             Err(e) => {
                 let msg = format!("the reset failed: {e}; `reset` again, or delete it");
@@ -581,10 +568,7 @@ impl Pyro {
         let rec = store.update_workspace(id, |r| {
             r.state = WorkspaceState::Started;
             r.resume_ttl(now);
-            r.vmm_pid = Some(vmm);
-            r.vmm_start_ticks = host::process_start_ticks(vmm);
-            r.relay_pid = relay;
-            r.relay_start_ticks = relay.and_then(host::process_start_ticks);
+            r.machine = Some(machine);
             r.reset_count += 1;
             r.last_reset_at = Some(now);
             r.last_error = None;
@@ -592,7 +576,7 @@ impl Pyro {
             r.boot_mode = Some(mode.as_str().into());
             Ok::<(), CoreError>(())
         })?;
-        self.spawn_watchdog(id, vmm);
+        self.spawn_watchdog(id);
         self.info(&store, &rec)
     }
 }

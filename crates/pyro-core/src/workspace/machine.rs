@@ -23,14 +23,15 @@ impl Pyro {
             .map_err(CoreError::from)
     }
 
-    pub(super) fn relay_bin(&self) -> Result<PathBuf> {
+    /// The `pyro` binary that runs a workspace's detached helpers (`pyro __relay`, `pyro
+    /// __watchdog`): `PYRO_BIN`, this program, or one beside it or on `PATH`.
+    pub(super) fn pyro_bin(&self) -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("PYRO_BIN") {
-            return Ok(PathBuf::from(p));
+            return Some(PathBuf::from(p));
         }
-        let exe =
-            std::env::current_exe().map_err(|e| CoreError::io("find", "/proc/self/exe", e))?;
+        let exe = std::env::current_exe().ok()?;
         if exe.file_name().is_some_and(|n| n == "pyro") {
-            return Ok(exe);
+            return Some(exe);
         }
         // A test binary or an embedding program: look for `pyro` beside it or on PATH.
         let mut candidates = Vec::new();
@@ -43,13 +44,7 @@ impl Pyro {
         if let Some(path) = std::env::var_os("PATH") {
             candidates.extend(std::env::split_paths(&path).map(|d| d.join("pyro")));
         }
-        candidates
-            .into_iter()
-            .find(|c| c.is_file())
-            .ok_or_else(|| CoreError::BackendUnavailable {
-                backend: BackendKind::Qemu.as_str(),
-                reason: "persistent QEMU workspaces need the `pyro` binary for their relay; set PYRO_BIN".into(),
-            })
+        candidates.into_iter().find(|c| c.is_file())
     }
 
     /// Checks a record against reality: a started workspace whose VMM died is marked stopped
@@ -120,19 +115,12 @@ impl Pyro {
                 }
             };
         }
-        let alive = match (rec.vmm_pid, rec.vmm_start_ticks) {
-            (Some(pid), Some(t)) => host::process_alive(pid, t),
-            _ => false,
-        };
+        let mut machine = rec.machine.as_ref().map(crate::backend::attach);
+        let alive = machine.as_mut().is_some_and(|m| m.is_alive());
         if !alive {
-            // Its relay has nothing left to serve.
-            if let (Some(pid), Some(ticks)) = (rec.relay_pid, rec.relay_start_ticks) {
-                procs::end(&[procs::WsProcess {
-                    pid,
-                    ticks,
-                    role: procs::Role::Relay,
-                }])
-                .await;
+            // What serves it (QEMU's relay) has nothing left to serve.
+            if let Some(m) = machine.as_mut() {
+                m.halt().await;
             }
             let id = rec.id.clone();
             return store
@@ -201,20 +189,22 @@ impl Pyro {
             .await;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while let (Some(pid), Some(t)) = (rec.vmm_pid, rec.vmm_start_ticks) {
-            if !host::process_alive(pid, t) || Instant::now() > deadline {
-                break;
+        if let Some(mut m) = rec.machine.as_ref().map(crate::backend::attach) {
+            while m.is_alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.halt(rec).await;
     }
 
-    /// Watches one boot of a workspace until its VMM is gone, stopping it (gracefully) when
-    /// its TTL runs out even if nobody calls in. Run by `pyro __watchdog`, a detached
-    /// process started at every boot.
-    pub async fn watch_workspace(&self, id: &str, vmm_pid: u32) -> Result<()> {
-        let vmm_ticks = host::process_start_ticks(vmm_pid);
+    /// Watches the current boot of a workspace until its machine is gone, stopping it
+    /// (gracefully) when its TTL runs out even if nobody calls in. Run by `pyro __watchdog`,
+    /// a detached process started at every boot.
+    pub async fn watch_workspace(&self, id: &str) -> Result<()> {
+        let Some(watched) = self.store()?.get_workspace(id)?.and_then(|r| r.machine) else {
+            return Ok(());
+        };
+        let mut machine = crate::backend::attach(&watched);
         // One watchdog per workspace: it holds this lock while it lives, so a missing one is
         // noticed (and replaced) by the next operation. One of an earlier boot lets go
         // within a second of its VMM's end.
@@ -235,13 +225,15 @@ impl Pyro {
         };
         let mut next_check = Instant::now();
         loop {
-            let vmm_alive = vmm_ticks.is_some_and(|t| host::process_alive(vmm_pid, t));
-            if !vmm_alive || Instant::now() >= next_check {
+            if !machine.is_alive() || Instant::now() >= next_check {
                 let store = self.store()?;
                 let Some(rec) = store.get_workspace(id)? else {
                     return Ok(());
                 };
-                if rec.state != WorkspaceState::Started || rec.vmm_pid != Some(vmm_pid) {
+                // Another boot (or none) is not this watchdog's.
+                if rec.state != WorkspaceState::Started
+                    || !rec.machine.as_ref().is_some_and(|m| m.same_boot(&watched))
+                {
                     return Ok(());
                 }
                 // Marks a dead VMM stopped, and stops an expired workspace.
@@ -256,14 +248,13 @@ impl Pyro {
         }
     }
 
-    pub(super) fn spawn_watchdog(&self, id: &str, vmm_pid: u32) {
-        let Ok(bin) = self.relay_bin() else {
+    pub(super) fn spawn_watchdog(&self, id: &str) {
+        let Some(bin) = self.pyro_bin() else {
             return;
         };
         let mut cmd = std::process::Command::new(bin);
         cmd.arg("__watchdog")
             .arg(id)
-            .arg(vmm_pid.to_string())
             .current_dir(self.ws_dirs(id).root)
             .env("PYRO_STATE_DIR", &self.options().state_dir)
             .env("PYRO_CACHE_DIR", &self.options().cache_dir)
@@ -275,31 +266,31 @@ impl Pyro {
         }
     }
 
-    /// Kills a workspace's VMM, relay and watchdog (no guest shutdown): those the record
-    /// names, and any other process of the workspace (see [`procs`]: one of a boot that was
-    /// never recorded because its starter died first, one whose directory was replaced).
-    /// Returns once they are gone (so the disk is free) or after a few seconds.
-    pub(super) async fn halt(&self, rec: &WorkspaceRecord) {
-        let d = self.ws_dirs(&rec.id);
-        let mut all: Vec<procs::WsProcess> = [
-            (rec.vmm_pid, rec.vmm_start_ticks, procs::Role::Vmm),
-            (rec.relay_pid, rec.relay_start_ticks, procs::Role::Relay),
-        ]
-        .into_iter()
-        .filter_map(|(pid, ticks, role)| {
-            let (pid, ticks) = (pid?, ticks?);
-            host::process_alive(pid, ticks).then_some(procs::WsProcess { pid, ticks, role })
-        })
-        .collect();
-        for p in procs::find(&d.root, &rec.id) {
-            if !all.contains(&p) {
-                all.push(p);
-            }
+    /// Ends a workspace's machine and watchdog (no guest shutdown): the machine the record
+    /// names, the one its last boot noted in its directory (a boot whose starter died before
+    /// recording it), and any other process of the workspace the `/proc` scan finds (see
+    /// [`procs`]). Returns once they are gone (so the disk is free) or after a few seconds;
+    /// whether a machine was still running.
+    pub(super) async fn halt(&self, rec: &WorkspaceRecord) -> bool {
+        self.halt_machines(&rec.id, rec.machine.as_ref()).await
+    }
+
+    /// [`Self::halt`] for workspace `id` whose record names `recorded` (or has no record).
+    pub(super) async fn halt_machines(&self, id: &str, recorded: Option<&MachineRecord>) -> bool {
+        let d = self.ws_dirs(id);
+        let mut ran = false;
+        // The watchdogs first: one would take its machine's end for a crash.
+        self.end_watchdogs(id).await;
+        let noted = procs::noted_machine(&d.root);
+        let unrecorded = noted.as_ref().filter(|n| Some(*n) != recorded);
+        for m in recorded.into_iter().chain(unrecorded) {
+            let mut machine = crate::backend::attach(m);
+            ran |= machine.is_alive();
+            machine.halt().await;
         }
-        procs::end(&all).await;
-        // Anything that appeared meanwhile; forgets the recorded pids.
-        procs::end_all(&d.root, &rec.id).await;
-        let _ = std::fs::remove_file(d.socket(rec.backend));
+        // Anything nobody recorded, or that appeared meanwhile; forgets the noted machine.
+        let ended = procs::end_all(&d.root, id).await;
+        ran || ended.iter().any(|p| p.role == procs::Role::Vmm)
     }
 
     pub(super) async fn load_started(
@@ -353,7 +344,7 @@ impl Pyro {
                 if let Ok(store) = self.store() {
                     let _ = store.update_workspace(&rec.id, |r| {
                         // Only on the boot that did not answer.
-                        if r.state == WorkspaceState::Started && r.vmm_pid == rec.vmm_pid {
+                        if r.state == WorkspaceState::Started && r.machine == rec.machine {
                             r.last_error = Some(text);
                         }
                         Ok::<(), CoreError>(())
@@ -375,104 +366,78 @@ impl Pyro {
         Ok(session)
     }
 
-    /// Connects to a started workspace's agent socket, restarting a dead QEMU relay once;
-    /// see [`Self::ws_session`].
+    /// Connects to a started workspace's agent through its machine (which restarts what
+    /// serves the agent if needed: QEMU's relay); a machine whose record changed that way is
+    /// recorded again. See [`Self::ws_session`].
     pub(super) async fn ws_connect(&self, rec: &WorkspaceRecord) -> Result<tokio::net::UnixStream> {
-        let d = self.ws_dirs(&rec.id);
-        let sock = d.socket(rec.backend);
-        let mut respawned = false;
-        loop {
-            match pyro_firecracker::vsock::connect(
-                &sock,
-                pyro_proto::AGENT_PORT,
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                Ok(stream) => return Ok(stream),
-                Err(e) => {
-                    // A QEMU relay that died (while QEMU lives) is restarted once.
-                    let relay_dead = match (rec.relay_pid, rec.relay_start_ticks) {
-                        (Some(p), Some(t)) => !host::process_alive(p, t),
-                        _ => rec.backend == BackendKind::Qemu,
-                    };
-                    if rec.backend == BackendKind::Qemu && relay_dead && !respawned {
-                        respawned = true;
-                        let bin = self.relay_bin()?;
-                        let pid = crate::backend::spawn_relay_process(&bin, &d.vm())?;
-                        let ticks = host::process_start_ticks(pid);
-                        let store = self.store()?;
-                        store.update_workspace(&rec.id, |r| {
-                            r.relay_pid = Some(pid);
-                            r.relay_start_ticks = ticks;
-                            Ok::<(), CoreError>(())
-                        })?;
-                        continue;
-                    }
-                    return Err(CoreError::Boot {
-                        reason: format!("cannot reach the workspace's guest agent: {e}"),
-                        console_tail: crate::backend::console_tail(
-                            &d.vm().join("console.log"),
-                            2000,
-                        ),
-                    });
+        let Some(before) = rec.machine.as_ref() else {
+            return Err(CoreError::Boot {
+                reason: "the workspace has no running machine".into(),
+                console_tail: String::new(),
+            });
+        };
+        let mut machine = crate::backend::attach(before);
+        let connected = machine.connect(Duration::from_secs(5)).await;
+        let after = machine.record();
+        if &after != before {
+            self.store()?.update_workspace(&rec.id, |r| {
+                if r.machine.as_ref() == Some(before) {
+                    r.machine = Some(after.clone());
                 }
-            }
+                Ok::<(), CoreError>(())
+            })?;
         }
+        connected.map_err(|e| CoreError::Boot {
+            reason: match e {
+                CoreError::Boot { reason, .. } => {
+                    format!("cannot reach the workspace's guest agent: {reason}")
+                }
+                other => format!("cannot reach the workspace's guest agent: {other}"),
+            },
+            console_tail: machine.console_tail(2000),
+        })
     }
 
-    /// Starts the workspace's VM; returns the pids to record, the session and how it
-    /// started. With `fresh_disk` (create and reset: the disk holds nothing yet) the VM is
-    /// restored from the environment's warm workspace snapshot where there is one (built
-    /// on first use), its disk replaced by a copy of the snapshot's; any failure there
-    /// falls back to a cold boot on a new empty disk. Otherwise it boots on its disk.
+    /// Starts the workspace's machine; returns its record, the session and how it started.
+    /// With `fresh_disk` (create and reset: the disk holds nothing yet) the machine is
+    /// restored from the environment's warm workspace snapshot where there is one (built on
+    /// first use), its disk replaced by a copy of the snapshot's; any failure there falls
+    /// back to a cold boot on a new empty disk. Otherwise it boots on its disk. On failure
+    /// nothing of the boot is left running.
     pub(super) async fn ws_boot(
         &self,
         rec: &WorkspaceRecord,
         progress: &ProgressFn,
         fresh_disk: bool,
-    ) -> Result<(u32, Option<u32>, Session, BootMode)> {
+    ) -> Result<(MachineRecord, Session, BootMode)> {
         let d = self.ws_dirs(&rec.id);
         // Nothing of an earlier boot may outlive into this one: a VMM left by a killed
         // `start` holds the disk's write lock, and its directory is about to be replaced.
-        procs::end_all(&d.root, &rec.id).await;
-        let choice = BackendChoice::from(rec.backend);
-        let backend = self.backend(choice, progress).await?;
-        // `create` has already pulled with progress; here the environment is normally cached.
+        let mut earlier = rec.clone();
+        earlier.forget_processes();
+        self.halt(&earlier).await;
+        let backend = self
+            .backend(BackendChoice::from(rec.backend), progress)
+            .await?;
         let env = self
-            .pull_environment(&rec.environment, crate::no_progress())
+            .environment_for(backend.as_ref(), &rec.environment, crate::no_progress())
             .await?;
         let vm_dir = d.vm();
-        let relay_bin = if backend.kind() == BackendKind::Qemu {
-            Some(self.relay_bin()?)
-        } else {
-            None
-        };
+        // Only QEMU runs a relay; a backend that needs none ignores a missing binary.
+        let relay_bin = self.pyro_bin();
         let upper = d.upper();
-        // QEMU is given the disk through a link in its working directory, so its command
-        // line names it relatively, as the warm snapshot it may be restored from does.
-        let disk_name = match backend.kind() {
-            BackendKind::Qemu => vm_dir.join(UPPER_LINK),
-            BackendKind::Firecracker => upper.clone(),
-        };
         let prepare_vm_dir = || -> Result<()> {
             // Start from a clean VM directory (stale sockets of a dead VMM would confuse
             // the connect retries).
             let _ = std::fs::remove_dir_all(&vm_dir);
-            host::ensure_private_dir(&vm_dir)?;
-            if backend.kind() == BackendKind::Qemu {
-                let link = vm_dir.join(UPPER_LINK);
-                std::os::unix::fs::symlink(Path::new("..").join(UPPER_FILE), &link)
-                    .map_err(|e| CoreError::io("link", &link, e))?;
-            }
-            Ok(())
+            host::ensure_private_dir(&vm_dir)
         };
         prepare_vm_dir()?;
         let spec = BootSpec {
             id: &rec.id,
             workdir: &vm_dir,
             env: &env,
-            upper: &disk_name,
+            upper: &upper,
             vcpu_count: rec.vcpu_count as u8,
             mem_mib: rec.mem_mib as u32,
             persistent: true,
@@ -480,16 +445,9 @@ impl Pyro {
             relay_bin: relay_bin.as_deref(),
             boot_timeout: self.options().boot_timeout,
         };
-        // Called as soon as the VMM runs, before anything waits on the guest: the VMM is
-        // recorded (atomically) before it can outlive this process unnoticed.
-        let note_socket = |m: &dyn Machine| -> Result<()> {
-            procs::record_pids(&d.root, m.pid(), m.relay_pid())?;
-            let _ = std::fs::write(
-                vm_dir.join("agent-socket"),
-                m.agent_socket().display().to_string(),
-            );
-            Ok(())
-        };
+        // Called as soon as the machine runs, before anything waits on the guest: it is
+        // noted (atomically) before it can outlive this process unnoticed.
+        let note_machine = |m: &dyn Machine| procs::note_machine(&d.root, &m.record());
         if fresh_disk && self.snapshots_enabled() {
             match self
                 .start_warm(
@@ -497,13 +455,13 @@ impl Pyro {
                     &upper,
                     WORKSPACE_DISK_MIB,
                     backend.as_ref(),
-                    &note_socket,
+                    &note_machine,
                     progress,
                 )
                 .await
             {
                 Ok(Some((machine, session))) => {
-                    return Ok((machine.pid(), machine.relay_pid(), session, BootMode::Warm));
+                    return Ok((machine.record(), session, BootMode::Warm));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -518,19 +476,49 @@ impl Pyro {
             self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
         }
         let mut machine = backend.boot(spec).await?;
-        if let Err(e) = note_socket(machine.as_ref()) {
-            machine.kill().await;
+        if let Err(e) = note_machine(machine.as_ref()) {
+            machine.halt().await;
             return Err(e);
         }
         let session =
             match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
                 Ok(s) => s,
                 Err(e) => {
-                    machine.kill().await;
+                    machine.halt().await;
                     return Err(e);
                 }
             };
-        Ok((machine.pid(), machine.relay_pid(), session, BootMode::Cold))
+        Ok((machine.record(), session, BootMode::Cold))
+    }
+
+    /// The environment `name` for machines of `backend`: pulled (normally cached by now)
+    /// when its machines boot environments, else a description of the catalogue entry.
+    pub(super) async fn environment_for(
+        &self,
+        backend: &dyn crate::backend::Backend,
+        name: &str,
+        progress: ProgressFn,
+    ) -> Result<pyro_image::Installed> {
+        if backend.boots_environments() {
+            return self.pull_environment(name, progress).await;
+        }
+        let entry = pyro_image::lookup(name)?;
+        Ok(pyro_image::Installed {
+            name: name.to_string(),
+            version: entry.version.to_string(),
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            manifest: PathBuf::new(),
+            kernel_release: String::new(),
+            digests: pyro_image::Digests {
+                kernel: String::new(),
+                initramfs: String::new(),
+                rootfs: String::new(),
+                agent: String::new(),
+                rootfs_agent: String::new(),
+            },
+        })
     }
 
     pub(super) fn info(&self, store: &Store, rec: &WorkspaceRecord) -> Result<WorkspaceInfo> {

@@ -1,15 +1,18 @@
 //! The processes a workspace leaves running (its VMM, QEMU's relay, the TTL watchdog), found
 //! whether or not any record names them.
 //!
-//! A boot writes [`PIDS_FILE`] (pid and start time of the VMM and relay) into the workspace's
-//! directory, atomically, as soon as the VMM runs and before anything waits on the guest. A
-//! process that outlived the pyro process that started it before even that (killed between
-//! the VMM's spawn and the write) is found by a scan of `/proc`: a process belongs to the
-//! workspace only when it is one of the programs pyro starts for workspaces *and* it is tied
-//! to this workspace's directory:
+//! A boot notes its machine's [`MachineRecord`] in [`MACHINE_FILE`] in the workspace's
+//! directory, atomically, as soon as the VMM runs and before anything waits on the guest;
+//! the workspace's halt ends that machine through its backend even when the store never
+//! recorded it. A process that outlived the pyro process that started it before even that
+//! (killed between the VMM's spawn and the write) is found by a scan of `/proc`, the safety
+//! net for processes nobody recorded: a process belongs to the workspace only when it is
+//! one of the programs pyro starts for workspaces *and* it is tied to this workspace's
+//! directory:
 //!
-//! - a VMM (`qemu-system-*`, `firecracker`, `jailer`, or the configured QEMU binary) whose
-//!   working directory, or one of whose open files, is inside the workspace's directory;
+//! - a VMM (`qemu-system-*`, `firecracker`, `jailer`, the configured QEMU binary, or with
+//!   the `fake-backend` feature `pyro-agent`) whose working directory, or one of whose open
+//!   files, is inside the workspace's directory;
 //! - a relay, `pyro __relay DIR` with `DIR` inside the workspace's directory;
 //! - a watchdog, `pyro __watchdog ID` with this workspace's id, working in its directory.
 //!
@@ -23,14 +26,15 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Dirs, WorkspaceRecord};
+use super::WorkspaceRecord;
+use crate::backend::MachineRecord;
 use crate::error::{CoreError, Result};
 use crate::lock::{self, LockMode};
 use crate::{Pyro, host};
 
-/// The file in a workspace's directory naming the VMM and relay of its current (or last)
-/// boot: lines `vmm PID TICKS` and `relay PID TICKS`.
-pub(super) const PIDS_FILE: &str = "vmm.pids";
+/// The file in a workspace's directory holding the [`MachineRecord`] of its current (or
+/// last) boot, as JSON.
+pub(super) const MACHINE_FILE: &str = "machine.json";
 /// The lock a workspace's TTL watchdog holds for its whole life: free means none runs.
 pub(super) const WATCHDOG_LOCK: &str = "watchdog.lock";
 /// How long a workspace directory without a store record is left alone (a `create` makes
@@ -61,40 +65,18 @@ pub(super) struct WsProcess {
     pub role: Role,
 }
 
-/// Records the VMM (and relay) of a boot in `root`'s [`PIDS_FILE`], atomically.
-pub(super) fn record_pids(root: &Path, vmm: u32, relay: Option<u32>) -> Result<()> {
-    let mut body = String::new();
-    for (name, pid) in [("vmm", Some(vmm)), ("relay", relay)] {
-        if let Some(pid) = pid
-            && let Some(ticks) = host::process_start_ticks(pid)
-        {
-            body.push_str(&format!("{name} {pid} {ticks}\n"));
-        }
-    }
-    let path = root.join(PIDS_FILE);
-    let tmp = root.join(format!("{PIDS_FILE}.tmp"));
-    std::fs::write(&tmp, body).map_err(|e| CoreError::io("write", &tmp, e))?;
+/// Notes the machine of a boot in `root`'s [`MACHINE_FILE`], atomically.
+pub(super) fn note_machine(root: &Path, machine: &MachineRecord) -> Result<()> {
+    let path = root.join(MACHINE_FILE);
+    let tmp = root.join(format!("{MACHINE_FILE}.tmp"));
+    std::fs::write(&tmp, machine.to_json()).map_err(|e| CoreError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| CoreError::io("rename", &path, e))
 }
 
-/// The processes [`PIDS_FILE`] names that are still alive.
-fn recorded(root: &Path) -> Vec<WsProcess> {
-    let Ok(text) = std::fs::read_to_string(root.join(PIDS_FILE)) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let role = match f.next()? {
-                "vmm" => Role::Vmm,
-                "relay" => Role::Relay,
-                _ => return None,
-            };
-            let pid = f.next()?.parse().ok()?;
-            let ticks = f.next()?.parse().ok()?;
-            host::process_alive(pid, ticks).then_some(WsProcess { pid, ticks, role })
-        })
-        .collect()
+/// The machine [`MACHINE_FILE`] notes, if any (and readable).
+pub(super) fn noted_machine(root: &Path) -> Option<MachineRecord> {
+    let text = std::fs::read_to_string(root.join(MACHINE_FILE)).ok()?;
+    MachineRecord::from_json(&text)
 }
 
 /// `path` without the ` (deleted)` the kernel appends to removed files and directories.
@@ -156,7 +138,7 @@ pub(super) fn find(root: &Path, id: &str) -> Vec<WsProcess> {
         roots.push(c);
     }
     let me = std::process::id();
-    let mut out: Vec<WsProcess> = recorded(root).into_iter().filter(|p| p.pid != me).collect();
+    let mut out: Vec<WsProcess> = Vec::new();
     let bins = vmm_bins();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
@@ -220,8 +202,8 @@ pub(super) async fn end(procs: &[WsProcess]) {
 }
 
 /// Ends every process of the workspace `id` (see [`find`]), scanning again until none is
-/// left (a process may be spawned while it is looked for); forgets [`PIDS_FILE`]. Returns
-/// what was ended.
+/// left (a process may be spawned while it is looked for); forgets [`MACHINE_FILE`].
+/// Returns what was ended.
 pub(super) async fn end_all(root: &Path, id: &str) -> Vec<WsProcess> {
     let mut ended = Vec::new();
     for _ in 0..3 {
@@ -232,7 +214,7 @@ pub(super) async fn end_all(root: &Path, id: &str) -> Vec<WsProcess> {
         end(&found).await;
         ended.extend(found);
     }
-    let _ = std::fs::remove_file(root.join(PIDS_FILE));
+    let _ = std::fs::remove_file(root.join(MACHINE_FILE));
     ended
 }
 
@@ -258,13 +240,13 @@ impl Pyro {
     /// Starts the TTL watchdog of a started workspace unless one runs (one killed is
     /// replaced by the next operation on the workspace).
     pub(super) fn ensure_watchdog(&self, rec: &WorkspaceRecord) {
-        let Some(vmm) = rec.vmm_pid else {
+        if rec.machine.is_none() {
             return;
-        };
+        }
         let path = self.ws_dirs(&rec.id).root.join(WATCHDOG_LOCK);
         if let Ok(Some(free)) = lock::try_lock(&path, LockMode::Exclusive) {
             drop(free);
-            self.spawn_watchdog(&rec.id, vmm);
+            self.spawn_watchdog(&rec.id);
         }
     }
 
@@ -273,21 +255,20 @@ impl Pyro {
     /// progress: it deals with them). Returns what to tell about it, if anything: a
     /// note to show now (busy), or whether a VMM was found and ended.
     pub(super) async fn reap_unrecorded(&self, rec: &WorkspaceRecord) -> Unrecorded {
-        let d: Dirs = self.ws_dirs(&rec.id);
-        if find(&d.root, &rec.id).is_empty() {
+        let d = self.ws_dirs(&rec.id);
+        let noted_runs = noted_machine(&d.root)
+            .as_ref()
+            .map(crate::backend::attach)
+            .is_some_and(|mut m| m.is_alive());
+        if !noted_runs && find(&d.root, &rec.id).is_empty() {
             return Unrecorded::Nothing;
         }
         match lock::try_lock(&d.lock(), LockMode::Exclusive) {
-            Ok(Some(_guard)) => {
-                // Under the lock nobody boots it: everything found is left over.
-                let ended = end_all(&d.root, &rec.id).await;
-                let _ = std::fs::remove_file(d.socket(rec.backend));
-                if ended.iter().any(|p| p.role == Role::Vmm) {
-                    Unrecorded::EndedVmm
-                } else {
-                    Unrecorded::Nothing
-                }
-            }
+            // Under the lock nobody boots it: everything found is left over.
+            Ok(Some(_guard)) => match self.halt(rec).await {
+                true => Unrecorded::EndedVmm,
+                false => Unrecorded::Nothing,
+            },
             _ => Unrecorded::Busy,
         }
     }
@@ -328,7 +309,7 @@ impl Pyro {
             if !matches!(store.get_workspace(&name), Ok(None)) {
                 continue;
             }
-            end_all(&d.root, &name).await;
+            self.halt_machines(&name, None).await;
             if std::fs::remove_dir_all(&d.root).is_ok() {
                 tracing::info!(
                     workspace = name,
@@ -384,11 +365,6 @@ mod tests {
             .current_dir(dir.path())
             .spawn()
             .unwrap();
-        std::fs::write(
-            dir.path().join(PIDS_FILE),
-            format!("vmm {} 1\n", child.id()),
-        )
-        .unwrap();
         let found = find(dir.path(), "0123456789ab");
         let _ = child.kill();
         let _ = child.wait();

@@ -1,0 +1,507 @@
+//! Workspace orchestration on the fake backend (feature `fake-backend`, on for this crate's
+//! tests): the real store, locks, TTLs, crash recovery and agent protocol, with the real
+//! `pyro-agent` running on the host against a temporary directory instead of a guest. No
+//! VM boots, so the whole file runs in seconds.
+//!
+//! The agent is `PYRO_AGENT_BIN` when set, else this workspace's `target/debug/pyro-agent`,
+//! built (or found up to date) with `cargo build -p pyro-agent` on first use.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyro_core::store::{Store, WorkspaceState};
+use pyro_core::workspace::CreateWorkspace;
+use pyro_core::{BackendChoice, Command, CoreError, ExecOptions, Pyro, PyroOptions};
+
+/// The agent binary, built once per test process unless `PYRO_AGENT_BIN` names one.
+fn agent_bin() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("PYRO_AGENT_BIN") {
+                return PathBuf::from(p);
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "pyro-agent",
+                    "--bin",
+                    "pyro-agent",
+                ])
+                .current_dir(&root)
+                .status()
+                .expect("run cargo build -p pyro-agent");
+            assert!(status.success(), "cargo build -p pyro-agent failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let bin = target.join("debug/pyro-agent");
+            assert!(bin.is_file(), "no agent at {}", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A runtime for one test, after the process-wide setup.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    SETUP.call_once(|| {
+        // No `pyro` binary for watchdogs: one built from other sources (a stale
+        // target/debug/pyro) must not act on these workspaces. Expiry is checked on access.
+        // SAFETY: set once, before this test starts any thread of its own; every test of
+        // this file passes here first.
+        unsafe { std::env::set_var("PYRO_BIN", "/nonexistent/pyro") };
+    });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A state directory with a Pyro instance on the fake backend.
+struct Env {
+    state: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    pyro: Pyro,
+}
+
+impl Env {
+    fn new() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let pyro = Self::instance(state.path(), cache.path());
+        Self { state, cache, pyro }
+    }
+
+    /// Another Pyro instance (as another process would have) on the same directories.
+    fn instance(state: &Path, cache: &Path) -> Pyro {
+        let mut opts = PyroOptions::from_env_with_backend(BackendChoice::Fake).unwrap();
+        opts.state_dir = state.to_path_buf();
+        opts.cache_dir = cache.to_path_buf();
+        opts.agent_bin = Some(agent_bin());
+        opts.boot_timeout = Duration::from_secs(20);
+        Pyro::new(opts).unwrap()
+    }
+
+    fn other(&self) -> Pyro {
+        Self::instance(self.state.path(), self.cache.path())
+    }
+
+    async fn create(&self, seed: Option<&Path>) -> String {
+        let mut req = CreateWorkspace::new("debian:12");
+        req.seed_path = seed.map(|p| p.to_path_buf().into());
+        let info = self
+            .pyro
+            .create_workspace(req, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(info.state, "started");
+        assert_eq!(info.backend, "fake");
+        info.workspace_id
+    }
+
+    fn store(&self) -> Store {
+        Store::open(self.state.path()).unwrap()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.state.path().join("workspaces").join(id)
+    }
+
+    /// The pid of the workspace's agent process, from its opaque machine record.
+    fn agent_pid(&self, id: &str) -> i32 {
+        let rec = self.store().get_workspace(id).unwrap().unwrap();
+        let machine = serde_json::to_value(rec.machine.expect("a recorded machine")).unwrap();
+        assert_eq!(machine["backend"], "fake");
+        machine["vmm"]["pid"].as_i64().unwrap() as i32
+    }
+
+    async fn sh(&self, id: &str, script: &str) -> pyro_core::workspace::WorkspaceExecResult {
+        let opts = ExecOptions::new(Command::Shell(script.into()));
+        self.pyro.exec_workspace(id, opts, None).await.unwrap()
+    }
+
+    async fn read(&self, id: &str, path: &str) -> pyro_core::Result<String> {
+        let r = self.pyro.read_workspace_file(id, path, 1 << 20).await?;
+        Ok(r.content)
+    }
+}
+
+impl Drop for Env {
+    /// Agents run detached: a failed test must not leave them behind.
+    fn drop(&mut self) {
+        for pid in pyro_core::host::processes_with_cwd_in(self.state.path()) {
+            // SAFETY: kill(2) on a process working in this test's own state directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    pyro_core::host::process_start_ticks(pid as u32).is_some()
+}
+
+/// Waits until `pid` is gone (its parent, this process, may not have reaped it yet).
+fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
+fn seed_dir() -> tempfile::TempDir {
+    let seed = tempfile::tempdir().unwrap();
+    std::fs::write(seed.path().join("a.txt"), "from the seed\n").unwrap();
+    std::fs::create_dir(seed.path().join("src")).unwrap();
+    std::fs::write(seed.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    seed
+}
+
+#[test]
+fn the_workspace_loop_runs_on_the_fake_backend() {
+    run(async {
+        let t = Instant::now();
+        let env = Env::new();
+        let seed = seed_dir();
+        let id = env.create(Some(seed.path())).await;
+        let first_agent = env.agent_pid(&id);
+
+        // exec runs in /workspace, which holds the seed.
+        let r = env.sh(&id, "pwd; cat a.txt; echo oops >&2; exit 3").await;
+        assert_eq!(r.exit_code, 3);
+        assert!(r.stdout.ends_with("from the seed\n"), "{:?}", r.stdout);
+        assert_eq!(r.stderr, "oops\n");
+        assert_eq!(r.sequence, 1);
+
+        // Files written by the host and by commands are the same tree.
+        env.pyro
+            .write_workspace_file(&id, "notes/todo.md", "- fake it\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            env.read(&id, "/workspace/notes/todo.md").await.unwrap(),
+            "- fake it\n"
+        );
+        let r = env
+            .sh(&id, "cat notes/todo.md && echo changed > a.txt")
+            .await;
+        assert_eq!(r.stdout, "- fake it\n");
+
+        // The diff against the baseline sees both changes.
+        let diff = env.pyro.diff_workspace(&id).await.unwrap();
+        assert!(diff.changed);
+        let paths: Vec<&str> = diff.entries.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.iter().any(|p| p.ends_with("a.txt")), "{paths:?}");
+        assert!(
+            paths.iter().any(|p| p.ends_with("notes/todo.md")),
+            "{paths:?}"
+        );
+        assert!(diff.patch.contains("+changed"), "{}", diff.patch);
+
+        // The logs keep both commands with their output.
+        let logs = env.pyro.logs_workspace(&id, 0, 20, 1 << 16).await.unwrap();
+        assert_eq!(logs.total, 2);
+        assert_eq!(logs.entries[0].exit_code, 3);
+        assert_eq!(logs.entries[0].stderr, "oops\n");
+        assert_eq!(logs.entries[1].stdout, "- fake it\n");
+
+        // stop powers the agent off; the data stays.
+        let info = env.pyro.stop_workspace(&id).await.unwrap();
+        assert_eq!(info.state, "stopped");
+        assert_eq!(info.last_error, None);
+        assert!(wait_gone(first_agent), "the agent outlived stop");
+        assert!(
+            env.store()
+                .get_workspace(&id)
+                .unwrap()
+                .unwrap()
+                .machine
+                .is_none()
+        );
+        let err = env.read(&id, "a.txt").await.unwrap_err();
+        assert!(matches!(err, CoreError::WorkspaceState { .. }), "{err}");
+
+        // start boots a new agent on the same disk.
+        let info = env
+            .pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(info.state, "started");
+        assert_ne!(env.agent_pid(&id), first_agent);
+        assert_eq!(env.read(&id, "a.txt").await.unwrap(), "changed\n");
+        assert_eq!(env.read(&id, "notes/todo.md").await.unwrap(), "- fake it\n");
+
+        // reset: a new disk with the baseline, an empty history.
+        let info = env
+            .pyro
+            .reset_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(
+            (info.state.as_str(), info.reset_count, info.command_count),
+            ("started", 1, 0)
+        );
+        assert_eq!(env.read(&id, "a.txt").await.unwrap(), "from the seed\n");
+        assert!(env.read(&id, "notes/todo.md").await.is_err());
+        assert!(!env.pyro.diff_workspace(&id).await.unwrap().changed);
+        let logs = env.pyro.logs_workspace(&id, 0, 20, 1 << 16).await.unwrap();
+        assert_eq!(logs.total, 0);
+
+        // delete ends the agent and removes everything.
+        let agent = env.agent_pid(&id);
+        env.pyro.delete_workspace(&id).await.unwrap();
+        assert!(wait_gone(agent), "the agent outlived delete");
+        assert!(!env.dir(&id).exists());
+        assert!(env.store().get_workspace(&id).unwrap().is_none());
+        let err = env.pyro.status_workspace(&id).await.unwrap_err();
+        assert!(matches!(err, CoreError::WorkspaceNotFound { .. }), "{err}");
+        eprintln!("workspace loop: {:?}", t.elapsed());
+    });
+}
+
+#[test]
+fn an_expired_ttl_stops_the_workspace_on_the_next_call_and_keeps_its_data() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        env.pyro
+            .write_workspace_file(&id, "kept.txt", "kept\n")
+            .await
+            .unwrap();
+        let agent = env.agent_pid(&id);
+        // Spend all but a moment of the TTL (the smallest TTL one can ask for is a minute).
+        env.store()
+            .update_workspace::<pyro_core::store::StoreError>(&id, |r| {
+                r.ttl_consumed = r.ttl_seconds as f64 - 0.2;
+                Ok(())
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        let info = env.pyro.status_workspace(&id).await.unwrap();
+        assert_eq!(info.state, "stopped");
+        assert_eq!(info.ttl_remaining_seconds, 0.0);
+        let why = info.last_error.unwrap_or_default();
+        assert!(why.starts_with("the TTL ran out"), "{why}");
+        assert!(wait_gone(agent), "the agent outlived the TTL");
+
+        // No more running time: start is refused until the TTL is extended.
+        let err = env
+            .pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("TTL is used up"), "{err}");
+        let update = pyro_core::workspace::UpdateWorkspace {
+            ttl_seconds: Some(600),
+            ..Default::default()
+        };
+        let info = env.pyro.update_workspace(&id, update).await.unwrap();
+        assert_eq!(info.last_error, None);
+        env.pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(env.read(&id, "kept.txt").await.unwrap(), "kept\n");
+    });
+}
+
+#[test]
+fn two_instances_on_one_state_dir_serialize_on_the_workspace_lock() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        let other = Arc::new(env.other());
+        // An exec (shared lock) from one instance holds off a stop (exclusive) from the
+        // other until it is done: the command finishes with all of its output.
+        let exec = env.sh(&id, "sleep 1; echo finished");
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let asked = Instant::now();
+            let info = other.stop_workspace(&id).await.unwrap();
+            (info, asked.elapsed())
+        };
+        let (r, (info, waited)) = tokio::join!(exec, stop);
+        assert_eq!(r.exit_code, 0);
+        assert_eq!(r.stdout, "finished\n");
+        assert_eq!(info.state, "stopped");
+        assert!(
+            waited >= Duration::from_millis(500),
+            "stop waited only {waited:?}"
+        );
+
+        // And the other way round: a start from the second instance is seen by the first.
+        other
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        let r = env.sh(&id, "echo again").await;
+        assert_eq!(r.stdout, "again\n");
+        assert_eq!(r.sequence, 2);
+    });
+}
+
+#[test]
+fn a_killed_agent_reads_as_stopped_and_start_recovers_the_workspace() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        env.sh(&id, "echo survived > data.txt").await;
+        let agent = env.agent_pid(&id);
+        // SAFETY: kill(2) on the agent process this test's workspace runs.
+        unsafe { libc::kill(agent, libc::SIGKILL) };
+        assert!(wait_gone(agent));
+
+        // The next call notices, and says why.
+        let err = env
+            .pyro
+            .exec_workspace(&id, ExecOptions::new(Command::Shell("true".into())), None)
+            .await
+            .unwrap_err();
+        match &err {
+            CoreError::WorkspaceState { state, detail, .. } => {
+                assert_eq!(state, "stopped");
+                let detail = detail.as_deref().unwrap_or_default();
+                assert!(detail.contains("exited unexpectedly"), "{detail}");
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+        let rec = env.store().get_workspace(&id).unwrap().unwrap();
+        assert_eq!(rec.state, WorkspaceState::Stopped);
+        assert!(rec.machine.is_none());
+
+        // start boots it again with its data.
+        let info = env
+            .pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(info.state, "started");
+        assert_eq!(info.last_error, None);
+        assert_eq!(env.read(&id, "data.txt").await.unwrap(), "survived\n");
+    });
+}
+
+#[test]
+fn a_failed_reset_leaves_an_error_state_nothing_running_and_a_retry_works() {
+    run(async {
+        let env = Env::new();
+        let seed = seed_dir();
+        let id = env.create(Some(seed.path())).await;
+        let agent = env.agent_pid(&id);
+        // A baseline the agent cannot import.
+        let baseline = env.dir(&id).join("baseline.tar");
+        let good = std::fs::read(&baseline).unwrap();
+        let mut bad = good.clone();
+        bad[..512].fill(0xff);
+        std::fs::write(&baseline, &bad).unwrap();
+
+        let err = env
+            .pyro
+            .reset_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        let rec = env.store().get_workspace(&id).unwrap().unwrap();
+        assert_eq!(rec.state, WorkspaceState::Error, "{err}");
+        let why = rec.last_error.clone().unwrap_or_default();
+        assert!(why.starts_with("the reset failed"), "{why}");
+        assert!(rec.machine.is_none());
+        assert!(wait_gone(agent), "the old agent outlived the reset");
+        // The agent booted for the reset was ended too: nothing runs in the directory.
+        let left = pyro_core::host::processes_with_cwd_in(&env.dir(&id));
+        assert!(left.is_empty(), "left running: {left:?}");
+        let err = env
+            .pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoreError::WorkspaceState { .. }), "{err}");
+
+        // With its baseline back, reset rebuilds it.
+        std::fs::write(&baseline, &good).unwrap();
+        let info = env
+            .pyro
+            .reset_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(info.state, "started");
+        assert_eq!(info.last_error, None);
+        assert_eq!(env.read(&id, "a.txt").await.unwrap(), "from the seed\n");
+    });
+}
+
+#[test]
+fn concurrent_calls_on_one_workspace_all_run_and_get_distinct_sequences() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        let pyro = &env.pyro;
+        let id = id.as_str();
+        let execs = (0..8).map(|i| async move {
+            let opts = ExecOptions::new(Command::Shell(format!("echo {i} > f{i}; echo {i}")));
+            pyro.exec_workspace(id, opts, None).await
+        });
+        let reads = (0..4).map(|_| async move { pyro.status_workspace(id).await });
+        let (execs, statuses) = tokio::join!(futures_join_all(execs), futures_join_all(reads));
+        let mut seqs = Vec::new();
+        for (i, r) in execs.into_iter().enumerate() {
+            let r = r.unwrap();
+            assert_eq!(r.stdout, format!("{i}\n"));
+            seqs.push(r.sequence);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+        for s in statuses {
+            assert_eq!(s.unwrap().state, "started");
+        }
+        let listed = pyro
+            .list_workspace_files(id, "/workspace", true)
+            .await
+            .unwrap();
+        let files = listed
+            .entries
+            .iter()
+            .filter(|e| e.path.contains("/f"))
+            .count();
+        assert_eq!(files, 8);
+        assert_eq!(pyro.status_workspace(id).await.unwrap().command_count, 8);
+    });
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
