@@ -15,6 +15,7 @@ pub mod backend;
 pub mod error;
 pub mod host;
 pub mod hostfs;
+pub mod ledger;
 pub mod lock;
 pub mod model;
 pub mod ops;

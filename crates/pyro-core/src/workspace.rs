@@ -32,9 +32,11 @@ mod machine;
 mod meter;
 mod patch;
 mod procs;
+mod teardown;
 
 pub use files::*;
 pub use patch::*;
+use teardown::Teardown;
 
 /// How long a started workspace's guest agent has to answer a call (the handshake and a
 /// ping, once connected) before the call fails with [`CoreError::AgentUnresponsive`]. An agent

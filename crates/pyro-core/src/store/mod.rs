@@ -118,6 +118,14 @@ const MIGRATIONS: &[&str] = &[
     // replaces vmm_pid, vmm_start_ticks, relay_pid and relay_start_ticks, which are no longer
     // read or written (left in place: SQLite before 3.35 cannot drop columns).
     "ALTER TABLE workspaces ADD COLUMN machine TEXT;",
+    // 3 -> 4: the resource ledger (`crate::ledger`): what else a workspace owns on the host,
+    // one JSON `Resource` per row, deleted with the workspace.
+    "CREATE TABLE resources (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        PRIMARY KEY (owner, key)
+    );",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -249,18 +257,27 @@ impl Store {
         }
         let path = state_dir.join(DB_FILE_NAME);
         // Create the file ourselves so it is private from the first byte; SQLite gives the
-        // -wal and -shm files the same mode.
-        OpenOptions::new()
+        // -wal and -shm files the same mode. Only a new file is opened here: closing any
+        // descriptor of the database drops every POSIX lock this process holds on it, so
+        // opening and closing an existing database behind the back of another connection of
+        // this process would silently unlock that connection, and another process could then
+        // checkpoint and remove a WAL still in use ("database disk image is malformed").
+        match OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
+            .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| StoreError::Create {
-                path: path.clone(),
-                source,
-            })?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::Create {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -429,6 +446,25 @@ impl Store {
     /// Deletes workspace `id` with its labels and history; `false` if it did not exist.
     pub fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
         self.with_tx(|tx| tx.delete_workspace(id))
+    }
+
+    /// See [`Tx::record_resource`].
+    pub fn record_resource(
+        &self,
+        owner: &str,
+        resource: &crate::ledger::Resource,
+    ) -> Result<(), StoreError> {
+        self.with_tx(|tx| tx.record_resource(owner, resource))
+    }
+
+    /// See [`Tx::forget_resource`].
+    pub fn forget_resource(&self, owner: &str, key: &str) -> Result<(), StoreError> {
+        self.with_tx(|tx| tx.forget_resource(owner, key))
+    }
+
+    /// See [`Tx::resources`].
+    pub fn resources(&self, owner: &str) -> Result<Vec<crate::ledger::LedgerEntry>, StoreError> {
+        self.with_read(|tx| tx.resources(owner))
     }
 
     /// Records a command under the next sequence; see [`Tx::next_command_sequence_and_record`].

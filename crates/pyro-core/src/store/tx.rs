@@ -226,12 +226,67 @@ impl Tx<'_> {
         Ok(removed)
     }
 
-    /// Deletes workspace `id` with its labels and command history; `false` if it did not exist.
+    /// Deletes workspace `id` with its labels, command history and ledger; `false` if it did
+    /// not exist.
     pub fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
+        self.tx
+            .execute("DELETE FROM resources WHERE owner = ?1", [id])
+            .map_err(sql("delete a ledger"))?;
         let n = self
             .tx
             .execute("DELETE FROM workspaces WHERE id = ?1", [id])
             .map_err(sql("delete a workspace"))?;
         Ok(n > 0)
+    }
+
+    /// Records that `owner` holds `resource` (replacing a row with its key).
+    pub fn record_resource(
+        &self,
+        owner: &str,
+        resource: &crate::ledger::Resource,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(resource).map_err(|e| StoreError::Sqlite {
+            op: "encode a resource",
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO resources (owner, key, resource) VALUES (?1, ?2, ?3)",
+                rusqlite::params![owner, resource.key(), text],
+            )
+            .map_err(sql("record a resource"))?;
+        Ok(())
+    }
+
+    /// Forgets one resource of `owner` (once released).
+    pub fn forget_resource(&self, owner: &str, key: &str) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM resources WHERE owner = ?1 AND key = ?2",
+                [owner, key],
+            )
+            .map_err(sql("forget a resource"))?;
+        Ok(())
+    }
+
+    /// The resources `owner` holds, by key. A row this build cannot read (written by a newer
+    /// pyro) is returned as an error in its place, so a teardown can say what it left.
+    pub fn resources(&self, owner: &str) -> Result<Vec<crate::ledger::LedgerEntry>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT key, resource FROM resources WHERE owner = ?1 ORDER BY key")
+            .map_err(sql("read a ledger"))?;
+        let rows = stmt
+            .query_map([owner], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(sql("read a ledger"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, text) = row.map_err(sql("read a ledger"))?;
+            let parsed = serde_json::from_str(&text).map_err(|e| e.to_string());
+            out.push((key, parsed));
+        }
+        Ok(out)
     }
 }

@@ -110,9 +110,9 @@ impl Pyro {
             }
             Err(e) => {
                 // The record names nothing yet: the machine a boot noted is ended.
-                self.halt_machines(&id, None).await;
-                let _ = store.delete_workspace(&id);
-                let _ = std::fs::remove_dir_all(&d.root);
+                if let Err(t) = self.teardown(&id, None, Teardown::Remove).await {
+                    tracing::warn!(workspace = id, "cleaning up a failed create: {t}");
+                }
                 Err(e)
             }
         }
@@ -445,8 +445,8 @@ impl Pyro {
             // A record whose directory is gone: nothing to lock, only processes to end.
             let store = self.store()?;
             let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
-            self.halt(&rec).await;
-            store.delete_workspace(id)?;
+            self.teardown(id, rec.machine.as_ref(), Teardown::Remove)
+                .await?;
             return Ok(WorkspaceDeleteResult {
                 workspace_id: id.to_string(),
                 deleted: true,
@@ -462,20 +462,15 @@ impl Pyro {
             if !procs::is_id(id) {
                 return Err(ws_not_found(id));
             }
-            self.halt_machines(id, None).await;
-            std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
+            self.teardown(id, None, Teardown::Remove).await?;
             return Ok(WorkspaceDeleteResult {
                 workspace_id: id.to_string(),
                 deleted: true,
                 reason: "explicit_delete".into(),
             });
         };
-        self.halt(&rec).await;
-        store.delete_workspace(id)?;
-        std::fs::remove_dir_all(&d.root).map_err(|e| CoreError::io("remove", &d.root, e))?;
-        // A watchdog another process started while this one worked ends with its record
-        // anyway; end it now, so nothing of the workspace is left at all.
-        procs::end_all(&d.root, id).await;
+        self.teardown(id, rec.machine.as_ref(), Teardown::Remove)
+            .await?;
         Ok(WorkspaceDeleteResult {
             workspace_id: id.to_string(),
             deleted: true,

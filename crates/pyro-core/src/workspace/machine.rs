@@ -261,8 +261,24 @@ impl Pyro {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        if let Err(e) = host::spawn_detached(&mut cmd) {
-            tracing::warn!("cannot start the TTL watchdog of workspace {id}: {e}");
+        match host::spawn_detached(&mut cmd) {
+            Ok(child) => {
+                // Into the ledger, so the teardown ends it by identity; a pyro killed before
+                // this line leaves it to the `/proc` scan (and the watchdog ends by itself
+                // with its machine).
+                let pid = child.id();
+                if let (Some(ticks), Ok(store)) = (host::process_start_ticks(pid), self.store()) {
+                    let dog = crate::ledger::Resource::Process {
+                        role: "watchdog".into(),
+                        pid,
+                        ticks,
+                    };
+                    if let Err(e) = store.record_resource(id, &dog) {
+                        tracing::warn!("cannot record the TTL watchdog of workspace {id}: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot start the TTL watchdog of workspace {id}: {e}"),
         }
     }
 
@@ -277,20 +293,9 @@ impl Pyro {
 
     /// [`Self::halt`] for workspace `id` whose record names `recorded` (or has no record).
     pub(super) async fn halt_machines(&self, id: &str, recorded: Option<&MachineRecord>) -> bool {
-        let d = self.ws_dirs(id);
-        let mut ran = false;
-        // The watchdogs first: one would take its machine's end for a crash.
-        self.end_watchdogs(id).await;
-        let noted = procs::noted_machine(&d.root);
-        let unrecorded = noted.as_ref().filter(|n| Some(*n) != recorded);
-        for m in recorded.into_iter().chain(unrecorded) {
-            let mut machine = crate::backend::attach(m);
-            ran |= machine.is_alive();
-            machine.halt().await;
-        }
-        // Anything nobody recorded, or that appeared meanwhile; forgets the noted machine.
-        let ended = procs::end_all(&d.root, id).await;
-        ran || ended.iter().any(|p| p.role == procs::Role::Vmm)
+        self.teardown(id, recorded, Teardown::Halt)
+            .await
+            .unwrap_or(true)
     }
 
     pub(super) async fn load_started(

@@ -309,8 +309,11 @@ impl Pyro {
             if !matches!(store.get_workspace(&name), Ok(None)) {
                 continue;
             }
-            self.halt_machines(&name, None).await;
-            if std::fs::remove_dir_all(&d.root).is_ok() {
+            if self
+                .teardown(&name, None, super::Teardown::Remove)
+                .await
+                .is_ok()
+            {
                 tracing::info!(
                     workspace = name,
                     "removed the directory of an unrecorded workspace"
