@@ -258,6 +258,8 @@ pub struct Pyro {
     backends: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
     snapshots: AtomicBool,
     pool: pool::Pool,
+    /// The one connection to the state database, opened on first use (see [`Pyro::store`]).
+    store: StdMutex<Option<Arc<store::Store>>>,
 }
 
 impl std::fmt::Debug for Pyro {
@@ -282,7 +284,22 @@ impl Pyro {
             backends: Mutex::new(HashMap::new()),
             snapshots: AtomicBool::new(warm::enabled_by_env()),
             pool: pool::Pool::default(),
+            store: StdMutex::new(None),
         })
+    }
+
+    /// This instance's connection to `<state_dir>/pyro.db`, opened on first use and shared by
+    /// every later call (a failed open is not kept: the next call tries again). Never call it,
+    /// or anything that uses the store, from inside a [`store::Store::with_tx`] or
+    /// [`store::Store::update_workspace`] closure: the connection is locked there.
+    pub(crate) fn store(&self) -> Result<Arc<store::Store>> {
+        let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = slot.as_ref() {
+            return Ok(Arc::clone(store));
+        }
+        let store = Arc::new(store::Store::open(&self.opts.state_dir)?);
+        *slot = Some(Arc::clone(&store));
+        Ok(store)
     }
 
     /// Whether first starts of one-shot VMs restore a warm snapshot (see [`warm`]). On

@@ -330,6 +330,40 @@ mod tests {
     }
 
     #[test]
+    fn one_store_connection_is_opened_lazily_and_a_failed_open_is_retried() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let mut opts = crate::PyroOptions::from_env_with_backend(BackendChoice::Auto).unwrap();
+        opts.state_dir = state.path().to_path_buf();
+        opts.cache_dir = cache.path().to_path_buf();
+        let p = Pyro::new(opts).unwrap();
+        let db = state.path().join(crate::store::DB_FILE_NAME);
+        assert!(!db.exists(), "nothing is opened before the first use");
+        // A directory where the database belongs: the open fails, and is not remembered.
+        std::fs::create_dir(&db).unwrap();
+        assert!(matches!(p.store(), Err(CoreError::Store(_))));
+        assert!(matches!(p.store(), Err(CoreError::Store(_))));
+        std::fs::remove_dir(&db).unwrap();
+        let first = p.store().unwrap();
+        let second = p.store().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        // Another connection (as another process has) sees what this one commits.
+        first
+            .insert_workspace(&WorkspaceRecord::new(
+                "a",
+                "debian:12",
+                "1.0.0",
+                crate::BackendKind::Qemu,
+                1.0,
+            ))
+            .unwrap();
+        let other = Store::open(state.path()).unwrap();
+        assert!(other.get_workspace("a").unwrap().is_some());
+        assert!(other.delete_workspace("a").unwrap());
+        assert!(second.get_workspace("a").unwrap().is_none());
+    }
+
+    #[test]
     fn workspace_paths_are_normalized_or_refused() {
         assert_eq!(
             normalize_workspace_path("src/a.rs").unwrap(),

@@ -6,9 +6,24 @@
 //! and read-modify-write sequences from different processes are serialized by the database
 //! instead of silently overwriting each other (the reference had no cross-process locking).
 //!
-//! * [`Store`] is one connection (`Send`, not `Sync`): open one per thread or guard it with a
-//!   mutex. It runs in WAL mode, so readers never wait for writers and a writer waits at most
-//!   [`BUSY_TIMEOUT`] for another writer.
+//! * [`Store`] is one connection behind a mutex (`Send + Sync`). It runs in WAL mode, so
+//!   readers never wait for another connection's writer and a writer waits at most
+//!   [`BUSY_TIMEOUT`] for another connection's writer.
+//! * A [`Pyro`](crate::Pyro) opens one `Store` on first use and shares it (an
+//!   `Arc<Store>`) between all of its calls; a failed open is not kept, the next call opens
+//!   again. Its calls therefore take turns on that connection: each transaction is short,
+//!   but one waiting for another process's write lock holds up this instance's other store
+//!   calls for as long (at most [`BUSY_TIMEOUT`]). Other processes (and other `Pyro`
+//!   instances) have connections of their own and see every committed change.
+//! * The store is synchronous. The async core calls it between awaits; the servers (`pyro
+//!   rpc`, `pyro mcp serve`) run each call on a thread of its own
+//!   ([`on_own_thread`](crate::ops::on_own_thread)), so SQLite work, waits for the
+//!   connection and busy waits included, never blocks the runtime's async workers.
+//! * **No re-entry.** The connection stays locked for the whole of a [`Store::with_tx`],
+//!   [`Store::with_read`], [`Store::update_workspace`] or
+//!   [`Store::next_command_sequence_and_record`] closure: such a closure must not call the
+//!   same `Store` (nor `Pyro::store`, which hands out the same one), or it deadlocks. Use
+//!   the closure's [`Tx`], or finish the transaction first.
 //! * [`Store::with_tx`] runs a closure inside `BEGIN IMMEDIATE`: the write lock is taken up
 //!   front, so what the closure reads cannot change before it writes. A closure that fails or
 //!   panics, and a process that dies mid-transaction, leave nothing behind.
@@ -239,7 +254,14 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
 }
 
 /// One connection to `<state_dir>/pyro.db`. The connection sits behind a mutex so a
-/// `Store` is `Sync` and async code may hold one across `.await` (each transaction is short).
+/// `Store` is `Sync`, may be shared (a [`Pyro`](crate::Pyro) shares one `Arc<Store>` between
+/// all of its calls) and async code may hold one across `.await` (each transaction is
+/// short; the lock is only held inside a method).
+///
+/// The rule that comes with the mutex: a closure passed to [`Self::with_tx`],
+/// [`Self::with_read`], [`Self::update_workspace`] or
+/// [`Self::next_command_sequence_and_record`] runs with the connection locked, so it must not
+/// call this `Store` again (it would deadlock); it uses its [`Tx`] or plain values only.
 #[derive(Debug)]
 pub struct Store {
     conn: std::sync::Mutex<Connection>,
@@ -363,7 +385,8 @@ impl Store {
     /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`: the database's write lock is taken
     /// first, waiting up to [`BUSY_TIMEOUT`] for other writers), committing when it returns
     /// `Ok` and rolling back when it fails or panics. Transactions do not nest: do not call
-    /// `Store` methods of the same `Store` from inside `f`, use `f`'s [`Tx`].
+    /// `Store` methods of the same `Store` from inside `f` (the connection is locked: that
+    /// deadlocks), use `f`'s [`Tx`].
     pub fn with_tx<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
+use pyro_net::NetworkPolicy;
+
 use crate::backend::{BackendKind, MachineRecord};
+use crate::warm::BootMode;
 
 /// Where a workspace is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -80,6 +83,25 @@ impl ToSql for MachineRecord {
     }
 }
 
+/// Stored as [`BootMode::as_str`]; read leniently in [`workspace_from_row`].
+impl ToSql for BootMode {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+/// The stored name of `p` ([`NetworkPolicy::as_str`]) as a column value that outlives the
+/// record (the policy is another crate's type, so it cannot implement [`ToSql`] itself).
+fn policy_sql(p: NetworkPolicy) -> &'static dyn ToSql {
+    match p {
+        NetworkPolicy::Off => &const { NetworkPolicy::Off.as_str() },
+        NetworkPolicy::Egress => &const { NetworkPolicy::Egress.as_str() },
+        NetworkPolicy::EgressPublishedPorts => {
+            &const { NetworkPolicy::EgressPublishedPorts.as_str() }
+        }
+    }
+}
+
 /// Read as [`BackendKind::of_record`] does: a name other than `firecracker` is QEMU, as
 /// records have always been read, so a row is never unreadable for its backend.
 impl FromSql for BackendKind {
@@ -141,10 +163,13 @@ pub struct WorkspaceRecord {
     pub reset_count: u64,
     /// Unix time of the last reset.
     pub last_reset_at: Option<f64>,
-    /// Network policy name.
-    pub network_policy: String,
-    /// How the VM was last started: `cold` (booted) or `warm` (restored from a snapshot).
-    pub boot_mode: Option<String>,
+    /// The network policy, stored as its name (`off`, `egress`, `egress+published-ports`).
+    /// A name this build does not know reads as [`NetworkPolicy::Off`]: the row stays
+    /// readable, and the workspace gets no network rather than one nobody asked for.
+    pub network_policy: NetworkPolicy,
+    /// How the VM was last started, stored as its name: `cold` (booted) or `warm` (restored
+    /// from a snapshot). A name this build does not know reads as `None` (not known).
+    pub boot_mode: Option<BootMode>,
 }
 
 impl WorkspaceRecord {
@@ -179,7 +204,7 @@ impl WorkspaceRecord {
             command_count: 0,
             reset_count: 0,
             last_reset_at: None,
-            network_policy: "off".into(),
+            network_policy: NetworkPolicy::Off,
             boot_mode: None,
         }
     }
@@ -323,7 +348,7 @@ pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn To
         ("command_count", &rec.command_count),
         ("reset_count", &rec.reset_count),
         ("last_reset_at", &rec.last_reset_at),
-        ("network_policy", &rec.network_policy),
+        ("network_policy", policy_sql(rec.network_policy)),
         ("boot_mode", &rec.boot_mode),
         ("machine", &rec.machine),
     ]
@@ -352,8 +377,13 @@ pub(super) fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecor
         command_count: r.get(16)?,
         reset_count: r.get(17)?,
         last_reset_at: r.get(18)?,
-        network_policy: r.get(19)?,
-        boot_mode: r.get(20)?,
+        // Names this build does not know read as documented on the fields, so a row written
+        // by a newer pyro stays readable (an update writes back what was read).
+        network_policy: r
+            .get::<_, String>(19)?
+            .parse()
+            .unwrap_or(NetworkPolicy::Off),
+        boot_mode: r.get::<_, Option<String>>(20)?.and_then(|m| m.parse().ok()),
         // A record this build cannot read is no record: the workspace reads as not running,
         // and whatever still runs of it is found by the workspace's process scan.
         machine: r

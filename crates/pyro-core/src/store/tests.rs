@@ -4,6 +4,8 @@
 use super::records::{WORKSPACE_COLUMNS, workspace_values};
 use super::*;
 use crate::backend::BackendKind;
+use crate::warm::BootMode;
+use pyro_net::NetworkPolicy;
 use std::time::Instant;
 
 const CHILD_DIR_ENV: &str = "PYRO_STORE_TEST_DIR";
@@ -136,17 +138,13 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
     assert_eq!(old.environment, "debian:12");
     assert_eq!(old.boot_mode, None);
     s.update_workspace("old", |r| {
-        r.boot_mode = Some("warm".into());
+        r.boot_mode = Some(BootMode::Warm);
         Ok::<(), StoreError>(())
     })
     .unwrap();
     assert_eq!(
-        s.get_workspace("old")
-            .unwrap()
-            .unwrap()
-            .boot_mode
-            .as_deref(),
-        Some("warm")
+        s.get_workspace("old").unwrap().unwrap().boot_mode,
+        Some(BootMode::Warm)
     );
 }
 
@@ -875,4 +873,101 @@ fn a_machine_record_this_build_cannot_read_reads_as_none() {
     let rec = s.get_workspace("a").unwrap().unwrap();
     assert_eq!(rec.machine, None);
     assert_eq!(rec.id, "a");
+}
+
+/// The text a column of workspace `id` holds.
+fn stored_text(s: &Store, column: &str, id: &str) -> Option<String> {
+    s.conn
+        .lock()
+        .unwrap()
+        .query_row(
+            &format!("SELECT {column} FROM workspaces WHERE id = ?1"),
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn network_policies_and_boot_modes_round_trip_as_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let fresh = ws("new", 1.0);
+    assert_eq!(fresh.network_policy, NetworkPolicy::Off);
+    assert_eq!(fresh.boot_mode, None);
+    s.insert_workspace(&fresh).unwrap();
+    assert_eq!(
+        stored_text(&s, "network_policy", "new").as_deref(),
+        Some("off")
+    );
+    assert_eq!(stored_text(&s, "boot_mode", "new"), None);
+    let modes = BootMode::ALL.map(Some).into_iter().chain([None]);
+    for (i, (policy, mode)) in NetworkPolicy::ALL
+        .into_iter()
+        .cycle()
+        .zip(modes)
+        .enumerate()
+    {
+        let id = format!("w{i}");
+        let mut rec = ws(&id, 1.0);
+        rec.network_policy = policy;
+        rec.boot_mode = mode;
+        s.insert_workspace(&rec).unwrap();
+        assert_eq!(s.get_workspace(&id).unwrap().unwrap(), rec);
+        assert_eq!(
+            stored_text(&s, "network_policy", &id).as_deref(),
+            Some(policy.as_str())
+        );
+        assert_eq!(
+            stored_text(&s, "boot_mode", &id).as_deref(),
+            mode.map(BootMode::as_str)
+        );
+        // And through an update, which writes every column again.
+        let updated = s
+            .update_workspace(&id, |r| {
+                r.boot_mode = Some(BootMode::Cold);
+                Ok::<(), StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(updated.network_policy, policy);
+        assert_eq!(
+            s.get_workspace(&id).unwrap().unwrap().boot_mode,
+            Some(BootMode::Cold)
+        );
+    }
+}
+
+#[test]
+fn unknown_policy_and_boot_mode_names_read_as_off_and_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut rec = ws("a", 1.0);
+    rec.boot_mode = Some(BootMode::Warm);
+    s.insert_workspace(&rec).unwrap();
+    // As a newer pyro might write them; case matters, as on the command line.
+    for (policy, mode) in [("egress+proxy", "hibernated"), ("Egress", "WARM"), ("", "")] {
+        s.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE workspaces SET network_policy = ?1, boot_mode = ?2 WHERE id = 'a'",
+                [policy, mode],
+            )
+            .unwrap();
+        let read = s.get_workspace("a").unwrap().unwrap();
+        assert_eq!(read.network_policy, NetworkPolicy::Off, "{policy:?}");
+        assert_eq!(read.boot_mode, None, "{mode:?}");
+        assert_eq!(s.list_workspaces().unwrap().len(), 1);
+    }
+    // The row stays usable: an update writes back what was read.
+    s.update_workspace("a", |r| {
+        r.name = Some("still here".into());
+        Ok::<(), StoreError>(())
+    })
+    .unwrap();
+    assert_eq!(
+        stored_text(&s, "network_policy", "a").as_deref(),
+        Some("off")
+    );
+    assert_eq!(stored_text(&s, "boot_mode", "a"), None);
 }

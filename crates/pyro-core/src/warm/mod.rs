@@ -118,6 +118,9 @@ pub enum BootMode {
 }
 
 impl BootMode {
+    /// Every mode.
+    pub const ALL: [BootMode; 3] = [Self::Cold, Self::Warm, Self::Pooled];
+
     /// `cold`, `warm` or `pooled`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,6 +128,32 @@ impl BootMode {
             Self::Warm => "warm",
             Self::Pooled => "pooled",
         }
+    }
+}
+
+impl std::fmt::Display for BootMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A boot mode name that is not one of [`BootMode::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown boot mode `{input}` (expected cold, warm or pooled)")]
+pub struct UnknownBootMode {
+    /// The text refused (cut to 64 characters).
+    pub input: String,
+}
+
+impl std::str::FromStr for BootMode {
+    type Err = UnknownBootMode;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == input)
+            .ok_or_else(|| UnknownBootMode {
+                input: input.chars().take(64).collect(),
+            })
     }
 }
 

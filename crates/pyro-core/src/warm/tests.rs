@@ -267,6 +267,28 @@ fn snapshots_are_on_unless_switched_off() {
 }
 
 #[test]
+fn boot_modes_parse_from_their_names_only() {
+    for m in BootMode::ALL {
+        assert_eq!(m.as_str().parse::<BootMode>(), Ok(m));
+        assert_eq!(m.to_string(), m.as_str());
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            format!("\"{}\"", m.as_str())
+        );
+    }
+    for bad in ["", "Warm", " cold", "hot"] {
+        let err = bad.parse::<BootMode>().unwrap_err();
+        assert_eq!(err.input, bad);
+        assert!(
+            err.to_string().contains("expected cold, warm or pooled"),
+            "{err}"
+        );
+    }
+    let long = "x".repeat(100);
+    assert_eq!(long.parse::<BootMode>().unwrap_err().input.len(), 64);
+}
+
+#[test]
 fn random_bytes_differ() {
     let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
     fill_random(&mut a).unwrap();

@@ -98,7 +98,7 @@ impl Pyro {
                 r.resume_ttl(now);
                 r.machine = Some(machine);
                 r.last_activity_at = now;
-                r.boot_mode = Some(mode.as_str().into());
+                r.boot_mode = Some(mode);
                 Ok::<(), CoreError>(())
             })
         }
@@ -431,7 +431,7 @@ impl Pyro {
             r.machine = Some(machine);
             r.last_error = None;
             r.last_activity_at = now;
-            r.boot_mode = Some(mode.as_str().into());
+            r.boot_mode = Some(mode);
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(id);
@@ -568,7 +568,7 @@ impl Pyro {
             r.last_reset_at = Some(now);
             r.last_error = None;
             r.last_activity_at = now;
-            r.boot_mode = Some(mode.as_str().into());
+            r.boot_mode = Some(mode);
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(id);

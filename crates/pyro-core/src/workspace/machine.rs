@@ -9,10 +9,6 @@ impl Pyro {
         }
     }
 
-    pub(super) fn store(&self) -> Result<Store> {
-        Store::open(&self.options().state_dir).map_err(CoreError::from)
-    }
-
     pub(super) async fn ws_lock(&self, id: &str, mode: LockMode) -> Result<LockGuard> {
         let d = self.ws_dirs(id);
         if !d.root.is_dir() {
@@ -553,7 +549,7 @@ impl Pyro {
             last_activity_at: rec.last_activity_at,
             expires_at: (rec.state == WorkspaceState::Started).then_some(now + remaining),
             state: rec.state.as_str().to_string(),
-            network_policy: rec.network_policy.clone(),
+            network_policy: rec.network_policy.as_str().into(),
             network_enabled: false,
             allow_host_compat: false,
             guest_ip: None,
@@ -580,7 +576,7 @@ impl Pyro {
             metadata: rec
                 .boot_mode
                 .iter()
-                .map(|m| ("boot_mode".to_string(), m.clone()))
+                .map(|m| ("boot_mode".to_string(), m.as_str().to_string()))
                 .collect(),
         })
     }
