@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
@@ -63,9 +64,33 @@ const SHARED: &str = "shared";
 /// Prefix of the name of a command's cgroup below [`COMMANDS_CGROUP`].
 const COMMAND_PREFIX: &str = "cmd-";
 
-/// `cgroup.procs` of [`COMMANDS_CGROUP`], opened for writing by [`setup`], with the limits
-/// set there.
-static PROCS: OnceLock<(OwnedFd, Limits)> = OnceLock::new();
+/// The commands' shared cgroup (`COMMANDS_CGROUP/shared`), opened by [`setup`], with the
+/// limits set on [`COMMANDS_CGROUP`].
+static PROCS: OnceLock<(Opened, Limits)> = OnceLock::new();
+
+/// A cgroup opened for starting processes in it: its `cgroup.procs` for writing (for
+/// [`join`]) and its directory (for `clone3(CLONE_INTO_CGROUP)`).
+#[derive(Debug)]
+struct Opened {
+    procs: OwnedFd,
+    dir: OwnedFd,
+}
+
+impl Opened {
+    fn open(dir: &Path) -> io::Result<Self> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)?;
+        Ok(Self {
+            procs: OwnedFd::from(procs),
+            dir: OwnedFd::from(dir),
+        })
+    }
+}
 
 /// Number of the next command's cgroup.
 static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
@@ -178,17 +203,11 @@ pub fn setup() -> io::Result<(Limits, Vec<String>)> {
             problems.push(format!("cannot set {file} to {value}: {e}"));
         }
     }
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(shared.join("cgroup.procs"))
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("opening {COMMANDS_CGROUP}/{SHARED}/cgroup.procs: {e}"),
-            )
-        })?;
-    // A second call keeps the first descriptor; both name the same file.
-    let _ = PROCS.set((OwnedFd::from(procs), limits));
+    let opened = Opened::open(&shared).map_err(|e| {
+        io::Error::new(e.kind(), format!("opening {COMMANDS_CGROUP}/{SHARED}: {e}"))
+    })?;
+    // A second call keeps the first descriptors; both name the same cgroup.
+    let _ = PROCS.set((opened, limits));
     // The first command's cgroup, made while the agent starts.
     tidy();
     Ok((limits, problems))
@@ -197,7 +216,12 @@ pub fn setup() -> io::Result<(Limits, Vec<String>)> {
 /// The descriptor of the commands' shared cgroup (`COMMANDS_CGROUP/shared`, for a command
 /// whose own cgroup could not be made) for [`join`], once [`setup`] has succeeded.
 pub fn commands_procs() -> Option<RawFd> {
-    PROCS.get().map(|(fd, _)| fd.as_raw_fd())
+    PROCS.get().map(|(opened, _)| opened.procs.as_raw_fd())
+}
+
+/// The directory descriptor of the same shared cgroup, for `clone3(CLONE_INTO_CGROUP)`.
+pub fn commands_dir() -> Option<RawFd> {
+    PROCS.get().map(|(opened, _)| opened.dir.as_raw_fd())
 }
 
 /// The cgroup of one command, `COMMANDS_CGROUP/cmd-N`: its own `pids.max` (half of the
@@ -208,7 +232,7 @@ pub fn commands_procs() -> Option<RawFd> {
 pub struct CommandCgroup {
     number: u64,
     dir: PathBuf,
-    procs: OwnedFd,
+    opened: Opened,
 }
 
 impl CommandCgroup {
@@ -230,15 +254,11 @@ impl CommandCgroup {
         let dir = Path::new(COMMANDS_CGROUP).join(format!("{COMMAND_PREFIX}{number}"));
         fs::create_dir(&dir).ok()?;
         live().get_or_insert_with(HashSet::new).insert(number);
-        let cgroup = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-            .ok()
-            .map(|f| Self {
-                number,
-                dir: dir.clone(),
-                procs: OwnedFd::from(f),
-            });
+        let cgroup = Opened::open(&dir).ok().map(|opened| Self {
+            number,
+            dir: dir.clone(),
+            opened,
+        });
         match cgroup {
             Some(cgroup) => {
                 // Without its own limit the command is still bound by the commands' one.
@@ -258,7 +278,12 @@ impl CommandCgroup {
 
     /// The descriptor for [`join`].
     pub fn procs(&self) -> RawFd {
-        self.procs.as_raw_fd()
+        self.opened.procs.as_raw_fd()
+    }
+
+    /// The directory's descriptor, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.opened.dir.as_raw_fd()
     }
 
     /// Kills every process in the cgroup at once (`cgroup.kill`); forks racing with it
