@@ -22,7 +22,9 @@
 //! - **Shell-like failure codes.** A program that is not found yields exit code 127, one
 //!   that cannot be executed 126, each with a one-line message on stderr, as a shell does.
 //!
-//! Children are started through [`crate::reaper::spawn`]; the reaper must be running.
+//! Children are started through [`crate::reaper::spawn_launch`] (straight into their
+//! cgroup, see [`crate::spawn`]) or, where the kernel refuses that, [`crate::reaper::spawn`];
+//! the reaper must be running.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::pending;

@@ -23,8 +23,10 @@
 //! reply ([`tidy`]), so that neither is on the path of an exec (processes a command leaves
 //! behind keep its cgroup until they end).
 //!
-//! A command joins its cgroup between `fork` and `exec` ([`join`]), through a descriptor
-//! of its `cgroup.procs` opened beforehand, so nothing it runs escapes by being quick.
+//! A command is started inside its cgroup by the kernel (`clone3(CLONE_INTO_CGROUP)` with
+//! a descriptor of the cgroup's directory, see [`crate::spawn`]); where that is refused, it
+//! joins its cgroup between `fork` and `exec` ([`join`]), through a descriptor of its
+//! `cgroup.procs` opened beforehand. Either way nothing it runs escapes by being quick.
 //! Everything here is best effort: a kernel without cgroup v2 or one of the controllers
 //! runs commands without that limit, and says so on the console.
 

@@ -5,9 +5,11 @@
 //! driven by `SIGCHLD`, loops `waitpid(-1, WNOHANG)`: a status whose pid is registered
 //! goes to that pid's [`Exit`] future, any other pid is simply reaped.
 //!
-//! Every child must therefore be started through [`spawn`], and nothing else in the
-//! process may call `wait`/`waitpid` (no `std::process::Child::wait`, `Command::status`,
-//! `Command::output`, nor `tokio::process`): the reaper would race them.
+//! Every child must therefore be started through [`spawn`] or [`spawn_launch`], and
+//! nothing else in the process may call `wait`/`waitpid` (no `std::process::Child::wait`,
+//! `Command::status`, `Command::output`, nor `tokio::process`): the reaper would race them
+//! (only [`spawn_launch`] itself reaps a child that failed to exec, under the registry
+//! lock, as the standard library does inside [`spawn`]).
 //!
 //! The registry lock is held both across `Command::spawn` (fork, exec, registration) and
 //! across each `waitpid` call of the reaper. So a child can never be reaped before its

@@ -323,7 +323,7 @@ extern "C" fn child_main(arg: *mut c_void) -> ! {
         // through. SIGPIPE too, which the Rust runtime ignores and exec would keep ignored.
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
