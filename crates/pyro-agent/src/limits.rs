@@ -161,15 +161,9 @@ pub fn setup() -> io::Result<(Limits, Vec<String>)> {
     let mount = Path::new(CGROUP_MOUNT);
     if !mount.join("cgroup.controllers").exists() {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        // `favordynmods` (Linux 6.0+) makes moving a process between cgroups, which every
-        // command does, cheaper (no RCU grace period), for slightly dearer forks and exits.
-        // Older kernels refuse the option: then without it.
-        let favoured = Some("favordynmods");
-        if sys::mount(Some("cgroup2"), mount, Some("cgroup2"), flags, favoured).is_err() {
-            sys::mount(Some("cgroup2"), mount, Some("cgroup2"), flags, None).map_err(|e| {
-                io::Error::new(e.kind(), format!("mounting cgroup2 on {CGROUP_MOUNT}: {e}"))
-            })?;
-        }
+        sys::mount(Some("cgroup2"), mount, Some("cgroup2"), flags, None).map_err(|e| {
+            io::Error::new(e.kind(), format!("mounting cgroup2 on {CGROUP_MOUNT}: {e}"))
+        })?;
     }
     let mut problems = Vec::new();
     enable_controllers(mount, &mut problems);
