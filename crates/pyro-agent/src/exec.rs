@@ -22,7 +22,9 @@
 //! - **Shell-like failure codes.** A program that is not found yields exit code 127, one
 //!   that cannot be executed 126, each with a one-line message on stderr, as a shell does.
 //!
-//! Children are started through [`crate::reaper::spawn`]; the reaper must be running.
+//! Children are started through [`crate::reaper::spawn_launch`] (straight into their
+//! cgroup, see [`crate::spawn`]) or, where the kernel refuses that, [`crate::reaper::spawn`];
+//! the reaper must be running.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::pending;
@@ -41,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::limits::CommandCgroup;
-use crate::{reaper, sys};
+use crate::{reaper, spawn, sys};
 
 /// `PATH` of the base environment every command starts from.
 pub const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -176,14 +178,79 @@ fn bad_request(reason: impl Into<String>) -> ExecError {
 
 /// The program resolved for execution, or why it cannot run.
 enum Prepared {
-    Ready {
-        cmd: std::process::Command,
-        program: String,
-    },
-    Unrunnable {
-        exit_code: i32,
-        message: String,
-    },
+    Ready { launch: LaunchSpec, program: String },
+    Unrunnable { exit_code: i32, message: String },
+}
+
+/// A command ready to start: the resolved executable, `argv` (with `argv[0]`), the whole
+/// environment and the working directory.
+struct LaunchSpec {
+    path: PathBuf,
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: PathBuf,
+    stdin_piped: bool,
+}
+
+impl LaunchSpec {
+    /// The same as a `std::process::Command` (stdout and stderr piped).
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.path);
+        if let Some((arg0, args)) = self.argv.split_first() {
+            cmd.arg0(arg0).args(args);
+        }
+        cmd.env_clear()
+            .envs(&self.env)
+            .current_dir(&self.cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if self.stdin_piped {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        cmd
+    }
+
+    /// Starts it in a new session in the cgroup given by its directory (`cgroup_dir`) and
+    /// `cgroup.procs` (`join`): straight into the cgroup with `clone3` where the kernel
+    /// can ([`crate::spawn`]), else (or when `clone3` refuses, for instance because the
+    /// cgroup is at its `pids.max`) with a fork that then joins the cgroup, as before.
+    /// Blocks until the program is exec'd.
+    fn start(
+        &self,
+        cgroup_dir: Option<RawFd>,
+        join: Option<RawFd>,
+    ) -> io::Result<reaper::SpawnedChild> {
+        let program = sys::cstring(&self.path)?;
+        let argv = self
+            .argv
+            .iter()
+            .map(sys::cstring)
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = self
+            .env
+            .iter()
+            .map(|(k, v)| sys::cstring(format!("{k}={v}")))
+            .collect::<io::Result<Vec<_>>>()?;
+        let cwd = sys::cstring(&self.cwd)?;
+        let launch = spawn::Launch {
+            program: &program,
+            argv: &argv,
+            envp: &envp,
+            cwd: &cwd,
+            stdin_piped: self.stdin_piped,
+            cgroup: cgroup_dir,
+        };
+        match reaper::spawn_launch(&launch) {
+            Ok(child) => return Ok(child),
+            Err(spawn::Error::Start(e)) => return Err(e),
+            Err(spawn::Error::Clone(_)) => {}
+        }
+        let mut cmd = self.command();
+        start_in_session(&mut cmd, join);
+        reaper::spawn(cmd)
+    }
 }
 
 /// Result of checking one candidate path for a program.
@@ -321,28 +388,18 @@ fn prepare(spec: &ExecSpec) -> Result<Prepared, ExecError> {
         }
     };
 
-    let mut cmd = std::process::Command::new(&resolved);
-    cmd.arg0(program);
-    match &spec.command {
-        Command::Argv(_) => {
-            cmd.args(args);
-        }
-        Command::Shell(script) => {
-            cmd.arg0("sh").arg("-c").arg(script);
-        }
-    }
-    cmd.env_clear()
-        .envs(&env)
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+    let argv = match &spec.command {
+        Command::Argv(argv) => argv.clone(),
+        Command::Shell(script) => vec!["sh".to_owned(), "-c".to_owned(), script.clone()],
+    };
     Ok(Prepared::Ready {
-        cmd,
+        launch: LaunchSpec {
+            path: resolved,
+            argv,
+            env,
+            cwd: cwd.to_path_buf(),
+            stdin_piped: spec.stdin.is_some(),
+        },
         program: program.to_owned(),
     })
 }
@@ -431,21 +488,24 @@ fn millis(d: Duration) -> u64 {
 pub async fn run(spec: ExecSpec, out: mpsc::Sender<Output>) -> Result<ExecOutcome, ExecError> {
     let started = Instant::now();
     let cap = spec.max_output_bytes;
-    let (mut cmd, program) = match prepare(&spec)? {
-        Prepared::Ready { cmd, program } => (cmd, program),
+    let (launch, program) = match prepare(&spec)? {
+        Prepared::Ready { launch, program } => (launch, program),
         Prepared::Unrunnable { exit_code, message } => {
             return unrunnable(exit_code, message, cap, &out, started).await;
         }
     };
     // The command's own cgroup, else the commands' shared one, else none (outside a guest).
     let cgroup = CommandCgroup::create();
-    let join = cgroup
-        .as_ref()
-        .map(CommandCgroup::procs)
-        .or_else(crate::limits::commands_procs);
-    start_in_session(&mut cmd, join);
-    // fork + exec blocks until the exec is done (slow for a big binary on a cold disk).
-    let spawned = tokio::task::spawn_blocking(move || reaper::spawn(cmd))
+    let (cgroup_dir, join) = match &cgroup {
+        Some(c) => (Some(c.dir_fd()), Some(c.procs())),
+        None => (
+            crate::limits::commands_dir(),
+            crate::limits::commands_procs(),
+        ),
+    };
+    // Starting blocks until the exec is done (slow for a big binary on a cold disk). The
+    // cgroup's descriptors stay open until then: `cgroup` outlives the call.
+    let spawned = tokio::task::spawn_blocking(move || launch.start(cgroup_dir, join))
         .await
         .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
     let child = match spawned {

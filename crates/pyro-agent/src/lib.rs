@@ -11,6 +11,7 @@
 //!   batched writes, tar export and streaming tar import.
 //! - [`limits`] runs commands in a cgroup with process, memory and CPU limits that leave
 //!   the agent room to answer whatever the commands do.
+//! - [`spawn`] starts a command straight into its cgroup (`clone3`, vfork-style).
 //! - [`sys`] holds the thin `unsafe` wrappers around the system calls above.
 
 pub mod exec;
@@ -19,5 +20,6 @@ pub mod init;
 pub mod limits;
 pub mod reaper;
 pub mod server;
+pub mod spawn;
 pub mod sys;
 pub mod transport;

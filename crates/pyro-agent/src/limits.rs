@@ -18,11 +18,15 @@
 //! share the CPU as cgroups, not per process, so a command started while a fork bomb of an
 //! earlier one still churns gets as much CPU as the whole bomb; each may have half of the
 //! tasks, so such a command can still fork; and a timed-out command is killed all at once
-//! with `cgroup.kill`, whatever it forked meanwhile. A command's cgroup is removed once
-//! nothing runs in it (processes a command leaves behind keep theirs until they end).
+//! with `cgroup.kill`, whatever it forked meanwhile. Cgroups are made ahead of time and
+//! removed once nothing runs in them, by a housekeeping thread woken after each command's
+//! reply ([`tidy`]), so that neither is on the path of an exec (processes a command leaves
+//! behind keep its cgroup until they end).
 //!
-//! A command joins its cgroup between `fork` and `exec` ([`join`]), through a descriptor
-//! of its `cgroup.procs` opened beforehand, so nothing it runs escapes by being quick.
+//! A command is started inside its cgroup by the kernel (`clone3(CLONE_INTO_CGROUP)` with
+//! a descriptor of the cgroup's directory, see [`crate::spawn`]); where that is refused, it
+//! joins its cgroup between `fork` and `exec` ([`join`]), through a descriptor of its
+//! `cgroup.procs` opened beforehand. Either way nothing it runs escapes by being quick.
 //! Everything here is best effort: a kernel without cgroup v2 or one of the controllers
 //! runs commands without that limit, and says so on the console.
 
@@ -30,9 +34,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 
 use crate::sys;
 
@@ -61,9 +66,33 @@ const SHARED: &str = "shared";
 /// Prefix of the name of a command's cgroup below [`COMMANDS_CGROUP`].
 const COMMAND_PREFIX: &str = "cmd-";
 
-/// `cgroup.procs` of [`COMMANDS_CGROUP`], opened for writing by [`setup`], with the limits
-/// set there.
-static PROCS: OnceLock<(OwnedFd, Limits)> = OnceLock::new();
+/// The commands' shared cgroup (`COMMANDS_CGROUP/shared`), opened by [`setup`], with the
+/// limits set on [`COMMANDS_CGROUP`].
+static PROCS: OnceLock<(Opened, Limits)> = OnceLock::new();
+
+/// A cgroup opened for starting processes in it: its `cgroup.procs` for writing (for
+/// [`join`]) and its directory (for `clone3(CLONE_INTO_CGROUP)`).
+#[derive(Debug)]
+struct Opened {
+    procs: OwnedFd,
+    dir: OwnedFd,
+}
+
+impl Opened {
+    fn open(dir: &Path) -> io::Result<Self> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)?;
+        Ok(Self {
+            procs: OwnedFd::from(procs),
+            dir: OwnedFd::from(dir),
+        })
+    }
+}
 
 /// Number of the next command's cgroup.
 static NEXT_COMMAND: AtomicU64 = AtomicU64::new(1);
@@ -75,6 +104,12 @@ static LIVE: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
 /// the last one's) costs milliseconds under emulation, which every command would otherwise
 /// wait for.
 static SPARE: Mutex<Option<CommandCgroup>> = Mutex::new(None);
+
+/// Nice value of the housekeeping thread (see [`tidy`]).
+const HOUSEKEEPING_NICE: i32 = 19;
+
+/// Wakes the thread that runs [`housekeep`] (see [`tidy`]).
+static WORKER: OnceLock<mpsc::SyncSender<()>> = OnceLock::new();
 
 /// The limits of [`COMMANDS_CGROUP`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,24 +199,25 @@ pub fn setup() -> io::Result<(Limits, Vec<String>)> {
             problems.push(format!("cannot set {file} to {value}: {e}"));
         }
     }
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(shared.join("cgroup.procs"))
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("opening {COMMANDS_CGROUP}/{SHARED}/cgroup.procs: {e}"),
-            )
-        })?;
-    // A second call keeps the first descriptor; both name the same file.
-    let _ = PROCS.set((OwnedFd::from(procs), limits));
+    let opened = Opened::open(&shared).map_err(|e| {
+        io::Error::new(e.kind(), format!("opening {COMMANDS_CGROUP}/{SHARED}: {e}"))
+    })?;
+    // A second call keeps the first descriptors; both name the same cgroup.
+    let _ = PROCS.set((opened, limits));
+    // The first command's cgroup, made while the agent starts.
+    tidy();
     Ok((limits, problems))
 }
 
 /// The descriptor of the commands' shared cgroup (`COMMANDS_CGROUP/shared`, for a command
 /// whose own cgroup could not be made) for [`join`], once [`setup`] has succeeded.
 pub fn commands_procs() -> Option<RawFd> {
-    PROCS.get().map(|(fd, _)| fd.as_raw_fd())
+    PROCS.get().map(|(opened, _)| opened.procs.as_raw_fd())
+}
+
+/// The directory descriptor of the same shared cgroup, for `clone3(CLONE_INTO_CGROUP)`.
+pub fn commands_dir() -> Option<RawFd> {
+    PROCS.get().map(|(opened, _)| opened.dir.as_raw_fd())
 }
 
 /// The cgroup of one command, `COMMANDS_CGROUP/cmd-N`: its own `pids.max` (half of the
@@ -192,26 +228,18 @@ pub fn commands_procs() -> Option<RawFd> {
 pub struct CommandCgroup {
     number: u64,
     dir: PathBuf,
-    procs: OwnedFd,
+    opened: Opened,
 }
 
 impl CommandCgroup {
-    /// The cgroup of a new command: the spare made ahead of time when there is one (and a
-    /// new spare is made in the background), else one made now. `None` when [`setup`] did
-    /// not succeed or the cgroup cannot be made: the command then runs in the commands'
-    /// shared cgroup.
+    /// The cgroup of a new command: the spare made ahead of time when there is one, else
+    /// one made now. `None` when [`setup`] did not succeed or the cgroup cannot be made: the
+    /// command then runs in the commands' shared cgroup. The next spare is made by
+    /// [`tidy`], once the command's reply is out.
     pub fn create() -> Option<Self> {
         PROCS.get()?;
         let spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let cgroup = spare.or_else(Self::make);
-        std::thread::spawn(|| {
-            let next = Self::make();
-            let mut slot = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.is_none() {
-                *slot = next;
-            }
-        });
-        cgroup
+        spare.or_else(Self::make)
     }
 
     /// Makes a command cgroup now (after removing the empty ones of earlier commands).
@@ -222,15 +250,11 @@ impl CommandCgroup {
         let dir = Path::new(COMMANDS_CGROUP).join(format!("{COMMAND_PREFIX}{number}"));
         fs::create_dir(&dir).ok()?;
         live().get_or_insert_with(HashSet::new).insert(number);
-        let cgroup = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-            .ok()
-            .map(|f| Self {
-                number,
-                dir: dir.clone(),
-                procs: OwnedFd::from(f),
-            });
+        let cgroup = Opened::open(&dir).ok().map(|opened| Self {
+            number,
+            dir: dir.clone(),
+            opened,
+        });
         match cgroup {
             Some(cgroup) => {
                 // Without its own limit the command is still bound by the commands' one.
@@ -250,7 +274,12 @@ impl CommandCgroup {
 
     /// The descriptor for [`join`].
     pub fn procs(&self) -> RawFd {
-        self.procs.as_raw_fd()
+        self.opened.procs.as_raw_fd()
+    }
+
+    /// The directory's descriptor, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.opened.dir.as_raw_fd()
     }
 
     /// Kills every process in the cgroup at once (`cgroup.kill`); forks racing with it
@@ -262,14 +291,62 @@ impl CommandCgroup {
 
 impl Drop for CommandCgroup {
     fn drop(&mut self) {
+        // The directory itself is removed by the next sweep ([`tidy`]), off the path of the
+        // exec's reply, once nothing runs in it any more.
         forget(self.number);
-        // Off the path of the exec's reply. Fails (EBUSY) while processes remain; `sweep`
-        // retries later.
-        let dir = std::mem::take(&mut self.dir);
-        std::thread::spawn(move || {
-            let _ = fs::remove_dir(&dir);
-        });
     }
+}
+
+/// Housekeeping after a command, meant to be called once its reply has been sent: on a
+/// thread of its own, removes the cgroups of finished commands and makes the next
+/// command's cgroup ahead of time. Both cost milliseconds under emulation (the guest has
+/// one vCPU), so doing them while a command starts or while its reply is on its way made
+/// every exec wait for them. Does nothing before [`setup`] has succeeded.
+pub fn tidy() {
+    if PROCS.get().is_none() {
+        return;
+    }
+    let worker = WORKER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let started = std::thread::Builder::new()
+            .name("pyro-cgroups".into())
+            .spawn(move || {
+                // Below the agent's other threads: a woken worker does not preempt the
+                // thread that is still writing the reply out, and runs when it is idle.
+                let _ = sys::set_thread_nice(HOUSEKEEPING_NICE);
+                while rx.recv().is_ok() {
+                    housekeep();
+                }
+            });
+        // Without the thread the receiver is gone and requests are served inline below.
+        drop(started);
+        tx
+    });
+    match worker.try_send(()) {
+        // Full: a request is already waiting, which this one joins.
+        Ok(()) | Err(mpsc::TrySendError::Full(())) => {}
+        Err(mpsc::TrySendError::Disconnected(())) => housekeep(),
+    }
+}
+
+/// Sweeps, and makes a spare command cgroup unless there is one.
+fn housekeep() {
+    let has_spare = SPARE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some();
+    if has_spare {
+        sweep();
+        return;
+    }
+    // `make` sweeps first.
+    let next = CommandCgroup::make();
+    let mut slot = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_none() {
+        *slot = next;
+    }
+    // Else a command took the slot's spare and another was made meanwhile: the extra one
+    // is dropped and swept later.
 }
 
 fn live() -> std::sync::MutexGuard<'static, Option<HashSet<u64>>> {

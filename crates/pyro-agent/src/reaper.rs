@@ -5,9 +5,11 @@
 //! driven by `SIGCHLD`, loops `waitpid(-1, WNOHANG)`: a status whose pid is registered
 //! goes to that pid's [`Exit`] future, any other pid is simply reaped.
 //!
-//! Every child must therefore be started through [`spawn`], and nothing else in the
-//! process may call `wait`/`waitpid` (no `std::process::Child::wait`, `Command::status`,
-//! `Command::output`, nor `tokio::process`): the reaper would race them.
+//! Every child must therefore be started through [`spawn`] or [`spawn_launch`], and
+//! nothing else in the process may call `wait`/`waitpid` (no `std::process::Child::wait`,
+//! `Command::status`, `Command::output`, nor `tokio::process`): the reaper would race them
+//! (only [`spawn_launch`] itself reaps a child that failed to exec, under the registry
+//! lock, as the standard library does inside [`spawn`]).
 //!
 //! The registry lock is held both across `Command::spawn` (fork, exec, registration) and
 //! across each `waitpid` call of the reaper. So a child can never be reaped before its
@@ -200,6 +202,36 @@ pub fn spawn(mut cmd: Command) -> io::Result<SpawnedChild> {
         exit: Exit { rx },
     })
     // Dropping `child` neither kills nor waits for the process.
+}
+
+/// Starts a child with [`crate::spawn::spawn`] and registers it with the reaper, like
+/// [`spawn`] (the registry is held across the start, so a failed child is reaped by the
+/// starter, never by the reaper).
+///
+/// # Errors
+/// Fails when no reaper is running or when the start fails (see [`crate::spawn::spawn`]).
+pub fn spawn_launch(
+    launch: &crate::spawn::Launch<'_>,
+) -> Result<SpawnedChild, crate::spawn::Error> {
+    if LIVE_REAPERS.load(Ordering::SeqCst) == 0 {
+        return Err(crate::spawn::Error::Start(io::Error::other(
+            "reaper not started: call reaper::start() inside the runtime first",
+        )));
+    }
+    let mut guard = registry();
+    let started = crate::spawn::spawn(launch)?;
+    let (tx, rx) = oneshot::channel();
+    guard
+        .get_or_insert_with(HashMap::new)
+        .insert(started.pid, tx);
+    drop(guard);
+    Ok(SpawnedChild {
+        pid: started.pid.unsigned_abs(),
+        stdin: started.stdin.map(ChildStdin::from),
+        stdout: Some(ChildStdout::from(started.stdout)),
+        stderr: Some(ChildStderr::from(started.stderr)),
+        exit: Exit { rx },
+    })
 }
 
 #[cfg(test)]

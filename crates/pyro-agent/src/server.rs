@@ -84,7 +84,11 @@ async fn handle(stream: Stream, info: AgentInfo) {
             };
             reply_ok(&mut tx, &res).await;
         }
-        Request::Exec(req) => handle_exec(tx, rx, req).await,
+        Request::Exec(req) => {
+            handle_exec(tx, rx, req).await;
+            // Cgroup housekeeping once the reply is out (see `limits::tidy`).
+            crate::limits::tidy();
+        }
         Request::SyncClock(c) => {
             if !info.pid1 {
                 reply_err(

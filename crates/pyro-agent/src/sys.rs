@@ -154,6 +154,13 @@ pub fn set_child_subreaper() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) }).map(drop)
 }
 
+/// Sets the nice value of the calling thread (not of the whole process: Linux applies
+/// `setpriority(PRIO_PROCESS, 0, ...)` to the caller only).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers and has no memory-safety preconditions.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) }).map(drop)
+}
+
 /// Sets `CLOCK_REALTIME` to `since_epoch` after the Unix epoch.
 pub fn set_realtime_clock(since_epoch: Duration) -> io::Result<()> {
     let secs = libc::time_t::try_from(since_epoch.as_secs())
