@@ -45,7 +45,18 @@ fn agent() -> Agent {
 }
 
 async fn session(a: &Agent) -> Session {
-    let conn = tokio::net::UnixStream::connect(&a.sock).await.unwrap();
+    // The socket file appears at bind(), a moment before listen(): until then a connect is
+    // refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        match tokio::net::UnixStream::connect(&a.sock).await {
+            Ok(c) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("cannot connect to the agent: {e}"),
+        }
+    };
     Session::client(conn, Config::default()).await.unwrap()
 }
 

@@ -20,6 +20,7 @@ pub mod lock;
 pub mod model;
 pub mod ops;
 mod output;
+mod sandbox;
 pub mod store;
 pub mod validate;
 mod vm;

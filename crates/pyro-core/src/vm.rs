@@ -186,7 +186,6 @@ impl Pyro {
     pub(crate) async fn boot_vm(&self, id: &str, vm: &mut Vm, progress: &ProgressFn) -> Result<()> {
         let backend = self.backend(vm.backend_choice, progress).await?;
         let upper = vm.dir.join("upper.ext4");
-        let mut warm = None;
         let spec = BootSpec {
             id,
             workdir: &vm.dir,
@@ -199,45 +198,21 @@ impl Pyro {
             relay_bin: None,
             boot_timeout: self.opts.boot_timeout,
         };
-        if !vm.started_once && self.snapshots_enabled() {
-            let on_spawn = |m: &dyn Machine| self.write_owner(&vm.dir, Some(m.pid()));
-            match self
-                .start_warm(
-                    spec,
-                    &upper,
-                    UPPER_DISK_MIB,
-                    backend.as_ref(),
-                    &on_spawn,
-                    progress,
-                )
-                .await
-            {
-                Ok(started) => warm = started,
-                Err(e) => {
-                    tracing::warn!(vm_id = id, "warm start failed, booting cold: {e}");
-                    // The attempt may have left a copy of the snapshot's disk: boot from a
-                    // fresh one.
-                    remove_file_if_exists(&upper)?;
-                }
-            }
-        }
-        if warm.is_none() && !upper.exists() {
-            self.cache.create_upper_disk(&upper, UPPER_DISK_MIB)?;
-        }
-        let (machine, session, mode) = match warm {
-            Some((machine, session)) => (machine, session, BootMode::Warm),
-            None => {
-                let mut machine = backend.boot(spec).await?;
-                self.write_owner(&vm.dir, Some(machine.pid()))?;
-                match connect_agent(machine.as_mut(), self.opts.boot_timeout).await {
-                    Ok(session) => (machine, session, BootMode::Cold),
-                    Err(e) => {
-                        machine.halt().await;
-                        return Err(e);
-                    }
-                }
-            }
-        };
+        let dir = vm.dir.clone();
+        let on_spawn = move |m: &dyn Machine| self.write_owner(&dir, Some(m.pid()));
+        let sandbox = self
+            .boot_sandbox(crate::sandbox::BootPlan {
+                spec,
+                backend: backend.as_ref(),
+                disk_mib: UPPER_DISK_MIB,
+                // Only a first start may restore a snapshot: a restart keeps its own disk.
+                fresh_disk: !vm.started_once,
+                on_spawn: &on_spawn,
+                after_failed_warm: &|| Ok(()),
+                progress,
+            })
+            .await?;
+        let (machine, session, mode) = (sandbox.machine, sandbox.session, sandbox.mode);
         vm.session = Some(session);
         vm.started_once = true;
         vm.boot_ms = Some(vm.created.elapsed().as_millis() as u64);

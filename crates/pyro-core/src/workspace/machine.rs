@@ -449,47 +449,18 @@ impl Pyro {
         // Called as soon as the machine runs, before anything waits on the guest: it is
         // noted (atomically) before it can outlive this process unnoticed.
         let note_machine = |m: &dyn Machine| procs::note_machine(&d.root, &m.record());
-        if fresh_disk && self.snapshots_enabled() {
-            match self
-                .start_warm(
-                    spec,
-                    &upper,
-                    WORKSPACE_DISK_MIB,
-                    backend.as_ref(),
-                    &note_machine,
-                    progress,
-                )
-                .await
-            {
-                Ok(Some((machine, session))) => {
-                    return Ok((machine.record(), session, BootMode::Warm));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(workspace = rec.id, "warm start failed, booting cold: {e}");
-                    // It may have left a copy of the snapshot's disk: start from a new one.
-                    let _ = std::fs::remove_file(&upper);
-                    prepare_vm_dir()?;
-                }
-            }
-        }
-        if fresh_disk && !upper.exists() {
-            self.cache().create_upper_disk(&upper, WORKSPACE_DISK_MIB)?;
-        }
-        let mut machine = backend.boot(spec).await?;
-        if let Err(e) = note_machine(machine.as_ref()) {
-            machine.halt().await;
-            return Err(e);
-        }
-        let session =
-            match crate::connect_agent(machine.as_mut(), self.options().boot_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    machine.halt().await;
-                    return Err(e);
-                }
-            };
-        Ok((machine.record(), session, BootMode::Cold))
+        let sandbox = self
+            .boot_sandbox(crate::sandbox::BootPlan {
+                spec,
+                backend: backend.as_ref(),
+                disk_mib: WORKSPACE_DISK_MIB,
+                fresh_disk,
+                on_spawn: &note_machine,
+                after_failed_warm: &prepare_vm_dir,
+                progress,
+            })
+            .await?;
+        Ok((sandbox.machine.record(), sandbox.session, sandbox.mode))
     }
 
     /// The environment `name` for machines of `backend`: pulled (normally cached by now)
