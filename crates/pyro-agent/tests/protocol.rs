@@ -51,7 +51,10 @@ async fn session(a: &Agent) -> Session {
     let conn = loop {
         match tokio::net::UnixStream::connect(&a.sock).await {
             Ok(c) => break c,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("cannot connect to the agent: {e}"),

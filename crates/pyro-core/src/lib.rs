@@ -45,7 +45,7 @@ pub use output::base64;
 pub use validate::validate_exec;
 
 use backend::{Backend, BootSpec, Machine};
-use warm::{BootMode, pool};
+use warm::pool;
 
 /// Allowed vCPU counts.
 pub const VCPU_RANGE: (i64, i64) = (1, 8);

@@ -75,7 +75,10 @@ impl Pyro {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(sandbox = plan.spec.id, "warm start failed, booting cold: {e}");
+                    tracing::warn!(
+                        sandbox = plan.spec.id,
+                        "warm start failed, booting cold: {e}"
+                    );
                     // The attempt may have left a copy of the snapshot's disk: boot from a
                     // new one.
                     match std::fs::remove_file(disk) {
