@@ -133,3 +133,116 @@ pub fn validate_labels<'a>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        let ok: &[(&str, &str)] = &[
+            ("a", "a"),
+            ("  my workspace  ", "my workspace"),
+            ("ünïcødé ✓", "ünïcødé ✓"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(validate_name(input).unwrap(), *want);
+        }
+        assert_eq!(
+            validate_name(&"é".repeat(120)).unwrap().chars().count(),
+            120
+        );
+        assert_eq!(validate_name(""), Err(ValidationError::NameEmpty));
+        assert_eq!(validate_name(" \t\n "), Err(ValidationError::NameEmpty));
+        assert_eq!(
+            validate_name(&"x".repeat(121)),
+            Err(ValidationError::NameTooLong { len: 121, max: 120 })
+        );
+        assert_eq!(
+            validate_name(&format!("  {}  ", "x".repeat(120)))
+                .unwrap()
+                .len(),
+            120
+        );
+    }
+
+    #[test]
+    fn label_keys_follow_the_contract_pattern() {
+        let long_ok = format!("a{}", "b".repeat(63));
+        for key in [
+            "a",
+            "Z9",
+            "0",
+            "team.name",
+            "a_b-c.d",
+            long_ok.as_str(),
+            " padded ",
+        ] {
+            assert_eq!(validate_label_key(key).unwrap(), key.trim(), "{key:?}");
+        }
+        let too_long = "a".repeat(65);
+        let bad = [
+            "",
+            "   ",
+            "-a",
+            ".a",
+            "_a",
+            "a b",
+            "a/b",
+            "a:b",
+            "é",
+            "aé",
+            too_long.as_str(),
+        ];
+        for key in bad {
+            match validate_label_key(key) {
+                Err(ValidationError::LabelKey { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key:?}: unexpected {other:?}"),
+            }
+        }
+        let e = validate_label_key("-a").unwrap_err().to_string();
+        assert!(e.contains(LABEL_KEY_RULE), "{e}");
+    }
+
+    #[test]
+    fn label_values_are_trimmed_bounded_and_single_line() {
+        assert_eq!(validate_label_value("k", " v ").unwrap(), "v");
+        assert_eq!(validate_label_value("k", "a b=c").unwrap(), "a b=c");
+        // Surrounding line breaks are trimmed away, inner ones are refused.
+        assert_eq!(validate_label_value("k", "\nv\r\n").unwrap(), "v");
+        assert_eq!(
+            validate_label_value("k", "  "),
+            Err(ValidationError::LabelValueEmpty { key: "k".into() })
+        );
+        for v in ["a\nb", "a\rb", "a\r\nb"] {
+            assert_eq!(
+                validate_label_value("k", v),
+                Err(ValidationError::LabelValueLineBreak { key: "k".into() })
+            );
+        }
+        assert!(validate_label_value("k", &"é".repeat(120)).is_ok());
+        assert_eq!(
+            validate_label_value("k", &"v".repeat(121)),
+            Err(ValidationError::LabelValueTooLong {
+                key: "k".into(),
+                len: 121,
+                max: 120
+            })
+        );
+        let mut m = BTreeMap::new();
+        m.insert(" b ".to_string(), " 2 ".to_string());
+        m.insert("a".to_string(), "1".to_string());
+        let v = validate_labels(&m).unwrap();
+        assert_eq!(
+            v.into_iter().collect::<Vec<_>>(),
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        m.insert("c".to_string(), "x\ny".to_string());
+        assert!(matches!(
+            validate_labels(&m),
+            Err(ValidationError::LabelValueLineBreak { key }) if key == "c"
+        ));
+    }
+}
