@@ -413,3 +413,22 @@ fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn stopping_the_relay_closes_the_listener_and_its_connections() {
+    let Some(tools) = tools() else { return };
+    let fx = Fixture::new(&tools, "pt-stop", 16377);
+    let relay = Relay::start(fx.spec(0, ECHO)).unwrap();
+    let addr = relay.addr;
+    let mut conn = fx.connect(addr).unwrap();
+    conn.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b).unwrap();
+    drop(relay);
+    let mut rest = Vec::new();
+    // EOF or a reset: either way the relayed connection is gone.
+    let _ = conn.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let err = fx.connect(addr).expect_err("nothing listens any more");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+}
