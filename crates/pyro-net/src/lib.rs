@@ -21,9 +21,13 @@
 //! - [`setup`]: the capability check ([`setup::check_capabilities`]), [`setup::create`],
 //!   which plumbs one sandbox's network, and [`Teardown`], which removes exactly what was
 //!   created and is safe to run twice, after a crash, or on half-made state.
+//! - [`ports`]: published ports. A [`PortRelay`] listens on the host's `127.0.0.1` and
+//!   relays each connection to a guest port, connecting from inside the sandbox's namespace,
+//!   with bounded buffers, half-close and a connection limit; [`ports::run_relay`] is the
+//!   body of the detached relay process.
 //!
 //! Not built yet: pyro's DNS resolver on the gateway (it will fill the `allowed_v4` set), the
-//! HTTP(S) egress proxy, published ports, the host's own forwarding and NAT, and the wiring
+//! HTTP(S) egress proxy, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
 pub mod cmd;
@@ -31,10 +35,12 @@ pub mod link;
 pub mod netns;
 pub mod plan;
 pub mod policy;
+pub mod ports;
 pub mod ruleset;
 pub mod setup;
 
 pub use plan::{Ipv4Cidr, PlanError, SandboxNet};
 pub use policy::{Allowlist, AllowlistError, HostPattern, NetworkPolicy, PolicyError};
+pub use ports::{PortRelay, RelayError, RelaySpec, SpecError};
 pub use ruleset::Ruleset;
 pub use setup::{NetError, Teardown};

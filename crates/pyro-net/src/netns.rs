@@ -55,7 +55,7 @@ pub fn exists(name: &str) -> bool {
 }
 
 /// Moves the calling thread into namespace `name`.
-fn enter(name: &str) -> Result<(), NetnsError> {
+pub(crate) fn enter(name: &str) -> Result<(), NetnsError> {
     let path = path(name);
     let file = File::open(&path).map_err(|source| NetnsError::Open { path, source })?;
     // SAFETY: `file` is an open descriptor of a namespace file that lives until after the
