@@ -27,6 +27,7 @@
 //! into the core and the VMMs. See `docs/network.md`.
 
 pub mod cmd;
+pub mod dns;
 pub mod link;
 pub mod netns;
 pub mod plan;
