@@ -230,8 +230,7 @@ pub struct Question {
     pub qclass: u16,
 }
 
-/// One resource record; rdata stays opaque except for the types [`Record::a`] and
-/// [`Record::cname`] read.
+/// One resource record; rdata stays opaque ([`RData::Opaque`]) except for A and CNAME.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Owner name.
