@@ -26,11 +26,16 @@
 //!   with bounded buffers, half-close and a connection limit; [`ports::run_relay`] is the
 //!   body of the detached relay process.
 //!
-//! Not built yet: pyro's DNS resolver on the gateway (it will fill the `allowed_v4` set), the
-//! HTTP(S) egress proxy, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
+//! - [`dns`]: pyro's resolver on the gateway: a hostile-input-safe DNS parser and writer
+//!   ([`dns::wire`]), the allowlist policy ([`dns::Resolver`]: forward, or NXDOMAIN and a
+//!   recorded [`dns::Denial`]), and the UDP server ([`dns::server`]) that forwards to the
+//!   host's resolvers and hands allowed answers' addresses to the `allowed_v4` set.
+//!
+//! Not built yet: DNS over TCP on the gateway, the HTTP(S) egress proxy, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
 pub mod cmd;
+pub mod dns;
 pub mod link;
 pub mod netns;
 pub mod plan;

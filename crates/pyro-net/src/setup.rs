@@ -175,6 +175,19 @@ impl Network {
             &ruleset::allow_addresses(&self.plan, addrs),
         )
     }
+
+    /// The resolver's callback for this sandbox ([`crate::dns::server::spawn`]): what
+    /// [`Network::allow`] does, on its own copy of the plan and tools.
+    pub fn on_answer(&self) -> crate::dns::OnAnswer {
+        let (tools, plan) = (self.tools.clone(), self.plan);
+        std::sync::Arc::new(move |addrs: &[(Ipv4Addr, Duration)]| {
+            apply(
+                &tools,
+                Some(&plan.name()),
+                &ruleset::allow_addresses(&plan, addrs),
+            )
+        })
+    }
 }
 
 /// Applies an nft JSON document inside `ns` (`ip netns exec NS nft -j -f -`).

@@ -7,9 +7,12 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use pyro_net::dns::{self, Resolver, wire};
 use pyro_net::plan::TAP_NAME;
 use pyro_net::setup::{self, GuestLink, NetError, Options, Teardown};
 use pyro_net::{Allowlist, NetworkPolicy, SandboxNet, cmd, netns};
@@ -350,4 +353,151 @@ fn a_tap_is_created_in_the_namespace_and_removed() {
 fn the_capability_check_passes_here() {
     let Some(tools) = tools() else { return };
     assert!(tools.ip.is_absolute() && tools.nft.is_absolute());
+}
+
+/// The fake upstream resolver's address, in the "internet".
+const UPSTREAM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+
+/// A fake upstream resolver on `addr` inside `ns`: `allowed.test` is PUBLIC, `denied.test`
+/// is PUBLIC_2 (it must never be asked), anything else goes unanswered.
+fn fake_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let (stop, hits) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (s, h) = (stop.clone(), hits.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    netns::spawn_in(ns, move || {
+        let socket = std::net::UdpSocket::bind(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while !s.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            h.fetch_add(1, Ordering::Relaxed);
+            let Ok(query) = wire::parse_query(&buf[..n]) else {
+                continue;
+            };
+            let answer = match query.question.name.to_dotted().as_str() {
+                "allowed.test" => PUBLIC,
+                "denied.test" => PUBLIC_2,
+                _ => continue,
+            };
+            let reply = wire::write_a_response(query.header.id, &query.question, &[(answer, 120)]);
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    ready_rx.recv_timeout(TIMEOUT).unwrap();
+    (stop, hits)
+}
+
+/// Asks `server` for `name`'s A record from inside `ns`; the parsed response.
+fn lookup(ns: &str, server: SocketAddr, name: &str) -> wire::Response {
+    let question = wire::Question {
+        name: wire::Name::from_dotted(name).unwrap(),
+        qtype: wire::TYPE_A,
+        qclass: wire::CLASS_IN,
+    };
+    let reply = exchange(ns, server, &wire::write_query(0x5150, &question));
+    let response = wire::parse_response(&reply).unwrap();
+    assert_eq!(response.header.id, 0x5150);
+    response
+}
+
+fn exchange(ns: &str, server: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    netns::run_in(ns, || {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        socket.send_to(packet, server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = socket
+            .recv_from(&mut buf)
+            .expect("an answer from the resolver");
+        buf[..n].to_vec()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "resolver");
+    world
+        .internet
+        .ip(&["addr", "add", &format!("{UPSTREAM}/32"), "dev", "lo"]);
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let (stop_upstream, upstream_hits) = fake_upstream(&world.internet.name, sock(UPSTREAM, 53));
+    let list = Allowlist::parse(["allowed.test", "*.slow.test"], [] as [&str; 0]).unwrap();
+    let sb = world.sandbox(16311, NetworkPolicy::Egress, &list);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let allow = sb.net.on_answer();
+    let record = seen.clone();
+    let on_answer: dns::OnAnswer = Arc::new(move |addrs: &[(Ipv4Addr, Duration)]| {
+        record.lock().unwrap().extend_from_slice(addrs);
+        allow(addrs)
+    });
+    let policy = Arc::new(Resolver::new(list));
+    let gateway = sock(sb.plan().gateway(), 53);
+    let config = dns::ServerConfig {
+        listen: gateway,
+        upstreams: vec![sock(UPSTREAM, 53)],
+        timeout: Duration::from_millis(500),
+    };
+    let resolver = dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer).unwrap();
+    assert_eq!(resolver.local_addr, gateway);
+
+    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
+    let allowed = lookup(&sb.guest.name, gateway, "Allowed.Test");
+    assert_eq!(allowed.header.rcode(), 0);
+    assert_eq!(
+        allowed.answers.first().map(|r| r.data.clone()),
+        Some(wire::RData::A(PUBLIC))
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(PUBLIC, Duration::from_secs(120))]
+    );
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("the resolved address is open");
+
+    let hits = upstream_hits.load(Ordering::Relaxed);
+    let denied = lookup(&sb.guest.name, gateway, "denied.test");
+    assert_eq!(denied.header.rcode(), 3, "NXDOMAIN");
+    assert!(denied.answers.is_empty());
+    assert_eq!(
+        upstream_hits.load(Ordering::Relaxed),
+        hits,
+        "never asked upstream"
+    );
+    let denials: Vec<String> = policy.denials().into_iter().map(|d| d.name).collect();
+    assert_eq!(denials, ["denied.test"]);
+    assert_refused(
+        tcp_connect(&sb.guest.name, PUBLIC_2, 80),
+        "denied name's address",
+    );
+
+    // The upstream never answers this one: SERVFAIL after the timeout.
+    assert_eq!(
+        lookup(&sb.guest.name, gateway, "x.slow.test")
+            .header
+            .rcode(),
+        2
+    );
+    // A header without a question: FORMERR.
+    let formerr = exchange(
+        &sb.guest.name,
+        gateway,
+        &[0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(wire::Header::parse(&formerr).unwrap().rcode(), 1);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    resolver.stop();
+    stop_upstream.store(true, Ordering::Relaxed);
 }
