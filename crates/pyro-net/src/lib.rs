@@ -31,7 +31,11 @@
 //!   recorded [`dns::Denial`]), and the UDP server ([`dns::server`]) that forwards to the
 //!   host's resolvers and hands allowed answers' addresses to the `allowed_v4` set.
 //!
-//! Not built yet: DNS over TCP on the gateway, the HTTP(S) egress proxy, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
+//! - [`proxy`]: the HTTP(S) egress proxy: hostile-input-safe `Host` and TLS SNI parsers, the
+//!   pure decision ([`proxy::inspect`]) against the allowlist's host patterns, and the TCP
+//!   server that splices allowed connections and records denied ones.
+//!
+//! Not built yet: DNS over TCP on the gateway, the egress proxy's redirect rule and wiring, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
 pub mod cmd;
@@ -41,6 +45,7 @@ pub mod netns;
 pub mod plan;
 pub mod policy;
 pub mod ports;
+pub mod proxy;
 pub mod ruleset;
 pub mod setup;
 

@@ -194,13 +194,13 @@ type SocketRequest = oneshot::Sender<io::Result<OwnedFd>>;
 /// Makes TCP sockets inside one network namespace, on a thread that lives there. The
 /// thread ends when the last handle is dropped.
 #[derive(Debug, Clone)]
-struct SocketFactory {
+pub(crate) struct SocketFactory {
     requests: mpsc::Sender<SocketRequest>,
 }
 
 impl SocketFactory {
     /// Starts the thread in namespace `name`; fails if it cannot enter it.
-    async fn start(name: &str) -> Result<Self, RelayError> {
+    pub(crate) async fn start(name: &str) -> Result<Self, NetnsError> {
         let (requests, incoming) = mpsc::channel::<SocketRequest>();
         let (entered_tx, entered_rx) = oneshot::channel();
         let owned = name.to_owned();
@@ -216,16 +216,15 @@ impl SocketFactory {
         });
         match entered_rx.await {
             Ok(Ok(())) => Ok(SocketFactory { requests }),
-            Ok(Err(err)) => Err(err.into()),
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(NetnsError::Panicked {
                 name: name.to_owned(),
-            }
-            .into()),
+            }),
         }
     }
 
     /// One non-blocking TCP socket inside the namespace.
-    async fn socket(&self) -> io::Result<OwnedFd> {
+    pub(crate) async fn socket(&self) -> io::Result<OwnedFd> {
         let (reply, answer) = oneshot::channel();
         let gone = || io::Error::other("the namespace's socket thread has ended");
         self.requests.send(reply).map_err(|_| gone())?;
@@ -234,7 +233,7 @@ impl SocketFactory {
 }
 
 /// A fresh IPv4 TCP socket (non-blocking, close-on-exec) in the calling thread's namespace.
-fn new_tcp_socket() -> io::Result<OwnedFd> {
+pub(crate) fn new_tcp_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) takes no pointers; the result is checked before it is used.
     let fd = unsafe {
         libc::socket(

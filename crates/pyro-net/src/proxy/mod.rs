@@ -1,0 +1,212 @@
+//! The egress proxy: guest HTTP (port 80) and HTTPS (port 443) connections are checked
+//! against the allowlist's host patterns by the `Host` header or the TLS server name (SNI),
+//! so an allowed address does not open every site behind it (a shared CDN address), and a
+//! hard-coded address is only reached under an allowed name.
+//!
+//! - [`sni`], [`host`]: the parsers, pure and safe on hostile input.
+//! - [`inspect`]: the decision, pure: from the first bytes of a connection and its
+//!   original destination, [`Inspection::NeedMore`] or a [`Verdict`].
+//! - [`server`]: the TCP server. It reads the first bytes (bounded, with a timeout), decides,
+//!   and either connects to the original destination and splices, or closes and records a
+//!   [`Denial`].
+//!
+//! **The hook for credential injection.** An allowed HTTP connection's [`Allowed`] carries
+//! the parsed request head ([`Allowed::http`]: host and head length), and the server hands
+//! the buffered bytes and the verdict to a [`server::FirstBytes`] stage before anything is
+//! sent upstream. The secrets stage will implement it: find the credential for the host,
+//! rewrite the head (add `Authorization`), and return the bytes to send. Until then the
+//! stage is [`server::Passthrough`]. Only the first request of a connection is seen; a
+//! stage that must see every request (injection does) needs the proxy to parse HTTP
+//! framing, not just the first head.
+
+pub mod host;
+pub mod server;
+pub mod sni;
+
+use std::fmt;
+use std::net::SocketAddrV4;
+use std::time::SystemTime;
+
+use crate::policy::{Allowlist, MAX_HOST_LEN};
+use crate::ruleset::BLOCKED;
+
+pub use host::HostError;
+pub use server::{FirstBytes, Passthrough, Proxy, ProxyConfig, ProxyError};
+pub use sni::SniError;
+
+/// The port of plain HTTP.
+pub const HTTP_PORT: u16 = 80;
+/// The port of HTTPS.
+pub const HTTPS_PORT: u16 = 443;
+/// The most bytes read before a decision: the larger of a request head and a TLS record.
+pub const MAX_PEEK: usize = 16 * 1024 + 5;
+
+/// A host name from the wire, checked and in canonical form: 1 to 253 bytes of letters,
+/// digits, `-`, `_` and `.`, no empty label, lower case, no final dot. `None` otherwise.
+pub(crate) fn normalize_host(raw: &[u8]) -> Option<String> {
+    let raw = raw.strip_suffix(b".").unwrap_or(raw);
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_HOST_LEN
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && raw.split(|&b| b == b'.').all(|label| !label.is_empty());
+    ok.then(|| String::from_utf8_lossy(raw).to_ascii_lowercase())
+}
+
+/// What the proxy expects on a destination port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x (port 80): the `Host` header.
+    Http,
+    /// TLS (port 443): the ClientHello's server name.
+    Tls,
+}
+
+impl Protocol {
+    /// The protocol on `port`, if the proxy handles it.
+    pub fn for_port(port: u16) -> Option<Protocol> {
+        match port {
+            HTTP_PORT => Some(Protocol::Http),
+            HTTPS_PORT => Some(Protocol::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// An allowed connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// The host name read (`None` when the allowlist has no host patterns and nothing was
+    /// read).
+    pub host: Option<String>,
+    /// For HTTP, the first request's head: where a credential-injection stage works.
+    pub http: Option<host::RequestHead>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DenyReason {
+    /// The host name is not on the allowlist.
+    #[error("host `{host}` is not allowed")]
+    HostNotAllowed {
+        /// The name read.
+        host: String,
+    },
+    /// Port 80 did not carry a request the proxy can read a host from.
+    #[error(transparent)]
+    Http(#[from] HostError),
+    /// Port 443 did not carry a ClientHello the proxy can read a name from.
+    #[error(transparent)]
+    Tls(#[from] SniError),
+    /// The destination port is not one the proxy handles.
+    #[error("port {port} is not proxied")]
+    Port {
+        /// The port.
+        port: u16,
+    },
+    /// The destination is in a range no guest may reach (and no allowed CIDR opens).
+    #[error("destination {ip} is blocked ({what})")]
+    Blocked {
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// The range's description.
+        what: &'static str,
+    },
+    /// The client sent too little before the timeout (or closed).
+    #[error("no complete request head or ClientHello in time")]
+    Timeout,
+    /// The original destination could not be found.
+    #[error("the original destination is unknown")]
+    NoDestination,
+}
+
+/// The outcome of looking at a connection's first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect to the original destination and splice.
+    Allow(Allowed),
+    /// Close the connection.
+    Deny(DenyReason),
+}
+
+/// What [`inspect`] says about the bytes read so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// Read more (the buffer is shorter than [`MAX_PEEK`]) and ask again.
+    NeedMore,
+    /// Decided.
+    Decided(Verdict),
+}
+
+/// Decides on a guest connection to `dst` whose first bytes are `buf`. Without host
+/// patterns every connection to an address the ruleset lets through is allowed at once,
+/// unread. The address check repeats the ruleset's: a redirected connection no longer
+/// passes the forward chain, so the proxy must not open what the ruleset refuses.
+pub fn inspect(dst: SocketAddrV4, buf: &[u8], allowlist: &Allowlist) -> Inspection {
+    let ip = *dst.ip();
+    if !allowlist.cidrs().iter().any(|c| c.contains(ip))
+        && let Some((_, what)) = BLOCKED.iter().find(|(net, _)| net.contains(ip))
+    {
+        return Inspection::Decided(Verdict::Deny(DenyReason::Blocked { ip, what }));
+    }
+    let Some(protocol) = Protocol::for_port(dst.port()) else {
+        return Inspection::Decided(Verdict::Deny(DenyReason::Port { port: dst.port() }));
+    };
+    if allowlist.hosts().is_empty() {
+        return Inspection::Decided(Verdict::Allow(Allowed {
+            host: None,
+            http: None,
+        }));
+    }
+    let parsed = match protocol {
+        Protocol::Http => match host::parse(buf) {
+            Ok(head) => Ok((head.host.clone(), Some(head))),
+            Err(HostError::Incomplete) => return Inspection::NeedMore,
+            Err(err) => Err(DenyReason::from(err)),
+        },
+        Protocol::Tls => match sni::parse(buf) {
+            Ok(name) => Ok((name, None)),
+            Err(SniError::Incomplete) => return Inspection::NeedMore,
+            Err(err) => Err(DenyReason::from(err)),
+        },
+    };
+    Inspection::Decided(match parsed {
+        Ok((host, _)) if !allowlist.allows_host(&host) => {
+            Verdict::Deny(DenyReason::HostNotAllowed { host })
+        }
+        Ok((host, http)) => Verdict::Allow(Allowed {
+            host: Some(host),
+            http,
+        }),
+        Err(reason) => Verdict::Deny(reason),
+    })
+}
+
+/// Most denials remembered; older ones are forgotten first.
+pub const MAX_DENIALS: usize = 256;
+
+/// A connection the proxy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The host name read, if one was.
+    pub host: Option<String>,
+    /// The original destination.
+    pub destination: Option<SocketAddrV4>,
+    /// Why.
+    pub reason: DenyReason,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.destination {
+            Some(dst) => write!(f, "{dst}: {}", self.reason),
+            None => write!(f, "{}", self.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
