@@ -34,11 +34,6 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
     "virtio_console",
-    // virtio-net NIC (Debian 6.1: virtio_net depends on net_failover, which depends on
-    // failover); after virtio_ring and virtio above.
-    "failover",
-    "net_failover",
-    "virtio_net",
 ];
 
 /// The Debian package the kernel comes from.
