@@ -494,9 +494,10 @@ fn switch_root(new_root: &Path) -> Result<(), InitError> {
 
 /// Prepares a root filesystem for commands: kernel filesystems (each mounted only if
 /// not already), `/dev` extras, tmpfs `/run` and `/tmp`, `/workspace`, hostname,
-/// loopback up and the clock from [`CLOCK_PARAM`].
+/// loopback up, the network from [`crate::net::NET_PARAM`] (only when present) and the
+/// clock from [`CLOCK_PARAM`].
 ///
-/// Hostname, loopback and clock failures are logged, not fatal.
+/// Hostname, loopback, network and clock failures are logged, not fatal.
 ///
 /// # Errors
 /// A failed mount, directory or `/dev` symlink.
@@ -544,6 +545,20 @@ pub fn setup_root() -> Result<(), InitError> {
     }
     if let Err(err) = sys::interface_up("lo") {
         eprintln!("pyro-init: warning: cannot bring up lo: {err}");
+    }
+    // Only with `pyro.net=` on the command line: a guest without it has only `lo`.
+    match crate::net::from_cmdline() {
+        Ok(None) => {}
+        Ok(Some(cfg)) => {
+            if let Err(err) = crate::net::configure(crate::net::GUEST_IFACE, &cfg) {
+                // Every NetError wraps one io::Error: print it after the step.
+                let cause = std::error::Error::source(&err)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                eprintln!("pyro-init: warning: network: {err}{cause}");
+            }
+        }
+        Err(err) => eprintln!("pyro-init: warning: network not configured: {err}"),
     }
     if let Some(value) = kernel_cmdline_param(CLOCK_PARAM) {
         match parse_unix_time(&value) {

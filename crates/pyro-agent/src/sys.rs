@@ -190,8 +190,17 @@ pub fn reboot(cmd: libc::c_int) -> io::Error {
     }
 }
 
-/// Sets `IFF_UP` on a network interface (like `ip link set NAME up`).
-pub fn interface_up(name: &str) -> io::Result<()> {
+/// An `AF_INET` datagram socket for interface ioctls, closed on drop.
+fn inet_socket() -> io::Result<File> {
+    // SAFETY: plain socket creation; the fd is wrapped in a File right away so it is closed.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// An all-zero `ifreq` naming `name` (validated: 1 to `IFNAMSIZ - 1` bytes, no NUL).
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
         return Err(io::Error::new(
@@ -199,16 +208,33 @@ pub fn interface_up(name: &str) -> io::Result<()> {
             "bad interface name",
         ));
     }
-    // SAFETY: plain socket creation; the fd is wrapped in a File right away so it is closed.
-    let fd =
-        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let sock: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    Ok(req)
+}
+
+/// A `sockaddr` holding the `sockaddr_in` for `addr` (port 0).
+fn sockaddr_v4(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16-byte plain-old-data structs (the
+    // kernel's own aliasing of the two); every bit pattern is valid for sockaddr.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Sets `IFF_UP` on a network interface (like `ip link set NAME up`).
+pub fn interface_up(name: &str) -> io::Result<()> {
+    let mut req = ifreq_for(name)?;
+    let sock = inet_socket()?;
     // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFFLAGS fills flags.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
     // SAFETY: the kernel just wrote `ifru_flags`, so reading that union field is valid.
@@ -216,6 +242,72 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
     // SAFETY: `req` is a valid ifreq; SIOCSIFFLAGS only reads it.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Sets the IPv4 address and netmask of a network interface (`SIOCSIFADDR`, then
+/// `SIOCSIFNETMASK`, which also fixes the prefix route and the broadcast address).
+pub fn set_interface_ipv4(
+    name: &str,
+    addr: std::net::Ipv4Addr,
+    netmask: std::net::Ipv4Addr,
+) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
+    // SAFETY: `req` is a valid ifreq (name, AF_INET address); SIOCSIFADDR only reads it.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr_v4(netmask);
+    // SAFETY: `req` is a valid ifreq (name, AF_INET mask); SIOCSIFNETMASK only reads it.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) }).map(drop)
+}
+
+/// The kernel's `struct rtentry` (`<linux/route.h>`), which the `libc` crate only
+/// declares for musl and uclibc.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+/// Adds the IPv4 default route via `gateway` (`SIOCADDRT`, like `ip route add default via
+/// GATEWAY`); the kernel picks the interface whose subnet holds the gateway. An existing
+/// identical route is success.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let any = sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED);
+    let rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: any,
+        rt_gateway: sockaddr_v4(gateway),
+        rt_genmask: any,
+        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: std::ptr::null_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: `rt` is a fully initialised rtentry with the kernel's layout and a null
+    // device name (no pointer the kernel follows); SIOCADDRT only reads it.
+    match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Credits `bytes` to the kernel entropy pool through `RNDADDENTROPY` on `random`

@@ -1,0 +1,533 @@
+//! The guest side of networking: `eth0`'s address, the default route and
+//! `/etc/resolv.conf`, from the kernel command-line parameter [`NET_PARAM`].
+//!
+//! The host puts `pyro.net=ADDRESS/PREFIX,GATEWAY[,DNS]` on the command line of a networked
+//! sandbox (IPv4 only; see `docs/network.md`: the guest is `10.200.x.2/30`, the gateway
+//! `.1` and the resolver on the gateway). [`parse`] validates it into a [`NetConfig`];
+//! [`configure`] applies it with the classic interface and route ioctls (no netlink, no
+//! `ip` in the guest). Without the parameter, nothing here runs: the guest has only `lo`.
+
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::sys;
+
+/// The kernel command-line parameter carrying the guest's network configuration.
+pub const NET_PARAM: &str = "pyro.net";
+
+/// The interface the guest's virtio-net device gets (the kernel's first Ethernet name;
+/// nothing in the guest renames interfaces).
+pub const GUEST_IFACE: &str = "eth0";
+
+/// Where the resolver configuration goes.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Longest accepted value of [`NET_PARAM`] (`255.255.255.255/30` and two more addresses
+/// take 50 bytes).
+pub const MAX_PARAM_LEN: usize = 64;
+
+/// A validated guest network configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// Prefix length of the guest's subnet (1 to 30).
+    pub prefix: u8,
+    /// The default gateway, inside the subnet.
+    pub gateway: Ipv4Addr,
+    /// The resolver; `None` means the gateway.
+    pub dns: Option<Ipv4Addr>,
+}
+
+impl NetConfig {
+    /// The netmask of [`prefix`](Self::prefix).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix))
+    }
+
+    /// The resolver the guest uses: [`dns`](Self::dns), or else the gateway.
+    pub fn resolver(&self) -> Ipv4Addr {
+        self.dns.unwrap_or(self.gateway)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// Why a [`NET_PARAM`] value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The value is longer than [`MAX_PARAM_LEN`].
+    #[error("{NET_PARAM} value is {len} bytes long, at most {MAX_PARAM_LEN} are accepted")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Not `ADDRESS/PREFIX,GATEWAY[,DNS]`.
+    #[error("{NET_PARAM}={value:?} is not ADDRESS/PREFIX,GATEWAY[,DNS]")]
+    Shape {
+        /// The value.
+        value: String,
+    },
+    /// A field is not a dotted-quad IPv4 address.
+    #[error("{NET_PARAM}: {field} {value:?} is not an IPv4 address")]
+    BadAddress {
+        /// `address`, `gateway` or `dns`.
+        field: &'static str,
+        /// The field's text.
+        value: String,
+    },
+    /// The prefix is not a number from 1 to 30.
+    #[error("{NET_PARAM}: prefix {value:?} is not a number from 1 to 30")]
+    BadPrefix {
+        /// The prefix's text.
+        value: String,
+    },
+    /// An address that cannot be a host's (`0/8`, `127/8`, multicast, `240/4`).
+    #[error("{NET_PARAM}: {field} {addr} is not a unicast host address")]
+    NotUnicast {
+        /// `address`, `gateway` or `dns`.
+        field: &'static str,
+        /// The address.
+        addr: Ipv4Addr,
+    },
+    /// The address or the gateway is the subnet's network or broadcast address.
+    #[error("{NET_PARAM}: {field} {addr} is the network or broadcast address of its /{prefix}")]
+    NotHost {
+        /// `address` or `gateway`.
+        field: &'static str,
+        /// The address.
+        addr: Ipv4Addr,
+        /// The prefix length.
+        prefix: u8,
+    },
+    /// The gateway is outside the guest's subnet, or is the guest's own address.
+    #[error("{NET_PARAM}: gateway {gateway} is not another host of {address}/{prefix}")]
+    GatewayOffLink {
+        /// The guest's address.
+        address: Ipv4Addr,
+        /// The prefix length.
+        prefix: u8,
+        /// The gateway.
+        gateway: Ipv4Addr,
+    },
+}
+
+fn addr(field: &'static str, value: &str) -> Result<Ipv4Addr, ParseError> {
+    let addr: Ipv4Addr = value.parse().map_err(|_| ParseError::BadAddress {
+        field,
+        value: value.to_owned(),
+    })?;
+    let [a, ..] = addr.octets();
+    if a == 0 || addr.is_loopback() || addr.is_multicast() || a >= 240 {
+        return Err(ParseError::NotUnicast { field, addr });
+    }
+    Ok(addr)
+}
+
+/// Parses a [`NET_PARAM`] value: `ADDRESS/PREFIX,GATEWAY[,DNS]`, e.g.
+/// `10.200.0.2/30,10.200.0.1`.
+///
+/// # Errors
+/// A [`ParseError`] naming the refused part.
+pub fn parse(value: &str) -> Result<NetConfig, ParseError> {
+    if value.len() > MAX_PARAM_LEN {
+        return Err(ParseError::TooLong { len: value.len() });
+    }
+    let shape = || ParseError::Shape {
+        value: value.to_owned(),
+    };
+    let fields: Vec<&str> = value.split(',').collect();
+    let (cidr, gateway, dns) = match fields.as_slice() {
+        [cidr, gateway] => (*cidr, *gateway, None),
+        [cidr, gateway, dns] => (*cidr, *gateway, Some(*dns)),
+        _ => return Err(shape()),
+    };
+    let (address, prefix_text) = cidr.split_once('/').ok_or_else(shape)?;
+    let address = addr("address", address)?;
+    let bad_prefix = || ParseError::BadPrefix {
+        value: prefix_text.to_owned(),
+    };
+    if prefix_text.is_empty()
+        || prefix_text.len() > 2
+        || !prefix_text.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad_prefix());
+    }
+    let prefix: u8 = prefix_text.parse().map_err(|_| bad_prefix())?;
+    if !(1..=30).contains(&prefix) {
+        return Err(bad_prefix());
+    }
+    let gateway = addr("gateway", gateway)?;
+    let dns = dns.map(|d| addr("dns", d)).transpose()?;
+    let m = mask(prefix);
+    for (field, a) in [("address", address), ("gateway", gateway)] {
+        let host = u32::from(a) & !m;
+        if host == 0 || host == !m {
+            return Err(ParseError::NotHost {
+                field,
+                addr: a,
+                prefix,
+            });
+        }
+    }
+    if u32::from(address) & m != u32::from(gateway) & m || address == gateway {
+        return Err(ParseError::GatewayOffLink {
+            address,
+            prefix,
+            gateway,
+        });
+    }
+    Ok(NetConfig {
+        address,
+        prefix,
+        gateway,
+        dns,
+    })
+}
+
+/// Reads [`NET_PARAM`] from `/proc/cmdline`: `Ok(None)` when it is absent (no network).
+///
+/// # Errors
+/// A present but malformed value.
+pub fn from_cmdline() -> Result<Option<NetConfig>, ParseError> {
+    crate::init::kernel_cmdline_param(NET_PARAM)
+        .map(|v| parse(&v))
+        .transpose()
+}
+
+/// What failed while applying a [`NetConfig`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Configuring the interface failed.
+    #[error("cannot {step} on {iface}")]
+    Interface {
+        /// The interface.
+        iface: String,
+        /// What was being done.
+        step: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+    /// Adding the default route failed.
+    #[error("cannot add the default route via {gateway}")]
+    Route {
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The system error.
+        source: io::Error,
+    },
+    /// Writing the resolver configuration failed.
+    #[error("cannot write {path}")]
+    ResolvConf {
+        /// The file.
+        path: PathBuf,
+        /// The system error.
+        source: io::Error,
+    },
+}
+
+/// Gives `iface` its address and netmask, brings it up and adds the default route via the
+/// gateway (in the calling thread's network namespace).
+///
+/// # Errors
+/// The first step that failed.
+pub fn configure_interface(iface: &str, cfg: &NetConfig) -> Result<(), NetError> {
+    let fail = |step: &'static str| {
+        move |source| NetError::Interface {
+            iface: iface.to_owned(),
+            step,
+            source,
+        }
+    };
+    sys::set_interface_ipv4(iface, cfg.address, cfg.netmask()).map_err(fail("set the address"))?;
+    sys::interface_up(iface).map_err(fail("bring the interface up"))?;
+    sys::add_default_route(cfg.gateway).map_err(|source| NetError::Route {
+        gateway: cfg.gateway,
+        source,
+    })
+}
+
+/// The contents of `resolv.conf` for `cfg`.
+pub fn resolv_conf(cfg: &NetConfig) -> String {
+    format!(
+        "# written by pyro-agent from {NET_PARAM}\nnameserver {}\n",
+        cfg.resolver()
+    )
+}
+
+/// Writes [`resolv_conf`] to `path` atomically (a temporary file beside it, then a rename
+/// that also replaces a symlink left there by the image).
+///
+/// # Errors
+/// Creating, writing or renaming the file.
+pub fn write_resolv_conf(path: &Path, cfg: &NetConfig) -> Result<(), NetError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| NetError::ResolvConf {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".pyro-tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(resolv_conf(cfg).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(e)
+    })
+}
+
+/// Applies `cfg`: [`configure_interface`] on `iface`, then [`write_resolv_conf`] to
+/// [`RESOLV_CONF`].
+///
+/// # Errors
+/// The first step that failed.
+pub fn configure(iface: &str, cfg: &NetConfig) -> Result<(), NetError> {
+    configure_interface(iface, cfg)?;
+    write_resolv_conf(Path::new(RESOLV_CONF), cfg)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_plan_addresses() {
+        let cfg = parse("10.200.0.2/30,10.200.0.1").unwrap();
+        assert_eq!(
+            cfg,
+            NetConfig {
+                address: v4("10.200.0.2"),
+                prefix: 30,
+                gateway: v4("10.200.0.1"),
+                dns: None,
+            }
+        );
+        assert_eq!(cfg.netmask(), v4("255.255.255.252"));
+        assert_eq!(cfg.resolver(), v4("10.200.0.1"));
+        let cfg = parse("10.200.255.254/30,10.200.255.253,192.0.2.53").unwrap();
+        assert_eq!(cfg.dns, Some(v4("192.0.2.53")));
+        assert_eq!(cfg.resolver(), v4("192.0.2.53"));
+        assert_eq!(
+            resolv_conf(&cfg),
+            "# written by pyro-agent from pyro.net\nnameserver 192.0.2.53\n"
+        );
+        assert_eq!(parse("172.16.0.5/1,172.16.0.1").unwrap().prefix, 1);
+    }
+
+    #[test]
+    fn refuses_each_malformed_class() {
+        use ParseError::*;
+        let long = "1".repeat(MAX_PARAM_LEN + 1);
+        assert_eq!(parse(&long), Err(TooLong { len: long.len() }));
+        for shape in [
+            "",
+            "10.200.0.2/30",
+            "10.200.0.2/30,10.200.0.1,10.200.0.1,10.200.0.1",
+            "10.200.0.2,10.200.0.1",
+        ] {
+            assert!(matches!(parse(shape), Err(Shape { .. })), "{shape:?}");
+        }
+        for bad in [
+            "10.200.0/30,10.200.0.1",
+            "10.200.0.256/30,10.200.0.1",
+            " 10.200.0.2/30,10.200.0.1",
+            "::1/30,10.200.0.1",
+        ] {
+            assert!(
+                matches!(
+                    parse(bad),
+                    Err(BadAddress {
+                        field: "address",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse("10.200.0.2/30,gw"),
+            Err(BadAddress {
+                field: "gateway",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("10.200.0.2/30,10.200.0.1,"),
+            Err(BadAddress { field: "dns", .. })
+        ));
+        for prefix in ["", "0", "31", "32", "+8", "030", "x", "-1"] {
+            let v = format!("10.200.0.2/{prefix},10.200.0.1");
+            assert_eq!(
+                parse(&v),
+                Err(BadPrefix {
+                    value: prefix.to_owned()
+                }),
+                "{v:?}"
+            );
+        }
+        for (v, field) in [
+            ("127.0.0.2/30,127.0.0.1", "address"),
+            ("0.0.0.2/30,0.0.0.1", "address"),
+            ("10.200.0.2/30,224.0.0.1", "gateway"),
+            ("10.200.0.2/30,10.200.0.1,255.255.255.255", "dns"),
+            ("10.200.0.2/30,10.200.0.1,240.0.0.1", "dns"),
+        ] {
+            assert!(
+                matches!(parse(v), Err(NotUnicast { field: f, .. }) if f == field),
+                "{v:?}"
+            );
+        }
+        assert!(matches!(
+            parse("10.200.0.3/30,10.200.0.1"),
+            Err(NotHost {
+                field: "address",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("10.200.0.2/30,10.200.0.0"),
+            Err(NotHost {
+                field: "gateway",
+                ..
+            })
+        ));
+        for v in ["10.200.0.2/30,10.200.0.5", "10.200.0.2/30,10.200.0.2"] {
+            assert!(matches!(parse(v), Err(GatewayOffLink { .. })), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_input() {
+        let err = parse("10.200.0.2/30,10.9.0.1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pyro.net: gateway 10.9.0.1 is not another host of 10.200.0.2/30"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_written_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::os::unix::fs::symlink("/nonexistent/stub-resolv.conf", &path).unwrap();
+        let cfg = parse("10.200.0.6/30,10.200.0.5").unwrap();
+        write_resolv_conf(&path, &cfg).unwrap();
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# written by pyro-agent from pyro.net\nnameserver 10.200.0.5\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+        let err = write_resolv_conf(&dir.path().join("missing/resolv.conf"), &cfg).unwrap_err();
+        assert!(matches!(err, NetError::ResolvConf { .. }));
+    }
+
+    /// Runs `ip ARGS` (in the calling thread's network namespace).
+    fn ip(args: &[&str]) -> std::process::Output {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Root only: applies a configuration to an interface in a throwaway network namespace
+    /// (a thread that `unshare(CLONE_NEWNET)`s, so the host's namespace is never touched)
+    /// and reads it back with `ip -j`.
+    #[test]
+    fn configure_interface_in_throwaway_netns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: configure_interface_in_throwaway_netns needs root");
+            return;
+        }
+        if std::process::Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: configure_interface_in_throwaway_netns needs iproute2's ip");
+            return;
+        }
+        let result = std::thread::spawn(|| -> Result<(), String> {
+            // SAFETY: unshare with CLONE_NEWNET only changes this thread's network
+            // namespace (allowed in a multi-threaded process); the thread ends after the
+            // test, taking the namespace with it.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("skip: unshare: {}", io::Error::last_os_error()));
+            }
+            let dummy = ip(&["link", "add", "eth0", "type", "dummy"]);
+            if !dummy.status.success() {
+                let veth = ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "p0"]);
+                if !veth.status.success() {
+                    return Err(format!(
+                        "skip: neither dummy nor veth interfaces: {}",
+                        String::from_utf8_lossy(&veth.stderr)
+                    ));
+                }
+                assert!(ip(&["link", "set", "p0", "up"]).status.success());
+            }
+            let cfg = parse("10.200.0.2/30,10.200.0.1").unwrap();
+            configure_interface(GUEST_IFACE, &cfg).map_err(|e| format!("{e}: {:?}", e))?;
+            // Applying it again (a restarted agent) succeeds too.
+            configure_interface(GUEST_IFACE, &cfg).map_err(|e| format!("again: {e:?}"))?;
+
+            let addrs: serde_json::Value =
+                serde_json::from_slice(&ip(&["-j", "addr", "show", "dev", "eth0"]).stdout).unwrap();
+            let link = &addrs[0];
+            let flags = link["flags"].as_array().unwrap();
+            assert!(flags.iter().any(|f| f == "UP"), "{link}");
+            let inet: Vec<_> = link["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["family"] == "inet")
+                .collect();
+            assert_eq!(inet.len(), 1, "{link}");
+            assert_eq!(inet[0]["local"], "10.200.0.2");
+            assert_eq!(inet[0]["prefixlen"], 30);
+            assert_eq!(inet[0]["broadcast"], "10.200.0.3");
+
+            let routes: serde_json::Value =
+                serde_json::from_slice(&ip(&["-j", "-4", "route", "show", "default"]).stdout)
+                    .unwrap();
+            let routes = routes.as_array().unwrap();
+            assert_eq!(routes.len(), 1, "{routes:?}");
+            assert_eq!(routes[0]["gateway"], "10.200.0.1");
+            assert_eq!(routes[0]["dev"], "eth0");
+
+            // A missing interface is a typed error naming it, not a panic.
+            let err = configure_interface("nosuch0", &cfg).unwrap_err();
+            assert!(
+                matches!(&err, NetError::Interface { iface, .. } if iface == "nosuch0"),
+                "{err:?}"
+            );
+            Ok(())
+        })
+        .join()
+        .unwrap();
+        match result {
+            Ok(()) => {}
+            Err(reason) if reason.starts_with("skip: ") => {
+                eprintln!("skipped: configure_interface_in_throwaway_netns: {reason}");
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
