@@ -244,6 +244,22 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
             detail: s.display().to_string(),
         });
     }
+    // Guest networking's host side (`pyro-net`): informational, because only networked
+    // sandboxes need it (and `--network` is not available yet).
+    checks.push(match pyro_net::setup::check_capabilities(true) {
+        Ok(_) => Check {
+            name: "network",
+            ok: true,
+            detail: "ready: CAP_NET_ADMIN, CAP_SYS_ADMIN, /dev/net/tun, ip and nft present \
+                     (only networked sandboxes need them)"
+                .into(),
+        },
+        Err(e) => Check {
+            name: "network",
+            ok: false,
+            detail: format!("{e} (only networked sandboxes need it; others run without)"),
+        },
+    });
     let report = DoctorReport {
         platform: platform.to_string(),
         runtime_ok: issues.is_empty(),

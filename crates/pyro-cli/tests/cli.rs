@@ -434,6 +434,24 @@ fn doctor_explains_the_backend_choice() {
         .output()
         .expect("spawn");
     assert!(snapshots(&json(&off)).contains("snapshots off"));
+    // The network check says what networking needs here, and never fails the runtime.
+    let net = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "network")
+        .unwrap_or_else(|| panic!("no network check: {v}"));
+    assert_eq!(
+        net["ok"].as_bool(),
+        Some(pyro_net::setup::check_capabilities(true).is_ok()),
+        "{net}"
+    );
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("networked sandboxes")
+    );
     // A host without the agent binary cannot run sandboxes: doctor must say so and fail.
     let out = s
         .cmd()
