@@ -433,8 +433,11 @@ struct Guest {
     temps: Vec<String>,
 }
 
+/// While the guest is still at work a file may go between `find` and `sha256sum`: that
+/// snapshot just lacks it, and [`after_kill_settled`] polls until two agree with no staged
+/// file left.
 const SNAPSHOT: &str = "cd /workspace && find . -name '.pyro-tmp-*' -printf 'T %P\\n' && \
-     find . -type f ! -name '.pyro-tmp-*' -print0 | xargs -0 -r sha256sum";
+     { find . -type f ! -name '.pyro-tmp-*' -print0 | xargs -0 -r sha256sum 2>/dev/null || true; }";
 
 fn guest(e: &Env, id: &str) -> Guest {
     let r = e.ok_json(&["workspace", "exec", id, "--json", "--shell", SNAPSHOT]);

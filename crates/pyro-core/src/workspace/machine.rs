@@ -2,6 +2,9 @@
 //! refresh, booting, halting, the watchdog, and the agent session.
 use super::*;
 
+/// `last_error` of a workspace its TTL stopped.
+const TTL_STOPPED: &str = "the TTL ran out and the workspace was stopped; its data is kept (extend it with `update --ttl-seconds`)";
+
 impl Pyro {
     pub(super) fn ws_dirs(&self, id: &str) -> Dirs {
         Dirs {
@@ -122,10 +125,17 @@ impl Pyro {
             return store
                 .update_workspace(&id, |r| {
                     if r.state == WorkspaceState::Started {
+                        // A machine gone once the TTL ran out is the watchdog's graceful
+                        // stop, seen by another call before the watchdog recorded it.
+                        let expired = r.is_expired(now);
                         r.pause_ttl(now);
                         r.state = WorkspaceState::Stopped;
                         r.forget_processes();
-                        r.last_error = Some("the VMM process exited unexpectedly; `start` boots the workspace again with its data".into());
+                        r.last_error = Some(if expired {
+                            TTL_STOPPED.into()
+                        } else {
+                            "the VMM process exited unexpectedly; `start` boots the workspace again with its data".into()
+                        });
                     }
                     Ok::<(), CoreError>(())
                 });
@@ -133,14 +143,13 @@ impl Pyro {
         if rec.is_expired(now) {
             let id = rec.id.clone();
             self.graceful_halt(&rec).await;
-            return store
-                .update_workspace(&id, |r| {
-                    r.pause_ttl(now);
-                    r.state = WorkspaceState::Stopped;
-                    r.forget_processes();
-                    r.last_error = Some("the TTL ran out and the workspace was stopped; its data is kept (extend it with `update --ttl-seconds`)".into());
-                    Ok::<(), CoreError>(())
-                });
+            return store.update_workspace(&id, |r| {
+                r.pause_ttl(now);
+                r.state = WorkspaceState::Stopped;
+                r.forget_processes();
+                r.last_error = Some(TTL_STOPPED.into());
+                Ok::<(), CoreError>(())
+            });
         }
         self.ensure_watchdog(&rec);
         Ok(rec)
