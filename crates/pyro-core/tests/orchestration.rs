@@ -317,6 +317,33 @@ fn an_expired_ttl_stops_the_workspace_on_the_next_call_and_keeps_its_data() {
     });
 }
 
+/// Regression: the watchdog stops an expired workspace by powering its machine off, then
+/// records the stop. A call that looked in between saw a started record with a dead machine
+/// and reported a crash ("the VMM process exited unexpectedly") instead of the TTL's stop.
+#[test]
+fn a_machine_gone_after_the_ttl_ran_out_reads_as_the_ttls_stop_not_a_crash() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        let agent = env.agent_pid(&id);
+        env.store()
+            .update_workspace::<pyro_core::store::StoreError>(&id, |r| {
+                r.ttl_consumed = r.ttl_seconds as f64 - 0.2;
+                Ok(())
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The machine is gone before any call looks (the watchdog's power-off, unrecorded).
+        // SAFETY: kill(2) on the agent process this test's workspace runs.
+        unsafe { libc::kill(agent, libc::SIGKILL) };
+        assert!(wait_gone(agent));
+        let info = env.pyro.status_workspace(&id).await.unwrap();
+        assert_eq!(info.state, "stopped");
+        let why = info.last_error.unwrap_or_default();
+        assert!(why.starts_with("the TTL ran out"), "{why}");
+    });
+}
+
 #[test]
 fn two_instances_on_one_state_dir_serialize_on_the_workspace_lock() {
     run(async {

@@ -271,17 +271,8 @@ impl PortRelay {
                 source,
             })?;
         let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, spec.host_port));
-        let bind = || -> io::Result<std::net::TcpListener> {
-            let listener = std::net::TcpListener::bind(addr)?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        };
-        let listener = match &spec.host_netns {
-            Some(name) => netns::run_in(name, bind)?,
-            None => bind(),
-        }
-        .and_then(TcpListener::from_std)
-        .map_err(|source| RelayError::Bind { addr, source })?;
+        let listener = bind_listener(addr, spec.host_netns.as_deref())?
+            .map_err(|source| RelayError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| RelayError::Bind { addr, source })?;
@@ -374,6 +365,25 @@ async fn relay_one(
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER)
         .await?;
     Ok(())
+}
+
+/// Binds a non-blocking TCP listener on `addr`, inside the network namespace `netns` when
+/// given (the socket stays in the namespace it was made in). The outer error is entering the
+/// namespace, the inner one binding. Shared by the port relay and the egress proxy.
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    netns: Option<&str>,
+) -> Result<io::Result<TcpListener>, NetnsError> {
+    let bind = || -> io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    };
+    let std = match netns {
+        Some(name) => netns::run_in(name, bind)?,
+        None => bind(),
+    };
+    Ok(std.and_then(TcpListener::from_std))
 }
 
 #[cfg(test)]

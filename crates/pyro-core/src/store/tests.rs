@@ -865,3 +865,53 @@ fn unknown_policy_and_boot_mode_names_read_as_off_and_none() {
     );
     assert_eq!(stored_text(&s, "boot_mode", "a"), None);
 }
+
+/// This process's POSIX locks on `path` (from `/proc/locks`, by device and inode).
+fn own_locks_on(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let id = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let me = std::process::id().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"POSIX")
+                && f.get(4) == Some(&me.as_str())
+                && f.get(5) == Some(&id.as_str())
+        })
+        .count()
+}
+
+/// Regression: opening an existing database opened and closed a descriptor of it outside
+/// SQLite, which drops every POSIX lock this process holds on the file, so a connection
+/// already open in the process silently lost its locks (with sixteen workspaces created at
+/// once another process then removed a WAL still in use: "database disk image is
+/// malformed").
+#[test]
+fn opening_the_database_again_keeps_the_locks_of_a_connection_already_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let path = dir.path().join(DB_FILE_NAME);
+    // A read transaction: its connection holds locks for as long as it runs.
+    first
+        .with_read(|tx| {
+            tx.list_workspaces()?;
+            let before = own_locks_on(&path);
+            assert!(
+                before > 0,
+                "a WAL connection holds a lock on the database file"
+            );
+            let second = open(dir.path());
+            assert_eq!(
+                own_locks_on(&path),
+                before,
+                "opening the database again dropped the first connection's locks"
+            );
+            drop(second);
+            Ok::<(), StoreError>(())
+        })
+        .unwrap();
+}

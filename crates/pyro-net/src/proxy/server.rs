@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Allowed, Denial, DenyReason, Inspection, MAX_DENIALS, MAX_PEEK, Verdict, inspect};
-use crate::netns::{self, NetnsError};
+use crate::netns::NetnsError;
 use crate::policy::Allowlist;
 use crate::ports::{CONNECT_TIMEOUT, COPY_BUFFER, SocketFactory};
 
@@ -183,17 +183,8 @@ impl Proxy {
             None => None,
         };
         let addr = config.listen;
-        let bind = || -> io::Result<std::net::TcpListener> {
-            let listener = std::net::TcpListener::bind(addr)?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        };
-        let listener = match &config.listen_netns {
-            Some(name) => netns::run_in(name, bind)?,
-            None => bind(),
-        }
-        .and_then(TcpListener::from_std)
-        .map_err(|source| ProxyError::Bind { addr, source })?;
+        let listener = crate::ports::bind_listener(addr, config.listen_netns.as_deref())?
+            .map_err(|source| ProxyError::Bind { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr, source })?;
