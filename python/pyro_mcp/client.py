@@ -439,7 +439,7 @@ class Pyro:
         limit: int = 20,
         max_bytes: int = 65536,
     ) -> Result:
-        """The command history with outputs (default: the first 100 entries, 64 KiB of each
+        """The command history with outputs (default: the first 20 entries, 64 KiB of each
         stream)."""
         return self._call(
             "logs_workspace",
