@@ -32,7 +32,7 @@ pub use api::{ApiClient, ApiError};
 pub use binary::{Binaries, BinaryError, BinarySource, locate, provision};
 pub use kvm::{KvmStatus, kvm_status};
 pub use vmm::{
-    DriveSpec, Firecracker, JailerMode, LaunchOptions, VmSpec, VmmError, configure, launch,
-    restore, stage_drives,
+    DriveSpec, Firecracker, JailerMode, LaunchOptions, NIC_ID, NicSpec, VmSpec, VmmError,
+    configure, launch, restore, stage_drives,
 };
 pub use vsock::VsockError;

@@ -53,6 +53,18 @@ pub struct Vsock {
     pub uds_path: String,
 }
 
+/// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host TAP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInterface {
+    /// The interface's id (pyro's is `eth0`).
+    pub iface_id: String,
+    /// The guest's MAC address; Firecracker picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// The TAP's name, as the Firecracker process sees it (its network namespace).
+    pub host_dev_name: String,
+}
+
 /// The `action_type` of [`InstanceAction`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {

@@ -25,7 +25,8 @@ use crate::api::{ApiClient, ApiError};
 use crate::binary::Binaries;
 use crate::model::{
     ActionType, BootSource, Drive, InstanceAction, MachineConfig, MemBackend, MemBackendType,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmRunState, VmState, Vsock,
+    NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmRunState, VmState,
+    Vsock,
 };
 
 /// Kernel file name inside the sandbox root.
@@ -198,7 +199,34 @@ pub struct VmSpec {
     pub mem_mib: u32,
     /// Guest CID of a hybrid vsock device (at [`VSOCK_SOCKET`]), if any.
     pub vsock_cid: Option<u32>,
+    /// A network card on a TAP (networked sandboxes), if any.
+    pub nic: Option<NicSpec>,
 }
+
+/// A virtio-net card on a persistent TAP that Firecracker opens by name: the process must
+/// run in the network namespace that holds it ([`LaunchOptions::netns`]). Its device is
+/// `eth0`; a snapshot records the TAP's name, so every restore needs a TAP of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The TAP's name (at most 15 bytes, as Linux allows).
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+}
+
+impl NicSpec {
+    /// The MAC as Firecracker writes it (`02:70:79:00:00:01`).
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// The id of the one network interface pyro gives a guest.
+pub const NIC_ID: &str = "eth0";
 
 /// Whether to run Firecracker under its jailer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -227,6 +255,10 @@ pub struct LaunchOptions {
     pub die_with_parent: bool,
     /// Start the VMM in a new session (`setsid`) so it outlives the caller's terminal.
     pub new_session: bool,
+    /// Run the VMM inside this network namespace (a `/run/netns/NAME` file), where its
+    /// [`NicSpec`]'s TAP lives: the jailer's `--netns`, or `setns` between fork and exec
+    /// without it. `None`: the caller's namespace.
+    pub netns: Option<PathBuf>,
 }
 
 impl LaunchOptions {
@@ -341,6 +373,23 @@ fn validate(spec: &VmSpec) -> Result<(), VmmError> {
     }
     if spec.mem_mib == 0 {
         return invalid("mem_mib must be positive".into());
+    }
+    if let Some(nic) = &spec.nic {
+        if nic.tap.is_empty()
+            || nic.tap.len() > 15
+            || !nic
+                .tap
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(format!(
+                "TAP name {:?} (letters, digits, '-' and '_', 1 to 15)",
+                nic.tap
+            ));
+        }
+        if nic.mac[0] & 1 == 1 {
+            return invalid(format!("MAC {} is a multicast address", nic.mac_string()));
+        }
     }
     if let Some(cid) = spec.vsock_cid
         && cid < 3
@@ -507,8 +556,11 @@ async fn spawn(layout: &Layout, opts: &LaunchOptions) -> Result<Firecracker, Vmm
                 .arg("--gid")
                 .arg(j.gid.to_string())
                 .arg("--chroot-base-dir")
-                .arg(&j.base)
-                .arg("--")
+                .arg(&j.base);
+            if let Some(ns) = &opts.netns {
+                cmd.arg("--netns").arg(ns);
+            }
+            cmd.arg("--")
                 .args(FC_LOG_ARGS)
                 .arg("--api-sock")
                 .arg(format!("/{API_SOCKET}"));
@@ -524,15 +576,32 @@ async fn spawn(layout: &Layout, opts: &LaunchOptions) -> Result<Firecracker, Vmm
         die_with_parent: opts.die_with_parent,
         new_session: opts.new_session,
     };
+    // Without the jailer the child enters the network namespace itself; the descriptor is
+    // opened here (close-on-exec) and dropped once the child runs.
+    let netns = match (&layout.jail, &opts.netns) {
+        (None, Some(path)) => Some(std::fs::File::open(path).map_err(io("cannot open", path))?),
+        _ => None,
+    };
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let mut hook = setup.hook();
     // SAFETY: the hook only makes async-signal-safe calls and allocates nothing
-    // (`pyro_host::process::ChildSetup`).
+    // (`pyro_host::process::ChildSetup`); setns(2) is a plain system call.
     unsafe {
-        cmd.pre_exec(setup.hook());
+        cmd.pre_exec(move || {
+            hook()?;
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
         program: program.clone(),
         source,
     })?;
+    drop(netns);
     let pid = child.id().unwrap_or_default();
     let socket = layout.root.join(API_SOCKET);
     let started = Instant::now();
@@ -658,6 +727,18 @@ pub async fn configure(api: &ApiClient, spec: &VmSpec) -> Result<(), VmmError> {
         )
         .await
         .map_err(step("vsock"))?;
+    }
+    if let Some(nic) = &spec.nic {
+        api.put(
+            &format!("/network-interfaces/{NIC_ID}"),
+            &NetworkInterface {
+                iface_id: NIC_ID.to_owned(),
+                guest_mac: Some(nic.mac_string()),
+                host_dev_name: nic.tap.clone(),
+            },
+        )
+        .await
+        .map_err(step("network-interfaces"))?;
     }
     api.put(
         "/actions",

@@ -150,6 +150,7 @@ fn sample_spec() -> VmSpec {
         vcpu_count: 2,
         mem_mib: 256,
         vsock_cid: Some(3),
+        nic: None,
     }
 }
 
@@ -193,6 +194,52 @@ async fn configure_sends_exact_sequence_with_relative_paths() {
             rec("PUT", "/actions", json!({"action_type": "InstanceStart"})),
         ]
     );
+}
+
+#[tokio::test]
+async fn configure_puts_the_network_interface_before_starting() {
+    let fake = FakeApi::ok();
+    let spec = VmSpec {
+        nic: Some(pyro_firecracker::NicSpec {
+            tap: "pyro-tap".into(),
+            mac: [0x02, 0x70, 0x79, 0x00, 0x01, 0x2c],
+        }),
+        ..sample_spec()
+    };
+    vmm::configure(&fake.client(), &spec).await.unwrap();
+    let recorded = fake.recorded();
+    let n = recorded.len();
+    assert_eq!(
+        recorded[n - 2],
+        rec(
+            "PUT",
+            "/network-interfaces/eth0",
+            json!({"iface_id": "eth0", "guest_mac": "02:70:79:00:01:2c", "host_dev_name": "pyro-tap"})
+        )
+    );
+    assert_eq!(recorded[n - 1].path, "/actions");
+}
+
+#[tokio::test]
+async fn configure_refuses_a_bad_tap_name_or_a_multicast_mac() {
+    let fake = FakeApi::ok();
+    for (tap, mac) in [
+        ("pyro tap", [2u8, 0, 0, 0, 0, 1]),
+        ("a-name-longer-than-15", [2, 0, 0, 0, 0, 1]),
+        ("", [2, 0, 0, 0, 0, 1]),
+        ("pyro-tap", [3, 0, 0, 0, 0, 1]),
+    ] {
+        let spec = VmSpec {
+            nic: Some(pyro_firecracker::NicSpec {
+                tap: tap.into(),
+                mac,
+            }),
+            ..sample_spec()
+        };
+        let err = vmm::configure(&fake.client(), &spec).await.unwrap_err();
+        assert!(matches!(err, VmmError::InvalidSpec { .. }), "{tap}: {err}");
+    }
+    assert!(fake.recorded().is_empty(), "nothing sent for a bad spec");
 }
 
 #[tokio::test]
@@ -591,6 +638,7 @@ impl Fixture {
             vcpu_count: 1,
             mem_mib: 16,
             vsock_cid: Some(3),
+            nic: None,
         }
     }
 
@@ -623,6 +671,7 @@ fn options(binaries: &Binaries, workdir: PathBuf, jailer: JailerMode) -> LaunchO
         jailer,
         die_with_parent: true,
         new_session: false,
+        netns: None,
     }
 }
 

@@ -81,6 +81,29 @@ pub struct QemuSpec {
     pub upper_cache_unsafe: bool,
     /// Back guest memory with a file instead of anonymous memory (warm snapshots).
     pub memory_file: Option<MemoryFile>,
+    /// A network card backed by a TAP (networked sandboxes); `None`: no network device.
+    pub nic: Option<Nic>,
+}
+
+/// A virtio-net card on a persistent TAP that QEMU opens by name (QEMU must run in the
+/// network namespace that holds it, see [`LaunchOptions::netns`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The TAP's name.
+    pub tap: String,
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+}
+
+impl Nic {
+    /// The MAC as QEMU writes it (`02:70:79:00:00:01`).
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 /// Guest memory in a file (`memory-backend-file`), the way warm snapshots keep it: the
@@ -123,6 +146,10 @@ pub struct LaunchOptions {
     /// the vCPUs run again. The command line must be the one the state was saved with,
     /// except that the memory file, if any, is mapped privately.
     pub incoming: Option<PathBuf>,
+    /// Run QEMU inside this network namespace (a `/run/netns/NAME` file, entered with
+    /// `setns` between fork and exec), where its [`Nic`]'s TAP lives. `None`: this
+    /// process's namespace.
+    pub netns: Option<PathBuf>,
 }
 
 /// Facts about the host and the moment of boot that go onto the kernel command line. Kept
@@ -287,6 +314,17 @@ pub fn build_argv(spec: &QemuSpec, boot: &BootParams) -> Vec<String> {
             pyro_proto::SERIAL_PORT_NAME
         ),
     ]);
+    if let Some(nic) = &spec.nic {
+        push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                nic.tap.replace(',', ",,")
+            ),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", nic.mac_string()),
+        ]);
+    }
     push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
     argv
 }
@@ -444,11 +482,27 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
     }
     .hook();
     let incoming_fd = incoming.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // The network namespace, opened here (with close-on-exec) and entered in the child.
+    let netns = match &opts.netns {
+        Some(path) => Some(std::fs::File::open(path).map_err(|source| QemuError::Io {
+            op: "open the network namespace",
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     // SAFETY: the closure runs between fork and exec; it only makes async-signal-safe calls
-    // (the setup hook's prctl, getppid, setsid, _exit; dup2, fcntl) and allocates nothing.
+    // (the setup hook's prctl, getppid, setsid, _exit; setns, dup2, fcntl) and allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
             setup()?;
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(fd) = incoming_fd {
                 // dup2 leaves the copy without FD_CLOEXEC; a descriptor that already has
                 // the number needs the flag cleared by hand.
@@ -469,8 +523,9 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         qemu: opts.qemu.clone(),
         source,
     })?;
-    // QEMU has its own copy of the state file now.
+    // QEMU has its own copy of the state file now, and is in its namespace.
     drop(incoming);
+    drop(netns);
     let pid = child.id().unwrap_or_default();
     let mut qemu = Qemu {
         child,
@@ -873,6 +928,7 @@ mod tests {
             extra_cmdline: String::new(),
             upper_cache_unsafe: false,
             memory_file: None,
+            nic: None,
         }
     }
 
@@ -963,6 +1019,26 @@ mod tests {
             "the rootfs keeps its default"
         );
         assert!(drives[1].ends_with(",cache=unsafe"), "{}", drives[1]);
+    }
+
+    #[test]
+    fn a_nic_is_a_virtio_net_device_on_its_tap_and_none_without_one() {
+        let mut s = spec(Accel::Tcg);
+        assert!(!build_argv(&s, &BOOT).iter().any(|a| a.contains("net")));
+        s.nic = Some(Nic {
+            tap: "pyro-tap".into(),
+            mac: [0x02, 0x70, 0x79, 0x00, 0x3f, 0xff],
+        });
+        let argv = build_argv(&s, &BOOT);
+        assert_eq!(
+            after(&argv, "-netdev"),
+            ["tap,id=net0,ifname=pyro-tap,script=no,downscript=no"]
+        );
+        assert!(
+            after(&argv, "-device")
+                .contains(&"virtio-net-device,netdev=net0,mac=02:70:79:00:3f:ff"),
+            "{argv:?}"
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ fn spec(installed: &Installed, upper: &Path) -> QemuSpec {
         extra_cmdline: String::new(),
         upper_cache_unsafe: true,
         memory_file: None,
+        nic: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn options(qemu: &Path, workdir: &Path) -> LaunchOptions {
         new_session: false,
         boot: None,
         incoming: None,
+        netns: None,
     }
 }
 
