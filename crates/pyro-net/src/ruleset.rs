@@ -24,7 +24,8 @@
 //!   dropped (anti-spoofing), and so is a packet from the uplink claiming a source in the
 //!   guest's subnet.
 //! - `input` (policy drop): the guest may reach the namespace itself only for DNS on the
-//!   gateway address (UDP and TCP 53, pyro's resolver); everything else from the TAP is
+//!   gateway address (UDP and TCP 53, pyro's resolver), and with host patterns for the
+//!   egress proxy (TCP [`PROXY_PORT`] on the gateway); everything else from the TAP is
 //!   refused, so services bound to `0.0.0.0` in the namespace are out of reach.
 //! - `forward` (policy drop): replies to the guest's connections pass back; from the guest,
 //!   DNS (53) and DNS over TLS (853) to anywhere else are refused; with an allowlist, the

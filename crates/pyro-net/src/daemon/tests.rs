@@ -164,7 +164,7 @@ fn new_since_finds_what_was_appended_to_a_sliding_window() {
 fn record(i: u64) -> DenialRecord {
     DenialRecord {
         at: i,
-        kind: if i % 2 == 0 {
+        kind: if i.is_multiple_of(2) {
             DenialKind::Dns
         } else {
             DenialKind::Connection
