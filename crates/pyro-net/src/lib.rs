@@ -39,6 +39,7 @@
 //! into the core and the VMMs. See `docs/network.md`.
 
 pub mod cmd;
+pub mod daemon;
 pub mod dns;
 pub mod link;
 pub mod netns;

@@ -24,7 +24,8 @@
 //!   dropped (anti-spoofing), and so is a packet from the uplink claiming a source in the
 //!   guest's subnet.
 //! - `input` (policy drop): the guest may reach the namespace itself only for DNS on the
-//!   gateway address (UDP and TCP 53, pyro's resolver); everything else from the TAP is
+//!   gateway address (UDP and TCP 53, pyro's resolver), and with host patterns for the
+//!   egress proxy (TCP [`PROXY_PORT`] on the gateway); everything else from the TAP is
 //!   refused, so services bound to `0.0.0.0` in the namespace are out of reach.
 //! - `forward` (policy drop): replies to the guest's connections pass back; from the guest,
 //!   DNS (53) and DNS over TLS (853) to anywhere else are refused; with an allowlist, the
@@ -33,6 +34,16 @@
 //!   timeouts) pass, else any (public) destination passes.
 //! - `postrouting` (NAT): the guest's traffic leaves masqueraded as the uplink's address, so
 //!   the host needs no route to guest subnets and never sees guest addresses.
+//! - `redirect` (NAT at prerouting, only when the allowlist has host patterns): the guest's
+//!   new TCP connections to ports 80 and 443 go to pyro's egress proxy on
+//!   `gateway:`[`PROXY_PORT`] (`redirect to :PORT`), which lets them through only under an
+//!   allowed `Host` or TLS SNI name, so a shared CDN address or a hard-coded IP is reached
+//!   only under an allowed name. Destinations in an allowed CIDR and in [`BLOCKED`] are not
+//!   redirected: the forward chain passes the former and refuses the latter, as without the
+//!   proxy. The input chain then accepts TCP from the TAP to `gateway:PROXY_PORT`; a
+//!   redirected connection never reaches the forward chain. The proxy's own upstream
+//!   connections leave from the namespace (its output path, from the uplink's address) and
+//!   the proxy repeats the blocked-range check ([`crate::proxy::inspect`]).
 //!
 //! Refusals are `reject with icmpx admin-prohibited` where the guest asked for something
 //! (a connection fails at once with "no route to host" instead of hanging), plain drops
@@ -56,6 +67,12 @@ pub const ALLOWED_SET: &str = "allowed_v4";
 pub const ALLOWED_CIDRS_SET: &str = "allowed_cidrs_v4";
 /// Default lifetime of an `allowed_v4` element added without one.
 pub const ALLOWED_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The port of the egress proxy on the gateway address, inside the sandbox's namespace.
+/// With host patterns in the allowlist the guest's TCP to ports [`PROXIED_PORTS`] is
+/// redirected there.
+pub const PROXY_PORT: u16 = 3128;
+/// The destination ports redirected to the egress proxy (HTTP and HTTPS).
+pub const PROXIED_PORTS: [u16; 2] = [80, 443];
 
 /// Destinations refused to every guest: everything that is not public unicast IPv4.
 /// Sorted and disjoint (an nft interval set refuses overlaps). The documentation ranges
@@ -193,6 +210,9 @@ pub enum Action {
     Reject,
     /// Rewrite the source to the outgoing interface's address.
     Masquerade,
+    /// Rewrite the destination to the incoming interface's address and this port
+    /// (`redirect to :PORT`): the connection ends in the namespace itself.
+    Redirect(u16),
 }
 
 /// One rule: matches, an action, and a comment saying why (shown by `nft list ruleset`).
@@ -276,6 +296,7 @@ pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) 
     let uplink_in = || Match::Iif(UPLINK_NS_NAME.to_owned());
     let uplink_out = || Match::Oif(UPLINK_NS_NAME.to_owned());
     let narrowed = !allowlist.is_empty();
+    let proxied = policy.is_networked() && !allowlist.hosts().is_empty();
 
     // Raw priority: before conntrack, so forged packets never create state.
     let prerouting = Chain {
@@ -332,6 +353,17 @@ pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) 
                 Action::Accept,
             ));
         }
+    }
+    if proxied {
+        input_rules.push(rule(
+            "HTTP(S) redirected to pyro's egress proxy on the gateway",
+            vec![
+                tap(),
+                Match::Daddr(plan.gateway()),
+                Match::Dport(L4::Tcp, vec![PROXY_PORT]),
+            ],
+            Action::Accept,
+        ));
     }
     input_rules.push(rule(
         "nothing else on the gateway or the namespace (services on 0.0.0.0 included)",
@@ -406,6 +438,36 @@ pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) 
     ));
     let forward = filter(Hook::Forward, Action::Drop, forward_rules);
 
+    // Destination NAT priority: after the raw chain's anti-spoofing, before routing.
+    let mut redirect_rules = Vec::new();
+    if proxied {
+        if narrowed {
+            redirect_rules.push(rule(
+                "--allow-cidr goes straight out (the forward chain decides)",
+                vec![tap(), Match::DaddrInSet(ALLOWED_CIDRS_SET)],
+                Action::Accept,
+            ));
+        }
+        redirect_rules.push(rule(
+            "blocked destinations are not proxied (the forward chain refuses them)",
+            vec![tap(), Match::DaddrInSet(BLOCKED_SET)],
+            Action::Accept,
+        ));
+        redirect_rules.push(rule(
+            "HTTP(S) to pyro's egress proxy, which decides by Host or SNI",
+            vec![tap(), Match::Dport(L4::Tcp, PROXIED_PORTS.to_vec())],
+            Action::Redirect(PROXY_PORT),
+        ));
+    }
+    let redirect = Chain {
+        name: "redirect",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
+        priority: -100,
+        policy: Action::Accept,
+        rules: redirect_rules,
+    };
+
     let postrouting = Chain {
         name: "postrouting",
         kind: ChainType::Nat,
@@ -443,7 +505,11 @@ pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) 
     Ruleset {
         table: plan.name(),
         sets,
-        chains: vec![prerouting, input, forward, postrouting],
+        chains: if proxied {
+            vec![prerouting, redirect, input, forward, postrouting]
+        } else {
+            vec![prerouting, input, forward, postrouting]
+        },
     }
 }
 
@@ -556,13 +622,14 @@ impl Action {
             Self::Drop => json!({"drop": null}),
             Self::Reject => json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
             Self::Masquerade => json!({"masquerade": null}),
+            Self::Redirect(port) => json!({"redirect": {"port": port}}),
         }
     }
 
     fn policy_str(self) -> &'static str {
         match self {
             Self::Drop | Self::Reject => "drop",
-            Self::Accept | Self::Masquerade => "accept",
+            Self::Accept | Self::Masquerade | Self::Redirect(_) => "accept",
         }
     }
 }

@@ -65,6 +65,29 @@ fn verdict(rules: &Ruleset, chain: &str, p: &Packet, allowed: &[Ipv4Addr]) -> Ac
         .map_or(chain.policy, |r| r.action)
 }
 
+/// Where a new connection from the guest ends, as the kernel would walk it: the NAT
+/// prerouting chain (when there is one) may redirect it to the namespace itself, where the
+/// input chain decides on `gateway:PORT`; otherwise the forward chain decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Redirected to the proxy; the input chain's verdict on it.
+    Proxied(Action),
+    /// Routed through; the forward chain's verdict.
+    Forwarded(Action),
+}
+
+fn fate(rules: &Ruleset, p: &Packet, allowed: &[Ipv4Addr], gateway: Ipv4Addr) -> Fate {
+    if rules.chain("redirect").is_some()
+        && let Action::Redirect(port) = verdict(rules, "redirect", p, allowed)
+    {
+        let mut local = p.clone();
+        local.daddr = gateway;
+        local.l4 = Some((L4::Tcp, port));
+        return Fate::Proxied(verdict(rules, "input", &local, allowed));
+    }
+    Fate::Forwarded(verdict(rules, "forward", p, allowed))
+}
+
 fn plan() -> SandboxNet {
     SandboxNet::new(5).unwrap()
 }
@@ -393,7 +416,7 @@ fn json_structure() {
     );
     let blocked_rule = rules
         .iter()
-        .find(|r| r["expr"][1]["match"]["right"] == "@blocked_v4")
+        .find(|r| r["chain"] == "forward" && r["expr"][1]["match"]["right"] == "@blocked_v4")
         .unwrap();
     assert_eq!(blocked_rule["chain"], "forward");
     assert_eq!(
@@ -440,6 +463,140 @@ fn element_and_delete_documents() {
         delete_table("pyro-5"),
         json!({"nftables": [{"delete": {"table": {"family": "inet", "name": "pyro-5"}}}]})
     );
+}
+
+fn hosts_and_cidrs() -> Allowlist {
+    Allowlist::parse(["allowed.test"], ["203.0.113.0/24", "10.9.9.0/24"]).unwrap()
+}
+
+#[test]
+fn host_patterns_redirect_http_and_https_to_the_proxy() {
+    let r = sandbox(&plan(), NetworkPolicy::Egress, &hosts_and_cidrs());
+    let gw = plan().gateway();
+    let to = |d: &str, l4: L4, port: u16| {
+        let mut p = from_guest(&plan(), ip4(d));
+        p.l4 = Some((l4, port));
+        fate(&r, &p, &[], gw)
+    };
+    for port in PROXIED_PORTS {
+        assert_eq!(
+            to("198.51.100.10", L4::Tcp, port),
+            Fate::Proxied(Action::Accept),
+            "any public address, under the proxy's eye"
+        );
+        assert_eq!(
+            to("203.0.113.9", L4::Tcp, port),
+            Fate::Forwarded(Action::Accept),
+            "--allow-cidr goes straight out"
+        );
+        assert_eq!(
+            to("10.9.9.9", L4::Tcp, port),
+            Fate::Forwarded(Action::Accept)
+        );
+        for blocked in ["169.254.169.254", "10.9.8.1", "127.0.0.1", "192.168.1.1"] {
+            assert_eq!(
+                to(blocked, L4::Tcp, port),
+                Fate::Forwarded(Action::Reject),
+                "{blocked}"
+            );
+        }
+        assert_eq!(
+            to("198.51.100.10", L4::Udp, port),
+            Fate::Forwarded(Action::Reject),
+            "UDP is not proxied"
+        );
+    }
+    assert_eq!(
+        to("198.51.100.10", L4::Tcp, 22),
+        Fate::Forwarded(Action::Reject),
+        "other ports: allowed_v4 only"
+    );
+    // The redirect chain hangs at destination NAT, after the raw chain, from the TAP only.
+    let chain = r.chain("redirect").unwrap();
+    assert_eq!(
+        (chain.kind, chain.hook, chain.priority),
+        (ChainType::Nat, Hook::Prerouting, -100)
+    );
+    assert!(
+        chain
+            .rules
+            .iter()
+            .all(|rule| rule.matches.contains(&Match::Iif(TAP_NAME.to_owned())))
+    );
+    let redirect = chain.rules.last().unwrap();
+    assert_eq!(redirect.action, Action::Redirect(PROXY_PORT));
+    let doc = r.to_json();
+    let rendered = doc["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["add"]["rule"]["chain"] == "redirect"
+                && c["add"]["rule"]["expr"][1]["match"]["left"]["payload"]["field"] == "dport"
+        })
+        .unwrap();
+    assert_eq!(
+        rendered["add"]["rule"]["expr"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap(),
+        &json!({"redirect": {"port": PROXY_PORT}})
+    );
+}
+
+#[test]
+fn the_proxy_port_is_open_only_with_host_patterns() {
+    let mut direct = from_guest(&plan(), plan().gateway());
+    direct.l4 = Some((L4::Tcp, PROXY_PORT));
+    let with = sandbox(&plan(), NetworkPolicy::Egress, &hosts_and_cidrs());
+    assert_eq!(verdict(&with, "input", &direct, &[]), Action::Accept);
+    let cidrs_only = Allowlist::parse::<[&str; 0], _>([], ["203.0.113.0/24"]).unwrap();
+    for (list, what) in [
+        (Allowlist::default(), "open egress"),
+        (cidrs_only, "CIDRs only"),
+    ] {
+        let r = sandbox(&plan(), NetworkPolicy::Egress, &list);
+        assert!(r.chain("redirect").is_none(), "{what}");
+        assert_eq!(verdict(&r, "input", &direct, &[]), Action::Reject, "{what}");
+        let mut web = from_guest(&plan(), ip4("198.51.100.10"));
+        web.l4 = Some((L4::Tcp, 80));
+        assert!(
+            matches!(fate(&r, &web, &[], plan().gateway()), Fate::Forwarded(_)),
+            "{what}"
+        );
+    }
+    // Under `off` nothing is proxied either, whatever the list.
+    let off = sandbox(&plan(), NetworkPolicy::Off, &hosts_and_cidrs());
+    assert!(off.chain("redirect").is_none());
+    assert_eq!(verdict(&off, "input", &direct, &[]), Action::Reject);
+}
+
+proptest! {
+    /// With host patterns: a new TCP connection from the guest to 80 or 443 is proxied
+    /// exactly when its destination is neither blocked nor in an allowed CIDR; everything
+    /// else meets the forward chain, which passes allowed CIDRs and `allowed_v4` only.
+    #[test]
+    fn proxied_exactly_when_not_blocked(bits in any::<u32>(), port in 1u16.., udp in any::<bool>(), resolved in any::<bool>()) {
+        let plan = plan();
+        let list = hosts_and_cidrs();
+        let r = sandbox(&plan, NetworkPolicy::Egress, &list);
+        let daddr = Ipv4Addr::from_bits(bits);
+        let mut p = from_guest(&plan, daddr);
+        let l4 = if udp { L4::Udp } else { L4::Tcp };
+        p.l4 = Some((l4, port));
+        let allowed = if resolved { vec![daddr] } else { Vec::new() };
+        let in_cidr = list.cidrs().iter().any(|c| c.contains(daddr));
+        let blocked = BLOCKED.iter().any(|(n, _)| n.contains(daddr));
+        let expected = if l4 == L4::Tcp && PROXIED_PORTS.contains(&port) && !in_cidr && !blocked {
+            Fate::Proxied(Action::Accept)
+        } else if port != 53 && port != 853 && (in_cidr || (!blocked && resolved)) {
+            Fate::Forwarded(Action::Accept)
+        } else {
+            Fate::Forwarded(Action::Reject)
+        };
+        prop_assert_eq!(fate(&r, &p, &allowed, plan.gateway()), expected);
+    }
 }
 
 proptest! {
