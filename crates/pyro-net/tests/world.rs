@@ -192,23 +192,23 @@ fn broadcast_and_multicast_reach_nothing() {
 fn allowlist_admits_allowed_cidrs_and_resolved_addresses_only() {
     let Some(tools) = tools() else { return };
     let world = World::new(&tools, "allow");
-    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 8080));
     let list = Allowlist::parse(["*.example.org"], [PUBLIC_2.to_string()]).unwrap();
     let sb = world.sandbox(16307, NetworkPolicy::Egress, &list);
 
-    tcp_connect(&sb.guest.name, PUBLIC_2, 80).expect("--allow-cidr");
+    tcp_connect(&sb.guest.name, PUBLIC_2, 8080).expect("--allow-cidr");
     assert_refused(
-        tcp_connect(&sb.guest.name, PUBLIC, 80),
+        tcp_connect(&sb.guest.name, PUBLIC, 8080),
         "not (yet) resolved",
     );
     sb.net.allow(&[(PUBLIC, Duration::from_secs(60))]).unwrap();
-    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("resolved for an allowed name");
+    tcp_connect(&sb.guest.name, PUBLIC, 8080).expect("resolved for an allowed name");
     // A resolver answer never opens a blocked range.
     sb.net
         .allow(&[(METADATA, Duration::from_secs(60))])
         .unwrap();
     assert_refused(
-        tcp_connect(&sb.guest.name, METADATA, 80),
+        tcp_connect(&sb.guest.name, METADATA, 8080),
         "metadata, even when resolved",
     );
 }
@@ -431,7 +431,7 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
     world
         .internet
         .ip(&["addr", "add", &format!("{UPSTREAM}/32"), "dev", "lo"]);
-    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 8080));
     let (stop_upstream, upstream_hits) = fake_upstream(&world.internet.name, sock(UPSTREAM, 53));
     let list = Allowlist::parse(["allowed.test", "*.slow.test"], [] as [&str; 0]).unwrap();
     let sb = world.sandbox(16311, NetworkPolicy::Egress, &list);
@@ -453,7 +453,7 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
     let resolver = dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer).unwrap();
     assert_eq!(resolver.local_addr, gateway);
 
-    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
+    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 8080), "before resolving");
     let allowed = lookup(&sb.guest.name, gateway, "Allowed.Test");
     assert_eq!(allowed.header.rcode(), 0);
     assert_eq!(
@@ -464,7 +464,7 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
         *seen.lock().unwrap(),
         vec![(PUBLIC, Duration::from_secs(120))]
     );
-    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("the resolved address is open");
+    tcp_connect(&sb.guest.name, PUBLIC, 8080).expect("the resolved address is open");
 
     let hits = upstream_hits.load(Ordering::Relaxed);
     let denied = lookup(&sb.guest.name, gateway, "denied.test");
@@ -478,7 +478,7 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
     let denials: Vec<String> = policy.denials().into_iter().map(|d| d.name).collect();
     assert_eq!(denials, ["denied.test"]);
     assert_refused(
-        tcp_connect(&sb.guest.name, PUBLIC_2, 80),
+        tcp_connect(&sb.guest.name, PUBLIC_2, 8080),
         "denied name's address",
     );
 
