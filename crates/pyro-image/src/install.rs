@@ -1029,6 +1029,16 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_cached_without_the_net_modules_is_rebuilt() {
+        let (_dir, cache, mut k) = synthetic_cache();
+        assert!(installed_kernel(&cache).is_some());
+        // What an older pyro cached: GUEST_MODULES only.
+        k.modules.truncate(kernel::GUEST_MODULES.len());
+        cache.write_kernel_manifest(&k).unwrap();
+        assert!(installed_kernel(&cache).is_none());
+    }
+
+    #[test]
     fn installed_environment_returns_at_once_and_a_new_agent_rebuilds_only_the_initramfs() {
         let (dir, cache, k) = synthetic_cache();
         let a1 = agent(dir.path(), "agent1", b"agent one");
@@ -1047,6 +1057,17 @@ mod tests {
         assert_eq!(
             fs::metadata(&first.initramfs).unwrap().permissions().mode() & 0o777,
             0o444
+        );
+        // The network driver has its own list (the cpio is uncompressed: names and
+        // contents appear as they are).
+        let cpio = fs::read(&first.initramfs).unwrap();
+        let has = |needle: &[u8]| cpio.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"etc/pyro/modules.net.order\0"));
+        assert!(has(b"failover.ko\nnet_failover.ko\nvirtio_net.ko\n"));
+        assert!(has(b"lib/modules/virtio_net.ko\0"));
+        assert!(
+            !has(b"virtio_console.ko\nfailover.ko"),
+            "not in the boot list"
         );
 
         // Same agent: nothing is written.
