@@ -158,14 +158,16 @@ async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: A
         }
     };
     // The network is checked before anything changes: a bad one is the host's mistake.
-    let network = match req.network.as_ref().map(crate::net::check_guest_network) {
+    let network = match &req.network {
         None => None,
-        Some(Ok(cfg)) => req.network.as_ref().map(|n| (n.mac, cfg)),
-        Some(Err(e)) => {
-            let msg = format!("reseed network refused: {e}");
-            reply_err(tx, ErrorCode::BadRequest, &msg).await;
-            return;
-        }
+        Some(net) => match crate::net::check_guest_network(net) {
+            Ok(cfg) => Some((net.mac, cfg)),
+            Err(e) => {
+                let msg = format!("reseed network refused: {e}");
+                reply_err(tx, ErrorCode::BadRequest, &msg).await;
+                return;
+            }
+        },
     };
     let res = (|| -> std::io::Result<pyro_proto::api::ReseedResult> {
         crate::init::add_entropy(&entropy)?;
