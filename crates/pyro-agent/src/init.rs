@@ -1,7 +1,8 @@
 //! Guest init: the agent's PID 1 duties before it serves requests.
 //!
 //! [`run_stage1`] runs when the agent is `/init` of the initramfs. It mounts the kernel
-//! filesystems, loads the kernel modules named in [`MODULES_ORDER`], finds the two disks
+//! filesystems, loads the kernel modules named in [`MODULES_ORDER`] (and, for a networked
+//! guest, those of [`NET_MODULES_ORDER`]), finds the two disks
 //! by ext4 label (never by `vdX` order), mounts the read-only base and the writable upper
 //! disk under an overlay, switches root into it in the same process, and prepares the
 //! new root ([`setup_root`]): `/proc`, `/sys`, `/dev` (with `pts`, `shm` and the usual
@@ -26,6 +27,9 @@ pub const ROOTFS_LABEL: &str = "pyro-rootfs";
 pub const UPPER_LABEL: &str = "pyro-upper";
 /// Kernel modules to load, one file name (relative to [`MODULES_DIR`]) per line, in order.
 pub const MODULES_ORDER: &str = "/etc/pyro/modules.order";
+/// The NIC's driver modules, listed like [`MODULES_ORDER`]; loaded only when the kernel
+/// command line carries [`crate::net::NET_PARAM`].
+pub const NET_MODULES_ORDER: &str = "/etc/pyro/modules.net.order";
 /// Where the initramfs keeps the module files.
 pub const MODULES_DIR: &str = "/lib/modules";
 /// How long to wait for the labelled disks to appear.
@@ -171,6 +175,19 @@ pub fn run_stage1() -> Result<(), InitError> {
 
     let loaded = load_modules(Path::new(MODULES_ORDER), Path::new(MODULES_DIR))?;
     log(start, &format!("{loaded} kernel modules loaded"));
+    // Only a networked guest (`pyro.net=` present, `pending` included) has a NIC to drive.
+    // Without its driver the guest still serves over vsock: a failure is a warning.
+    if kernel_cmdline_param(crate::net::NET_PARAM).is_some() {
+        match load_modules(Path::new(NET_MODULES_ORDER), Path::new(MODULES_DIR)) {
+            Ok(n) => log(start, &format!("{n} network modules loaded")),
+            Err(err) => {
+                let cause = std::error::Error::source(&err)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                eprintln!("pyro-init: warning: network modules: {err}{cause}");
+            }
+        }
+    }
 
     let disks = find_disks(&[ROOTFS_LABEL, UPPER_LABEL], DISK_WAIT)?;
     let (Some(base_dev), Some(upper_dev)) = (disks.get(ROOTFS_LABEL), disks.get(UPPER_LABEL))
@@ -546,10 +563,12 @@ pub fn setup_root() -> Result<(), InitError> {
     if let Err(err) = sys::interface_up("lo") {
         eprintln!("pyro-init: warning: cannot bring up lo: {err}");
     }
-    // Only with `pyro.net=` on the command line: a guest without it has only `lo`.
+    // Only with `pyro.net=` on the command line: a guest without it has only `lo`. A
+    // template booted with `pyro.net=pending` leaves eth0 down and unconfigured: each
+    // restored clone gets its own network with its reseed.
     match crate::net::from_cmdline() {
-        Ok(None) => {}
-        Ok(Some(cfg)) => {
+        Ok(None | Some(crate::net::NetParam::Pending)) => {}
+        Ok(Some(crate::net::NetParam::Static(cfg))) => {
             if let Err(err) = crate::net::configure(crate::net::GUEST_IFACE, &cfg) {
                 // Every NetError wraps one io::Error: print it after the step.
                 let cause = std::error::Error::source(&err)
@@ -558,7 +577,10 @@ pub fn setup_root() -> Result<(), InitError> {
                 eprintln!("pyro-init: warning: network: {err}{cause}");
             }
         }
-        Err(err) => eprintln!("pyro-init: warning: network not configured: {err}"),
+        Err(err) => eprintln!(
+            "pyro-init: warning: network not configured from {}: {err}",
+            crate::net::NET_PARAM
+        ),
     }
     if let Some(value) = kernel_cmdline_param(CLOCK_PARAM) {
         match parse_unix_time(&value) {

@@ -1,11 +1,15 @@
 //! The guest side of networking: `eth0`'s address, the default route and
-//! `/etc/resolv.conf`, from the kernel command-line parameter [`NET_PARAM`].
+//! `/etc/resolv.conf`, from the kernel command-line parameter [`NET_PARAM`] or, in a clone
+//! restored from a snapshot, from [`pyro_proto::api::Reseed::network`].
 //!
 //! The host puts `pyro.net=ADDRESS/PREFIX,GATEWAY[,DNS]` on the command line of a networked
 //! sandbox (IPv4 only; see `docs/network.md`: the guest is `10.200.x.2/30`, the gateway
 //! `.1` and the resolver on the gateway). [`parse`] validates it into a [`NetConfig`];
 //! [`configure`] applies it with the classic interface and route ioctls (no netlink, no
-//! `ip` in the guest). Without the parameter, nothing here runs: the guest has only `lo`.
+//! `ip` in the guest). A networked warm-snapshot template boots with
+//! `pyro.net=`[`PENDING`] instead: the NIC's driver is loaded but nothing is configured,
+//! and each restored clone gets its own MAC and address through [`reconfigure`]. Without
+//! the parameter, nothing here runs: the guest has only `lo`.
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -15,6 +19,19 @@ use crate::sys;
 
 /// The kernel command-line parameter carrying the guest's network configuration.
 pub const NET_PARAM: &str = "pyro.net";
+
+/// The value of [`NET_PARAM`] for a guest that has a NIC but no address yet (a networked
+/// warm-snapshot template; each clone gets its own through [`reconfigure`]).
+pub const PENDING: &str = "pending";
+
+/// What [`NET_PARAM`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetParam {
+    /// A NIC, left unconfigured until [`reconfigure`] (`pyro.net=pending`).
+    Pending,
+    /// A NIC with this configuration.
+    Static(NetConfig),
+}
 
 /// The interface the guest's virtio-net device gets (the kernel's first Ethernet name;
 /// nothing in the guest renames interfaces).
@@ -67,13 +84,13 @@ pub enum ParseError {
         len: usize,
     },
     /// Not `ADDRESS/PREFIX,GATEWAY[,DNS]`.
-    #[error("{NET_PARAM}={value:?} is not ADDRESS/PREFIX,GATEWAY[,DNS]")]
+    #[error("{NET_PARAM}={value:?} is not ADDRESS/PREFIX,GATEWAY[,DNS] or {PENDING}")]
     Shape {
         /// The value.
         value: String,
     },
     /// A field is not a dotted-quad IPv4 address.
-    #[error("{NET_PARAM}: {field} {value:?} is not an IPv4 address")]
+    #[error("{field} {value:?} is not an IPv4 address")]
     BadAddress {
         /// `address`, `gateway` or `dns`.
         field: &'static str,
@@ -81,21 +98,27 @@ pub enum ParseError {
         value: String,
     },
     /// The prefix is not a number from 1 to 30.
-    #[error("{NET_PARAM}: prefix {value:?} is not a number from 1 to 30")]
+    #[error("prefix {value:?} is not a number from 1 to 30")]
     BadPrefix {
         /// The prefix's text.
         value: String,
     },
     /// An address that cannot be a host's (`0/8`, `127/8`, multicast, `240/4`).
-    #[error("{NET_PARAM}: {field} {addr} is not a unicast host address")]
+    #[error("{field} {addr} is not a unicast host address")]
     NotUnicast {
         /// `address`, `gateway` or `dns`.
         field: &'static str,
         /// The address.
         addr: Ipv4Addr,
     },
+    /// A MAC address that is multicast or all zeros.
+    #[error("mac {mac} is not a unicast address")]
+    NotUnicastMac {
+        /// The MAC address.
+        mac: pyro_proto::api::MacAddr,
+    },
     /// The address or the gateway is the subnet's network or broadcast address.
-    #[error("{NET_PARAM}: {field} {addr} is the network or broadcast address of its /{prefix}")]
+    #[error("{field} {addr} is the network or broadcast address of its /{prefix}")]
     NotHost {
         /// `address` or `gateway`.
         field: &'static str,
@@ -105,7 +128,7 @@ pub enum ParseError {
         prefix: u8,
     },
     /// The gateway is outside the guest's subnet, or is the guest's own address.
-    #[error("{NET_PARAM}: gateway {gateway} is not another host of {address}/{prefix}")]
+    #[error("gateway {gateway} is not another host of {address}/{prefix}")]
     GatewayOffLink {
         /// The guest's address.
         address: Ipv4Addr,
@@ -121,6 +144,10 @@ fn addr(field: &'static str, value: &str) -> Result<Ipv4Addr, ParseError> {
         field,
         value: value.to_owned(),
     })?;
+    unicast(field, addr)
+}
+
+fn unicast(field: &'static str, addr: Ipv4Addr) -> Result<Ipv4Addr, ParseError> {
     let [a, ..] = addr.octets();
     if a == 0 || addr.is_loopback() || addr.is_multicast() || a >= 240 {
         return Err(ParseError::NotUnicast { field, addr });
@@ -163,6 +190,39 @@ pub fn parse(value: &str) -> Result<NetConfig, ParseError> {
     }
     let gateway = addr("gateway", gateway)?;
     let dns = dns.map(|d| addr("dns", d)).transpose()?;
+    check(address, prefix, gateway, dns)
+}
+
+/// Parses a [`NET_PARAM`] value: [`PENDING`], or a configuration as [`parse`] reads it.
+///
+/// # Errors
+/// A [`ParseError`] naming the refused part.
+pub fn parse_param(value: &str) -> Result<NetParam, ParseError> {
+    if value == PENDING {
+        return Ok(NetParam::Pending);
+    }
+    parse(value).map(NetParam::Static)
+}
+
+/// Checks a configuration given as typed fields (the rules of [`parse`]: prefix 1 to 30,
+/// unicast host addresses, the gateway another host of the subnet).
+///
+/// # Errors
+/// A [`ParseError`] naming the refused part.
+pub fn check(
+    address: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    dns: Option<Ipv4Addr>,
+) -> Result<NetConfig, ParseError> {
+    if !(1..=30).contains(&prefix) {
+        return Err(ParseError::BadPrefix {
+            value: prefix.to_string(),
+        });
+    }
+    let address = unicast("address", address)?;
+    let gateway = unicast("gateway", gateway)?;
+    let dns = dns.map(|d| unicast("dns", d)).transpose()?;
     let m = mask(prefix);
     for (field, a) in [("address", address), ("gateway", gateway)] {
         let host = u32::from(a) & !m;
@@ -193,10 +253,22 @@ pub fn parse(value: &str) -> Result<NetConfig, ParseError> {
 ///
 /// # Errors
 /// A present but malformed value.
-pub fn from_cmdline() -> Result<Option<NetConfig>, ParseError> {
+pub fn from_cmdline() -> Result<Option<NetParam>, ParseError> {
     crate::init::kernel_cmdline_param(NET_PARAM)
-        .map(|v| parse(&v))
+        .map(|v| parse_param(&v))
         .transpose()
+}
+
+/// Checks a clone's [`GuestNetwork`](pyro_proto::api::GuestNetwork) with the rules of
+/// [`NET_PARAM`] (and a unicast MAC).
+///
+/// # Errors
+/// A [`ParseError`] naming the refused part.
+pub fn check_guest_network(net: &pyro_proto::api::GuestNetwork) -> Result<NetConfig, ParseError> {
+    if !net.mac.is_unicast() {
+        return Err(ParseError::NotUnicastMac { mac: net.mac });
+    }
+    check(net.address, net.prefix, net.gateway, net.dns)
 }
 
 /// What failed while applying a [`NetConfig`].
@@ -210,6 +282,12 @@ pub enum NetError {
         iface: String,
         /// What was being done.
         step: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+    /// Removing the old default route failed.
+    #[error("cannot remove the old default route")]
+    OldRoute {
         /// The system error.
         source: io::Error,
     },
@@ -289,6 +367,41 @@ pub fn write_resolv_conf(path: &Path, cfg: &NetConfig) -> Result<(), NetError> {
         let _ = std::fs::remove_file(&tmp);
         fail(e)
     })
+}
+
+/// Moves `iface` to a new MAC address and configuration, replacing what it had (a clone
+/// restored from a snapshot of a networked template takes over its own network), in the
+/// calling thread's network namespace, then writes `resolv_conf`.
+///
+/// The interface is brought down first: on the way down the kernel flushes the
+/// interface's neighbour (ARP) entries (`neigh_ifdown`) and drops its IPv4 routes, so no
+/// entry learnt under the old address survives, with neither netlink nor `ip` (the
+/// neighbour ioctl `SIOCDARP` deletes one entry by address and could miss some). Then the
+/// MAC is set (`SIOCSIFHWADDR`), any default route left is deleted (`SIOCDELRT`), the
+/// address is set (`SIOCSIFADDR` replaces the interface's primary address, so the old one
+/// is gone) with its netmask, the interface comes up and the default route via the new
+/// gateway is added.
+///
+/// # Errors
+/// The first step that failed.
+pub fn reconfigure(
+    iface: &str,
+    mac: [u8; 6],
+    cfg: &NetConfig,
+    resolv_conf: &Path,
+) -> Result<(), NetError> {
+    let fail = |step: &'static str| {
+        move |source| NetError::Interface {
+            iface: iface.to_owned(),
+            step,
+            source,
+        }
+    };
+    sys::interface_down(iface).map_err(fail("bring the interface down"))?;
+    sys::set_interface_mac(iface, mac).map_err(fail("set the MAC address"))?;
+    sys::delete_default_routes().map_err(|source| NetError::OldRoute { source })?;
+    configure_interface(iface, cfg)?;
+    write_resolv_conf(resolv_conf, cfg)
 }
 
 /// Applies `cfg`: [`configure_interface`] on `iface`, then [`write_resolv_conf`] to
@@ -421,8 +534,103 @@ mod tests {
         let err = parse("10.200.0.2/30,10.9.0.1").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "pyro.net: gateway 10.9.0.1 is not another host of 10.200.0.2/30"
+            "gateway 10.9.0.1 is not another host of 10.200.0.2/30"
         );
+        let err = parse("10.200.0.2").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pyro.net=\"10.200.0.2\" is not ADDRESS/PREFIX,GATEWAY[,DNS] or pending"
+        );
+    }
+
+    #[test]
+    fn pending_is_a_nic_without_an_address() {
+        assert_eq!(parse_param("pending"), Ok(NetParam::Pending));
+        assert_eq!(
+            parse_param("10.200.0.2/30,10.200.0.1"),
+            Ok(NetParam::Static(parse("10.200.0.2/30,10.200.0.1").unwrap()))
+        );
+        for bad in ["Pending", "pending,", " pending", "pending/30", ""] {
+            assert!(
+                matches!(parse_param(bad), Err(ParseError::Shape { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(parse("pending").is_err(), "parse wants a configuration");
+    }
+
+    fn guest_network(mac: &str, cidr: &str, gateway: &str) -> pyro_proto::api::GuestNetwork {
+        let (address, prefix) = cidr.split_once('/').unwrap();
+        pyro_proto::api::GuestNetwork {
+            mac: mac.parse().unwrap(),
+            address: v4(address),
+            prefix: prefix.parse().unwrap(),
+            gateway: v4(gateway),
+            dns: None,
+        }
+    }
+
+    #[test]
+    fn guest_network_is_checked_like_the_parameter() {
+        use ParseError::*;
+        let ok = guest_network("02:70:79:00:00:05", "10.200.0.6/30", "10.200.0.5");
+        assert_eq!(check_guest_network(&ok), parse("10.200.0.6/30,10.200.0.5"));
+        let dns = pyro_proto::api::GuestNetwork {
+            dns: Some(v4("192.0.2.53")),
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_guest_network(&dns).unwrap().resolver(),
+            v4("192.0.2.53")
+        );
+        for mac in [
+            "03:70:79:00:00:05",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            let n = guest_network(mac, "10.200.0.6/30", "10.200.0.5");
+            assert!(
+                matches!(check_guest_network(&n), Err(NotUnicastMac { .. })),
+                "{mac}"
+            );
+        }
+        for (cidr, gw) in [
+            ("10.200.0.6/0", "10.200.0.5"),
+            ("10.200.0.6/31", "10.200.0.7"),
+        ] {
+            let n = guest_network("02:70:79:00:00:05", cidr, gw);
+            assert!(
+                matches!(check_guest_network(&n), Err(BadPrefix { .. })),
+                "{cidr}"
+            );
+        }
+        for (cidr, gw) in [
+            ("127.0.0.2/30", "127.0.0.1"),
+            ("0.0.0.2/30", "0.0.0.1"),
+            ("224.0.0.2/30", "224.0.0.1"),
+            ("240.0.0.2/30", "240.0.0.1"),
+        ] {
+            let n = guest_network("02:70:79:00:00:05", cidr, gw);
+            assert!(
+                matches!(check_guest_network(&n), Err(NotUnicast { .. })),
+                "{cidr}"
+            );
+        }
+        let n = guest_network("02:70:79:00:00:05", "10.200.0.7/30", "10.200.0.5");
+        assert!(matches!(check_guest_network(&n), Err(NotHost { .. })));
+        let n = guest_network("02:70:79:00:00:05", "10.200.0.6/30", "10.200.0.1");
+        assert!(matches!(
+            check_guest_network(&n),
+            Err(GatewayOffLink { .. })
+        ));
+        let bad_dns = pyro_proto::api::GuestNetwork {
+            dns: Some(v4("255.255.255.255")),
+            ..ok
+        };
+        assert!(matches!(
+            check_guest_network(&bad_dns),
+            Err(NotUnicast { field: "dns", .. })
+        ));
     }
 
     #[test]
@@ -451,21 +659,20 @@ mod tests {
             .unwrap()
     }
 
-    /// Root only: applies a configuration to an interface in a throwaway network namespace
-    /// (a thread that `unshare(CLONE_NEWNET)`s, so the host's namespace is never touched)
-    /// and reads it back with `ip -j`.
-    #[test]
-    fn configure_interface_in_throwaway_netns() {
+    /// Root only: runs `test` in a throwaway network namespace (a thread that
+    /// `unshare(CLONE_NEWNET)`s, so the host's namespace is never touched) holding a dummy
+    /// (or else veth) `eth0`; skipped with a reason where that is impossible.
+    fn in_throwaway_netns(name: &str, test: fn() -> Result<(), String>) {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: configure_interface_in_throwaway_netns needs root");
+            eprintln!("skipped: {name} needs root");
             return;
         }
         if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skipped: configure_interface_in_throwaway_netns needs iproute2's ip");
+            eprintln!("skipped: {name} needs iproute2's ip");
             return;
         }
-        let result = std::thread::spawn(|| -> Result<(), String> {
+        let result = std::thread::spawn(move || -> Result<(), String> {
             // SAFETY: unshare with CLONE_NEWNET only changes this thread's network
             // namespace (allowed in a multi-threaded process); the thread ends after the
             // test, taking the namespace with it.
@@ -483,6 +690,46 @@ mod tests {
                 }
                 assert!(ip(&["link", "set", "p0", "up"]).status.success());
             }
+            test()
+        })
+        .join()
+        .unwrap();
+        match result {
+            Ok(()) => {}
+            Err(reason) if reason.starts_with("skip: ") => {
+                eprintln!("skipped: {name}: {reason}");
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// `eth0`'s `ip -j addr` object and its IPv4 addresses.
+    fn eth0() -> (serde_json::Value, Vec<serde_json::Value>) {
+        let addrs: serde_json::Value =
+            serde_json::from_slice(&ip(&["-j", "addr", "show", "dev", "eth0"]).stdout).unwrap();
+        let link = addrs[0].clone();
+        let inet = link["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .cloned()
+            .collect();
+        (link, inet)
+    }
+
+    /// The IPv4 default routes, from `ip -j`.
+    fn default_routes() -> Vec<serde_json::Value> {
+        let routes: serde_json::Value =
+            serde_json::from_slice(&ip(&["-j", "-4", "route", "show", "default"]).stdout).unwrap();
+        routes.as_array().unwrap().clone()
+    }
+
+    /// Root only: applies a configuration to an interface in a throwaway network namespace
+    /// and reads it back with `ip -j`.
+    #[test]
+    fn configure_interface_in_throwaway_netns() {
+        in_throwaway_netns("configure_interface_in_throwaway_netns", || {
             let cfg = parse("10.200.0.2/30,10.200.0.1").unwrap();
             configure_interface(GUEST_IFACE, &cfg).map_err(|e| format!("{e}: {:?}", e))?;
             // Applying it again (a restarted agent) succeeds too.
@@ -519,15 +766,77 @@ mod tests {
                 "{err:?}"
             );
             Ok(())
-        })
-        .join()
-        .unwrap();
-        match result {
-            Ok(()) => {}
-            Err(reason) if reason.starts_with("skip: ") => {
-                eprintln!("skipped: configure_interface_in_throwaway_netns: {reason}");
-            }
-            Err(err) => panic!("{err}"),
-        }
+        });
+    }
+
+    /// Root only: a clone's reseed moves a configured `eth0` to a new MAC, address and
+    /// gateway: the old address, default route and neighbour entries are gone.
+    #[test]
+    fn reconfigure_replaces_mac_address_route_and_neighbours() {
+        in_throwaway_netns(
+            "reconfigure_replaces_mac_address_route_and_neighbours",
+            || {
+                let old = parse("10.200.0.2/30,10.200.0.1").unwrap();
+                configure_interface(GUEST_IFACE, &old).map_err(|e| format!("{e:?}"))?;
+                let neigh = ip(&[
+                    "neigh",
+                    "replace",
+                    "10.200.0.1",
+                    "lladdr",
+                    "02:00:00:00:00:01",
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+                let had_neighbour = neigh.status.success();
+                let neighbours = || {
+                    let v: serde_json::Value = serde_json::from_slice(
+                        &ip(&["-j", "-4", "neigh", "show", "dev", "eth0"]).stdout,
+                    )
+                    .unwrap();
+                    v.as_array().unwrap().len()
+                };
+                if had_neighbour {
+                    assert_eq!(neighbours(), 1);
+                }
+
+                let net = guest_network("02:70:79:00:01:07", "10.200.1.6/30", "10.200.1.5");
+                let cfg = check_guest_network(&net).unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let resolv = dir.path().join("resolv.conf");
+                reconfigure(GUEST_IFACE, net.mac.0, &cfg, &resolv).map_err(|e| format!("{e:?}"))?;
+
+                let (link, inet) = eth0();
+                assert_eq!(link["address"], "02:70:79:00:01:07", "{link}");
+                assert!(
+                    link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+                    "{link}"
+                );
+                assert_eq!(inet.len(), 1, "the old address is gone: {link}");
+                assert_eq!(inet[0]["local"], "10.200.1.6");
+                assert_eq!(inet[0]["prefixlen"], 30);
+                let routes = default_routes();
+                assert_eq!(routes.len(), 1, "{routes:?}");
+                assert_eq!(routes[0]["gateway"], "10.200.1.5");
+                assert_eq!(routes[0]["dev"], "eth0");
+                if had_neighbour {
+                    assert_eq!(neighbours(), 0, "the neighbour cache is flushed");
+                }
+                assert_eq!(std::fs::read_to_string(&resolv).unwrap(), resolv_conf(&cfg));
+
+                // Again, with the same values (a retried reseed): the same result.
+                reconfigure(GUEST_IFACE, net.mac.0, &cfg, &resolv).map_err(|e| format!("{e:?}"))?;
+                assert_eq!(eth0().1.len(), 1);
+                assert_eq!(default_routes().len(), 1);
+
+                let err = reconfigure("nosuch0", net.mac.0, &cfg, &resolv).unwrap_err();
+                assert!(
+                    matches!(&err, NetError::Interface { iface, .. } if iface == "nosuch0"),
+                    "{err:?}"
+                );
+                Ok(())
+            },
+        );
     }
 }

@@ -141,6 +141,9 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// (`RNDADDENTROPY`), the CRNG is reseeded at once (`RNDRESEEDCRNG`; otherwise it would
 /// keep its old key until its next scheduled reseed), the clock is set, and
 /// `/etc/machine-id` is replaced with a new random id (see [`crate::init::write_machine_id`]).
+/// Then, when the request carries a network, `eth0` takes over the clone's MAC, address,
+/// default route and resolver ([`crate::net::reconfigure`]); it is checked with the rules
+/// of `pyro.net=` before anything changes.
 async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: AgentInfo) {
     if !info.pid1 {
         let msg = "reseeding is only done inside a guest";
@@ -154,6 +157,18 @@ async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: A
             return;
         }
     };
+    // The network is checked before anything changes: a bad one is the host's mistake.
+    let network = match &req.network {
+        None => None,
+        Some(net) => match crate::net::check_guest_network(net) {
+            Ok(cfg) => Some((net.mac, cfg)),
+            Err(e) => {
+                let msg = format!("reseed network refused: {e}");
+                reply_err(tx, ErrorCode::BadRequest, &msg).await;
+                return;
+            }
+        },
+    };
     let res = (|| -> std::io::Result<pyro_proto::api::ReseedResult> {
         crate::init::add_entropy(&entropy)?;
         let crng_reseeded = reseed_crng()?;
@@ -166,12 +181,33 @@ async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: A
             entropy_bytes: entropy.len() as u64,
             crng_reseeded,
             machine_id_regenerated,
+            network_configured: false,
         })
     })();
-    match res {
-        Ok(r) => reply_ok(tx, &r).await,
-        Err(e) => reply_err(tx, ErrorCode::Io, &format!("reseeding failed: {e}")).await,
+    let mut result = match res {
+        Ok(r) => r,
+        Err(e) => {
+            reply_err(tx, ErrorCode::Io, &format!("reseeding failed: {e}")).await;
+            return;
+        }
+    };
+    if let Some((mac, cfg)) = network {
+        let path = std::path::Path::new(crate::net::RESOLV_CONF);
+        if let Err(e) = crate::net::reconfigure(crate::net::GUEST_IFACE, mac.0, &cfg, path) {
+            // Every NetError wraps one io::Error: name the step, then the cause.
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            let msg = format!(
+                "reseeding failed: network {mac} {}/{}: {e}{cause}",
+                cfg.address, cfg.prefix
+            );
+            reply_err(tx, ErrorCode::Io, &msg).await;
+            return;
+        }
+        result.network_configured = true;
     }
+    reply_ok(tx, &result).await;
 }
 
 /// Forces the kernel CRNG to take a new key from the input pool. `false` when the kernel

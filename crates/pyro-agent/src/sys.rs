@@ -244,6 +244,37 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// Clears `IFF_UP` on a network interface (like `ip link set NAME down`). The kernel then
+/// drops the interface's IPv4 routes and flushes its neighbour (ARP) entries.
+pub fn interface_down(name: &str) -> io::Result<()> {
+    let mut req = ifreq_for(name)?;
+    let sock = inet_socket()?;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFFLAGS fills flags.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the kernel just wrote `ifru_flags`, so reading that union field is valid.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags & !(libc::IFF_UP as libc::c_short);
+    // SAFETY: `req` is a valid ifreq; SIOCSIFFLAGS only reads it.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// Sets the Ethernet address of a network interface (`SIOCSIFHWADDR`, like `ip link set
+/// NAME address MAC`).
+pub fn set_interface_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: sockaddr is plain old data; all-zero is a valid value.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = hw;
+    // SAFETY: `req` is a valid ifreq (name, ARPHRD_ETHER address); SIOCSIFHWADDR only
+    // reads it.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) }).map(drop)
+}
+
 /// Sets the IPv4 address and netmask of a network interface (`SIOCSIFADDR`, then
 /// `SIOCSIFNETMASK`, which also fixes the prefix route and the broadcast address).
 pub fn set_interface_ipv4(
@@ -281,18 +312,20 @@ struct RtEntry {
     rt_irtt: libc::c_ushort,
 }
 
-/// Adds the IPv4 default route via `gateway` (`SIOCADDRT`, like `ip route add default via
-/// GATEWAY`); the kernel picks the interface whose subnet holds the gateway. An existing
-/// identical route is success.
-pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
-    let sock = inet_socket()?;
+/// A default-route `rtentry`: via `gateway` when given, else any.
+fn default_route(gateway: Option<std::net::Ipv4Addr>) -> RtEntry {
     let any = sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED);
-    let rt = RtEntry {
+    RtEntry {
         rt_pad1: 0,
         rt_dst: any,
-        rt_gateway: sockaddr_v4(gateway),
+        rt_gateway: gateway.map_or(any, sockaddr_v4),
         rt_genmask: any,
-        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        rt_flags: libc::RTF_UP
+            | if gateway.is_some() {
+                libc::RTF_GATEWAY
+            } else {
+                0
+            },
         rt_pad2: 0,
         rt_pad3: 0,
         rt_pad4: std::ptr::null_mut(),
@@ -301,13 +334,38 @@ pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
         rt_mtu: 0,
         rt_window: 0,
         rt_irtt: 0,
-    };
+    }
+}
+
+/// Adds the IPv4 default route via `gateway` (`SIOCADDRT`, like `ip route add default via
+/// GATEWAY`); the kernel picks the interface whose subnet holds the gateway. An existing
+/// identical route is success.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let rt = default_route(Some(gateway));
     // SAFETY: `rt` is a fully initialised rtentry with the kernel's layout and a null
     // device name (no pointer the kernel follows); SIOCADDRT only reads it.
     match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) }) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other.map(drop),
     }
+}
+
+/// Deletes every IPv4 default route of the main table (`SIOCDELRT` until the kernel finds
+/// none, like repeating `ip route del default`). Returns how many were deleted.
+pub fn delete_default_routes() -> io::Result<usize> {
+    let sock = inet_socket()?;
+    let rt = default_route(None);
+    // Bounded: a kernel that kept answering success would otherwise loop forever.
+    for deleted in 0..1024 {
+        // SAFETY: as in add_default_route; SIOCDELRT only reads `rt`.
+        match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCDELRT, &rt) }) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(deleted),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("more than 1024 default routes"))
 }
 
 /// Credits `bytes` to the kernel entropy pool through `RNDADDENTROPY` on `random`

@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! /init                     the agent binary (0755); it does the stage-1 work itself
-//! /lib/modules/<name>.ko    each module of GUEST_MODULES, uncompressed
-//! /etc/pyro/modules.order   one module file name per line, in load order
+//! /lib/modules/<name>.ko        each module of GUEST_MODULES and NET_MODULES, uncompressed
+//! /etc/pyro/modules.order       GUEST_MODULES: one module file name per line, in load order
+//! /etc/pyro/modules.net.order   NET_MODULES, the same way; loaded only with `pyro.net=`
 //! /dev/console              character device 5:1, so the kernel can give init a console
 //! /dev /proc /sys /mnt /newroot /run   empty mount points
 //! ```
@@ -20,11 +21,16 @@ use crate::fsutil::hex;
 /// Path of the module list inside the initramfs.
 pub const MODULES_ORDER_PATH: &str = "/etc/pyro/modules.order";
 
+/// Path of the network modules' list inside the initramfs (loaded only when the guest is
+/// networked).
+pub const NET_MODULES_ORDER_PATH: &str = "/etc/pyro/modules.net.order";
+
 /// Where module files live inside the initramfs.
 pub const MODULES_DIR: &str = "/lib/modules";
 
-/// Bumped whenever the layout above changes, so cached images are rebuilt.
-const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever the layout above changes, so cached images are rebuilt (2: the
+/// separate network module list).
+const LAYOUT_VERSION: u32 = 2;
 
 /// The cache key of the initramfs for an agent (by digest) and a kernel.
 pub fn key(agent_sha256: &str, kernel: &KernelManifest) -> String {
@@ -40,11 +46,13 @@ pub fn key(agent_sha256: &str, kernel: &KernelManifest) -> String {
 }
 
 /// Writes the initramfs to `out`: `agent` as `/init`, then `modules` (name, plain `.ko`
-/// bytes) in load order.
+/// bytes) in load order, listed in [`MODULES_ORDER_PATH`], and `net_modules` the same way,
+/// listed in [`NET_MODULES_ORDER_PATH`] (written, possibly empty, even when there are none).
 pub fn write<W: std::io::Write>(
     out: W,
     agent: &[u8],
     modules: &[(String, Vec<u8>)],
+    net_modules: &[(String, Vec<u8>)],
 ) -> std::io::Result<W> {
     let mut w = CpioWriter::new(out);
     for d in [
@@ -63,14 +71,19 @@ pub fn write<W: std::io::Write>(
     }
     w.char_device("dev/console", 0o600, 5, 1)?;
     w.file("init", 0o755, agent)?;
-    let mut order = String::new();
-    for (name, bytes) in modules {
-        let file = format!("{name}.ko");
-        w.file(&format!("lib/modules/{file}"), 0o644, bytes)?;
-        order.push_str(&file);
-        order.push('\n');
+    for (list, path) in [
+        (modules, MODULES_ORDER_PATH),
+        (net_modules, NET_MODULES_ORDER_PATH),
+    ] {
+        let mut order = String::new();
+        for (name, bytes) in list {
+            let file = format!("{name}.ko");
+            w.file(&format!("lib/modules/{file}"), 0o644, bytes)?;
+            order.push_str(&file);
+            order.push('\n');
+        }
+        w.file(path.trim_start_matches('/'), 0o644, order.as_bytes())?;
     }
-    w.file("etc/pyro/modules.order", 0o644, order.as_bytes())?;
     w.finish()
 }
 
@@ -120,7 +133,11 @@ mod tests {
             ("virtio".to_owned(), b"one".to_vec()),
             ("ext4".to_owned(), b"two".to_vec()),
         ];
-        let bytes = write(Vec::new(), b"\x7fELF agent", &modules).unwrap();
+        let net = vec![
+            ("failover".to_owned(), b"three".to_vec()),
+            ("virtio_net".to_owned(), b"four".to_vec()),
+        ];
+        let bytes = write(Vec::new(), b"\x7fELF agent", &modules, &net).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("cpio")
             .args(["-idm", "--quiet", "--no-absolute-filenames"])
@@ -139,6 +156,14 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(root.join("etc/pyro/modules.order")).unwrap(),
             "virtio.ko\next4.ko\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/pyro/modules.net.order")).unwrap(),
+            "failover.ko\nvirtio_net.ko\n"
+        );
+        assert_eq!(
+            std::fs::read(root.join("lib/modules/virtio_net.ko")).unwrap(),
+            b"four"
         );
         assert_eq!(
             std::fs::read(root.join("lib/modules/ext4.ko")).unwrap(),

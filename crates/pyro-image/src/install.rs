@@ -247,7 +247,7 @@ fn installed_kernel(cache: &Cache) -> Option<KernelManifest> {
                 && m.modules
                     .iter()
                     .map(|x| x.name.as_str())
-                    .eq(kernel::GUEST_MODULES.iter().copied())
+                    .eq(kernel::all_modules())
                 && cache.has_blob(&m.vmlinux)
                 && m.modules.iter().all(|x| cache.has_blob(&x.artifact)) =>
         {
@@ -473,9 +473,10 @@ fn build_kernel(cache: &Cache, rep: &Reporter<'_>) -> Result<KernelManifest> {
         sha256: vm.sha256,
         size_bytes: vm.size_bytes,
     };
-    let files = kernel::find_modules(&unpacked.modules_dir, kernel::GUEST_MODULES)?;
+    let names: Vec<&str> = kernel::all_modules().collect();
+    let files = kernel::find_modules(&unpacked.modules_dir, &names)?;
     let mut modules = Vec::with_capacity(files.len());
-    for (name, file) in kernel::GUEST_MODULES.iter().zip(&files) {
+    for (name, file) in names.iter().zip(&files) {
         let out = tmp.path().join(format!("{name}.ko"));
         let (sha256, size_bytes) = kernel::unpack_module(file, &out)?;
         modules.push((
@@ -654,17 +655,24 @@ fn write_initramfs(
     key: &str,
     path: &Path,
 ) -> Result<InitramfsRecord> {
+    // The network driver goes into its own list, loaded only by networked guests.
     let mut modules = Vec::with_capacity(kernel.modules.len());
+    let mut net_modules = Vec::with_capacity(kernel::NET_MODULES.len());
     for m in &kernel.modules {
         let blob = cache.blob_path(&m.artifact.sha256);
         let bytes = fs::read(&blob).map_err(|e| ImageError::io("read", &blob, e))?;
-        modules.push((m.name.clone(), bytes));
+        if kernel::NET_MODULES.contains(&m.name.as_str()) {
+            net_modules.push((m.name.clone(), bytes));
+        } else {
+            modules.push((m.name.clone(), bytes));
+        }
     }
     let tmp = cache.tmp_dir()?;
     let out = tmp.path().join("initramfs.cpio");
     let f = File::create(&out).map_err(|e| ImageError::io("create", &out, e))?;
     let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
-    let w = initramfs::write(w, agent, &modules).map_err(|e| ImageError::io("write", &out, e))?;
+    let w = initramfs::write(w, agent, &modules, &net_modules)
+        .map_err(|e| ImageError::io("write", &out, e))?;
     let (buf, sha256, size_bytes) = w.finish();
     let f = buf
         .into_inner()
@@ -982,10 +990,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path().join("cache")).unwrap();
         let vmlinux = put_blob(&cache, &crate::kernel::tests::pvh_elf());
-        let modules = kernel::GUEST_MODULES
-            .iter()
+        let modules = kernel::all_modules()
             .map(|name| ModuleRef {
-                name: (*name).to_owned(),
+                name: name.to_owned(),
                 artifact: put_blob(&cache, format!("module {name}").as_bytes()),
             })
             .collect();
@@ -1022,6 +1029,16 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_cached_without_the_net_modules_is_rebuilt() {
+        let (_dir, cache, mut k) = synthetic_cache();
+        assert!(installed_kernel(&cache).is_some());
+        // What an older pyro cached: GUEST_MODULES only.
+        k.modules.truncate(kernel::GUEST_MODULES.len());
+        cache.write_kernel_manifest(&k).unwrap();
+        assert!(installed_kernel(&cache).is_none());
+    }
+
+    #[test]
     fn installed_environment_returns_at_once_and_a_new_agent_rebuilds_only_the_initramfs() {
         let (dir, cache, k) = synthetic_cache();
         let a1 = agent(dir.path(), "agent1", b"agent one");
@@ -1040,6 +1057,17 @@ mod tests {
         assert_eq!(
             fs::metadata(&first.initramfs).unwrap().permissions().mode() & 0o777,
             0o444
+        );
+        // The network driver has its own list (the cpio is uncompressed: names and
+        // contents appear as they are).
+        let cpio = fs::read(&first.initramfs).unwrap();
+        let has = |needle: &[u8]| cpio.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"etc/pyro/modules.net.order\0"));
+        assert!(has(b"failover.ko\nnet_failover.ko\nvirtio_net.ko\n"));
+        assert!(has(b"lib/modules/virtio_net.ko\0"));
+        assert!(
+            !has(b"virtio_console.ko\nfailover.ko"),
+            "not in the boot list"
         );
 
         // Same agent: nothing is written.
@@ -1144,7 +1172,7 @@ mod tests {
         let (inst, _) = pull(&cache, "debian:12", &a);
         let report = verify(&cache, "debian:12").unwrap();
         assert!(report.ok, "{report:?}");
-        assert_eq!(report.artifacts.len(), 3 + kernel::GUEST_MODULES.len());
+        assert_eq!(report.artifacts.len(), 3 + kernel::all_modules().count());
 
         fs::set_permissions(&inst.rootfs, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&inst.rootfs, b"rootfs of debian:13").unwrap();

@@ -36,6 +36,17 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_console",
 ];
 
+/// The virtio-net driver and what it needs, in load order (dependencies first: `virtio_net`
+/// uses `net_failover`, which uses `failover`). They are put into the initramfs beside
+/// [`GUEST_MODULES`] but listed separately, and the agent loads them only when the kernel
+/// command line carries `pyro.net=` (a guest without a NIC does not pay for them).
+pub const NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
+
+/// Every module the kernel artifacts carry: [`GUEST_MODULES`], then [`NET_MODULES`].
+pub fn all_modules() -> impl Iterator<Item = &'static str> {
+    GUEST_MODULES.iter().chain(NET_MODULES).copied()
+}
+
 /// The Debian package the kernel comes from.
 pub const KERNEL_PACKAGE: &str = "linux-image-amd64";
 
@@ -453,7 +464,7 @@ fn write_hashed(
 }
 
 /// mmdebstrap arguments that unpack only what the guest needs from the kernel package:
-/// `boot/vmlinuz-*` and the [`GUEST_MODULES`] files (about 12 MB instead of 465 MB; dpkg's
+/// `boot/vmlinuz-*` and the [`all_modules`] files (about 12 MB instead of 465 MB; dpkg's
 /// path filters apply to the extract variant too).
 pub(crate) fn extract_args() -> Vec<String> {
     let mut args = vec![
@@ -462,7 +473,7 @@ pub(crate) fn extract_args() -> Vec<String> {
         "--dpkgopt=path-exclude=*".to_owned(),
         "--dpkgopt=path-include=/boot/vmlinuz-*".to_owned(),
     ];
-    for m in GUEST_MODULES {
+    for m in all_modules() {
         // dpkg matches with fnmatch(3) without FNM_PATHNAME: `*` spans directories. Module
         // file names may use `-` where the module name has `_`.
         let file = m.replace('_', "[_-]");
@@ -775,5 +786,25 @@ pub(crate) mod tests {
         assert_eq!(fs::read(&out).unwrap(), b"packed");
         let err = find_modules(dir.path(), &["overlay"]).unwrap_err();
         assert!(err.to_string().contains("`overlay`"), "{err}");
+    }
+
+    #[test]
+    fn net_modules_are_extracted_after_the_guest_modules() {
+        let all: Vec<&str> = all_modules().collect();
+        assert_eq!(all.len(), GUEST_MODULES.len() + NET_MODULES.len());
+        assert_eq!(&all[GUEST_MODULES.len()..], NET_MODULES);
+        assert_eq!(NET_MODULES, ["failover", "net_failover", "virtio_net"]);
+        let args = extract_args();
+        for file in [
+            "virtio[_-]net",
+            "net[_-]failover",
+            "failover",
+            "virtio[_-]blk",
+        ] {
+            assert!(
+                args.iter().any(|a| a.ends_with(&format!("/*/{file}.ko*"))),
+                "{file}: {args:?}"
+            );
+        }
     }
 }

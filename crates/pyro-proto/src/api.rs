@@ -142,6 +142,86 @@ pub struct Reseed {
     pub entropy_hex: String,
     /// Host wall-clock time, nanoseconds since the UNIX epoch.
     pub unix_nanos: u64,
+    /// The restored clone's own network (a networked template boots with
+    /// `pyro.net=pending` and no address). Absent: the network is left as it is. Never
+    /// serialized when absent, so an agent that predates it accepts requests without it
+    /// (and refuses, as an unknown field, one that carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNetwork>,
+}
+
+/// The network a restored clone takes over (see [`Reseed::network`]); the agent applies it
+/// to `eth0` with the same rules as the kernel command line's `pyro.net=`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNetwork {
+    /// The NIC's MAC address (must be unicast and not all zeros).
+    pub mac: MacAddr,
+    /// The guest's IPv4 address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of the guest's subnet (1 to 30).
+    pub prefix: u8,
+    /// The default gateway, another host of the subnet.
+    pub gateway: std::net::Ipv4Addr,
+    /// The resolver; absent means the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<std::net::Ipv4Addr>,
+}
+
+/// An Ethernet MAC address; on the wire the string `02:70:79:00:00:01` (six pairs of hex
+/// digits separated by colons, either case; written lowercase).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether this is a unicast address (the group bit, the lowest bit of the first
+    /// byte, is clear) other than all zeros.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address like 02:70:79:00:00:01");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(mac: MacAddr) -> String {
+        mac.to_string()
+    }
 }
 
 impl Reseed {
@@ -156,7 +236,14 @@ impl Reseed {
         Self {
             entropy_hex,
             unix_nanos,
+            network: None,
         }
+    }
+
+    /// The same request, also handing the clone its own network.
+    pub fn with_network(mut self, network: GuestNetwork) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// The entropy bytes, or why they are unacceptable (not hex, too few, too many).
@@ -197,6 +284,11 @@ pub struct ReseedResult {
     /// Whether `/etc/machine-id` was rewritten (false only when something other than a
     /// regular file is there).
     pub machine_id_regenerated: bool,
+    /// Whether [`Reseed::network`] was applied to `eth0` (false when the request had none;
+    /// a failure to apply it is the request's error instead). Absent from an older agent's
+    /// reply, which reads as false.
+    #[serde(default)]
+    pub network_configured: bool,
 }
 
 /// Parameters of [`Request::Shutdown`].
@@ -1076,6 +1168,7 @@ mod tests {
         let upper = Reseed {
             entropy_hex: "AB".repeat(32),
             unix_nanos: 0,
+            network: None,
         };
         assert_eq!(upper.entropy().unwrap(), vec![0xab; 32]);
         for bad in [
@@ -1084,16 +1177,89 @@ mod tests {
             Reseed {
                 entropy_hex: "0".repeat(65),
                 unix_nanos: 0,
+                network: None,
             },
             Reseed {
                 entropy_hex: "zz".repeat(32),
                 unix_nanos: 0,
+                network: None,
             },
         ] {
             assert!(bad.entropy().is_err(), "{bad:?}");
         }
         let v = serde_json::json!({"op": "reseed", "entropy_hex": "00", "unix_nanos": 1, "x": 1});
         assert!(serde_json::from_value::<Request>(v).is_err());
+    }
+
+    #[test]
+    fn reseed_network_round_trips_and_old_formats_still_parse() {
+        let net = GuestNetwork {
+            mac: MacAddr([0x02, 0x70, 0x79, 0x00, 0x01, 0xab]),
+            address: "10.200.1.2".parse().unwrap(),
+            prefix: 30,
+            gateway: "10.200.1.1".parse().unwrap(),
+            dns: None,
+        };
+        let req = Request::Reseed(Reseed::new(&[7; 32], 9).with_network(net.clone()));
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v["network"],
+            serde_json::json!({
+                "mac": "02:70:79:00:01:ab",
+                "address": "10.200.1.2",
+                "prefix": 30,
+                "gateway": "10.200.1.1",
+            })
+        );
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), req);
+        let with_dns = GuestNetwork {
+            dns: Some("192.0.2.53".parse().unwrap()),
+            ..net
+        };
+        let v = serde_json::to_value(&with_dns).unwrap();
+        assert_eq!(v["dns"], "192.0.2.53");
+        assert_eq!(serde_json::from_value::<GuestNetwork>(v).unwrap(), with_dns);
+
+        // A request without a network (what an older host sends) parses, and one made
+        // without it serializes without the field (what an older agent accepts).
+        let old =
+            serde_json::json!({"op": "reseed", "entropy_hex": "00".repeat(32), "unix_nanos": 1});
+        let Request::Reseed(back) = serde_json::from_value::<Request>(old).unwrap() else {
+            panic!("not a reseed");
+        };
+        assert_eq!(back.network, None);
+        let v = serde_json::to_value(Request::Reseed(Reseed::new(&[0; 32], 1))).unwrap();
+        assert!(v.get("network").is_none(), "{v}");
+
+        // An older agent's reply has no network_configured.
+        let r: ReseedResult = serde_json::from_value(serde_json::json!({
+            "entropy_bytes": 32, "crng_reseeded": true, "machine_id_regenerated": true
+        }))
+        .unwrap();
+        assert!(!r.network_configured);
+
+        for bad in [
+            serde_json::json!({"mac": "02:70:79:00:01", "address": "10.0.0.2", "prefix": 30, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02:70:79:00:01:ab:cd", "address": "10.0.0.2", "prefix": 30, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02-70-79-00-01-ab", "address": "10.0.0.2", "prefix": 30, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02:70:79:00:01:+a", "address": "10.0.0.2", "prefix": 30, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02:70:79:00:01:ab", "address": "10.0.0", "prefix": 30, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02:70:79:00:01:ab", "address": "10.0.0.2", "prefix": 300, "gateway": "10.0.0.1"}),
+            serde_json::json!({"mac": "02:70:79:00:01:ab", "address": "10.0.0.2", "prefix": 30}),
+            serde_json::json!({"mac": "02:70:79:00:01:ab", "address": "10.0.0.2", "prefix": 30, "gateway": "10.0.0.1", "mtu": 1500}),
+        ] {
+            assert!(
+                serde_json::from_value::<GuestNetwork>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            "02:70:79:00:01:AB".parse::<MacAddr>().unwrap().to_string(),
+            "02:70:79:00:01:ab"
+        );
+        assert!("02:70:79:00:01:ab".parse::<MacAddr>().unwrap().is_unicast());
+        assert!(!"03:70:79:00:01:ab".parse::<MacAddr>().unwrap().is_unicast());
+        assert!(!"00:00:00:00:00:00".parse::<MacAddr>().unwrap().is_unicast());
     }
 
     #[test]
