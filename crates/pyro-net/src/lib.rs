@@ -40,6 +40,7 @@
 
 pub mod cmd;
 pub mod dns;
+pub mod host;
 pub mod link;
 pub mod netns;
 pub mod plan;

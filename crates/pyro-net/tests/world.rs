@@ -34,8 +34,8 @@ fn egress_reaches_a_public_server_by_address_masqueraded() {
     let seen_as = tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress to a public address");
     assert_eq!(
         seen_as,
-        sb.plan().uplink_ns().to_string(),
-        "the guest leaves masqueraded"
+        HOST_WAN.to_string(),
+        "the guest leaves masqueraded, by the sandbox namespace and then by the host"
     );
 }
 
@@ -500,4 +500,147 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
 
     resolver.stop();
     stop_upstream.store(true, Ordering::Relaxed);
+}
+
+fn add_host_guard(world: &World, plan: &SandboxNet) {
+    let guard = pyro_net::ruleset::host_guard(plan).to_json().to_string();
+    let nft = world.tools.nft.to_string_lossy().into_owned();
+    cmd::run(
+        &world.tools.ip,
+        &["netns", "exec", &world.host.name, &nft, "-j", "-f", "-"],
+        Some(guard.as_bytes()),
+    )
+    .unwrap();
+}
+
+fn clean(world: &World, indices: std::ops::Range<u32>) {
+    for i in indices {
+        let plan = SandboxNet::new(i).unwrap();
+        Teardown::all(plan, Some(world.host.name.clone()))
+            .run(&world.tools)
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_host_forwards_and_masquerades_only_while_sandboxes_exist() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "fwd");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    assert_eq!(
+        world.host_forwarding(),
+        ("0".to_owned(), false),
+        "a fresh host"
+    );
+    let mut a = world.sandbox(16320, NetworkPolicy::Egress, &open());
+    let mut b = world.sandbox(16321, NetworkPolicy::Egress, &open());
+    assert_eq!(world.host_forwarding(), ("1".to_owned(), true));
+    assert_eq!(
+        tcp_connect(&a.guest.name, PUBLIC, 80).expect("egress through the host"),
+        HOST_WAN.to_string()
+    );
+    a.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("1".to_owned(), true),
+        "b still needs it"
+    );
+    tcp_connect(&b.guest.name, PUBLIC, 80).expect("b still reaches out");
+    b.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("0".to_owned(), false),
+        "the last teardown restores the host"
+    );
+}
+
+#[test]
+fn forwarding_that_was_on_stays_on() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "fwdon");
+    world.host.sysctl("net/ipv4/ip_forward", "1");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let mut sb = world.sandbox(16322, NetworkPolicy::Egress, &open());
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress");
+    sb.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("1".to_owned(), false),
+        "pyro did not turn it on, so it does not turn it off"
+    );
+}
+
+#[test]
+fn concurrent_claims_get_different_indices_and_skip_taken_ones() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "claim");
+    clean(&world, 16330..16336);
+    let host = world.host.name.as_str();
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| setup::claim(&tools, Some(host), 16330));
+        let two = s.spawn(|| setup::claim(&tools, Some(host), 16330));
+        (one.join().unwrap().unwrap(), two.join().unwrap().unwrap())
+    });
+    let mut got = [a.index(), b.index()];
+    got.sort_unstable();
+    assert_eq!(got, [16330, 16331]);
+    assert!(netns::exists(&a.name()) && netns::exists(&b.name()));
+
+    // Someone else's namespace, and a host link of a sandbox's name, are skipped.
+    ip(&tools, &["netns", "add", "pyro-16332"]);
+    world.host.ip(&[
+        "link",
+        "add",
+        "pyro-16333",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other-16333",
+    ]);
+    let c = setup::claim(&tools, Some(host), 16330).unwrap();
+    assert_eq!(c.index(), 16334);
+    clean(&world, 16330..16336);
+}
+
+#[test]
+fn a_claimed_namespace_is_built_on_and_removed_on_failure() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "claimed");
+    clean(&world, 16337..16340);
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let mut sb = world.claimed_sandbox(16337, NetworkPolicy::Egress);
+    assert_eq!(sb.plan().index(), 16337);
+    assert_eq!(
+        tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress"),
+        HOST_WAN.to_string()
+    );
+    sb.net.teardown.run(&tools).unwrap();
+    assert_eq!(leftovers(&world, &sb.ns()), Vec::<String>::new());
+
+    // A host table of its name appears after the claim: refused, and the claimed namespace
+    // goes again (the table, not pyro's to remove, stays).
+    let host = Some(world.host.name.clone());
+    let plan = setup::claim(&tools, host.as_deref(), 16338).unwrap();
+    assert_eq!(plan.index(), 16338);
+    add_host_guard(&world, &plan);
+    let options = Options {
+        host_netns: host.clone(),
+        guest: GuestLink::Tap,
+    };
+    let err = setup::create_in_claimed(&tools, plan, NetworkPolicy::Egress, &open(), &options)
+        .unwrap_err();
+    assert!(matches!(err, NetError::Exists { .. }), "{err}");
+    assert!(!netns::exists(&plan.name()));
+    assert_eq!(
+        leftovers(&world, &plan.name()),
+        vec![format!("table inet {}", plan.name())]
+    );
+    Teardown::all(plan, host).run(&tools).unwrap();
+
+    // Nothing claimed: refused, nothing made.
+    let err = setup::create_in_claimed(&tools, plan, NetworkPolicy::Egress, &open(), &options)
+        .unwrap_err();
+    assert!(matches!(err, NetError::NotClaimed { .. }), "{err}");
+    assert_eq!(leftovers(&world, &plan.name()), Vec::<String>::new());
 }

@@ -79,6 +79,25 @@ impl Ns {
         netns::write_sysctl(&self.name, key, value).unwrap();
     }
 
+    pub fn sysctl_value(&self, key: &str) -> String {
+        netns::read_sysctl(Some(&self.name), key).unwrap()
+    }
+
+    /// The names of the nft tables in this namespace (`inet pyro-1`, …).
+    pub fn tables(&self) -> Vec<String> {
+        let nft = self.tools.nft.to_string_lossy().into_owned();
+        let out = cmd::run(
+            &self.tools.ip,
+            &["netns", "exec", &self.name, &nft, "list", "tables"],
+            None,
+        )
+        .unwrap();
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("table "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Runs `f` inside this namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         netns::run_in(&self.name, f).unwrap()
@@ -250,17 +269,13 @@ impl World {
         }
         internet.ip(&["addr", "add", &format!("{INTERNET_WAN}/24"), "dev", "inet0"]);
         internet.ip(&["link", "set", "inet0", "up"]);
-        internet.ip(&[
-            "route",
-            "add",
-            "10.201.0.0/16",
-            "via",
-            &HOST_WAN.to_string(),
-        ]);
         host.ip(&["addr", "add", &format!("{HOST_WAN}/24"), "dev", "wan0"]);
         host.ip(&["link", "set", "wan0", "up"]);
         host.ip(&["route", "add", "default", "via", &INTERNET_WAN.to_string()]);
-        host.sysctl("net/ipv4/ip_forward", "1");
+        // Forwarding stays off, as on a fresh host: pyro's `host::ensure` turns it on. The
+        // internet has no route to the uplink pool: sandboxes reach it through the host's
+        // NAT only.
+        host.sysctl("net/ipv4/ip_forward", "0");
         World {
             tools: tools.clone(),
             internet,
@@ -268,7 +283,15 @@ impl World {
         }
     }
 
-    fn options(&self, guest: &Ns) -> Options {
+    /// The host's `ip_forward`, and whether its `inet pyro-host` table exists.
+    pub fn host_forwarding(&self) -> (String, bool) {
+        (
+            self.host.sysctl_value("net/ipv4/ip_forward"),
+            self.host.tables().iter().any(|t| t == "inet pyro-host"),
+        )
+    }
+
+    pub fn options(&self, guest: &Ns) -> Options {
         Options {
             host_netns: Some(self.host.name.clone()),
             guest: GuestLink::Veth {
@@ -286,6 +309,27 @@ impl World {
         let guest = Ns::new(&self.tools, &format!("pyrotest-g{index}"));
         let net = setup::create(&self.tools, plan, policy, allowlist, &self.options(&guest))
             .unwrap_or_else(|e| panic!("create: {e}"));
+        self.wire_guest(net, guest, policy)
+    }
+
+    /// A sandbox on an index claimed from `start` ([`setup::claim`], then
+    /// [`setup::create_in_claimed`]), as the core makes them.
+    pub fn claimed_sandbox(&self, start: u32, policy: NetworkPolicy) -> Sandbox {
+        let plan = setup::claim(&self.tools, Some(&self.host.name), start).unwrap();
+        let guest = Ns::new(&self.tools, &format!("pyrotest-g{}", plan.index()));
+        let net = setup::create_in_claimed(
+            &self.tools,
+            plan,
+            policy,
+            &Allowlist::default(),
+            &self.options(&guest),
+        )
+        .unwrap_or_else(|e| panic!("create_in_claimed: {e}"));
+        self.wire_guest(net, guest, policy)
+    }
+
+    fn wire_guest(&self, net: Network, guest: Ns, policy: NetworkPolicy) -> Sandbox {
+        let plan = net.plan;
         if policy.is_networked() {
             guest.ip(&[
                 "addr",
