@@ -165,9 +165,14 @@ pub fn ensure(tools: &Tools, host_netns: Option<&str>) -> Result<HostForwarding,
 
 /// Undoes [`ensure`] if no sandbox uplink (`pyro-<digits>`) is left in `host_netns`: deletes
 /// the `pyro-host` table and, only if pyro had turned it on, sets `ip_forward` back to 0.
-/// Returns whether it did (`false`: uplinks remain, nothing changed).
+/// Returns whether it did (`false`: uplinks remain, or the namespace is gone; nothing
+/// changed).
 pub fn release_if_unused(tools: &Tools, host_netns: Option<&str>) -> Result<bool, NetError> {
     let _lock = HostLock::take()?;
+    if host_netns.is_some_and(|ns| !netns::exists(ns)) {
+        // The host namespace is gone, and with it everything there was to undo.
+        return Ok(false);
+    }
     let mut argv = Vec::new();
     if let Some(ns) = host_netns {
         argv.extend(["-n", ns]);

@@ -358,8 +358,23 @@ fn the_capability_check_passes_here() {
 /// The fake upstream resolver's address, in the "internet".
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 
-/// A fake upstream resolver on `addr` inside `ns`: `allowed.test` is PUBLIC, `denied.test`
-/// is PUBLIC_2 (it must never be asked), anything else goes unanswered.
+/// The fake upstream's answer to `packet`: `allowed.test` is PUBLIC, `denied.test` is
+/// PUBLIC_2 (it must never be asked), anything else goes unanswered.
+fn fake_answer(packet: &[u8]) -> Option<Vec<u8>> {
+    let query = wire::parse_query(packet).ok()?;
+    let answer = match query.question.name.to_dotted().as_str() {
+        "allowed.test" => PUBLIC,
+        "denied.test" => PUBLIC_2,
+        _ => return None,
+    };
+    Some(wire::write_a_response(
+        query.header.id,
+        &query.question,
+        &[(answer, 120)],
+    ))
+}
+
+/// A fake upstream resolver on UDP `addr` inside `ns` ([`fake_answer`]).
 fn fake_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     let (stop, hits) = (
         Arc::new(AtomicBool::new(false)),
@@ -379,20 +394,61 @@ fn fake_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsiz
                 continue;
             };
             h.fetch_add(1, Ordering::Relaxed);
-            let Ok(query) = wire::parse_query(&buf[..n]) else {
-                continue;
-            };
-            let answer = match query.question.name.to_dotted().as_str() {
-                "allowed.test" => PUBLIC,
-                "denied.test" => PUBLIC_2,
-                _ => continue,
-            };
-            let reply = wire::write_a_response(query.header.id, &query.question, &[(answer, 120)]);
-            let _ = socket.send_to(&reply, peer);
+            if let Some(reply) = fake_answer(&buf[..n]) {
+                let _ = socket.send_to(&reply, peer);
+            }
         }
     });
     ready_rx.recv_timeout(TIMEOUT).unwrap();
     (stop, hits)
+}
+
+/// The same over TCP on `addr`: one message each way per connection.
+fn fake_tcp_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let (stop, hits) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (s, h) = (stop.clone(), hits.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    netns::spawn_in(ns, move || {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        while !s.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            h.fetch_add(1, Ordering::Relaxed);
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let Ok(query) = read_framed(&mut conn) else {
+                continue;
+            };
+            if let Some(reply) = fake_answer(&query) {
+                let _ = write_framed(&mut conn, &reply);
+            }
+        }
+    });
+    ready_rx.recv_timeout(TIMEOUT).unwrap();
+    (stop, hits)
+}
+
+fn read_framed(conn: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len)?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut message)?;
+    Ok(message)
+}
+
+fn write_framed(conn: &mut std::net::TcpStream, message: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut framed = u16::try_from(message.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    conn.write_all(&framed)
 }
 
 /// Asks `server` for `name`'s A record from inside `ns`; the parsed response.
@@ -450,7 +506,12 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
         upstreams: vec![sock(UPSTREAM, 53)],
         timeout: Duration::from_millis(500),
     };
-    let resolver = dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer).unwrap();
+    // Spawned from the "host": the upstream sockets are made there.
+    let resolver = netns::run_in(&world.host.name, || {
+        dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer)
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(resolver.local_addr, gateway);
 
     assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
@@ -643,4 +704,132 @@ fn a_claimed_namespace_is_built_on_and_removed_on_failure() {
         .unwrap_err();
     assert!(matches!(err, NetError::NotClaimed { .. }), "{err}");
     assert_eq!(leftovers(&world, &plan.name()), Vec::<String>::new());
+}
+
+fn question(name: &str) -> wire::Question {
+    wire::Question {
+        name: wire::Name::from_dotted(name).unwrap(),
+        qtype: wire::TYPE_A,
+        qclass: wire::CLASS_IN,
+    }
+}
+
+/// Asks `server` over one TCP connection from inside `ns` for each of `names` (all sent
+/// before the first answer is read); the parsed responses.
+fn lookup_tcp(ns: &str, server: SocketAddr, names: &[&str]) -> Vec<wire::Response> {
+    netns::run_in(ns, || {
+        let mut conn = std::net::TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        for (id, name) in (1u16..).zip(names) {
+            write_framed(&mut conn, &wire::write_query(id, &question(name))).unwrap();
+        }
+        (1u16..)
+            .zip(names)
+            .map(|(id, _)| {
+                let response = wire::parse_response(&read_framed(&mut conn).unwrap()).unwrap();
+                assert_eq!(response.header.id, id);
+                response
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "dnstcp");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    // Like systemd-resolved's stub: reachable only from the host's own namespace.
+    let stub = sock(Ipv4Addr::new(127, 0, 0, 53), 53);
+    let (stop_udp, _) = fake_upstream(&world.host.name, stub);
+    let (stop_tcp, tcp_hits) = fake_tcp_upstream(&world.host.name, stub);
+    let list = Allowlist::parse(["allowed.test"], [] as [&str; 0]).unwrap();
+    let sb = world.sandbox(16324, NetworkPolicy::Egress, &list);
+    let gateway = sock(sb.plan().gateway(), 53);
+    let config = dns::ServerConfig {
+        listen: gateway,
+        upstreams: vec![stub],
+        timeout: Duration::from_millis(500),
+    };
+    let policy = Arc::new(Resolver::new(list));
+    let resolver = netns::run_in(&world.host.name, || {
+        dns::server::spawn(Some(&sb.ns()), config, policy.clone(), sb.net.on_answer())
+    })
+    .unwrap()
+    .unwrap();
+
+    // A silent client holds a connection; it blocks nobody.
+    let silent = netns::run_in(&sb.guest.name, || {
+        std::net::TcpStream::connect_timeout(&gateway, TIMEOUT)
+    })
+    .unwrap()
+    .unwrap();
+    let silent_since = std::time::Instant::now();
+
+    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
+    let answers = lookup_tcp(&sb.guest.name, gateway, &["allowed.test", "denied.test"]);
+    assert_eq!(answers[0].header.rcode(), 0);
+    assert_eq!(
+        answers[0].answers.first().map(|r| r.data.clone()),
+        Some(wire::RData::A(PUBLIC))
+    );
+    assert_eq!(answers[1].header.rcode(), 3, "NXDOMAIN");
+    assert_eq!(
+        tcp_hits.load(Ordering::Relaxed),
+        1,
+        "forwarded over TCP, the denied name never"
+    );
+    assert!(silent_since.elapsed() < dns::server::TCP_IDLE_TIMEOUT);
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("the resolved address is open");
+    // And over UDP through the same loopback upstream.
+    assert_eq!(
+        lookup(&sb.guest.name, gateway, "allowed.test")
+            .header
+            .rcode(),
+        0
+    );
+
+    // Beyond MAX_TCP_CLIENTS connections at once, the next is closed at once.
+    let held: Vec<_> = (1..dns::server::MAX_TCP_CLIENTS)
+        .map(|_| {
+            netns::run_in(&sb.guest.name, || {
+                std::net::TcpStream::connect_timeout(&gateway, TIMEOUT).unwrap()
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = netns::run_in(&sb.guest.name, || {
+        std::net::TcpStream::connect_timeout(&gateway, TIMEOUT).unwrap()
+    })
+    .unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut extra, &mut byte), Ok(0) | Err(_)),
+        "closed"
+    );
+    let closed_early = std::time::Instant::now();
+    assert!(closed_early.duration_since(silent_since) < dns::server::TCP_IDLE_TIMEOUT);
+
+    // The silent client is dropped after the idle timeout.
+    let mut silent = silent;
+    silent
+        .set_read_timeout(Some(dns::server::TCP_IDLE_TIMEOUT * 2))
+        .unwrap();
+    let read = std::io::Read::read(&mut silent, &mut byte);
+    assert!(matches!(read, Ok(0)), "{read:?}");
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= dns::server::TCP_IDLE_TIMEOUT - Duration::from_millis(100)
+            && waited < dns::server::TCP_IDLE_TIMEOUT * 2,
+        "{waited:?}"
+    );
+    drop(held);
+    resolver.stop();
+    stop_udp.store(true, Ordering::Relaxed);
+    stop_tcp.store(true, Ordering::Relaxed);
 }
