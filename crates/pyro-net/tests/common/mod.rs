@@ -4,9 +4,12 @@
 //!
 //! ```text
 //!  guest ns (veth eth0) ── pyro-tap │ sandbox ns pyro-N │ pyro-up ── pyro-N │ host ns │ wan0 ── inet0 │ internet ns
-//!  10.200.x.2            10.200.x.1  (pyro's ruleset)     10.201.x.2   .1    host guard  203.0.113.1  .2   198.51.100.10/11,
-//!                                                                                                          10.9.9.9, 169.254.169.254
+//!  10.200.x.2            10.200.x.1  (pyro's ruleset)     10.201.x.2   .1    host guard, 203.0.113.1  .2   198.51.100.10/11,
+//!                                                                             pyro-host NAT                 10.9.9.9, 169.254.169.254
 //! ```
+//!
+//! The host starts with `ip_forward=0` and the internet has no route back to the uplink
+//! pool: sandboxes get out only through what `host::ensure` sets up.
 
 // Test support: a failed set-up step should stop the test loudly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
