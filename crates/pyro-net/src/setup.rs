@@ -417,8 +417,9 @@ fn build(
     // Held (the host lock with it) until the uplink exists: a teardown running meanwhile
     // sees this sandbox's link and leaves the host's forwarding alone. Dropped before this
     // function returns, so a failure's teardown can take the lock.
-    let forwarding = host::ensure(tools, host)?;
+    // Recorded first: if `ensure` fails half-way, the teardown's release undoes it.
     td.host_link = true;
+    let forwarding = host::ensure(tools, host)?;
     link::add_veth(ip, host, &name, UPLINK_NS_NAME, &name)?;
     drop(forwarding);
     link::add_addr(
@@ -617,6 +618,18 @@ mod tests {
                 true
             ),
             vec!["CAP_NET_ADMIN"]
+        );
+    }
+
+    #[test]
+    fn exhaustion_names_the_range_tried() {
+        let err = NetError::Exhausted {
+            start: 16380,
+            tries: CLAIM_TRIES,
+        };
+        assert_eq!(
+            err.to_string(),
+            "no free sandbox network index: 64 tried from 16380, all in use"
         );
     }
 

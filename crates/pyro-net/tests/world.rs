@@ -833,3 +833,35 @@ fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
     stop_udp.store(true, Ordering::Relaxed);
     stop_tcp.store(true, Ordering::Relaxed);
 }
+
+#[test]
+fn a_teardown_waits_for_a_creation_holding_the_host_lock() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "hostlock");
+    let host = world.host.name.clone();
+    let forwarding = pyro_net::host::ensure(&tools, Some(&host)).unwrap();
+    assert!(forwarding.enabled_forwarding);
+    let release = {
+        let (tools, host) = (tools.clone(), host.clone());
+        std::thread::spawn(move || pyro_net::host::release_if_unused(&tools, Some(&host)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!release.is_finished(), "blocked on the lock");
+    // The creation's uplink appears before it lets go.
+    world.host.ip(&[
+        "link",
+        "add",
+        "pyro-16325",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other-16325",
+    ]);
+    drop(forwarding);
+    assert!(!release.join().unwrap().unwrap(), "an uplink remains");
+    assert_eq!(world.host_forwarding(), ("1".to_owned(), true));
+    world.host.ip(&["link", "del", "pyro-16325"]);
+    assert!(pyro_net::host::release_if_unused(&tools, Some(&host)).unwrap());
+    assert_eq!(world.host_forwarding(), ("0".to_owned(), false));
+}
