@@ -41,6 +41,7 @@
 pub mod cmd;
 pub mod daemon;
 pub mod dns;
+pub mod host;
 pub mod link;
 pub mod netns;
 pub mod plan;

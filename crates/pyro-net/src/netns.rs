@@ -11,7 +11,7 @@
 //! the rest of the process is unaffected.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 /// Where iproute2 keeps named network namespaces.
@@ -110,12 +110,103 @@ pub fn write_sysctl(name: &str, key: &str, value: &str) -> Result<(), SysctlErro
     })
 }
 
-/// A sysctl could not be set.
+/// Reads the sysctl `key` (as for [`write_sysctl`]) in namespace `name` (`None`: the calling
+/// thread's), trimmed.
+pub fn read_sysctl(name: Option<&str>, key: &str) -> Result<String, SysctlError> {
+    let path = Path::new("/proc/sys").join(key);
+    let read = || std::fs::read_to_string(&path);
+    let result = match name {
+        Some(name) => run_in(name, read)?,
+        None => read(),
+    };
+    result
+        .map(|v| v.trim().to_owned())
+        .map_err(|source| SysctlError::Read {
+            key: key.to_owned(),
+            namespace: name.unwrap_or("(own)").to_owned(),
+            source,
+        })
+}
+
+/// Writes the sysctl `key` in namespace `name`, or in the calling thread's for `None`.
+pub fn write_sysctl_in(name: Option<&str>, key: &str, value: &str) -> Result<(), SysctlError> {
+    match name {
+        Some(name) => write_sysctl(name, key, value),
+        None => std::fs::write(Path::new("/proc/sys").join(key), value).map_err(|source| {
+            SysctlError::Write {
+                key: key.to_owned(),
+                namespace: "(own)".to_owned(),
+                source,
+            }
+        }),
+    }
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): a namespace's 64-bit identity, never reused while the
+/// system runs (unlike its inode number). The same value on every architecture but
+/// sparc and mips, which pyro does not run on.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The identity of namespace `name` (`None`: the calling thread's): its inode number
+/// (stable while it exists) and its cookie, where the kernel has one (inode numbers are
+/// reused after a namespace is gone; cookies are not).
+pub fn identity(name: Option<&str>) -> Result<(u64, Option<u64>), NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match name {
+        Some(name) => path(name),
+        None => PathBuf::from("/proc/thread-self/ns/net"),
+    };
+    let inode = std::fs::metadata(&path)
+        .map_err(|source| NetnsError::Open { path, source })?
+        .ino();
+    let cookie = match name {
+        Some(name) => run_in(name, netns_cookie)?,
+        None => netns_cookie(),
+    };
+    Ok((inode, cookie))
+}
+
+/// The cookie of the calling thread's namespace, from a throwaway socket.
+fn netns_cookie() -> Option<u64> {
+    // SAFETY: socket(2) takes no pointers; the result is checked before it is used.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are live locals of the sizes passed; the kernel writes at
+    // most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+/// A sysctl could not be read or set.
 #[derive(Debug, thiserror::Error)]
 pub enum SysctlError {
     /// The namespace could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The read failed.
+    #[error("cannot read {key} in network namespace {namespace}")]
+    Read {
+        /// The sysctl.
+        key: String,
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The write failed.
     #[error("cannot set {key} in network namespace {namespace}")]
     Write {

@@ -1,20 +1,33 @@
-//! One sandbox's network on the host: the capability check, [`create`], and [`Teardown`].
+//! One sandbox's network on the host: the capability check, claiming an index ([`claim`]),
+//! [`create`] / [`create_in_claimed`], and [`Teardown`].
 //!
-//! [`create`] builds, in this order, so the rules are in force before any link exists:
+//! The namespace `pyro-<index>` is the host-wide claim on an index: `ip netns add` creates
+//! `/run/netns/pyro-<index>` with `O_EXCL`, so of several pyro processes (with different
+//! state directories, say) exactly one gets it. [`claim`] tries indices from a start until
+//! one is free; the caller records the index (its ledger) and then calls
+//! [`create_in_claimed`]. [`create`] does both steps in one, for callers that know the index
+//! is theirs.
 //!
-//! 1. the namespace `pyro-<index>` (refused if it exists: never adopt what someone else made),
-//!    IPv6 disabled and strict reverse-path filtering inside it;
+//! Creation builds, in this order, so the rules are in force before any link exists:
+//!
+//! 1. the namespace `pyro-<index>` (refused if it exists: never adopt what someone else made;
+//!    [`create_in_claimed`] takes the one [`claim`] made), IPv6 disabled and strict
+//!    reverse-path filtering inside it;
 //! 2. the sandbox table inside it, and the host-guard table in the host's namespace
 //!    (refused if a table of that name exists there);
-//! 3. the uplink veth (`pyro-<index>` on the host, `pyro-up` inside), its addresses, and the
+//! 3. the host's forwarding and NAT for all sandboxes ([`crate::host::ensure`]: the shared
+//!    `inet pyro-host` table, `ip_forward`), held under the host lock until the uplink exists
+//!    so a concurrent teardown cannot undo it in between;
+//! 4. the uplink veth (`pyro-<index>` on the host, `pyro-up` inside), its addresses, and the
 //!    namespace's default route via the host end;
-//! 4. the guest link `pyro-tap` (a TAP for the VMM, or for tests a veth into another
+//! 5. the guest link `pyro-tap` (a TAP for the VMM, or for tests a veth into another
 //!    namespace) with the gateway address;
-//! 5. `ip_forward` inside the namespace only.
+//! 6. `ip_forward` inside the namespace.
 //!
 //! Every step that creates something is recorded in the [`Teardown`] first; if a later step
-//! fails, what was made is removed before the error is returned. The host's own settings
-//! (forwarding, NAT to the outside world) are not touched yet: that is the next slice.
+//! fails, what was made is removed before the error is returned (for [`create_in_claimed`],
+//! the claimed namespace too). [`Teardown`] calls [`crate::host::release_if_unused`] after
+//! removing an uplink, which undoes step 3 when no sandbox is left.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -24,7 +37,10 @@ use crate::cmd::{self, CmdError};
 use crate::netns::{self, SysctlError};
 use crate::plan::{SandboxNet, TAP_NAME, UPLINK_NS_NAME};
 use crate::policy::{Allowlist, NetworkPolicy};
-use crate::{link, ruleset};
+use crate::{host, link, ruleset};
+
+/// Most indices [`claim`] tries before giving up.
+pub const CLAIM_TRIES: u32 = 64;
 
 /// `CAP_NET_ADMIN`: links, addresses, routes, nftables.
 const CAP_NET_ADMIN: u32 = 12;
@@ -53,9 +69,34 @@ pub enum NetError {
     /// A command failed.
     #[error(transparent)]
     Command(#[from] CmdError),
-    /// A sysctl could not be set.
+    /// A sysctl could not be read or set.
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    /// [`claim`] found no free index.
+    #[error("no free sandbox network index: {tries} tried from {start}, all in use")]
+    Exhausted {
+        /// The first index tried.
+        start: u32,
+        /// How many were tried.
+        tries: u32,
+    },
+    /// [`create_in_claimed`] was given a namespace that does not exist.
+    #[error("network namespace `{name}` was not claimed (it does not exist)")]
+    NotClaimed {
+        /// Its name.
+        name: String,
+    },
+    /// A namespace could not be entered or identified.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// pyro's host-wide network state (`/run/pyro/net`) could not be used.
+    #[error("cannot use pyro's network state {path}")]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The programs guest networking runs.
@@ -191,7 +232,11 @@ impl Network {
 }
 
 /// Applies an nft JSON document inside `ns` (`ip netns exec NS nft -j -f -`).
-fn apply(tools: &Tools, ns: Option<&str>, doc: &serde_json::Value) -> Result<(), NetError> {
+pub(crate) fn apply(
+    tools: &Tools,
+    ns: Option<&str>,
+    doc: &serde_json::Value,
+) -> Result<(), NetError> {
     let body = doc.to_string();
     nft(tools, ns, &["-j", "-f", "-"], Some(body.as_bytes())).map(drop)
 }
@@ -214,12 +259,46 @@ fn nft(
     Ok(result?)
 }
 
-fn table_exists(tools: &Tools, ns: Option<&str>, table: &str) -> bool {
+pub(crate) fn table_exists(tools: &Tools, ns: Option<&str>, table: &str) -> bool {
     nft(tools, ns, &["list", "table", ruleset::FAMILY, table], None).is_ok()
 }
 
-/// Builds the network of sandbox `plan` (see the module docs). Under
-/// [`NetworkPolicy::Off`] nothing is created and the [`Teardown`] is empty.
+/// Claims a sandbox index host-wide: tries `start`, `start + 1`, … (wrapping below
+/// [`crate::plan::MAX_SANDBOXES`]), at most [`CLAIM_TRIES`] of them, and creates the
+/// namespace of the first free one (`ip netns add`, which fails if it exists). An index whose
+/// namespace, host link `pyro-<index>` or host table `inet pyro-<index>` (in `host_netns`,
+/// `None`: this process's) exists is skipped. The namespace is the caller's from now on:
+/// build on it with [`create_in_claimed`], or remove it with [`Teardown::all`].
+pub fn claim(tools: &Tools, host_netns: Option<&str>, start: u32) -> Result<SandboxNet, NetError> {
+    let max = crate::plan::MAX_SANDBOXES;
+    for i in 0..CLAIM_TRIES {
+        let index = start.wrapping_add(i) % max;
+        let Ok(plan) = SandboxNet::new(index) else {
+            continue;
+        };
+        let name = plan.name();
+        if netns::exists(&name)
+            || link::exists(&tools.ip, host_netns, &name)
+            || table_exists(tools, host_netns, &name)
+        {
+            continue;
+        }
+        match cmd::run(&tools.ip, &["netns", "add", &name], None) {
+            Ok(_) => return Ok(plan),
+            // Another process claimed it between the check and the add.
+            Err(_) if netns::exists(&name) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(NetError::Exhausted {
+        start: start % max,
+        tries: CLAIM_TRIES,
+    })
+}
+
+/// Builds the network of sandbox `plan` (see the module docs), creating its namespace
+/// (refused if it exists). Under [`NetworkPolicy::Off`] nothing is created and the
+/// [`Teardown`] is empty.
 pub fn create(
     tools: &Tools,
     plan: SandboxNet,
@@ -227,15 +306,53 @@ pub fn create(
     allowlist: &Allowlist,
     options: &Options,
 ) -> Result<Network, NetError> {
+    create_with(tools, plan, policy, allowlist, options, false)
+}
+
+/// Builds the network of sandbox `plan` in the namespace [`claim`] made for it (which must
+/// exist; it is taken as the caller's). On failure everything is removed, the namespace
+/// included. Under [`NetworkPolicy::Off`] nothing is built and the [`Teardown`] removes just
+/// the namespace.
+pub fn create_in_claimed(
+    tools: &Tools,
+    plan: SandboxNet,
+    policy: NetworkPolicy,
+    allowlist: &Allowlist,
+    options: &Options,
+) -> Result<Network, NetError> {
+    create_with(tools, plan, policy, allowlist, options, true)
+}
+
+fn create_with(
+    tools: &Tools,
+    plan: SandboxNet,
+    policy: NetworkPolicy,
+    allowlist: &Allowlist,
+    options: &Options,
+    claimed: bool,
+) -> Result<Network, NetError> {
     let mut net = Network {
         plan,
         teardown: Teardown::nothing(plan, options.host_netns.clone()),
         tools: tools.clone(),
     };
+    if claimed {
+        if !netns::exists(&plan.name()) {
+            return Err(NetError::NotClaimed { name: plan.name() });
+        }
+        net.teardown.netns = true;
+    }
     if !policy.is_networked() {
         return Ok(net);
     }
-    match build(tools, &mut net.teardown, policy, allowlist, options) {
+    match build(
+        tools,
+        &mut net.teardown,
+        policy,
+        allowlist,
+        options,
+        claimed,
+    ) {
         Ok(()) => Ok(net),
         Err(err) => {
             // Best effort: the build error is the one worth reporting; Teardown::all (by
@@ -252,13 +369,14 @@ fn build(
     policy: NetworkPolicy,
     allowlist: &Allowlist,
     options: &Options,
+    claimed: bool,
 ) -> Result<(), NetError> {
     let plan = td.plan;
     let name = plan.name();
     let host = options.host_netns.as_deref();
     let ip = tools.ip.as_path();
 
-    if netns::exists(&name) {
+    if !claimed && netns::exists(&name) {
         return Err(NetError::Exists {
             what: "network namespace",
             name,
@@ -270,8 +388,10 @@ fn build(
             name,
         });
     }
-    cmd::run(ip, &["netns", "add", &name], None)?;
-    td.netns = true;
+    if !claimed {
+        cmd::run(ip, &["netns", "add", &name], None)?;
+        td.netns = true;
+    }
     netns::write_sysctl(&name, "net/ipv4/conf/all/rp_filter", "1")?;
     netns::write_sysctl(&name, "net/ipv4/conf/default/rp_filter", "1")?;
     for key in [
@@ -294,8 +414,14 @@ fn build(
     td.host_table = true;
     apply(tools, host, &ruleset::host_guard(&plan).to_json())?;
 
+    // Held (the host lock with it) until the uplink exists: a teardown running meanwhile
+    // sees this sandbox's link and leaves the host's forwarding alone. Dropped before this
+    // function returns, so a failure's teardown can take the lock.
+    // Recorded first: if `ensure` fails half-way, the teardown's release undoes it.
     td.host_link = true;
+    let forwarding = host::ensure(tools, host)?;
     link::add_veth(ip, host, &name, UPLINK_NS_NAME, &name)?;
+    drop(forwarding);
     link::add_addr(
         ip,
         host,
@@ -408,6 +534,12 @@ impl Teardown {
                 Ok(())
             };
             self.host_link = !note(result, link::exists(&tools.ip, host, &name));
+            if !self.host_link {
+                // The last sandbox's teardown undoes the host's forwarding and NAT. Not
+                // retried by a second run: `Teardown::all` of any sandbox, or the next
+                // sandbox's teardown, does it again.
+                note(host::release_if_unused(tools, host).map(drop), true);
+            }
         }
         if self.netns {
             let result = if netns::exists(&name) {
@@ -486,6 +618,18 @@ mod tests {
                 true
             ),
             vec!["CAP_NET_ADMIN"]
+        );
+    }
+
+    #[test]
+    fn exhaustion_names_the_range_tried() {
+        let err = NetError::Exhausted {
+            start: 16380,
+            tries: CLAIM_TRIES,
+        };
+        assert_eq!(
+            err.to_string(),
+            "no free sandbox network index: 64 tried from 16380, all in use"
         );
     }
 

@@ -159,6 +159,14 @@ struct Fixture {
     seen: Arc<Mutex<Vec<u8>>>,
 }
 
+impl Drop for Fixture {
+    /// The sandbox goes before the world (its host namespace), as on a real host: its
+    /// teardown then finds the host and restores its forwarding.
+    fn drop(&mut self) {
+        let _ = self.sandbox.net.teardown.run(&self.world.tools);
+    }
+}
+
 impl Fixture {
     fn new(tools: &pyro_net::setup::Tools, tag: &str, index: u32) -> Fixture {
         let world = World::new(tools, tag);

@@ -34,8 +34,8 @@ fn egress_reaches_a_public_server_by_address_masqueraded() {
     let seen_as = tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress to a public address");
     assert_eq!(
         seen_as,
-        sb.plan().uplink_ns().to_string(),
-        "the guest leaves masqueraded"
+        HOST_WAN.to_string(),
+        "the guest leaves masqueraded, by the sandbox namespace and then by the host"
     );
 }
 
@@ -358,8 +358,23 @@ fn the_capability_check_passes_here() {
 /// The fake upstream resolver's address, in the "internet".
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 
-/// A fake upstream resolver on `addr` inside `ns`: `allowed.test` is PUBLIC, `denied.test`
-/// is PUBLIC_2 (it must never be asked), anything else goes unanswered.
+/// The fake upstream's answer to `packet`: `allowed.test` is PUBLIC, `denied.test` is
+/// PUBLIC_2 (it must never be asked), anything else goes unanswered.
+fn fake_answer(packet: &[u8]) -> Option<Vec<u8>> {
+    let query = wire::parse_query(packet).ok()?;
+    let answer = match query.question.name.to_dotted().as_str() {
+        "allowed.test" => PUBLIC,
+        "denied.test" => PUBLIC_2,
+        _ => return None,
+    };
+    Some(wire::write_a_response(
+        query.header.id,
+        &query.question,
+        &[(answer, 120)],
+    ))
+}
+
+/// A fake upstream resolver on UDP `addr` inside `ns` ([`fake_answer`]).
 fn fake_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     let (stop, hits) = (
         Arc::new(AtomicBool::new(false)),
@@ -379,20 +394,61 @@ fn fake_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsiz
                 continue;
             };
             h.fetch_add(1, Ordering::Relaxed);
-            let Ok(query) = wire::parse_query(&buf[..n]) else {
-                continue;
-            };
-            let answer = match query.question.name.to_dotted().as_str() {
-                "allowed.test" => PUBLIC,
-                "denied.test" => PUBLIC_2,
-                _ => continue,
-            };
-            let reply = wire::write_a_response(query.header.id, &query.question, &[(answer, 120)]);
-            let _ = socket.send_to(&reply, peer);
+            if let Some(reply) = fake_answer(&buf[..n]) {
+                let _ = socket.send_to(&reply, peer);
+            }
         }
     });
     ready_rx.recv_timeout(TIMEOUT).unwrap();
     (stop, hits)
+}
+
+/// The same over TCP on `addr`: one message each way per connection.
+fn fake_tcp_upstream(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let (stop, hits) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (s, h) = (stop.clone(), hits.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    netns::spawn_in(ns, move || {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        while !s.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            h.fetch_add(1, Ordering::Relaxed);
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let Ok(query) = read_framed(&mut conn) else {
+                continue;
+            };
+            if let Some(reply) = fake_answer(&query) {
+                let _ = write_framed(&mut conn, &reply);
+            }
+        }
+    });
+    ready_rx.recv_timeout(TIMEOUT).unwrap();
+    (stop, hits)
+}
+
+fn read_framed(conn: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len)?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut message)?;
+    Ok(message)
+}
+
+fn write_framed(conn: &mut std::net::TcpStream, message: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut framed = u16::try_from(message.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    conn.write_all(&framed)
 }
 
 /// Asks `server` for `name`'s A record from inside `ns`; the parsed response.
@@ -450,7 +506,12 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
         upstreams: vec![sock(UPSTREAM, 53)],
         timeout: Duration::from_millis(500),
     };
-    let resolver = dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer).unwrap();
+    // Spawned from the "host": the upstream sockets are made there.
+    let resolver = netns::run_in(&world.host.name, || {
+        dns::server::spawn(Some(&sb.ns()), config, policy.clone(), on_answer)
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(resolver.local_addr, gateway);
 
     assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 8080), "before resolving");
@@ -500,4 +561,307 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
 
     resolver.stop();
     stop_upstream.store(true, Ordering::Relaxed);
+}
+
+fn add_host_guard(world: &World, plan: &SandboxNet) {
+    let guard = pyro_net::ruleset::host_guard(plan).to_json().to_string();
+    let nft = world.tools.nft.to_string_lossy().into_owned();
+    cmd::run(
+        &world.tools.ip,
+        &["netns", "exec", &world.host.name, &nft, "-j", "-f", "-"],
+        Some(guard.as_bytes()),
+    )
+    .unwrap();
+}
+
+fn clean(world: &World, indices: std::ops::Range<u32>) {
+    for i in indices {
+        let plan = SandboxNet::new(i).unwrap();
+        Teardown::all(plan, Some(world.host.name.clone()))
+            .run(&world.tools)
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_host_forwards_and_masquerades_only_while_sandboxes_exist() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "fwd");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    assert_eq!(
+        world.host_forwarding(),
+        ("0".to_owned(), false),
+        "a fresh host"
+    );
+    let mut a = world.sandbox(16320, NetworkPolicy::Egress, &open());
+    let mut b = world.sandbox(16321, NetworkPolicy::Egress, &open());
+    assert_eq!(world.host_forwarding(), ("1".to_owned(), true));
+    assert_eq!(
+        tcp_connect(&a.guest.name, PUBLIC, 80).expect("egress through the host"),
+        HOST_WAN.to_string()
+    );
+    a.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("1".to_owned(), true),
+        "b still needs it"
+    );
+    tcp_connect(&b.guest.name, PUBLIC, 80).expect("b still reaches out");
+    b.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("0".to_owned(), false),
+        "the last teardown restores the host"
+    );
+}
+
+#[test]
+fn forwarding_that_was_on_stays_on() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "fwdon");
+    world.host.sysctl("net/ipv4/ip_forward", "1");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let mut sb = world.sandbox(16322, NetworkPolicy::Egress, &open());
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress");
+    sb.net.teardown.run(&tools).unwrap();
+    assert_eq!(
+        world.host_forwarding(),
+        ("1".to_owned(), false),
+        "pyro did not turn it on, so it does not turn it off"
+    );
+}
+
+#[test]
+fn concurrent_claims_get_different_indices_and_skip_taken_ones() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "claim");
+    clean(&world, 16330..16336);
+    let host = world.host.name.as_str();
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| setup::claim(&tools, Some(host), 16330));
+        let two = s.spawn(|| setup::claim(&tools, Some(host), 16330));
+        (one.join().unwrap().unwrap(), two.join().unwrap().unwrap())
+    });
+    let mut got = [a.index(), b.index()];
+    got.sort_unstable();
+    assert_eq!(got, [16330, 16331]);
+    assert!(netns::exists(&a.name()) && netns::exists(&b.name()));
+
+    // Someone else's namespace, and a host link of a sandbox's name, are skipped.
+    ip(&tools, &["netns", "add", "pyro-16332"]);
+    world.host.ip(&[
+        "link",
+        "add",
+        "pyro-16333",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other-16333",
+    ]);
+    let c = setup::claim(&tools, Some(host), 16330).unwrap();
+    assert_eq!(c.index(), 16334);
+    clean(&world, 16330..16336);
+}
+
+#[test]
+fn a_claimed_namespace_is_built_on_and_removed_on_failure() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "claimed");
+    clean(&world, 16337..16340);
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let mut sb = world.claimed_sandbox(16337, NetworkPolicy::Egress);
+    assert_eq!(sb.plan().index(), 16337);
+    assert_eq!(
+        tcp_connect(&sb.guest.name, PUBLIC, 80).expect("egress"),
+        HOST_WAN.to_string()
+    );
+    sb.net.teardown.run(&tools).unwrap();
+    assert_eq!(leftovers(&world, &sb.ns()), Vec::<String>::new());
+
+    // A host table of its name appears after the claim: refused, and the claimed namespace
+    // goes again (the table, not pyro's to remove, stays).
+    let host = Some(world.host.name.clone());
+    let plan = setup::claim(&tools, host.as_deref(), 16338).unwrap();
+    assert_eq!(plan.index(), 16338);
+    add_host_guard(&world, &plan);
+    let options = Options {
+        host_netns: host.clone(),
+        guest: GuestLink::Tap,
+    };
+    let err = setup::create_in_claimed(&tools, plan, NetworkPolicy::Egress, &open(), &options)
+        .unwrap_err();
+    assert!(matches!(err, NetError::Exists { .. }), "{err}");
+    assert!(!netns::exists(&plan.name()));
+    assert_eq!(
+        leftovers(&world, &plan.name()),
+        vec![format!("table inet {}", plan.name())]
+    );
+    Teardown::all(plan, host).run(&tools).unwrap();
+
+    // Nothing claimed: refused, nothing made.
+    let err = setup::create_in_claimed(&tools, plan, NetworkPolicy::Egress, &open(), &options)
+        .unwrap_err();
+    assert!(matches!(err, NetError::NotClaimed { .. }), "{err}");
+    assert_eq!(leftovers(&world, &plan.name()), Vec::<String>::new());
+}
+
+fn question(name: &str) -> wire::Question {
+    wire::Question {
+        name: wire::Name::from_dotted(name).unwrap(),
+        qtype: wire::TYPE_A,
+        qclass: wire::CLASS_IN,
+    }
+}
+
+/// Asks `server` over one TCP connection from inside `ns` for each of `names` (all sent
+/// before the first answer is read); the parsed responses.
+fn lookup_tcp(ns: &str, server: SocketAddr, names: &[&str]) -> Vec<wire::Response> {
+    netns::run_in(ns, || {
+        let mut conn = std::net::TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        for (id, name) in (1u16..).zip(names) {
+            write_framed(&mut conn, &wire::write_query(id, &question(name))).unwrap();
+        }
+        (1u16..)
+            .zip(names)
+            .map(|(id, _)| {
+                let response = wire::parse_response(&read_framed(&mut conn).unwrap()).unwrap();
+                assert_eq!(response.header.id, id);
+                response
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "dnstcp");
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    // Like systemd-resolved's stub: reachable only from the host's own namespace.
+    let stub = sock(Ipv4Addr::new(127, 0, 0, 53), 53);
+    let (stop_udp, _) = fake_upstream(&world.host.name, stub);
+    let (stop_tcp, tcp_hits) = fake_tcp_upstream(&world.host.name, stub);
+    let list = Allowlist::parse(["allowed.test"], [] as [&str; 0]).unwrap();
+    let sb = world.sandbox(16324, NetworkPolicy::Egress, &list);
+    let gateway = sock(sb.plan().gateway(), 53);
+    let config = dns::ServerConfig {
+        listen: gateway,
+        upstreams: vec![stub],
+        timeout: Duration::from_millis(500),
+    };
+    let policy = Arc::new(Resolver::new(list));
+    let resolver = netns::run_in(&world.host.name, || {
+        dns::server::spawn(Some(&sb.ns()), config, policy.clone(), sb.net.on_answer())
+    })
+    .unwrap()
+    .unwrap();
+
+    // A silent client holds a connection; it blocks nobody.
+    let silent = netns::run_in(&sb.guest.name, || {
+        std::net::TcpStream::connect_timeout(&gateway, TIMEOUT)
+    })
+    .unwrap()
+    .unwrap();
+    let silent_since = std::time::Instant::now();
+
+    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
+    let answers = lookup_tcp(&sb.guest.name, gateway, &["allowed.test", "denied.test"]);
+    assert_eq!(answers[0].header.rcode(), 0);
+    assert_eq!(
+        answers[0].answers.first().map(|r| r.data.clone()),
+        Some(wire::RData::A(PUBLIC))
+    );
+    assert_eq!(answers[1].header.rcode(), 3, "NXDOMAIN");
+    assert_eq!(
+        tcp_hits.load(Ordering::Relaxed),
+        1,
+        "forwarded over TCP, the denied name never"
+    );
+    assert!(silent_since.elapsed() < dns::server::TCP_IDLE_TIMEOUT);
+    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("the resolved address is open");
+    // And over UDP through the same loopback upstream.
+    assert_eq!(
+        lookup(&sb.guest.name, gateway, "allowed.test")
+            .header
+            .rcode(),
+        0
+    );
+
+    // Beyond MAX_TCP_CLIENTS connections at once, the next is closed at once.
+    let held: Vec<_> = (1..dns::server::MAX_TCP_CLIENTS)
+        .map(|_| {
+            netns::run_in(&sb.guest.name, || {
+                std::net::TcpStream::connect_timeout(&gateway, TIMEOUT).unwrap()
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = netns::run_in(&sb.guest.name, || {
+        std::net::TcpStream::connect_timeout(&gateway, TIMEOUT).unwrap()
+    })
+    .unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut extra, &mut byte), Ok(0) | Err(_)),
+        "closed"
+    );
+    let closed_early = std::time::Instant::now();
+    assert!(closed_early.duration_since(silent_since) < dns::server::TCP_IDLE_TIMEOUT);
+
+    // The silent client is dropped after the idle timeout.
+    let mut silent = silent;
+    silent
+        .set_read_timeout(Some(dns::server::TCP_IDLE_TIMEOUT * 2))
+        .unwrap();
+    let read = std::io::Read::read(&mut silent, &mut byte);
+    assert!(matches!(read, Ok(0)), "{read:?}");
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= dns::server::TCP_IDLE_TIMEOUT - Duration::from_millis(100)
+            && waited < dns::server::TCP_IDLE_TIMEOUT * 2,
+        "{waited:?}"
+    );
+    drop(held);
+    resolver.stop();
+    stop_udp.store(true, Ordering::Relaxed);
+    stop_tcp.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn a_teardown_waits_for_a_creation_holding_the_host_lock() {
+    let Some(tools) = tools() else { return };
+    let world = World::new(&tools, "hostlock");
+    let host = world.host.name.clone();
+    let forwarding = pyro_net::host::ensure(&tools, Some(&host)).unwrap();
+    assert!(forwarding.enabled_forwarding);
+    let release = {
+        let (tools, host) = (tools.clone(), host.clone());
+        std::thread::spawn(move || pyro_net::host::release_if_unused(&tools, Some(&host)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!release.is_finished(), "blocked on the lock");
+    // The creation's uplink appears before it lets go.
+    world.host.ip(&[
+        "link",
+        "add",
+        "pyro-16325",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other-16325",
+    ]);
+    drop(forwarding);
+    assert!(!release.join().unwrap().unwrap(), "an uplink remains");
+    assert_eq!(world.host_forwarding(), ("1".to_owned(), true));
+    world.host.ip(&["link", "del", "pyro-16325"]);
+    assert!(pyro_net::host::release_if_unused(&tools, Some(&host)).unwrap());
+    assert_eq!(world.host_forwarding(), ("0".to_owned(), false));
 }

@@ -4,14 +4,16 @@
 //! anywhere else); there pyro's resolver answers. [`Resolver`] is the policy, pure and
 //! unit-tested: without host patterns every name is forwarded; with them (`--allow-host`)
 //! only matching names are, everything else gets NXDOMAIN and is recorded as a [`Denial`]
-//! (the last [`MAX_DENIALS`] are kept). [`server`] is the UDP server: it forwards allowed
-//! queries to the host's resolvers, relays their answers, and for names an allowlist
+//! (the last [`MAX_DENIALS`] are kept). [`server`] is the UDP and TCP server: it forwards
+//! allowed queries to the host's resolvers ([`host_upstreams`], read from `resolv.conf` by
+//! [`upstreams`]), relays their answers, and for names an allowlist
 //! matched hands every A record's address and TTL to a callback first (the caller adds them
 //! to the `allowed_v4` set with that TTL as timeout, [`crate::setup::Network::allow`]), so
 //! the guest can connect to the address by the time it reads the answer. [`wire`] is the
 //! message parser and writer, safe on hostile input.
 
 pub mod server;
+pub mod upstreams;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -21,6 +23,7 @@ use std::time::SystemTime;
 use crate::policy::Allowlist;
 
 pub use server::{OnAnswer, ResolverError, Running, ServerConfig};
+pub use upstreams::{host_upstreams, upstreams_from_resolv_conf};
 
 /// Most denials remembered; older ones are forgotten first.
 pub const MAX_DENIALS: usize = 256;

@@ -4,9 +4,12 @@
 //!
 //! ```text
 //!  guest ns (veth eth0) ── pyro-tap │ sandbox ns pyro-N │ pyro-up ── pyro-N │ host ns │ wan0 ── inet0 │ internet ns
-//!  10.200.x.2            10.200.x.1  (pyro's ruleset)     10.201.x.2   .1    host guard  203.0.113.1  .2   198.51.100.10/11,
-//!                                                                                                          10.9.9.9, 169.254.169.254
+//!  10.200.x.2            10.200.x.1  (pyro's ruleset)     10.201.x.2   .1    host guard, 203.0.113.1  .2   198.51.100.10/11,
+//!                                                                             pyro-host NAT                 10.9.9.9, 169.254.169.254
 //! ```
+//!
+//! The host starts with `ip_forward=0` and the internet has no route back to the uplink
+//! pool: sandboxes get out only through what `host::ensure` sets up.
 
 // Test support: a failed set-up step should stop the test loudly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -77,6 +80,25 @@ impl Ns {
 
     pub fn sysctl(&self, key: &str, value: &str) {
         netns::write_sysctl(&self.name, key, value).unwrap();
+    }
+
+    pub fn sysctl_value(&self, key: &str) -> String {
+        netns::read_sysctl(Some(&self.name), key).unwrap()
+    }
+
+    /// The names of the nft tables in this namespace (`inet pyro-1`, …).
+    pub fn tables(&self) -> Vec<String> {
+        let nft = self.tools.nft.to_string_lossy().into_owned();
+        let out = cmd::run(
+            &self.tools.ip,
+            &["netns", "exec", &self.name, &nft, "list", "tables"],
+            None,
+        )
+        .unwrap();
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("table "))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Runs `f` inside this namespace.
@@ -250,17 +272,13 @@ impl World {
         }
         internet.ip(&["addr", "add", &format!("{INTERNET_WAN}/24"), "dev", "inet0"]);
         internet.ip(&["link", "set", "inet0", "up"]);
-        internet.ip(&[
-            "route",
-            "add",
-            "10.201.0.0/16",
-            "via",
-            &HOST_WAN.to_string(),
-        ]);
         host.ip(&["addr", "add", &format!("{HOST_WAN}/24"), "dev", "wan0"]);
         host.ip(&["link", "set", "wan0", "up"]);
         host.ip(&["route", "add", "default", "via", &INTERNET_WAN.to_string()]);
-        host.sysctl("net/ipv4/ip_forward", "1");
+        // Forwarding stays off, as on a fresh host: pyro's `host::ensure` turns it on. The
+        // internet has no route to the uplink pool: sandboxes reach it through the host's
+        // NAT only.
+        host.sysctl("net/ipv4/ip_forward", "0");
         World {
             tools: tools.clone(),
             internet,
@@ -268,7 +286,15 @@ impl World {
         }
     }
 
-    fn options(&self, guest: &Ns) -> Options {
+    /// The host's `ip_forward`, and whether its `inet pyro-host` table exists.
+    pub fn host_forwarding(&self) -> (String, bool) {
+        (
+            self.host.sysctl_value("net/ipv4/ip_forward"),
+            self.host.tables().iter().any(|t| t == "inet pyro-host"),
+        )
+    }
+
+    pub fn options(&self, guest: &Ns) -> Options {
         Options {
             host_netns: Some(self.host.name.clone()),
             guest: GuestLink::Veth {
@@ -286,6 +312,27 @@ impl World {
         let guest = Ns::new(&self.tools, &format!("pyrotest-g{index}"));
         let net = setup::create(&self.tools, plan, policy, allowlist, &self.options(&guest))
             .unwrap_or_else(|e| panic!("create: {e}"));
+        self.wire_guest(net, guest, policy)
+    }
+
+    /// A sandbox on an index claimed from `start` ([`setup::claim`], then
+    /// [`setup::create_in_claimed`]), as the core makes them.
+    pub fn claimed_sandbox(&self, start: u32, policy: NetworkPolicy) -> Sandbox {
+        let plan = setup::claim(&self.tools, Some(&self.host.name), start).unwrap();
+        let guest = Ns::new(&self.tools, &format!("pyrotest-g{}", plan.index()));
+        let net = setup::create_in_claimed(
+            &self.tools,
+            plan,
+            policy,
+            &Allowlist::default(),
+            &self.options(&guest),
+        )
+        .unwrap_or_else(|e| panic!("create_in_claimed: {e}"));
+        self.wire_guest(net, guest, policy)
+    }
+
+    fn wire_guest(&self, net: Network, guest: Ns, policy: NetworkPolicy) -> Sandbox {
+        let plan = net.plan;
         if policy.is_networked() {
             guest.ip(&[
                 "addr",
