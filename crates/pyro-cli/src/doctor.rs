@@ -245,7 +245,7 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
         });
     }
     // Guest networking's host side (`pyro-net`): informational, because only networked
-    // sandboxes need it (and `--network` is not available yet).
+    // sandboxes need it.
     checks.push(match pyro_net::setup::check_capabilities(true) {
         Ok(_) => Check {
             name: "network",

@@ -83,6 +83,13 @@ enum Top {
         /// The workspace (the boot recorded when the watchdog starts is watched).
         workspace_id: String,
     },
+    /// Internal: a networked sandbox's network daemon (resolver, egress proxy), from the
+    /// JSON spec at SPEC; prints one line once it serves.
+    #[command(name = "__net", hide = true)]
+    Net {
+        /// The daemon's spec file.
+        spec: std::path::PathBuf,
+    },
     /// Internal: relay a persistent QEMU sandbox's agent port to DIR/vsock.sock.
     #[command(name = "__relay", hide = true)]
     Relay {
@@ -135,9 +142,16 @@ struct RunArgs {
     /// Lifetime of the sandbox in seconds (60-3600).
     #[arg(long, default_value_t = pyro_core::ops::defaults::VM_TTL_SECONDS)]
     ttl_seconds: i64,
-    /// Give the guest network access (not available in this version).
+    /// Give the guest egress to public addresses (policy `egress`; private ranges, the host
+    /// and metadata endpoints stay blocked). Needs CAP_NET_ADMIN, ip and nft.
     #[arg(long)]
     network: bool,
+    /// With --network: only these host names (repeatable; `*.example.org` for names below).
+    #[arg(long = "allow-host", value_name = "NAME", requires = "network")]
+    allow_hosts: Vec<String>,
+    /// With --network: also this IPv4 range, even a private one (repeatable).
+    #[arg(long = "allow-cidr", value_name = "CIDR", requires = "network")]
+    allow_cidrs: Vec<String>,
     /// VMM: auto, firecracker or qemu.
     #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
     backend: String,
@@ -401,6 +415,22 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(|e| fail(false)(e.into()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Top::Net { spec } => {
+            let served = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let (spec, _) = pyro_net::daemon::DaemonSpec::load(&spec)?;
+                pyro_net::daemon::run(spec, |ready| {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", serde_json::to_string(ready).unwrap_or_default());
+                    let _ = out.flush();
+                })?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| fail(false)(e.into()))?;
+            served.map_err(fail(false))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Top::Relay { dir } => {
             let agent = dir.join(pyro_qemu::AGENT_SOCKET);
             let listen = dir.join(pyro_qemu::RELAY_SOCKET);
@@ -536,6 +566,8 @@ impl TryFrom<&RunArgs> for pyro_core::ops::RunInVm {
             timeout_seconds: a.timeout_seconds,
             ttl_seconds: a.ttl_seconds,
             network: a.network,
+            allow_hosts: Some(a.allow_hosts.clone()),
+            allow_cidrs: Some(a.allow_cidrs.clone()),
             allow_host_compat: false,
             // `--backend` chose the instance's default (`open_pyro`).
             backend: None,

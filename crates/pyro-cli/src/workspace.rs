@@ -78,9 +78,18 @@ pub struct CreateArgs {
     /// Running-time budget in seconds (60 s to 30 days); it only runs while started.
     #[arg(long, default_value_t = pyro_core::workspace::DEFAULT_WORKSPACE_TTL)]
     ttl_seconds: i64,
-    /// Only `off` in this version.
-    #[arg(long, default_value = "off")]
+    /// off (no network device), egress (public addresses only; private ranges, the host and
+    /// metadata endpoints stay blocked) or egress+published-ports. Networked policies need
+    /// CAP_NET_ADMIN, ip and nft.
+    #[arg(long, default_value = pyro_core::ops::defaults::NETWORK_POLICY)]
     network_policy: String,
+    /// With a networked policy: only these host names (repeatable; `*.example.org` for
+    /// names below).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// With a networked policy: also this IPv4 range, even a private one (repeatable).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    allow_cidrs: Vec<String>,
     /// A directory or .tar/.tar.gz/.tgz/.tar.zst archive that becomes /workspace.
     #[arg(long)]
     seed_path: Option<PathBuf>,
@@ -161,6 +170,8 @@ impl TryFrom<&CreateArgs> for pyro_core::ops::CreateWorkspaceRequest {
             mem_mib: a.mem_mib,
             ttl_seconds: a.ttl_seconds,
             network_policy: a.network_policy.clone(),
+            allow_hosts: Some(a.allow_hosts.clone()),
+            allow_cidrs: Some(a.allow_cidrs.clone()),
             allow_host_compat: false,
             seed_path: a.seed_path.as_ref().map(Into::into),
             name: a.name.clone(),
@@ -360,6 +371,36 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     println!("Workspace: {}", w.workspace_path);
     println!("Last activity at: {}", w.last_activity_at);
     println!("Network policy: {}", w.network_policy);
+    if let Some(n) = &w.network {
+        println!(
+            "Network: guest {} via {} (namespace {}, MAC {})",
+            n.guest_ip, n.gateway_ip, n.namespace, n.mac_address
+        );
+        if !n.allow_hosts.is_empty() || !n.allow_cidrs.is_empty() {
+            println!(
+                "Allowed: {}",
+                n.allow_hosts
+                    .iter()
+                    .chain(&n.allow_cidrs)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        println!(
+            "Denied: {} names, {} connections",
+            n.dns_denied, n.connections_denied
+        );
+        for d in &n.recent_denials {
+            println!(
+                "  {} {} {} ({})",
+                d.kind,
+                d.name.as_deref().unwrap_or("-"),
+                d.destination.as_deref().unwrap_or("-"),
+                d.reason
+            );
+        }
+    }
     match &w.workspace_seed.seed_path {
         Some(p) => println!("Workspace seed: {} from {p}", w.workspace_seed.mode),
         None => println!("Workspace seed: {}", w.workspace_seed.mode),

@@ -109,12 +109,19 @@ pub enum CoreError {
         /// The limit.
         max: usize,
     },
-    /// Guest networking was asked for.
-    #[error(
-        "guest networking is not available in this version of pyro; leave it off \
-         (no --network, network_policy off)"
-    )]
-    NetworkUnsupported,
+    /// A networked sandbox was asked for, and this host cannot make one (checked before
+    /// anything is created).
+    #[error("guest networking is unavailable here: {reason}")]
+    NetworkUnavailable {
+        /// What is missing, in one line.
+        reason: String,
+    },
+    /// Making, changing or removing a sandbox's network failed.
+    #[error("sandbox network: {}", one_line(reason))]
+    Network {
+        /// What failed.
+        reason: String,
+    },
     /// An environment (image) problem.
     #[error(transparent)]
     Image(#[from] pyro_image::ImageError),
@@ -230,9 +237,7 @@ impl CoreError {
     /// The broad class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::OutOfRange { .. } | Self::Invalid { .. } | Self::NetworkUnsupported => {
-                ErrorKind::InvalidInput
-            }
+            Self::OutOfRange { .. } | Self::Invalid { .. } => ErrorKind::InvalidInput,
             Self::Image(pyro_image::ImageError::UnknownEnvironment { .. }) => {
                 ErrorKind::InvalidInput
             }
@@ -244,7 +249,8 @@ impl CoreError {
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
                 ErrorKind::State
             }
-            Self::BackendUnavailable { .. }
+            Self::NetworkUnavailable { .. }
+            | Self::BackendUnavailable { .. }
             | Self::AgentBinaryMissing { .. }
             | Self::AgentNotStatic { .. } => ErrorKind::Unavailable,
             Self::Image(pyro_image::ImageError::MissingTool { .. }) => ErrorKind::Unavailable,

@@ -4,6 +4,22 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{CoreError, Result};
 
+/// A random number (the kernel's `getrandom`; time and pid if that fails). Not for
+/// secrets: for spreading choices such as where a search for a free index starts.
+pub fn random_u32() -> u32 {
+    let mut buf = [0u8; 4];
+    // SAFETY: getrandom writes at most `buf.len()` bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n == buf.len() as isize {
+        return u32::from_ne_bytes(buf);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    t ^ std::process::id().rotate_left(16)
+}
+
 /// A new opaque id: 12 lowercase hex characters (48 random bits).
 pub fn new_id() -> String {
     let mut buf = [0u8; 6];

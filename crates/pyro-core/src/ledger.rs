@@ -8,7 +8,7 @@
 //! | the machine (VMM, QEMU's relay) | the workspace row's `machine` column, written in the same transaction as the state it belongs to; also noted in `machine.json` before anything waits on it | [`crate::backend::Machine::halt`] |
 //! | helper processes (the TTL watchdog; later port relays) | the `resources` table, one row per process ([`Resource::Process`]) | [`Resource::release`] |
 //! | the directory (disk, sockets, logs, baseline) | its path is a function of the id | removal on delete |
-//! | later: TAP, network namespace, nftables table, secret files | the `resources` table | [`Resource::release`] |
+//! | a network: namespace with its TAP, uplink, nftables tables ([`Resource::Network`]); later secret files | the `resources` table | [`Resource::release`], after the machine |
 //!
 //! The teardown of a workspace (`workspace/teardown.rs`) releases the ledger's resources,
 //! then the machine, then anything the `/proc` scan still finds (the safety net for a
@@ -41,6 +41,13 @@ pub enum Resource {
         /// Its start time in clock ticks since boot.
         ticks: u64,
     },
+    /// A sandbox's network (`pyro_net`): namespace `pyro-<index>` with its TAP, the
+    /// host's end of its uplink, and its nftables tables. Recorded once its namespace is
+    /// claimed, before anything else of it is made.
+    Network {
+        /// Its index in pyro's address plan ([`pyro_net::SandboxNet`]).
+        index: u32,
+    },
 }
 
 /// One ledger row as read back: its key, and the resource or why it cannot be read (a
@@ -52,13 +59,22 @@ impl Resource {
     pub fn key(&self) -> String {
         match self {
             Self::Process { role, pid, ticks } => format!("process:{role}:{pid}:{ticks}"),
+            Self::Network { index } => format!("network:{index}"),
         }
+    }
+
+    /// Whether it is released only once its sandbox's machine is gone (a network: the VMM
+    /// holds its TAP), rather than before the machine (helper processes).
+    pub fn after_machine(&self) -> bool {
+        matches!(self, Self::Network { .. })
     }
 
     /// Whether it still holds anything on the host.
     pub fn is_held(&self) -> bool {
         match self {
             Self::Process { pid, ticks, .. } => host::process_alive(*pid, *ticks),
+            Self::Network { index } => pyro_net::SandboxNet::new(*index)
+                .is_ok_and(|plan| pyro_net::netns::exists(&plan.name())),
         }
     }
 
@@ -75,6 +91,64 @@ impl Resource {
                 let deadline = Instant::now() + RELEASE_WAIT;
                 while host::process_alive(*pid, *ticks) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Self::Network { index } => {
+                let index = *index;
+                let released =
+                    tokio::task::spawn_blocking(move || crate::net::release(index)).await;
+                match released {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(index, "cannot remove a sandbox network: {e}"),
+                    Err(e) => tracing::warn!(index, "removing a sandbox network panicked: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Which of a sandbox's resources [`crate::Pyro::release_ledger`] releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Those to end before the machine (helper processes: a watchdog would take its
+    /// machine's end for a crash).
+    BeforeMachine,
+    /// Those the machine held (its network); everything still recorded.
+    AfterMachine,
+}
+
+impl crate::Pyro {
+    /// Releases and forgets the resources of `owner`'s ledger that `phase` names. An entry
+    /// this build cannot read (a newer pyro's) is left in place and reported.
+    pub(crate) async fn release_ledger(&self, owner: &str, phase: Phase) {
+        let Ok(store) = self.store() else {
+            return;
+        };
+        let entries = match store.resources(owner) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(owner, "cannot read the resource ledger: {e}");
+                return;
+            }
+        };
+        for (key, resource) in entries {
+            match resource {
+                Ok(r) if phase == Phase::BeforeMachine && r.after_machine() => {}
+                // A teardown run by the workspace's own watchdog (its TTL ran out) must not
+                // end the process doing it: the watchdog exits by itself once it is done.
+                Ok(Resource::Process { pid, .. }) if pid == std::process::id() => {}
+                Ok(r) => {
+                    r.release().await;
+                    if let Err(e) = store.forget_resource(owner, &key) {
+                        tracing::warn!(owner, key, "cannot forget a released resource: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        owner,
+                        key,
+                        "a ledger entry this pyro cannot read is left: {e}"
+                    )
                 }
             }
         }

@@ -18,6 +18,7 @@ pub mod hostfs;
 pub mod ledger;
 pub mod lock;
 pub mod model;
+mod net;
 pub mod ops;
 mod output;
 mod sandbox;
@@ -158,8 +159,14 @@ pub struct CreateVm {
     pub mem_mib: i64,
     /// 60..=3600.
     pub ttl_seconds: i64,
-    /// Guest networking (not available in this version: refused).
+    /// Guest networking: policy `egress` (public addresses only, see `docs/network.md`).
     pub network: bool,
+    /// Host names the guest may reach (`api.example.org`, `*.example.org`): with any, egress
+    /// is narrowed to these and `allow_cidrs`. Needs `network`.
+    pub allow_hosts: Vec<String>,
+    /// IPv4 ranges the guest may reach, also private ones otherwise blocked. Needs
+    /// `network`.
+    pub allow_cidrs: Vec<String>,
     /// Per-call backend choice; `None` uses the instance default.
     pub backend: Option<BackendChoice>,
 }
@@ -173,6 +180,8 @@ impl CreateVm {
             mem_mib: 1024,
             ttl_seconds: 600,
             network: false,
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
             backend: None,
         }
     }

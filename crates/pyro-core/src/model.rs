@@ -96,6 +96,53 @@ pub struct NetworkInfo {
     pub vm_id: String,
     pub network_enabled: bool,
     pub outbound_connectivity_expected: bool,
+    /// Why there is no network (absent when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The network, while the VM runs with one.
+    #[serde(flatten)]
+    pub network: Option<SandboxNetworkInfo>,
+}
+
+/// A running sandbox's network (pyro extension beyond the contract's `tap_name`,
+/// `guest_ip`, `gateway_ip`, `subnet_cidr`, `mac_address`, `dns_servers`).
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct SandboxNetworkInfo {
+    /// egress or egress+published-ports.
+    pub policy: String,
+    /// The host network namespace it lives in.
+    pub namespace: String,
+    /// The TAP, inside that namespace.
+    pub tap_name: String,
+    pub guest_ip: String,
+    pub gateway_ip: String,
+    pub subnet_cidr: String,
+    pub mac_address: String,
+    /// pyro's resolver on the gateway, the only one the guest can reach.
+    pub dns_servers: Vec<String>,
+    /// Host patterns the guest may reach (empty: any public address).
+    pub allow_hosts: Vec<String>,
+    /// Ranges the guest may reach besides public addresses and allowed names.
+    pub allow_cidrs: Vec<String>,
+    /// Names the resolver refused so far.
+    pub dns_denied: u64,
+    /// Connections the egress proxy refused so far.
+    pub connections_denied: u64,
+    /// The latest refusals, newest last (at most 20).
+    pub recent_denials: Vec<DenialInfo>,
+}
+
+/// One refused name or connection.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct DenialInfo {
+    /// Unix time.
+    pub at: f64,
+    /// dns or connection.
+    pub kind: String,
+    /// The name asked for or sent (Host, SNI).
+    pub name: Option<String>,
+    /// ADDRESS:PORT of a refused connection.
+    pub destination: Option<String>,
     pub reason: String,
 }
 
@@ -173,6 +220,8 @@ pub struct WorkspaceInfo {
     pub allow_host_compat: bool,
     pub guest_ip: Option<String>,
     pub tap_name: Option<String>,
+    /// The network while started with one: addresses, allowlist, refusals (pyro extension).
+    pub network: Option<SandboxNetworkInfo>,
     pub execution_mode: String,
     pub backend: String,
     pub workspace_path: String,

@@ -16,6 +16,12 @@ pub(crate) struct Vm {
     /// Whether the machine was ever started (only a first start restores a snapshot: a
     /// restart must keep the sandbox's own disk).
     pub(crate) started_once: bool,
+    /// Its network policy (`egress` with `network`, else `off`).
+    pub(crate) policy: pyro_net::NetworkPolicy,
+    /// Where its guest may connect.
+    pub(crate) allowlist: pyro_net::Allowlist,
+    /// Its network while it runs.
+    pub(crate) net: Option<crate::net::SandboxNetwork>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -65,6 +71,7 @@ impl Pyro {
         progress: ProgressFn,
     ) -> Result<Vm> {
         let entry = pyro_image::lookup(&req.environment)?;
+        let (policy, allowlist) = vm_network(&req)?;
         let env = self.pull_environment(&req.environment, progress).await?;
         let id = host::new_id();
         let dir = self.opts.state_dir.join("vms").join(&id);
@@ -90,7 +97,7 @@ impl Pyro {
             created_at,
             expires_at: created_at + req.ttl_seconds as f64,
             state: VmState::Created,
-            network_enabled: false,
+            network_enabled: policy.is_networked(),
             allow_host_compat: false,
             guest_ip: None,
             tap_name: None,
@@ -108,6 +115,9 @@ impl Pyro {
             created: Instant::now(),
             boot_ms: None,
             started_once: false,
+            policy,
+            allowlist,
+            net: None,
         })
     }
 
@@ -117,10 +127,10 @@ impl Pyro {
         crate::validate::check_range("vcpu_count", req.vcpu_count, VCPU_RANGE)?;
         crate::validate::check_range("mem_mib", req.mem_mib, MEM_RANGE)?;
         crate::validate::check_range("ttl_seconds", req.ttl_seconds, TTL_RANGE)?;
-        if req.network {
-            return Err(CoreError::NetworkUnsupported);
-        }
-        backend::resolve(req.backend.unwrap_or(self.opts.backend), &self.facts)
+        let (policy, _) = vm_network(req)?;
+        let kind = backend::resolve(req.backend.unwrap_or(self.opts.backend), &self.facts)?;
+        self.check_network(policy)?;
+        Ok(kind)
     }
 
     pub(crate) fn write_owner(&self, dir: &Path, vmm_pid: Option<u32>) -> Result<()> {
@@ -186,6 +196,12 @@ impl Pyro {
     pub(crate) async fn boot_vm(&self, id: &str, vm: &mut Vm, progress: &ProgressFn) -> Result<()> {
         let backend = self.backend(vm.backend_choice, progress).await?;
         let upper = vm.dir.join("upper.ext4");
+        if vm.policy.is_networked() && vm.net.is_none() {
+            vm.net = Some(
+                self.open_network(id, vm.policy, &vm.allowlist, &vm.dir)
+                    .await?,
+            );
+        }
         let spec = BootSpec {
             id,
             workdir: &vm.dir,
@@ -197,6 +213,7 @@ impl Pyro {
             durable_disk: false,
             relay_bin: None,
             boot_timeout: self.opts.boot_timeout,
+            net: vm.net.as_ref().map(|n| &n.nic),
         };
         let dir = vm.dir.clone();
         let on_spawn = move |m: &dyn Machine| self.write_owner(&dir, Some(m.pid()));
@@ -211,8 +228,21 @@ impl Pyro {
                 after_failed_warm: &|| Ok(()),
                 progress,
             })
-            .await?;
+            .await;
+        let sandbox = match sandbox {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                if vm.net.take().is_some() {
+                    self.close_network(id).await;
+                }
+                return Err(e);
+            }
+        };
         let (machine, session, mode) = (sandbox.machine, sandbox.session, sandbox.mode);
+        if let Some(net) = &vm.net {
+            vm.info.guest_ip = Some(net.plan.guest().to_string());
+            vm.info.tap_name = Some(net.nic.tap.clone());
+        }
         vm.session = Some(session);
         vm.started_once = true;
         vm.boot_ms = Some(vm.created.elapsed().as_millis() as u64);
@@ -241,6 +271,14 @@ impl Pyro {
         progress: &ProgressFn,
     ) -> Result<Option<(Box<dyn Machine>, Session)>> {
         let id = spec.id;
+        // A networked sandbox restores the networked template: the same card with the
+        // template's MAC and no address, then the reseed gives the clone its own.
+        let own_nic = spec.net;
+        let template_nic = own_nic.map(crate::net::template_nic);
+        let spec = BootSpec {
+            net: template_nic.as_ref(),
+            ..spec
+        };
         let Some(vmm) = backend.snapshot_identity(&spec) else {
             return Ok(None);
         };
@@ -262,14 +300,20 @@ impl Pyro {
                     cache: &self.cache,
                     env: spec.env,
                     boot_timeout: self.opts.boot_timeout,
+                    net: spec.net,
                 };
                 let what = format!(
-                    "{} with {} MiB and {} vCPU{}",
+                    "{} with {} MiB and {} vCPU{}{}",
                     spec.env.name,
                     spec.mem_mib,
                     spec.vcpu_count,
                     if spec.durable_disk {
                         ", for workspaces"
+                    } else {
+                        ""
+                    },
+                    if spec.net.is_some() {
+                        ", networked"
                     } else {
                         ""
                     }
@@ -311,7 +355,7 @@ impl Pyro {
             let session = connect_agent_session(machine.as_mut(), self.opts.boot_timeout).await?;
             tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "agent connected");
             // Nothing may run in a clone before it has its own entropy, clock and identity.
-            warm::reseed(&session).await?;
+            warm::reseed_with(&session, own_nic).await?;
             tracing::debug!(sandbox = id, elapsed = ?t.elapsed(), "reseeded");
             Ok::<_, CoreError>(session)
         }
@@ -413,6 +457,11 @@ impl Pyro {
             }
             m.halt().await;
         }
+        if vm.net.take().is_some() {
+            self.close_network(id).await;
+            vm.info.guest_ip = None;
+            vm.info.tap_name = None;
+        }
         if vm.info.state == VmState::Started {
             vm.info.state = VmState::Stopped;
         }
@@ -437,6 +486,9 @@ impl Pyro {
             vm.session = None;
             if let Some(mut m) = vm.machine.take() {
                 m.halt().await;
+            }
+            if vm.net.take().is_some() {
+                self.close_network(id).await;
             }
             let _ = std::fs::remove_dir_all(&vm.dir);
         }
@@ -466,11 +518,25 @@ impl Pyro {
     /// Network description (networking is not available in this version).
     pub async fn network_info_vm(&self, id: &str) -> Result<NetworkInfo> {
         let info = self.status_vm(id).await?;
+        let handle = self.get_vm(id)?;
+        let vm = handle.lock().await;
+        let network = vm
+            .net
+            .as_ref()
+            .map(|n| crate::net::describe(&n.plan, vm.policy, &vm.allowlist, &vm.dir));
+        let reason = match (&network, vm.policy.is_networked()) {
+            (Some(_), _) => None,
+            (None, true) => {
+                Some("the VM is not running: its network exists only while it runs".into())
+            }
+            (None, false) => Some("created without a network (network: false)".into()),
+        };
         Ok(NetworkInfo {
             vm_id: info.vm_id,
-            network_enabled: false,
-            outbound_connectivity_expected: false,
-            reason: "guest networking is not available in this version of pyro".into(),
+            network_enabled: network.is_some(),
+            outbound_connectivity_expected: network.is_some(),
+            reason,
+            network,
         })
     }
 
@@ -535,6 +601,12 @@ impl Pyro {
             {
                 // SAFETY: kill(2) on a pid whose start time we just matched.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            // A networked VM's daemon and network, from the ledger (a killed owner could
+            // not remove them).
+            if dir.join(crate::net::NET_DIR).exists() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                self.release_orphan_network(&id);
             }
             if std::fs::remove_dir_all(&dir).is_ok() {
                 removed.push(entry.file_name().to_string_lossy().into_owned());
@@ -633,4 +705,15 @@ impl Pyro {
             self.destroy(&id).await;
         }
     }
+}
+
+/// The policy and allowlist of a VM request: `network` means `egress`.
+fn vm_network(req: &CreateVm) -> Result<(pyro_net::NetworkPolicy, pyro_net::Allowlist)> {
+    let policy = if req.network {
+        pyro_net::NetworkPolicy::Egress
+    } else {
+        pyro_net::NetworkPolicy::Off
+    };
+    let allowlist = crate::validate::allowlist(policy, &req.allow_hosts, &req.allow_cidrs)?;
+    Ok((policy, allowlist))
 }

@@ -89,8 +89,13 @@ pub struct CreateWorkspace {
     pub labels: BTreeMap<String, String>,
     /// Per-call backend; `None` = the instance default.
     pub backend: Option<BackendChoice>,
-    /// Only `off` is supported in this version.
+    /// `off` (no network device), `egress` or `egress+published-ports`.
     pub network_policy: String,
+    /// Host names the guest may reach (`api.example.org`, `*.example.org`); with any,
+    /// egress is narrowed to these and `allow_cidrs`. Needs a networked policy.
+    pub allow_hosts: Vec<String>,
+    /// IPv4 ranges the guest may reach, also private ones otherwise blocked.
+    pub allow_cidrs: Vec<String>,
 }
 
 impl CreateWorkspace {
@@ -106,6 +111,8 @@ impl CreateWorkspace {
             labels: BTreeMap::new(),
             backend: None,
             network_policy: "off".into(),
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
         }
     }
 }

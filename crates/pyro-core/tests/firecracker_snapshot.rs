@@ -139,6 +139,7 @@ impl Fixture {
             durable_disk: false,
             relay_bin: None,
             boot_timeout: Duration::from_secs(5),
+            net: None,
         }
     }
 

@@ -33,8 +33,9 @@ pub const SERVER_FIELDS: &[&str] = &["backend"];
 pub const SHELL_FIELDS: &[&str] = &["cwd", "env", "stdin", "max_output_bytes"];
 
 /// Fields only `workspace-full` offers, as in the reference (its core profile has no network
-/// policy).
-pub const FULL_ONLY_FIELDS: &[&str] = &["network_policy"];
+/// policy), and the allowlists that narrow a network (which keep the smaller profiles'
+/// `tools/list` small: there, `vm_run`'s `network` means plain `egress`).
+pub const FULL_ONLY_FIELDS: &[&str] = &["network_policy", "allow_hosts", "allow_cidrs"];
 
 /// The request fields a client of `profile` neither sees in an input schema nor may send.
 pub fn hidden_fields(profile: Profile) -> impl Iterator<Item = &'static str> {

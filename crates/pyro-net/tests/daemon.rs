@@ -150,7 +150,7 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
     fake_upstream(&world.internet.name, stop_servers.clone());
     http_server(&world.internet.name, stop_servers.clone(), hits.clone());
     let allowlist = Allowlist::parse(["allowed.test"], [] as [&str; 0]).unwrap();
-    let mut sb = world.sandbox(16320, NetworkPolicy::Egress, &allowlist);
+    let mut sb = world.sandbox(16350, NetworkPolicy::Egress, &allowlist);
     let plan = sb.plan();
     let dir = state_dir("main");
 
@@ -164,7 +164,9 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let never = Box::leak(Box::new(AtomicBool::new(false)));
-    let daemon = std::thread::spawn(move || {
+    // The daemon runs in the test's "host" namespace, as `pyro __net` runs in the host's:
+    // its upstream sockets are made there (never in the namespace this test runs in).
+    let daemon = netns::spawn_in(&world.host.name, move || {
         daemon::run_until(spec, |ready: &Ready| ready_tx.send(*ready).unwrap(), never)
     });
     let ready = ready_rx
@@ -256,7 +258,11 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.join().unwrap().expect("a clean exit");
+    daemon
+        .join()
+        .unwrap()
+        .expect("entered the host namespace")
+        .expect("a clean exit");
     stop_servers.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -271,7 +277,7 @@ fn without_host_patterns_there_is_no_proxy_and_sigterm_ends_the_daemon() {
     let hits = Arc::new(AtomicUsize::new(0));
     fake_upstream(&world.internet.name, stop_servers.clone());
     http_server(&world.internet.name, stop_servers.clone(), hits.clone());
-    let sb = world.sandbox(16322, NetworkPolicy::Egress, &Allowlist::default());
+    let sb = world.sandbox(16352, NetworkPolicy::Egress, &Allowlist::default());
     let plan = sb.plan();
     let dir = state_dir("open");
     let spec = DaemonSpec {
@@ -283,7 +289,9 @@ fn without_host_patterns_there_is_no_proxy_and_sigterm_ends_the_daemon() {
         state_dir: dir.clone(),
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let daemon = std::thread::spawn(move || {
+    // The daemon runs in the test's "host" namespace, as `pyro __net` runs in the host's:
+    // its upstream sockets are made there (never in the namespace this test runs in).
+    let daemon = netns::spawn_in(&world.host.name, move || {
         daemon::run(spec, |ready: &Ready| ready_tx.send(*ready).unwrap())
     });
     let ready = ready_rx
@@ -313,7 +321,11 @@ fn without_host_patterns_there_is_no_proxy_and_sigterm_ends_the_daemon() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.join().unwrap().expect("a clean exit");
+    daemon
+        .join()
+        .unwrap()
+        .expect("entered the host namespace")
+        .expect("a clean exit");
     assert_eq!(daemon::read_stats(&dir), Some(NetStats::default()));
     assert!(daemon::read_denials(&dir, 10).is_empty());
     stop_servers.store(true, Ordering::Relaxed);
@@ -324,8 +336,8 @@ fn without_host_patterns_there_is_no_proxy_and_sigterm_ends_the_daemon() {
 fn the_daemon_refuses_a_missing_namespace() {
     let Some(_tools) = tools() else { return };
     let spec = DaemonSpec {
-        netns: "pyro-16321".to_owned(),
-        index: 16321,
+        netns: "pyro-16351".to_owned(),
+        index: 16351,
         policy: NetworkPolicy::Egress,
         allowlist: Allowlist::default(),
         upstreams: vec![SocketAddr::from((UPSTREAM, 53))],

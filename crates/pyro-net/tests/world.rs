@@ -514,7 +514,10 @@ fn the_resolver_answers_allowed_names_only_and_opens_their_addresses() {
     .unwrap();
     assert_eq!(resolver.local_addr, gateway);
 
-    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 8080), "before resolving");
+    assert_refused(
+        tcp_connect(&sb.guest.name, PUBLIC, 8080),
+        "before resolving",
+    );
     let allowed = lookup(&sb.guest.name, gateway, "Allowed.Test");
     assert_eq!(allowed.header.rcode(), 0);
     assert_eq!(

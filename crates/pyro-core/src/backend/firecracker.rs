@@ -49,15 +49,26 @@ impl FirecrackerBackend {
         pyro_firecracker::VmSpec {
             kernel: spec.env.kernel.clone(),
             initrd: Some(spec.env.initramfs.clone()),
-            boot_args: if clock {
-                Self::boot_args()
-            } else {
-                FC_BOOT_ARGS.to_string()
+            boot_args: {
+                let mut args = if clock {
+                    Self::boot_args()
+                } else {
+                    FC_BOOT_ARGS.to_string()
+                };
+                if let Some(nic) = spec.net {
+                    args.push(' ');
+                    args.push_str(&nic.cmdline());
+                }
+                args
             },
             drives: Self::drives(spec),
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
             vsock_cid: Some(FC_GUEST_CID),
+            nic: spec.net.map(|n| pyro_firecracker::NicSpec {
+                tap: n.tap.clone(),
+                mac: n.mac,
+            }),
         }
     }
 
@@ -84,6 +95,7 @@ impl FirecrackerBackend {
             jailer: pyro_firecracker::JailerMode::Auto,
             die_with_parent: !spec.persistent,
             new_session: true,
+            netns: spec.net.map(|n| n.netns.clone()),
         }
     }
 
@@ -147,7 +159,7 @@ impl Backend for FirecrackerBackend {
             .collect();
         Some(format!(
             "firecracker {}\nhost cpu {model}\nhost {flags}\nboot_args {}\nvcpu {} mem {} \
-             drives {} vsock {:?} durable_disk {}",
+             drives {} vsock {:?} durable_disk {} nic {:?}",
             file_fingerprint(&self.binaries.firecracker)?,
             vm.boot_args,
             vm.vcpu_count,
@@ -155,6 +167,7 @@ impl Backend for FirecrackerBackend {
             drives.join(","),
             vm.vsock_cid,
             spec.durable_disk,
+            vm.nic.as_ref().map(|n| (&n.tap, n.mac_string())),
         ))
     }
 

@@ -242,6 +242,46 @@ pub struct BootSpec<'a> {
     pub relay_bin: Option<&'a Path>,
     /// How long the guest may take to boot (the relay waits this long for the agent).
     pub boot_timeout: std::time::Duration,
+    /// The network card of a networked sandbox; `None`: no network device at all.
+    pub net: Option<&'a GuestNic>,
+}
+
+/// A networked sandbox's card, as the VMM sees it: a TAP in the sandbox's network namespace
+/// (the VMM runs inside it), the guest's MAC, and what the guest's agent configures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestNic {
+    /// The namespace (`/run/netns/pyro-N`).
+    pub netns: std::path::PathBuf,
+    /// The TAP's name inside it.
+    pub tap: String,
+    /// The guest's MAC.
+    pub mac: [u8; 6],
+    /// The guest's address; `None` ("pending"): the card exists but the guest configures
+    /// nothing at boot (a warm snapshot's template, whose clones are configured when they
+    /// are restored).
+    pub config: Option<GuestAddress>,
+}
+
+/// What the guest's agent gives `eth0` (IPv4 only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestAddress {
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// The prefix length of its subnet.
+    pub prefix: u8,
+    /// The gateway (pyro's end of the TAP, and its resolver).
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl GuestNic {
+    /// The kernel command-line parameter the agent reads: `pyro.net=ADDRESS/PREFIX,GATEWAY`,
+    /// or `pyro.net=pending`.
+    pub fn cmdline(&self) -> String {
+        match &self.config {
+            Some(c) => format!("pyro.net={}/{},{}", c.address, c.prefix, c.gateway),
+            None => "pyro.net=pending".into(),
+        }
+    }
 }
 
 /// A VMM able to boot sandboxes.

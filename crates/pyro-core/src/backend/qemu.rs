@@ -130,9 +130,13 @@ impl QemuBackend {
             vcpu_count: spec.vcpu_count,
             mem_mib: spec.mem_mib,
             accel: self.accel,
-            extra_cmdline: String::new(),
+            extra_cmdline: spec.net.map(super::GuestNic::cmdline).unwrap_or_default(),
             upper_cache_unsafe: !spec.durable_disk,
             memory_file,
+            nic: spec.net.map(|n| pyro_qemu::Nic {
+                tap: n.tap.clone(),
+                mac: n.mac,
+            }),
         }
     }
 
@@ -218,6 +222,7 @@ impl QemuBackend {
             new_session: true,
             boot,
             incoming,
+            netns: spec.net.map(|n| n.netns.clone()),
         };
         let vm = pyro_qemu::launch(&qspec, &opts).await.map_err(boot_err)?;
         let agent_sock = vm.agent_socket_path();

@@ -70,6 +70,8 @@ pub mod defaults {
     pub const READ_BYTES: i64 = 64 * 1024;
     /// The snapshot `reset` restores.
     pub const RESET_SNAPSHOT: &str = "baseline";
+    /// A workspace's network policy.
+    pub const NETWORK_POLICY: &str = "off";
 
     pub(crate) fn vcpu_count() -> i64 {
         VCPU_COUNT
@@ -99,7 +101,7 @@ pub mod defaults {
         crate::workspace::WORKSPACE_ROOT.to_string()
     }
     pub(crate) fn network_policy() -> String {
-        "off".to_string()
+        NETWORK_POLICY.to_string()
     }
     pub(crate) fn reset_snapshot() -> String {
         RESET_SNAPSHOT.to_string()

@@ -106,9 +106,17 @@ pub struct RunInVm {
     #[serde(default = "d::vm_ttl_seconds")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Not available in this version (true is refused).
+    /// Egress to public addresses only (private, host and metadata addresses are blocked).
     #[serde(default)]
     pub network: bool,
+    /// Narrow egress to these names (api.example.org, *.example.org).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_hosts: Option<Vec<String>>,
+    /// IPv4 CIDRs to allow, private ones included.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_cidrs: Option<Vec<String>>,
     /// Must be false (no host mode).
     #[serde(default)]
     pub allow_host_compat: bool,
@@ -140,6 +148,8 @@ impl RunInVm {
             mem_mib: self.mem_mib,
             ttl_seconds: self.ttl_seconds,
             network: self.network,
+            allow_hosts: self.allow_hosts.unwrap_or_default(),
+            allow_cidrs: self.allow_cidrs.unwrap_or_default(),
             backend: backend(self.backend.as_deref())?,
         };
         let exec = ExecFields {
@@ -246,9 +256,17 @@ pub struct CreateVmRequest {
     #[serde(default = "d::vm_ttl_seconds")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Not available in this version (true is refused).
+    /// Egress to public addresses only (private, host and metadata addresses are blocked).
     #[serde(default)]
     pub network: bool,
+    /// Narrow egress to these names (api.example.org, *.example.org).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_hosts: Option<Vec<String>>,
+    /// IPv4 CIDRs to allow, private ones included.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_cidrs: Option<Vec<String>>,
     /// Must be false (no host mode).
     #[serde(default)]
     pub allow_host_compat: bool,
@@ -267,6 +285,8 @@ impl TryFrom<CreateVmRequest> for CreateVm {
             mem_mib: r.mem_mib,
             ttl_seconds: r.ttl_seconds,
             network: r.network,
+            allow_hosts: r.allow_hosts.unwrap_or_default(),
+            allow_cidrs: r.allow_cidrs.unwrap_or_default(),
             backend: backend(r.backend.as_deref())?,
         })
     }

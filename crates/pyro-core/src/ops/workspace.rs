@@ -33,9 +33,17 @@ pub struct CreateWorkspaceRequest {
     #[serde(default = "d::workspace_ttl_seconds")]
     #[schemars(range(min = 60, max = 2592000))]
     pub ttl_seconds: i64,
-    /// Only off in this version.
+    /// off (no network device), egress (public addresses only) or egress+published-ports.
     #[serde(default = "d::network_policy")]
     pub network_policy: String,
+    /// Narrow egress to these names (api.example.org, *.example.org).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_hosts: Option<Vec<String>>,
+    /// IPv4 CIDRs to allow, private ones included.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub allow_cidrs: Option<Vec<String>>,
     /// Must be false (no host mode).
     #[serde(default)]
     pub allow_host_compat: bool,
@@ -61,6 +69,8 @@ impl CreateWorkspaceRequest {
         req.mem_mib = self.mem_mib;
         req.ttl_seconds = self.ttl_seconds;
         req.network_policy = self.network_policy;
+        req.allow_hosts = self.allow_hosts.unwrap_or_default();
+        req.allow_cidrs = self.allow_cidrs.unwrap_or_default();
         req.seed_path = match &self.seed_path {
             Some(p) => Some(cx.paths.existing("seed_path", p)?),
             None => None,

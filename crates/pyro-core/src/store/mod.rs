@@ -58,7 +58,7 @@ mod tx;
 pub use crate::validate::names::{
     ValidationError, validate_label_key, validate_label_value, validate_labels, validate_name,
 };
-pub use records::{CommandRecord, NewCommand, WorkspaceRecord, WorkspaceState};
+pub use records::{CommandRecord, NewCommand, StoredAllowlist, WorkspaceRecord, WorkspaceState};
 pub use tx::Tx;
 
 /// File name of the database inside the state directory.
@@ -141,6 +141,8 @@ const MIGRATIONS: &[&str] = &[
         resource TEXT NOT NULL,
         PRIMARY KEY (owner, key)
     );",
+    // 4 -> 5: a networked workspace's allowlist (`pyro_net::Allowlist` as JSON; NULL: none).
+    "ALTER TABLE workspaces ADD COLUMN allowlist TEXT;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).

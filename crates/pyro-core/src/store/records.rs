@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-use pyro_net::NetworkPolicy;
+use pyro_net::{Allowlist, NetworkPolicy};
 
 use crate::backend::{BackendKind, MachineRecord};
 use crate::warm::BootMode;
@@ -92,6 +92,28 @@ impl ToSql for BootMode {
 
 /// The stored name of `p` ([`NetworkPolicy::as_str`]) as a column value that outlives the
 /// record (the policy is another crate's type, so it cannot implement [`ToSql`] itself).
+/// A workspace's [`Allowlist`] as its column stores it: JSON, NULL when empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredAllowlist(pub Allowlist);
+
+impl std::ops::Deref for StoredAllowlist {
+    type Target = Allowlist;
+    fn deref(&self) -> &Allowlist {
+        &self.0
+    }
+}
+
+impl ToSql for StoredAllowlist {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        if self.0.is_empty() {
+            return Ok(ToSqlOutput::from(rusqlite::types::Null));
+        }
+        serde_json::to_string(&self.0)
+            .map(ToSqlOutput::from)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    }
+}
+
 fn policy_sql(p: NetworkPolicy) -> &'static dyn ToSql {
     match p {
         NetworkPolicy::Off => &const { NetworkPolicy::Off.as_str() },
@@ -167,6 +189,10 @@ pub struct WorkspaceRecord {
     /// A name this build does not know reads as [`NetworkPolicy::Off`]: the row stays
     /// readable, and the workspace gets no network rather than one nobody asked for.
     pub network_policy: NetworkPolicy,
+    /// Where a networked workspace may connect (empty: any public address). Stored as JSON,
+    /// NULL when empty. One this build cannot read makes the whole network read as `off`
+    /// (failing closed: an unreadable allowlist never widens into "anywhere").
+    pub allowlist: StoredAllowlist,
     /// How the VM was last started, stored as its name: `cold` (booted) or `warm` (restored
     /// from a snapshot). A name this build does not know reads as `None` (not known).
     pub boot_mode: Option<BootMode>,
@@ -205,6 +231,7 @@ impl WorkspaceRecord {
             reset_count: 0,
             last_reset_at: None,
             network_policy: NetworkPolicy::Off,
+            allowlist: StoredAllowlist::default(),
             boot_mode: None,
         }
     }
@@ -320,14 +347,14 @@ pub struct CommandRecord {
 pub(super) const WORKSPACE_COLUMNS: &str = "id, name, environment, environment_version, backend, \
     vcpu_count, mem_mib, ttl_seconds, created_at, last_activity_at, expires_at, ttl_consumed, \
     started_at, state, last_error, seed_json, command_count, reset_count, last_reset_at, \
-    network_policy, boot_mode, machine";
+    network_policy, boot_mode, machine, allowlist";
 
 pub(super) const COMMAND_COLUMNS: &str = "workspace_id, sequence, command, cwd, exit_code, duration_ms, \
     timed_out, stdout_bytes, stderr_bytes, stdout_path, stderr_path, recorded_at";
 
 /// Every column of a workspace row with its value in `rec`, in [`WORKSPACE_COLUMNS`] order:
 /// the one list that inserts and updates are written from.
-pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn ToSql); 22] {
+pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn ToSql); 23] {
     [
         ("id", &rec.id),
         ("name", &rec.name),
@@ -351,12 +378,17 @@ pub(super) fn workspace_values(rec: &WorkspaceRecord) -> [(&'static str, &dyn To
         ("network_policy", policy_sql(rec.network_policy)),
         ("boot_mode", &rec.boot_mode),
         ("machine", &rec.machine),
+        ("allowlist", &rec.allowlist),
     ]
 }
 
 /// Reads a row selected with [`WORKSPACE_COLUMNS`] (labels are filled in separately).
 pub(super) fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
-    Ok(WorkspaceRecord {
+    let allowlist = match r.get::<_, Option<String>>(22)? {
+        None => Some(Allowlist::default()),
+        Some(text) => serde_json::from_str::<Allowlist>(&text).ok(),
+    };
+    let mut rec = WorkspaceRecord {
         id: r.get(0)?,
         name: r.get(1)?,
         labels: BTreeMap::new(),
@@ -390,7 +422,12 @@ pub(super) fn workspace_from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecor
             .get::<_, Option<String>>(21)?
             .as_deref()
             .and_then(MachineRecord::from_json),
-    })
+        allowlist: StoredAllowlist(allowlist.clone().unwrap_or_default()),
+    };
+    if allowlist.is_none() {
+        rec.network_policy = NetworkPolicy::Off;
+    }
+    Ok(rec)
 }
 
 /// Reads a row selected with [`COMMAND_COLUMNS`].

@@ -26,6 +26,50 @@ pub fn check_range(field: &'static str, value: i64, (min, max): (i64, i64)) -> R
     Ok(())
 }
 
+/// A network policy's name (`off`, `egress`, `egress+published-ports`), checked.
+pub fn network_policy(name: &str) -> Result<pyro_net::NetworkPolicy> {
+    name.trim()
+        .parse()
+        .map_err(|e: pyro_net::PolicyError| CoreError::Invalid {
+            field: "network_policy",
+            reason: e.to_string(),
+        })
+}
+
+/// The allowlist of `allow_hosts` and `allow_cidrs` under `policy`: each entry checked
+/// (bounded counts and lengths, DNS rules, CIDRs clear of the ranges no guest may reach),
+/// and refused altogether without a network to narrow.
+pub fn allowlist(
+    policy: pyro_net::NetworkPolicy,
+    hosts: &[String],
+    cidrs: &[String],
+) -> Result<pyro_net::Allowlist> {
+    let list = pyro_net::Allowlist::parse(hosts, cidrs).map_err(|e| CoreError::Invalid {
+        field: match e {
+            pyro_net::AllowlistError::BadCidr { .. }
+            | pyro_net::AllowlistError::ForbiddenCidr { .. } => "allow_cidrs",
+            pyro_net::AllowlistError::TooMany { what, .. } if what.contains("cidr") => {
+                "allow_cidrs"
+            }
+            _ => "allow_hosts",
+        },
+        reason: e.to_string(),
+    })?;
+    if !list.is_empty() && !policy.is_networked() {
+        return Err(CoreError::Invalid {
+            field: if hosts.is_empty() {
+                "allow_cidrs"
+            } else {
+                "allow_hosts"
+            },
+            reason: "an allowlist narrows a network, and this sandbox has none: use network \
+                     (run) or network_policy egress (workspaces)"
+                .into(),
+        });
+    }
+    Ok(list)
+}
+
 /// Validates exec parameters (shared by every exec entry point).
 pub fn validate_exec(opts: &ExecOptions) -> Result<()> {
     check_range(

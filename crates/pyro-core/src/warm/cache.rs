@@ -43,6 +43,9 @@ pub struct BuildContext<'a> {
     pub env: &'a pyro_image::Installed,
     /// How long the template may take to boot.
     pub boot_timeout: Duration,
+    /// A networked template's card (in the namespace of the sandbox whose start builds the
+    /// snapshot; its address pending): the template must have the card its clones have.
+    pub net: Option<&'a crate::backend::GuestNic>,
 }
 
 /// The snapshots of one cache: `<cache>/snapshots/`.
@@ -329,6 +332,7 @@ async fn build(
         durable_disk: key.durable_disk,
         relay_bin: None,
         boot_timeout: ctx.boot_timeout,
+        net: ctx.net,
     };
     let mut machine = ctx
         .backend

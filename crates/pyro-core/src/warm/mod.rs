@@ -75,7 +75,7 @@ pub use cache::{BuildContext, SnapshotStore};
 pub use disk::copy_disk;
 pub use error::SnapshotError;
 pub use key::{Snapshot, SnapshotKey, SnapshotMeta, is_current};
-pub use reseed::reseed;
+pub use reseed::{reseed, reseed_with};
 
 /// Environment variable that turns warm snapshots off when set to `0`, `false`, `no` or
 /// `off`.

@@ -19,13 +19,38 @@ use super::RESEED_ENTROPY_BYTES;
 /// When the host has no entropy to give or the agent refuses; the caller must then not use
 /// the guest.
 pub async fn reseed(session: &Session) -> crate::Result<ReseedResult> {
+    reseed_with(session, None).await
+}
+
+/// [`reseed`], and for a networked clone its own card: `nic`'s MAC and address replace the
+/// template's (the agent sets the MAC, replaces the address and the default route, flushes
+/// the neighbour cache and rewrites `resolv.conf`), so no two clones share either.
+pub async fn reseed_with(
+    session: &Session,
+    nic: Option<&crate::backend::GuestNic>,
+) -> crate::Result<ReseedResult> {
     let mut entropy = [0u8; RESEED_ENTROPY_BYTES];
     fill_random(&mut entropy)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let req = api::Request::Reseed(api::Reseed::new(&entropy, nanos));
+    let mut reseed = api::Reseed::new(&entropy, nanos);
+    if let Some(nic) = nic {
+        let Some(c) = nic.config else {
+            return Err(CoreError::Network {
+                reason: "a restored clone needs an address of its own".into(),
+            });
+        };
+        reseed.network = Some(api::GuestNetwork {
+            mac: api::MacAddr(nic.mac),
+            address: c.address,
+            prefix: c.prefix,
+            gateway: c.gateway,
+            dns: None,
+        });
+    }
+    let req = api::Request::Reseed(reseed);
     let res = tokio::time::timeout(
         Duration::from_secs(30),
         api::call::<ReseedResult>(session, &req),

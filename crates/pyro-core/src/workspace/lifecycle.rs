@@ -22,9 +22,8 @@ impl Pyro {
         check("vcpu_count", req.vcpu_count, crate::VCPU_RANGE)?;
         check("mem_mib", req.mem_mib, crate::MEM_RANGE)?;
         check("ttl_seconds", req.ttl_seconds, WORKSPACE_TTL_RANGE)?;
-        if !req.network_policy.trim().eq_ignore_ascii_case("off") {
-            return Err(CoreError::NetworkUnsupported);
-        }
+        let policy = crate::validate::network_policy(&req.network_policy)?;
+        let allowlist = crate::validate::allowlist(policy, &req.allow_hosts, &req.allow_cidrs)?;
         let name = req
             .name
             .as_deref()
@@ -38,6 +37,7 @@ impl Pyro {
             .transpose()?;
         let choice = req.backend.unwrap_or(self.options().backend);
         let kind = crate::backend::resolve(choice, self.host_facts())?;
+        self.check_network(policy)?;
         let store = self.store()?;
         self.check_capacity(&store)?;
         // Directories of creates killed before they recorded their workspace.
@@ -58,6 +58,8 @@ impl Pyro {
         rec.vcpu_count = req.vcpu_count;
         rec.mem_mib = req.mem_mib;
         rec.ttl_seconds = req.ttl_seconds;
+        rec.network_policy = policy;
+        rec.allowlist = crate::store::StoredAllowlist(allowlist);
         let built = async {
             let stats = match &seed {
                 Some(s) => s.write_tar(&d.baseline(), &self.options().limits)?,

@@ -24,7 +24,7 @@ impl Pyro {
 
     /// The `pyro` binary that runs a workspace's detached helpers (`pyro __relay`, `pyro
     /// __watchdog`): `PYRO_BIN`, this program, or one beside it or on `PATH`.
-    pub(super) fn pyro_bin(&self) -> Option<PathBuf> {
+    pub(crate) fn pyro_bin(&self) -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("PYRO_BIN") {
             return Some(PathBuf::from(p));
         }
@@ -443,6 +443,14 @@ impl Pyro {
             host::ensure_private_dir(&vm_dir)
         };
         prepare_vm_dir()?;
+        let net = if rec.network_policy.is_networked() {
+            Some(
+                self.open_network(&rec.id, rec.network_policy, &rec.allowlist, &d.root)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let spec = BootSpec {
             id: &rec.id,
             workdir: &vm_dir,
@@ -454,6 +462,7 @@ impl Pyro {
             durable_disk: true,
             relay_bin: relay_bin.as_deref(),
             boot_timeout: self.options().boot_timeout,
+            net: net.as_ref().map(|n| &n.nic),
         };
         // Called as soon as the machine runs, before anything waits on the guest: it is
         // noted (atomically) before it can outlive this process unnoticed.
@@ -468,8 +477,16 @@ impl Pyro {
                 after_failed_warm: &prepare_vm_dir,
                 progress,
             })
-            .await?;
-        Ok((sandbox.machine.record(), sandbox.session, sandbox.mode))
+            .await;
+        match sandbox {
+            Ok(sandbox) => Ok((sandbox.machine.record(), sandbox.session, sandbox.mode)),
+            Err(e) => {
+                if net.is_some() {
+                    self.close_network(&rec.id).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The environment `name` for machines of `backend`: pulled (normally cached by now)
@@ -515,6 +532,18 @@ impl Pyro {
             bytes_written: 0,
         });
         let remaining = rec.remaining_ttl(now);
+        let network = if rec.state == WorkspaceState::Started {
+            self.recorded_network(&rec.id).map(|plan| {
+                crate::net::describe(
+                    &plan,
+                    rec.network_policy,
+                    &rec.allowlist,
+                    &self.ws_dirs(&rec.id).root,
+                )
+            })
+        } else {
+            None
+        };
         Ok(WorkspaceInfo {
             workspace_id: rec.id.clone(),
             name: rec.name.clone(),
@@ -530,10 +559,11 @@ impl Pyro {
             expires_at: (rec.state == WorkspaceState::Started).then_some(now + remaining),
             state: rec.state.as_str().to_string(),
             network_policy: rec.network_policy.as_str().into(),
-            network_enabled: false,
+            network_enabled: rec.network_policy.is_networked(),
             allow_host_compat: false,
-            guest_ip: None,
-            tap_name: None,
+            guest_ip: network.as_ref().map(|n| n.guest_ip.clone()),
+            tap_name: network.as_ref().map(|n| n.tap_name.clone()),
+            network,
             execution_mode: mode.execution_mode().into(),
             backend: rec.backend.as_str().into(),
             workspace_path: WORKSPACE_ROOT.into(),

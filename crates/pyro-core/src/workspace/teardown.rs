@@ -34,7 +34,8 @@ impl Pyro {
         what: Teardown,
     ) -> Result<bool> {
         let d = self.ws_dirs(id);
-        self.release_ledger(id).await;
+        self.release_ledger(id, crate::ledger::Phase::BeforeMachine)
+            .await;
         self.end_watchdogs(id).await;
         let mut ran = false;
         let noted = procs::noted_machine(&d.root);
@@ -47,6 +48,9 @@ impl Pyro {
         // Anything nobody recorded, or that appeared meanwhile; forgets the noted machine.
         let ended = procs::end_all(&d.root, id).await;
         ran |= ended.iter().any(|p| p.role == procs::Role::Vmm);
+        // What the machine held (its network) goes once it is gone.
+        self.release_ledger(id, crate::ledger::Phase::AfterMachine)
+            .await;
         if what == Teardown::Remove {
             self.store()?.delete_workspace(id)?;
             match std::fs::remove_dir_all(&d.root) {
@@ -59,44 +63,5 @@ impl Pyro {
             procs::end_all(&d.root, id).await;
         }
         Ok(ran)
-    }
-
-    /// Releases and forgets every resource of `id`'s ledger. An entry this build cannot read
-    /// (a newer pyro's) is left in place and reported.
-    async fn release_ledger(&self, id: &str) {
-        let Ok(store) = self.store() else {
-            return;
-        };
-        let entries = match store.resources(id) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(workspace = id, "cannot read the resource ledger: {e}");
-                return;
-            }
-        };
-        for (key, resource) in entries {
-            match resource {
-                // A teardown run by the workspace's own watchdog (its TTL ran out) must not
-                // end the process doing it: the watchdog exits by itself once it is done.
-                Ok(crate::ledger::Resource::Process { pid, .. }) if pid == std::process::id() => {}
-                Ok(r) => {
-                    r.release().await;
-                    if let Err(e) = store.forget_resource(id, &key) {
-                        tracing::warn!(
-                            workspace = id,
-                            key,
-                            "cannot forget a released resource: {e}"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        workspace = id,
-                        key,
-                        "a ledger entry this pyro cannot read is left: {e}"
-                    )
-                }
-            }
-        }
     }
 }

@@ -503,6 +503,7 @@ async fn an_early_exit_reports_qemus_stderr() {
         extra_cmdline: String::new(),
         upper_cache_unsafe: false,
         memory_file: None,
+        nic: None,
     };
     let err = launch(&spec, &options(&qemu_bin, &dir.path().join("w")))
         .await

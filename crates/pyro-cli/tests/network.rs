@@ -1,0 +1,784 @@
+//! Networked sandboxes end to end: the real `pyro` binary boots real guests (QEMU/TCG here)
+//! inside a small "internet" this test builds from network namespaces and veth pairs.
+//!
+//! The world of one test (`World`): a namespace playing the host (`<tag>-h`, address
+//! 203.0.113.1, a service on 0.0.0.0:8080, default route into the internet), and one
+//! playing the internet (`<tag>-i`): a web server on every address it has (198.51.100.10
+//! and .11, "private" 10.9.9.9, "metadata" 169.254.169.254) serving a git repository over
+//! dumb HTTP, and a DNS server on 198.51.100.53 that knows `repo.test` and `other.test`.
+//! pyro runs with its network namespace switched to the host's (`setns`, no mount namespace
+//! of its own, so the sandboxes' named namespaces are visible to every pyro process), and
+//! `PYRO_NET_UPSTREAMS` points its resolver at the world's DNS server. No packet leaves the
+//! namespaces the test creates.
+//!
+//! Needs root, `ip`, `nft` and `python3`; skips with a reason without them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, text};
+
+const HOST_WAN: &str = "203.0.113.1";
+const REPO_IP: &str = "198.51.100.10";
+const OTHER_IP: &str = "198.51.100.11";
+const DNS_IP: &str = "198.51.100.53";
+const PRIVATE_IP: &str = "10.9.9.9";
+const METADATA_IP: &str = "169.254.169.254";
+
+/// A fake DNS server: A records for two names, NXDOMAIN for the rest.
+const DNS_SERVER: &str = r#"
+import socket, struct, sys
+table = {b"repo.test": "198.51.100.10", b"other.test": "198.51.100.11"}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+while True:
+    q, addr = s.recvfrom(512)
+    try:
+        qid, = struct.unpack(">H", q[:2])
+        i, labels = 12, []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]]); i += 1 + q[i]
+        qtype, = struct.unpack(">H", q[i + 1:i + 3])
+        question = q[12:i + 5]
+        ip = table.get(b".".join(labels).lower())
+        if ip and qtype == 1:
+            ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(ip)
+            r = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + ans
+        else:
+            r = struct.pack(">HHHHHH", qid, 0x8180 | (0 if ip else 3), 1, 0, 0, 0) + question
+        s.sendto(r, addr)
+    except Exception:
+        pass
+"#;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a descriptor of a namespace file; the thread is ours alone.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn wait_listening(ns: &str, addr: &str) {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_ns(ns, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    }) {
+        assert!(Instant::now() < deadline, "{addr} in {ns} never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One test's world (see the module docs); removed on drop.
+struct World {
+    host: String,
+    inet: String,
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl World {
+    /// The world, or `None` (with the reason printed) where it cannot be built.
+    fn new(tag: &str) -> Option<World> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        for tool in ["ip", "nft", "python3", "git"] {
+            if !have(tool) {
+                eprintln!("skipped: needs {tool}");
+                return None;
+            }
+        }
+        let tag = format!("{tag}{}", std::process::id() % 10000);
+        let (host, inet) = (format!("{tag}-h"), format!("{tag}-i"));
+        for ns in [&host, &inet] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            run(&["ip", "netns", "add", ns]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (hl, il) = (format!("{tag}h0"), format!("{tag}i0"));
+        run(&[
+            "ip", "-n", &host, "link", "add", &hl, "type", "veth", "peer", "name", &il, "netns",
+            &inet,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{HOST_WAN}/24"),
+            "dev",
+            &hl,
+        ]);
+        run(&["ip", "-n", &host, "link", "set", &hl, "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &inet,
+            "addr",
+            "add",
+            "203.0.113.254/24",
+            "dev",
+            &il,
+        ]);
+        run(&["ip", "-n", &inet, "link", "set", &il, "up"]);
+        for a in [REPO_IP, OTHER_IP, DNS_IP, PRIVATE_IP, METADATA_IP] {
+            run(&[
+                "ip",
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo",
+            ]);
+        }
+        run(&[
+            "ip",
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.254",
+        ]);
+
+        // A git repository served over dumb HTTP.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let www = dir.path().join("www");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&www).unwrap();
+        let git = |cwd: &Path, args: &[&str]| {
+            let out = Command::new("git")
+                .args(args)
+                .current_dir(cwd)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        };
+        git(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join("README"), "hello from the world\n").unwrap();
+        git(&src, &["add", "README"]);
+        git(&src, &["commit", "-q", "-m", "first"]);
+        git(
+            dir.path(),
+            &["clone", "-q", "--bare", "src", "www/repo.git"],
+        );
+        git(&www.join("repo.git"), &["update-server-info"]);
+        let dns_script = dir.path().join("dns.py");
+        std::fs::write(&dns_script, DNS_SERVER).unwrap();
+
+        let spawn = |ns: &str, args: &[&str]| -> Child {
+            let mut all = vec!["netns", "exec", ns];
+            all.extend_from_slice(args);
+            Command::new("ip")
+                .args(all)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let www_s = www.to_str().unwrap().to_string();
+        let children = vec![
+            spawn(
+                &inet,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "80",
+                    "--bind",
+                    "0.0.0.0",
+                    "--directory",
+                    &www_s,
+                ],
+            ),
+            spawn(&inet, &["python3", dns_script.to_str().unwrap(), DNS_IP]),
+            spawn(
+                &host,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    "0.0.0.0",
+                    "--directory",
+                    &www_s,
+                ],
+            ),
+        ];
+        let world = World {
+            host,
+            inet,
+            _dir: dir,
+            children,
+        };
+        wait_listening(&world.inet, &format!("{REPO_IP}:80"));
+        wait_listening(&world.host, &format!("{HOST_WAN}:8080"));
+        // Controls: what the guest must not reach is reachable from the host.
+        for target in [PRIVATE_IP, METADATA_IP, REPO_IP] {
+            wait_listening(&world.host, &format!("{target}:80"));
+        }
+        Some(world)
+    }
+
+    /// `pyro args` from the world's host namespace, with `env`'s state.
+    fn pyro(&self, env: &Env, args: &[&str]) -> Output {
+        let mut cmd = env.cmd();
+        cmd.args(args)
+            .env("PYRO_NET_UPSTREAMS", DNS_IP)
+            .env("PYRO_BACKEND", "qemu");
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.host)).unwrap();
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns(2) between fork and exec, on a descriptor kept open until the spawn
+        // below returns; no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        drop(ns);
+        out
+    }
+
+    /// `pyro args --json`, which must succeed.
+    fn json(&self, env: &Env, args: &[&str]) -> serde_json::Value {
+        let out = self.pyro(env, args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+    }
+
+    /// The host's links and nft tables of pyro (`pyro-*`), as one text.
+    fn pyro_traces(&self) -> String {
+        let links = Command::new("ip")
+            .args(["-n", &self.host, "-o", "link"])
+            .output()
+            .unwrap();
+        let tables = Command::new("ip")
+            .args(["netns", "exec", &self.host, "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        let mut traces: Vec<String> = text(&links.stdout)
+            .lines()
+            .chain(text(&tables.stdout).lines())
+            .filter(|l| l.contains("pyro-") && !l.contains("pyro-host"))
+            .map(str::to_string)
+            .collect();
+        traces.sort();
+        traces.join("\n")
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.host, &self.inet] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Sandbox namespaces (`pyro-N`) that exist now.
+fn sandbox_namespaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("pyro-")
+                .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// A guest script that tries a TCP connection to `ip`:`port` (shell words, expanded) and
+/// prints `LABEL: ok` or `LABEL: rc=N <error>`.
+fn probe_as(label: &str, ip: &str, port: u16) -> String {
+    format!(
+        "if out=$(timeout 10 bash -c \"exec 3<>/dev/tcp/{ip}/{port}\" 2>&1); then echo '{label}: ok'; \
+         else echo \"{label}: rc=$? $out\"; fi; "
+    )
+}
+
+/// [`probe_as`] labelled `IP:PORT`.
+fn probe(target: &str) -> String {
+    let (ip, port) = target.split_once(':').unwrap();
+    probe_as(target, ip, port.parse().unwrap())
+}
+
+fn line_for<'a>(stdout: &'a str, target: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{target}:")))
+        .unwrap_or_else(|| panic!("no line for {target} in:\n{stdout}"))
+}
+
+/// Builds (or finds) `environment` from this process's own namespace: the world has no
+/// route to the package mirrors.
+fn pull(env: &Env, environment: &str) {
+    let out = env.pyro(&["env", "pull", environment]);
+    assert!(out.status.success(), "env pull: {}", text(&out.stderr));
+}
+
+fn run_json(world: &World, env: &Env, extra: &[&str], script: &str) -> serde_json::Value {
+    let mut args = vec!["run", "--network", "--json"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["debian:12", "--", "bash", "-c", script]);
+    world.json(env, &args)
+}
+
+#[test]
+fn egress_reaches_the_world_by_name_and_every_blocked_class_fails_fast() {
+    let Some(world) = World::new("pne") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-egress");
+    pull(&env, "debian:12");
+    let mut script = String::from(
+        "git ls-remote http://repo.test/repo.git; echo \"ls-remote rc=$?\"; \
+         cat /sys/class/net/eth0/address; ",
+    );
+    let blocked = [
+        "gateway:8080".to_string(),
+        format!("{PRIVATE_IP}:80"),
+        format!("{METADATA_IP}:80"),
+        format!("{HOST_WAN}:8080"),
+        format!("{DNS_IP}:53"),
+        "10.201.0.1:8080".to_string(),
+    ];
+    for target in [format!("{REPO_IP}:80"), format!("{OTHER_IP}:80")]
+        .iter()
+        .chain(&blocked[1..])
+    {
+        script.push_str(&probe(target));
+    }
+    // The gateway (pyro's end of the link, in the sandbox's namespace) on a port other
+    // than DNS.
+    script.push_str(
+        "gw=$(awk '$2==\"00000000\" {print $3}' /proc/net/route | head -1); \
+         gw=$(printf '%d.%d.%d.%d' 0x${gw:6:2} 0x${gw:4:2} 0x${gw:2:2} 0x${gw:0:2}); \
+         echo \"gateway $gw\"; ",
+    );
+    script.push_str(&probe_as("gateway:8080", "$gw", 8080));
+    let r = run_json(&world, &env, &[], &script);
+    let stdout = r["stdout"].as_str().unwrap();
+    eprintln!("{stdout}");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert!(stdout.contains("refs/heads/main"), "git by name: {stdout}");
+    assert!(stdout.contains("ls-remote rc=0"), "{stdout}");
+    assert_eq!(
+        line_for(stdout, &format!("{REPO_IP}:80")),
+        format!("{REPO_IP}:80: ok")
+    );
+    assert_eq!(
+        line_for(stdout, &format!("{OTHER_IP}:80")),
+        format!("{OTHER_IP}:80: ok")
+    );
+    for target in &blocked {
+        let line = line_for(stdout, target);
+        assert!(
+            line.contains("No route to host") || line.contains("Connection refused"),
+            "{target} must be refused at once (not time out, rc 124): {line}"
+        );
+    }
+    assert!(stdout.contains("gateway 10.200."), "{stdout}");
+    // Nothing of the sandbox's network is left on the host.
+    assert_eq!(world.pyro_traces(), "", "leftovers after a one-shot run");
+}
+
+/// A networked workspace's exec, which must succeed; its stdout.
+fn ws_exec(world: &World, env: &Env, id: &str, script: &str) -> String {
+    let r = world.json(
+        env,
+        &[
+            "workspace",
+            "exec",
+            id,
+            "--json",
+            "--",
+            "bash",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(r["exit_code"], 0, "{script}: {r}");
+    r["stdout"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_allowlist_admits_only_allowed_names_and_every_refusal_is_shown() {
+    let Some(world) = World::new("pna") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-allow");
+    pull(&env, "debian:12");
+    let info = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress",
+            "--allow-host",
+            "repo.test",
+            "--json",
+        ],
+    );
+    let id = info["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(info["network_policy"], "egress");
+    assert_eq!(info["network_enabled"], true);
+    let net = &info["network"];
+    assert_eq!(net["allow_hosts"], serde_json::json!(["repo.test"]));
+    let ns = net["namespace"].as_str().unwrap().to_string();
+    assert!(
+        sandbox_namespaces().contains(&ns),
+        "{ns} exists while started"
+    );
+    assert_eq!(info["guest_ip"], net["guest_ip"]);
+
+    // By name: allowed.
+    let out = ws_exec(&world, &env, &id, "git ls-remote http://repo.test/repo.git");
+    assert!(out.contains("refs/heads/main"), "{out}");
+    // Other names: NXDOMAIN.
+    let out = ws_exec(
+        &world,
+        &env,
+        &id,
+        "getent hosts other.test; echo \"getent rc=$?\"",
+    );
+    assert!(
+        out.contains("getent rc=2"),
+        "other.test must not resolve: {out}"
+    );
+    // An allowed address under another name (a shared CDN address), and a hard-coded
+    // address: refused by the proxy; the allowed name still passes on the same address.
+    let http = |host: &str, ip: &str| {
+        format!(
+            "exec 3<>/dev/tcp/{ip}/80 && printf 'GET /repo.git/info/refs HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 \
+             && echo \"{host}@{ip}: $(timeout 10 head -c 15 <&3)\"; "
+        )
+    };
+    let script = format!(
+        "{}{}{}{}",
+        http("repo.test", REPO_IP),
+        http("other.test", REPO_IP),
+        http(OTHER_IP, OTHER_IP),
+        probe(&format!("{OTHER_IP}:8080"))
+    );
+    let out = ws_exec(&world, &env, &id, &script);
+    assert!(
+        out.contains(&format!("repo.test@{REPO_IP}: HTTP/1.0 200 OK")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("other.test@{REPO_IP}: \n")), "{out}");
+    assert!(out.contains(&format!("{OTHER_IP}@{OTHER_IP}: \n")), "{out}");
+    assert!(
+        line_for(&out, &format!("{OTHER_IP}:8080")).contains("No route to host"),
+        "an address no allowed name resolved to: {out}"
+    );
+
+    // Every refusal is counted and shown, with the name.
+    let status = world.json(&env, &["workspace", "status", &id, "--json"]);
+    let net = &status["network"];
+    assert!(net["dns_denied"].as_u64().unwrap() >= 1, "{net}");
+    assert!(net["connections_denied"].as_u64().unwrap() >= 2, "{net}");
+    let denials = net["recent_denials"].as_array().unwrap();
+    for name in ["other.test", OTHER_IP] {
+        assert!(
+            denials.iter().any(|d| d["name"] == name),
+            "{name} in {denials:?}"
+        );
+    }
+
+    // Stop removes the network; start makes one again with the same policy.
+    world.json(&env, &["workspace", "stop", &id, "--json"]);
+    assert!(!sandbox_namespaces().contains(&ns), "{ns} gone after stop");
+    assert_eq!(
+        world.pyro_traces(),
+        "",
+        "nothing left on the host after stop"
+    );
+    let started = world.json(&env, &["workspace", "start", &id, "--json"]);
+    let ns = started["network"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        started["network"]["allow_hosts"],
+        serde_json::json!(["repo.test"])
+    );
+    let out = ws_exec(&world, &env, &id, "git ls-remote http://repo.test/repo.git");
+    assert!(out.contains("refs/heads/main"), "after a restart: {out}");
+    // Reset keeps the policy too.
+    world.json(&env, &["workspace", "reset", &id, "--json"]);
+    let out = ws_exec(&world, &env, &id, "getent hosts other.test; echo rc=$?");
+    assert!(out.contains("rc=2"), "after a reset: {out}");
+
+    world.json(&env, &["workspace", "delete", &id, "--json"]);
+    assert!(
+        !sandbox_namespaces().contains(&ns),
+        "{ns} gone after delete"
+    );
+    assert_eq!(
+        world.pyro_traces(),
+        "",
+        "nothing left on the host after delete"
+    );
+}
+
+#[test]
+fn warm_clones_have_their_own_mac_and_address_and_cannot_reach_each_other() {
+    let Some(world) = World::new("pnw") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-warm");
+    pull(&env, "debian:12");
+    let create = || {
+        world.json(
+            &env,
+            &[
+                "workspace",
+                "create",
+                "debian:12",
+                "--network-policy",
+                "egress",
+                "--json",
+            ],
+        )
+    };
+    let (a, b) = (create(), create());
+    let mut seen = Vec::new();
+    for ws in [&a, &b] {
+        let id = ws["workspace_id"].as_str().unwrap();
+        assert_eq!(ws["metadata"]["boot_mode"], "warm", "{ws}");
+        let out = ws_exec(
+            &world,
+            &env,
+            id,
+            "cat /sys/class/net/eth0/address; awk '/32 host/ {print f} {f=$2}' /proc/net/fib_trie | grep -v '^127' | sort -u",
+        );
+        let mut lines = out.lines();
+        let mac = lines.next().unwrap().to_string();
+        let ip = lines.next().unwrap_or_default().to_string();
+        assert_eq!(mac, ws["network"]["mac_address"], "{out}");
+        assert_eq!(ip, ws["network"]["guest_ip"], "{out}");
+        seen.push((mac, ip));
+    }
+    assert_ne!(seen[0].0, seen[1].0, "MACs differ");
+    assert_ne!(seen[0].1, seen[1].1, "addresses differ");
+    // Each reaches the world, not the other.
+    let a_id = a["workspace_id"].as_str().unwrap();
+    let out = ws_exec(
+        &world,
+        &env,
+        a_id,
+        &format!(
+            "git ls-remote http://repo.test/repo.git >/dev/null && echo world-ok; {}",
+            probe(&format!("{}:9418", seen[1].1))
+        ),
+    );
+    assert!(out.contains("world-ok"), "{out}");
+    assert!(
+        line_for(&out, &format!("{}:9418", seen[1].1)).contains("No route to host"),
+        "{out}"
+    );
+    for ws in [&a, &b] {
+        world.json(
+            &env,
+            &[
+                "workspace",
+                "delete",
+                ws["workspace_id"].as_str().unwrap(),
+                "--json",
+            ],
+        );
+    }
+    assert_eq!(world.pyro_traces(), "");
+}
+
+#[test]
+fn a_killed_run_leaves_its_network_to_the_next_call() {
+    let Some(world) = World::new("pnk") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-kill");
+    pull(&env, "debian:12");
+    let before = sandbox_namespaces();
+    let mut cmd = env.cmd();
+    cmd.args(["run", "--network", "debian:12", "--", "sleep", "120"])
+        .env("PYRO_NET_UPSTREAMS", DNS_IP)
+        .env("PYRO_BACKEND", "qemu")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(ns);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let made = loop {
+        let now = sandbox_namespaces();
+        let new: Vec<String> = now.into_iter().filter(|n| !before.contains(n)).collect();
+        // Wait until the guest runs its command (the daemon is up by then).
+        if !new.is_empty()
+            && std::fs::read_dir(env.state.path().join("vms")).is_ok_and(|d| d.count() > 0)
+        {
+            std::thread::sleep(Duration::from_secs(3));
+            break new;
+        }
+        assert!(Instant::now() < deadline, "no sandbox network appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The next call reaps the orphan: its daemon, namespace, uplink and tables.
+    let r = world.json(&env, &["run", "--json", "debian:12", "--", "true"]);
+    assert_eq!(r["exit_code"], 0);
+    for ns in &made {
+        assert!(!sandbox_namespaces().contains(ns), "{ns} reaped");
+    }
+    assert_eq!(world.pyro_traces(), "", "nothing left after reaping");
+}
+
+#[test]
+fn without_a_network_there_is_no_card_and_bad_network_input_changes_nothing() {
+    let env = Env::with_prefix("pyro-net-off");
+    // Invalid input is refused before anything is made (no world needed).
+    for (args, needle) in [
+        (
+            vec![
+                "workspace",
+                "create",
+                "debian:12",
+                "--allow-host",
+                "repo.test",
+            ],
+            "allow_hosts",
+        ),
+        (
+            vec![
+                "workspace",
+                "create",
+                "debian:12",
+                "--network-policy",
+                "bogus",
+            ],
+            "unknown network policy",
+        ),
+        (
+            vec![
+                "workspace",
+                "create",
+                "debian:12",
+                "--network-policy",
+                "egress",
+                "--allow-cidr",
+                "127.0.0.0/8",
+            ],
+            "never allowed",
+        ),
+        (
+            vec![
+                "workspace",
+                "create",
+                "debian:12",
+                "--network-policy",
+                "egress",
+                "--allow-host",
+                "bad name!",
+            ],
+            "bad name!",
+        ),
+    ] {
+        let err = env.err(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let listed = env.ok_json(&["workspace", "list", "--json"]);
+    assert_eq!(listed["count"], 0, "nothing was created");
+    let out = env.pyro(&[
+        "run",
+        "--allow-host",
+        "repo.test",
+        "debian:12",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--allow-host needs --network");
+    // `off`: only the loopback interface.
+    let r = env.ok_json(&["run", "--json", "debian:12", "--", "cat", "/proc/net/dev"]);
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(stdout.contains("lo:"), "{stdout}");
+    assert!(
+        !stdout.contains("eth0"),
+        "no card without a network: {stdout}"
+    );
+}
