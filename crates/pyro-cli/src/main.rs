@@ -90,6 +90,13 @@ enum Top {
         /// The daemon's spec file.
         spec: std::path::PathBuf,
     },
+    /// Internal: a published port's relay (host 127.0.0.1 -> guest), from the JSON spec at
+    /// SPEC; prints the bound address once it listens.
+    #[command(name = "__port-relay", hide = true)]
+    PortRelay {
+        /// The relay's spec file.
+        spec: std::path::PathBuf,
+    },
     /// Internal: relay a persistent QEMU sandbox's agent port to DIR/vsock.sock.
     #[command(name = "__relay", hide = true)]
     Relay {
@@ -429,6 +436,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             .await
             .map_err(|e| fail(false)(e.into()))?;
             served.map_err(fail(false))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Top::PortRelay { spec } => {
+            let relayed = async {
+                let bytes = pyro_core::hostfs::read_bounded(&spec, 64 * 1024)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec.display()))?;
+                let spec: pyro_net::RelaySpec = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!("invalid port relay spec {}: {e}", spec.display())
+                })?;
+                pyro_net::ports::run_relay(spec, |addr| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{addr}");
+                    let _ = out.flush();
+                })
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            relayed.map_err(fail(false))?;
             Ok(ExitCode::SUCCESS)
         }
         Top::Relay { dir } => {

@@ -47,6 +47,10 @@ pub enum WorkspaceCmd {
     Start(WsJson),
     /// Delete the workspace and all its data.
     Delete(WsJson),
+    /// Publish a guest TCP port on the host's 127.0.0.1 (policy egress+published-ports).
+    /// Until services bring `--publish`, the core's mechanism is reachable here.
+    #[command(hide = true)]
+    Publish(PublishArgs),
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +64,20 @@ pub struct Json {
 pub struct WsJson {
     /// Workspace id.
     workspace_id: String,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Workspace id.
+    workspace_id: String,
+    /// The guest's TCP port.
+    guest_port: i64,
+    /// The host port on 127.0.0.1 (default: one the OS chooses).
+    #[arg(long)]
+    host_port: Option<i64>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -486,6 +504,19 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
                         w.command_count
                     );
                 }
+            }
+        }
+        WorkspaceCmd::Publish(a) => {
+            let f = fail(a.json);
+            let pyro = open_pyro(None).map_err(&f)?;
+            let p = pyro
+                .publish_port(&a.workspace_id, a.guest_port, a.host_port)
+                .await
+                .map_err(|e| f(e.into()))?;
+            if a.json {
+                render::print_json(&p);
+            } else {
+                println!("{}:{} -> guest port {}", p.host, p.host_port, p.guest_port);
             }
         }
         WorkspaceCmd::Status(a) => {

@@ -782,3 +782,136 @@ fn without_a_network_there_is_no_card_and_bad_network_input_changes_nothing() {
         "no card without a network: {stdout}"
     );
 }
+
+/// Whether `git ls-remote git://ADDR/x.git` succeeds from the world's host namespace.
+fn git_ls_remote_from_host(world: &World, addr: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &world.host,
+            "timeout",
+            "10",
+            "git",
+            "ls-remote",
+        ])
+        .arg(format!("git://{addr}/x.git"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_published_port_answers_on_the_hosts_loopback_only_and_ends_with_the_workspace() {
+    let Some(world) = World::new("pnp") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-ports");
+    pull(&env, "debian:12");
+    // Plain egress publishes nothing.
+    let plain = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress",
+            "--json",
+        ],
+    );
+    let plain_id = plain["workspace_id"].as_str().unwrap();
+    let out = world.pyro(&env, &["workspace", "publish", plain_id, "9418"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("egress+published-ports"),
+        "{}",
+        text(&out.stderr)
+    );
+    world.json(&env, &["workspace", "delete", plain_id, "--json"]);
+
+    let ws = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress+published-ports",
+            "--json",
+        ],
+    );
+    let id = ws["workspace_id"].as_str().unwrap().to_string();
+    let published = world.json(&env, &["workspace", "publish", &id, "9418", "--json"]);
+    assert_eq!(published["host"], "127.0.0.1");
+    assert_eq!(published["guest_port"], 9418);
+    let port = published["host_port"].as_u64().unwrap();
+    assert!(port > 0);
+    // A git daemon in the guest, for 12 s, in the background of this test.
+    let server = {
+        let (world_host, env_state) = (world.host.clone(), env.state.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pyro"));
+            cmd.env("PYRO_STATE_DIR", env_state)
+                .env("PYRO_BIN", env!("CARGO_BIN_EXE_pyro"))
+                .args(["workspace", "exec", &id, "--", "bash", "-c"])
+                .arg(
+                    "mkdir -p /tmp/r && git init -q --bare /tmp/r/x.git && \
+                     timeout 12 git daemon --export-all --base-path=/tmp/r --reuseaddr \
+                     --listen=0.0.0.0 --port=9418; true",
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let ns = std::fs::File::open(format!("/run/netns/{world_host}")).unwrap();
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.status().unwrap();
+            (id, ns)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !git_ls_remote_from_host(&world, &format!("127.0.0.1:{port}")) {
+        assert!(
+            Instant::now() < deadline,
+            "the published port never answered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Only on loopback: the host's own address does not answer on that port.
+    assert!(!git_ls_remote_from_host(
+        &world,
+        &format!("{HOST_WAN}:{port}")
+    ));
+    let status = world.json(
+        &env,
+        &[
+            "workspace",
+            "status",
+            ws["workspace_id"].as_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        status["network"]["published_ports"][0]["host_port"], port,
+        "{status}"
+    );
+    let (id, _ns) = server.join().unwrap();
+    // Stop ends the relay: the port is closed and no longer listed.
+    world.json(&env, &["workspace", "stop", &id, "--json"]);
+    let listening = in_ns(&world.host, move || {
+        std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
+    });
+    assert!(!listening, "the relay ended with the workspace's stop");
+    world.json(&env, &["workspace", "delete", &id, "--json"]);
+    assert_eq!(world.pyro_traces(), "");
+}

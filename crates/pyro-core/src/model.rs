@@ -130,6 +130,19 @@ pub struct SandboxNetworkInfo {
     pub connections_denied: u64,
     /// The latest refusals, newest last (at most 20).
     pub recent_denials: Vec<DenialInfo>,
+    /// Guest ports published on the host's 127.0.0.1 (policy egress+published-ports).
+    pub published_ports: Vec<PublishedPort>,
+}
+
+/// A guest TCP port published on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct PublishedPort {
+    /// Always 127.0.0.1.
+    pub host: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// Always tcp.
+    pub protocol: String,
 }
 
 /// One refused name or connection.

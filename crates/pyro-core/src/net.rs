@@ -31,8 +31,8 @@ use crate::ledger::Resource;
 
 /// The ledger role of a sandbox's network daemon.
 pub(crate) const DAEMON_ROLE: &str = "net";
-/// How long the daemon may take to say it serves.
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a helper (the daemon, a port relay) may take to say it serves.
+const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The sandbox's subdirectory the daemon keeps its spec, denials and counters in.
 pub(crate) const NET_DIR: &str = "net";
 /// The MAC a networked warm snapshot's template has (every clone gets its own when it is
@@ -270,31 +270,64 @@ impl Pyro {
         pyro_host::fs::atomic_write(&path, &body, 0o600)
             .map_err(|e| CoreError::io("write", &path, e))?;
         let log_path = dir.join("daemon.log");
-        let log =
-            std::fs::File::create(&log_path).map_err(|e| CoreError::io("create", &log_path, e))?;
+        self.spawn_helper(
+            owner,
+            DAEMON_ROLE,
+            bin,
+            &["__net".as_ref(), path.as_os_str()],
+            dir,
+            &log_path,
+        )
+        .await
+        .map(drop)
+        .map_err(|reason| CoreError::Network {
+            reason: format!(
+                "the network daemon of {} did not start: {reason}; see {}",
+                plan.name(),
+                log_path.display()
+            ),
+        })
+    }
+
+    /// Starts `bin args` detached in `dir` (stderr to `log`), records it in `owner`'s
+    /// ledger as a helper of `role`, and waits for the one line it prints once it serves.
+    /// On failure the process is ended and forgotten; the error says why, in words.
+    pub(crate) async fn spawn_helper(
+        &self,
+        owner: &str,
+        role: &str,
+        bin: &Path,
+        args: &[&std::ffi::OsStr],
+        dir: &Path,
+        log: &Path,
+    ) -> std::result::Result<(Resource, String), String> {
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut cmd = std::process::Command::new(bin);
-        cmd.arg("__net")
-            .arg(&path)
+        cmd.args(args)
             .current_dir(dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(log);
-        let mut child =
-            host::spawn_detached(&mut cmd).map_err(|e| CoreError::io("start", bin, e))?;
+            .stderr(log_file);
+        let mut child = host::spawn_detached(&mut cmd)
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let pid = child.id();
         let ticks = host::process_start_ticks(pid).unwrap_or(0);
-        let daemon = Resource::Process {
-            role: DAEMON_ROLE.into(),
+        let helper = Resource::Process {
+            role: role.into(),
             pid,
             ticks,
         };
-        let recorded = self.store()?.record_resource(owner, &daemon);
         let stdout = child.stdout.take();
         // The child is detached: nothing waits for it here (the ledger ends it).
         drop(child);
+        let recorded = self
+            .store()
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.record_resource(owner, &helper).map_err(|e| e.to_string()));
         if let Err(e) = recorded {
-            daemon.release().await;
-            return Err(e.into());
+            helper.release().await;
+            return Err(e);
         }
         let ready = async {
             let Some(stdout) = stdout else {
@@ -303,26 +336,30 @@ impl Pyro {
             let stdout =
                 tokio::process::ChildStdout::from_std(stdout).map_err(|e| e.to_string())?;
             let mut line = String::new();
-            use tokio::io::AsyncBufReadExt;
-            let mut reader = tokio::io::BufReader::new(stdout);
-            match tokio::time::timeout(DAEMON_READY_TIMEOUT, reader.read_line(&mut line)).await {
-                Ok(Ok(n)) if n > 0 => Ok(()),
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+            // One line, bounded.
+            let mut reader = tokio::io::BufReader::new(stdout.take(4096));
+            match tokio::time::timeout(HELPER_READY_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(n)) if n > 0 => Ok(line.trim().to_string()),
                 Ok(Ok(_)) => Err("it exited before serving".to_string()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "it did not serve within {} s",
-                    DAEMON_READY_TIMEOUT.as_secs()
+                    HELPER_READY_TIMEOUT.as_secs()
                 )),
             }
         }
         .await;
-        ready.map_err(|reason| CoreError::Network {
-            reason: format!(
-                "the network daemon of {} did not start: {reason}; see {}",
-                plan.name(),
-                log_path.display()
-            ),
-        })
+        match ready {
+            Ok(line) => Ok((helper, line)),
+            Err(e) => {
+                helper.release().await;
+                if let Ok(store) = self.store() {
+                    let _ = store.forget_resource(owner, &helper.key());
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -367,6 +404,7 @@ pub(crate) fn describe(
         dns_denied: stats.dns_denied,
         connections_denied: stats.connections_denied,
         recent_denials: recent,
+        published_ports: Vec::new(),
     }
 }
 

@@ -31,11 +31,13 @@ mod lifecycle;
 mod machine;
 mod meter;
 mod patch;
+mod ports;
 mod procs;
 mod teardown;
 
 pub use files::*;
 pub use patch::*;
+pub use ports::MAX_PUBLISHED_PORTS;
 use teardown::Teardown;
 
 /// How long a started workspace's guest agent has to answer a call (the handshake and a

@@ -534,12 +534,14 @@ impl Pyro {
         let remaining = rec.remaining_ttl(now);
         let network = if rec.state == WorkspaceState::Started {
             self.recorded_network(&rec.id).map(|plan| {
-                crate::net::describe(
+                let mut info = crate::net::describe(
                     &plan,
                     rec.network_policy,
                     &rec.allowlist,
                     &self.ws_dirs(&rec.id).root,
-                )
+                );
+                info.published_ports = self.published_ports(&rec.id);
+                info
             })
         } else {
             None
