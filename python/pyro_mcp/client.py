@@ -29,6 +29,15 @@ def _command(command: Command) -> Union[str, List[str]]:
     return [str(c) for c in command]
 
 
+def _list(items: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """A sequence of strings as a list; a lone string is refused (it is not a list of names)."""
+    if items is None:
+        return None
+    if isinstance(items, str):
+        raise TypeError("expected a list of strings, not a single string")
+    return [str(i) for i in items]
+
+
 def _path(p: Optional[PathLike]) -> Optional[str]:
     # Relative paths mean the caller's current directory, now, not the child's.
     return None if p is None else os.path.abspath(os.fspath(p))
@@ -203,6 +212,8 @@ class Pyro:
         timeout_seconds: int = 30,
         ttl_seconds: int = 600,
         network: bool = False,
+        allow_hosts: Optional[Sequence[str]] = None,
+        allow_cidrs: Optional[Sequence[str]] = None,
         allow_host_compat: bool = False,
         cwd: Optional[str] = None,
         env: Optional[Mapping[str, str]] = None,
@@ -218,7 +229,11 @@ class Pyro:
             vcpu_count: 1-8 (default 1). mem_mib: 256-32768 (default 1024).
             timeout_seconds: the command's time limit (default 30; exit code 124 on expiry).
             ttl_seconds: the sandbox's lifetime, 60-3600 (default 600).
-            network, allow_host_compat: not available in this version (refused when true).
+            network: egress to public addresses only (private ranges, the host and
+                metadata endpoints stay blocked); needs CAP_NET_ADMIN, ``ip`` and ``nft``.
+            allow_hosts, allow_cidrs: with ``network``, only these names
+                (``api.example.org``, ``*.example.org``) and IPv4 ranges.
+            allow_host_compat: not available (refused when true).
             cwd, env, max_output_bytes, stdin: working directory, extra environment,
                 bytes kept per output stream, text fed to the command's stdin.
             backend: per-call VMM choice.
@@ -236,6 +251,8 @@ class Pyro:
             timeout_seconds=timeout_seconds,
             ttl_seconds=ttl_seconds,
             network=network,
+            allow_hosts=_list(allow_hosts),
+            allow_cidrs=_list(allow_cidrs),
             allow_host_compat=allow_host_compat,
             cwd=cwd,
             env=dict(env) if env is not None else None,
@@ -252,6 +269,8 @@ class Pyro:
         mem_mib: int = 1024,
         ttl_seconds: int = 600,
         network: bool = False,
+        allow_hosts: Optional[Sequence[str]] = None,
+        allow_cidrs: Optional[Sequence[str]] = None,
         allow_host_compat: bool = False,
         backend: Optional[str] = None,
     ) -> Result:
@@ -264,6 +283,8 @@ class Pyro:
             mem_mib=mem_mib,
             ttl_seconds=ttl_seconds,
             network=network,
+            allow_hosts=_list(allow_hosts),
+            allow_cidrs=_list(allow_cidrs),
             allow_host_compat=allow_host_compat,
             backend=backend,
         )
@@ -325,6 +346,8 @@ class Pyro:
         mem_mib: int = 1024,
         ttl_seconds: int = 3600,
         network_policy: str = "off",
+        allow_hosts: Optional[Sequence[str]] = None,
+        allow_cidrs: Optional[Sequence[str]] = None,
         allow_host_compat: bool = False,
         seed_path: Optional[PathLike] = None,
         name: Optional[str] = None,
@@ -337,7 +360,10 @@ class Pyro:
             environment: catalog name.
             vcpu_count, mem_mib: resources (defaults 1 and 1024).
             ttl_seconds: running-time budget in seconds, counted only while started.
-            network_policy: only ``"off"`` in this version.
+            network_policy: ``"off"`` (no network device), ``"egress"`` (public
+                addresses only) or ``"egress+published-ports"``.
+            allow_hosts, allow_cidrs: with a networked policy, only these names
+                (``api.example.org``, ``*.example.org``) and IPv4 ranges.
             allow_host_compat: not available (refused when true).
             seed_path: a host directory or ``.tar``/``.tar.gz``/``.tgz``/``.tar.zst``
                 archive that becomes ``/workspace`` and the diff/reset baseline.
@@ -351,6 +377,8 @@ class Pyro:
             mem_mib=mem_mib,
             ttl_seconds=ttl_seconds,
             network_policy=network_policy,
+            allow_hosts=_list(allow_hosts),
+            allow_cidrs=_list(allow_cidrs),
             allow_host_compat=allow_host_compat,
             seed_path=_path(seed_path),
             name=name,

@@ -200,8 +200,17 @@ def test_out_of_range_and_refused_parameters_are_input_errors(pyro: Pyro) -> Non
         pyro.create_vm(environment=ENV, vcpu_count=99)
     with pytest.raises(PyroInputError, match="allow_host_compat"):
         pyro.run_in_vm(environment=ENV, command="true", allow_host_compat=True)
-    with pytest.raises(PyroInputError, match="network"):
-        pyro.run_in_vm(environment=ENV, command="true", network=True)
+    # An allowlist needs a network; a bad policy or range is refused before anything is made.
+    with pytest.raises(PyroInputError, match="allow_hosts"):
+        pyro.run_in_vm(environment=ENV, command="true", allow_hosts=["api.example.org"])
+    with pytest.raises(PyroInputError, match="network_policy"):
+        pyro.create_workspace(environment=ENV, network_policy="everything")
+    with pytest.raises(PyroInputError, match="allow_cidrs"):
+        pyro.create_workspace(
+            environment=ENV, network_policy="egress", allow_cidrs=["127.0.0.0/8"]
+        )
+    with pytest.raises(TypeError, match="list of strings"):
+        pyro.run_in_vm(environment=ENV, command="true", network=True, allow_hosts="a.example")
 
 
 def test_ill_typed_parameters_are_input_errors(pyro: Pyro) -> None:

@@ -233,7 +233,10 @@ pub struct WorkspaceInfo {
     pub allow_host_compat: bool,
     pub guest_ip: Option<String>,
     pub tap_name: Option<String>,
-    /// The network while started with one: addresses, allowlist, refusals (pyro extension).
+    // While started with a network: namespace, addresses, MAC, allowlist, refusal counters
+    // and recent refusals, published ports (pyro extension; [`SandboxNetworkInfo`], shape in
+    // docs/network.md). Open in the output schema: every workspace tool returns this record.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub network: Option<SandboxNetworkInfo>,
     pub execution_mode: String,
     pub backend: String,

@@ -141,7 +141,7 @@ pub struct WorkspaceExecResult {
     pub environment: String,
     pub environment_version: Option<String>,
     pub command: String,
-    /// A marker line ends it when it was cut (the logs keep more).
+    /// A marker line ends it when it was cut.
     pub stdout: String,
     pub stderr: String,
     pub exit_code: i32,

@@ -86,7 +86,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: false,
         idempotent: false,
-        description: "Run one shell command in a fresh microVM sandbox that is destroyed afterwards: nothing persists, so chain steps with && or use a workspace. Returns exit_code, stdout and stderr (1 MiB each at most). No network.",
+        description: "Run one shell command in a fresh microVM that is destroyed afterwards: nothing persists, so chain steps with && or use a workspace. Returns exit_code, stdout and stderr (1 MiB each at most).",
     },
     Row {
         name: "workspace_create",
@@ -96,7 +96,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: false,
         idempotent: false,
-        description: "Create and boot a persistent sandbox; its files persist until workspace_delete. seed_path fills /workspace from the host: the baseline for workspace_diff and workspace_reset. Pass the returned workspace_id to the other workspace_* tools. An environment's first use builds it (minutes). No network.",
+        description: "Create and boot a persistent sandbox; its files persist until workspace_delete. seed_path fills /workspace from the host: the baseline for workspace_diff and workspace_reset. Pass the returned workspace_id to the other workspace_* tools. An environment's first use builds it (minutes).",
     },
     Row {
         name: "workspace_list",
@@ -116,7 +116,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: false,
         idempotent: true,
-        description: "Rename or relabel a workspace, or set its running time left. At least one change; name and clear_name exclude each other.",
+        description: "Rename or relabel a workspace, or set its running time left.",
     },
     Row {
         name: "workspace_exec",
@@ -126,7 +126,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: false,
-        description: "Run one non-interactive shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (1 MiB each at most). Calls may overlap.",
+        description: "Run one non-interactive shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (1 MiB each at most); calls may overlap.",
     },
     Row {
         name: "workspace_sync_push",
@@ -176,7 +176,7 @@ pub const TOOLS: &[Row] = &[
         read_only: true,
         destructive: false,
         idempotent: true,
-        description: "Compare a started workspace's /workspace with its baseline (the seed, or an empty tree): every changed path, and one patch of the text changes.",
+        description: "Compare /workspace with its baseline (the seed, or an empty tree): every changed path, and one patch of the text changes.",
     },
     Row {
         name: "workspace_file_list",

@@ -184,10 +184,11 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
     let reply = http_get(&guest, PUBLIC, "allowed.test").expect("allowed through the proxy");
     assert!(reply.starts_with("HTTP/1.0 200 OK"), "{reply}");
     assert!(reply.contains("Host: allowed.test"), "{reply}");
-    // The proxy's upstream connection leaves the namespace from the uplink's address.
+    // The proxy's upstream connection leaves the namespace from the uplink's address, and
+    // the host's forwarding masquerades it as the host's own.
     assert_eq!(
         reply.lines().nth(2),
-        Some(plan.uplink_ns().to_string().as_str()),
+        Some(HOST_WAN.to_string().as_str()),
         "{reply}"
     );
     assert_eq!(hits.load(Ordering::Relaxed), 1);

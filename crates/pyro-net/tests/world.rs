@@ -742,7 +742,7 @@ fn lookup_tcp(ns: &str, server: SocketAddr, names: &[&str]) -> Vec<wire::Respons
 fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
     let Some(tools) = tools() else { return };
     let world = World::new(&tools, "dnstcp");
-    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 80));
+    let _web = Server::tcp(&world.internet.name, sock(Ipv4Addr::UNSPECIFIED, 8080));
     // Like systemd-resolved's stub: reachable only from the host's own namespace.
     let stub = sock(Ipv4Addr::new(127, 0, 0, 53), 53);
     let (stop_udp, _) = fake_upstream(&world.host.name, stub);
@@ -770,7 +770,10 @@ fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
     .unwrap();
     let silent_since = std::time::Instant::now();
 
-    assert_refused(tcp_connect(&sb.guest.name, PUBLIC, 80), "before resolving");
+    assert_refused(
+        tcp_connect(&sb.guest.name, PUBLIC, 8080),
+        "before resolving",
+    );
     let answers = lookup_tcp(&sb.guest.name, gateway, &["allowed.test", "denied.test"]);
     assert_eq!(answers[0].header.rcode(), 0);
     assert_eq!(
@@ -784,7 +787,7 @@ fn the_resolver_answers_over_tcp_via_a_loopback_upstream_on_the_host() {
         "forwarded over TCP, the denied name never"
     );
     assert!(silent_since.elapsed() < dns::server::TCP_IDLE_TIMEOUT);
-    tcp_connect(&sb.guest.name, PUBLIC, 80).expect("the resolved address is open");
+    tcp_connect(&sb.guest.name, PUBLIC, 8080).expect("the resolved address is open");
     // And over UDP through the same loopback upstream.
     assert_eq!(
         lookup(&sb.guest.name, gateway, "allowed.test")

@@ -122,7 +122,8 @@ pub struct DiffSummary {
     pub mode_changed: usize,
     /// Entries with a text patch.
     pub text_patched: usize,
-    /// Entries without one (directories, binary files); `text_patched + non_text == total`.
+    /// Entries without one (directories, binary files).
+    // text_patched + non_text == total
     pub non_text: usize,
 }
 

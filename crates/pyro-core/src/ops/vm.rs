@@ -106,7 +106,7 @@ pub struct RunInVm {
     #[serde(default = "d::vm_ttl_seconds")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Egress to public addresses only (private, host and metadata addresses are blocked).
+    /// Egress to public addresses only.
     #[serde(default)]
     pub network: bool,
     /// Narrow egress to these names (api.example.org, *.example.org).
@@ -256,7 +256,7 @@ pub struct CreateVmRequest {
     #[serde(default = "d::vm_ttl_seconds")]
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: i64,
-    /// Egress to public addresses only (private, host and metadata addresses are blocked).
+    /// Egress to public addresses only.
     #[serde(default)]
     pub network: bool,
     /// Narrow egress to these names (api.example.org, *.example.org).

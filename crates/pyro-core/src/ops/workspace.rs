@@ -121,7 +121,7 @@ pub struct UpdateWorkspaceRequest {
     /// Label keys to remove.
     #[serde(default)]
     pub clear_labels: Option<Vec<String>>,
-    /// Set the running time left to this.
+    /// New running time left.
     #[serde(default)]
     #[schemars(range(min = 60, max = 2592000))]
     pub ttl_seconds: Option<i64>,
@@ -357,7 +357,7 @@ impl Operation for ApplyWorkspacePatch {
 #[serde(deny_unknown_fields)]
 pub struct ResetWorkspace {
     pub workspace_id: String,
-    /// Only baseline (the create-time tree) in this version.
+    /// Only baseline (the create-time tree).
     #[serde(default = "d::reset_snapshot")]
     pub snapshot: String,
 }
