@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Guest memory of the measured sandboxes, MiB.
     #[arg(long, default_value_t = 1024)]
     mem_mib: i64,
+    /// Measure networking inside a world of network namespaces this run builds: warm
+    /// `run -- true` with the network off and on, download throughput into the guest, and
+    /// connection setup with open egress and through the allowlist's proxy. Needs root.
+    #[arg(long, conflicts_with_all = ["workspaces", "snapshots"])]
+    network: bool,
     /// With --snapshots: how many sandboxes to restore at once (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
     concurrency: Vec<usize>,
@@ -53,11 +58,11 @@ pub struct BenchArgs {
 /// Summary statistics of a sample, in milliseconds.
 #[derive(Serialize, Debug, Clone)]
 pub struct Stats {
-    samples: usize,
-    median_ms: f64,
-    p95_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
+    pub(crate) samples: usize,
+    pub(crate) median_ms: f64,
+    pub(crate) p95_ms: f64,
+    pub(crate) min_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -69,7 +74,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+pub(crate) fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
     let median = if v.is_empty() {
         f64::NAN
@@ -104,6 +109,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.snapshots {
         return snapshots(args).await;
+    }
+    if args.network {
+        return network(args).await;
     }
     let facts = HostFacts::probe();
     let kinds: Vec<BackendKind> = if args.backends.is_empty() {
@@ -175,6 +183,59 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pyro bench --network` (see [`crate::bench_net`]).
+async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let backend = args
+        .backends
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "qemu".into());
+    // Built from this process's namespace: the bench's world has no route to the mirrors.
+    let pyro = crate::open_pyro(Some(&backend))?;
+    pyro.pull_environment(
+        &args.environment,
+        crate::stderr_progress(args.environment.clone()),
+    )
+    .await?;
+    let r = crate::bench_net::run(&exe, &backend, &args.environment, args.iterations).await?;
+    if args.json {
+        crate::render::print_json(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let json = serde_json::to_value(&r)?;
+    println!(
+        "{:<34} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+    );
+    for (name, key) in [
+        ("warm run -- true, network off", "warm_run_off"),
+        ("warm run -- true, --network", "warm_run_network"),
+        ("connect+request, open egress", "connect_open"),
+        ("connect+request, allowlist proxy", "connect_proxied"),
+    ] {
+        let s = &json[key];
+        println!(
+            "{:<34} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            name,
+            s["samples"],
+            s["median_ms"].as_f64().unwrap_or(0.0),
+            s["p95_ms"].as_f64().unwrap_or(0.0),
+            s["min_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "network overhead (median on - off): {:.1} ms",
+        json["network_overhead_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "download into the guest, MB/s: {}",
+        json["download_mb_per_s"]
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,6 +25,7 @@ macro_rules! print {
 }
 
 mod bench;
+mod bench_net;
 mod doctor;
 mod mcp;
 mod render;
