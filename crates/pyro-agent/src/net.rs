@@ -359,8 +359,10 @@ pub fn write_resolv_conf(path: &Path, cfg: &NetConfig) -> Result<(), NetError> {
             .create_new(true)
             .mode(0o644)
             .open(&tmp)?;
+        // No fsync: the file is written again from the host's data at every boot and
+        // restore, so losing it in a crash loses nothing (and a sync here costs a restore
+        // tens of milliseconds on a durable disk). The rename keeps it whole.
         f.write_all(resolv_conf(cfg).as_bytes())?;
-        f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
@@ -397,7 +399,12 @@ pub fn reconfigure(
             source,
         }
     };
-    sys::interface_down(iface).map_err(fail("bring the interface down"))?;
+    // An interface that was up may hold routes and neighbour entries of its old address:
+    // bringing it down drops them. A warm template's card was never up (`pyro.net=pending`)
+    // and holds none, and skipping the down saves a restore the kernel's synchronisation.
+    if sys::interface_is_up(iface).map_err(fail("read the interface's flags"))? {
+        sys::interface_down(iface).map_err(fail("bring the interface down"))?;
+    }
     sys::set_interface_mac(iface, mac).map_err(fail("set the MAC address"))?;
     sys::delete_default_routes().map_err(|source| NetError::OldRoute { source })?;
     configure_interface(iface, cfg)?;

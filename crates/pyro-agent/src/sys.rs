@@ -244,6 +244,17 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// Whether `IFF_UP` is set on a network interface.
+pub fn interface_is_up(name: &str) -> io::Result<bool> {
+    let mut req = ifreq_for(name)?;
+    let sock = inet_socket()?;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFFLAGS fills flags.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the kernel just wrote `ifru_flags`, so reading that union field is valid.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    Ok(flags & libc::IFF_UP as libc::c_short != 0)
+}
+
 /// Clears `IFF_UP` on a network interface (like `ip link set NAME down`). The kernel then
 /// drops the interface's IPv4 routes and flushes its neighbour (ARP) entries.
 pub fn interface_down(name: &str) -> io::Result<()> {

@@ -40,12 +40,15 @@ pub(crate) const NET_DIR: &str = "net";
 pub(crate) const TEMPLATE_MAC: [u8; 6] = [0x02, 0x70, 0x79, 0xff, 0xff, 0xfe];
 
 /// A sandbox's network while its machine runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct SandboxNetwork {
     /// Its addresses and names.
     pub(crate) plan: SandboxNet,
     /// The card its machine gets.
     pub(crate) nic: GuestNic,
+    /// The network daemon until it said it serves ([`Pyro::network_ready`]): it starts
+    /// while the machine boots.
+    daemon: Option<PendingHelper>,
 }
 
 impl SandboxNetwork {
@@ -60,7 +63,11 @@ impl SandboxNetwork {
                 gateway: plan.gateway(),
             }),
         };
-        Self { plan, nic }
+        Self {
+            plan,
+            nic,
+            daemon: None,
+        }
     }
 }
 
@@ -153,6 +160,14 @@ impl Pyro {
             return Ok(());
         }
         tools()?;
+        if upstreams()?.is_empty() {
+            return Err(CoreError::NetworkUnavailable {
+                reason: format!(
+                    "the host has no DNS resolver to forward the guest's queries to (no \
+                     nameserver in /etc/resolv.conf; or set {UPSTREAMS_ENV})"
+                ),
+            });
+        }
         if self.pyro_bin().is_none() {
             return Err(CoreError::NetworkUnavailable {
                 reason:
@@ -173,6 +188,7 @@ impl Pyro {
         allowlist: &Allowlist,
         sandbox_dir: &Path,
     ) -> Result<SandboxNetwork> {
+        let started = std::time::Instant::now();
         let tools = tools()?;
         let bin = self
             .pyro_bin()
@@ -196,7 +212,7 @@ impl Pyro {
             let _ = tokio::task::spawn_blocking(move || release(plan.index())).await;
             return Err(e.into());
         }
-        let made = async {
+        let made: Result<PendingHelper> = async {
             let (build_tools, allow) = (tools.clone(), allowlist.clone());
             tokio::task::spawn_blocking(move || {
                 setup::create_in_claimed(
@@ -219,8 +235,13 @@ impl Pyro {
                 .await
         }
         .await;
+        tracing::debug!(owner, elapsed = ?started.elapsed(), "network made, daemon starting");
         match made {
-            Ok(()) => Ok(SandboxNetwork::new(plan)),
+            Ok(daemon) => {
+                let mut net = SandboxNetwork::new(plan);
+                net.daemon = Some(daemon);
+                Ok(net)
+            }
             Err(e) => {
                 self.close_network(owner).await;
                 Err(e)
@@ -237,8 +258,29 @@ impl Pyro {
             .await;
     }
 
-    /// Starts `pyro __net` detached for network `plan`, waits until it serves (it prints
-    /// one line), and records it in `owner`'s ledger.
+    /// Waits until the network daemon `net` started serves (its machine boots meanwhile);
+    /// on failure the daemon is ended and the error says why. Nothing may run in the guest
+    /// before this returns.
+    pub(crate) async fn network_ready(&self, owner: &str, net: &mut SandboxNetwork) -> Result<()> {
+        let Some(daemon) = net.daemon.take() else {
+            return Ok(());
+        };
+        let log = daemon.log.clone();
+        daemon
+            .ready(self, owner)
+            .await
+            .map(drop)
+            .map_err(|reason| CoreError::Network {
+                reason: format!(
+                    "the network daemon of {} did not start: {reason}; see {}",
+                    net.plan.name(),
+                    log.display()
+                ),
+            })
+    }
+
+    /// Starts `pyro __net` detached for network `plan` and records it in `owner`'s ledger;
+    /// [`Pyro::network_ready`] waits for it.
     async fn start_daemon(
         &self,
         owner: &str,
@@ -247,7 +289,7 @@ impl Pyro {
         policy: NetworkPolicy,
         allowlist: &Allowlist,
         dir: &Path,
-    ) -> Result<()> {
+    ) -> Result<PendingHelper> {
         let upstreams = upstreams()?;
         if upstreams.is_empty() {
             return Err(CoreError::NetworkUnavailable {
@@ -270,7 +312,7 @@ impl Pyro {
         pyro_host::fs::atomic_write(&path, &body, 0o600)
             .map_err(|e| CoreError::io("write", &path, e))?;
         let log_path = dir.join("daemon.log");
-        self.spawn_helper(
+        self.start_helper(
             owner,
             DAEMON_ROLE,
             bin,
@@ -279,7 +321,6 @@ impl Pyro {
             &log_path,
         )
         .await
-        .map(drop)
         .map_err(|reason| CoreError::Network {
             reason: format!(
                 "the network daemon of {} did not start: {reason}; see {}",
@@ -301,6 +342,23 @@ impl Pyro {
         dir: &Path,
         log: &Path,
     ) -> std::result::Result<(Resource, String), String> {
+        self.start_helper(owner, role, bin, args, dir, log)
+            .await?
+            .ready(self, owner)
+            .await
+    }
+
+    /// The start of [`Pyro::spawn_helper`]: the helper runs and is recorded; its ready line
+    /// is awaited with [`PendingHelper::ready`].
+    async fn start_helper(
+        &self,
+        owner: &str,
+        role: &str,
+        bin: &Path,
+        args: &[&std::ffi::OsStr],
+        dir: &Path,
+        log: &Path,
+    ) -> std::result::Result<PendingHelper, String> {
         let log_file = std::fs::File::create(log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut cmd = std::process::Command::new(bin);
@@ -329,8 +387,32 @@ impl Pyro {
             helper.release().await;
             return Err(e);
         }
+        Ok(PendingHelper {
+            helper,
+            stdout,
+            log: log.to_path_buf(),
+        })
+    }
+}
+
+/// A helper process that runs and is recorded, until it says it serves.
+#[derive(Debug)]
+pub(crate) struct PendingHelper {
+    helper: Resource,
+    stdout: Option<std::process::ChildStdout>,
+    log: PathBuf,
+}
+
+impl PendingHelper {
+    /// Its ready line (within [`HELPER_READY_TIMEOUT`]); on failure the helper is ended and
+    /// forgotten from `owner`'s ledger.
+    async fn ready(
+        self,
+        pyro: &Pyro,
+        owner: &str,
+    ) -> std::result::Result<(Resource, String), String> {
         let ready = async {
-            let Some(stdout) = stdout else {
+            let Some(stdout) = self.stdout else {
                 return Err("no output pipe".to_string());
             };
             let stdout =
@@ -351,11 +433,11 @@ impl Pyro {
         }
         .await;
         match ready {
-            Ok(line) => Ok((helper, line)),
+            Ok(line) => Ok((self.helper, line)),
             Err(e) => {
-                helper.release().await;
-                if let Ok(store) = self.store() {
-                    let _ = store.forget_resource(owner, &helper.key());
+                self.helper.release().await;
+                if let Ok(store) = pyro.store() {
+                    let _ = store.forget_resource(owner, &self.helper.key());
                 }
                 Err(e)
             }

@@ -238,7 +238,18 @@ impl Pyro {
                 return Err(e);
             }
         };
-        let (machine, session, mode) = (sandbox.machine, sandbox.session, sandbox.mode);
+        let (mut machine, session, mode) = (sandbox.machine, sandbox.session, sandbox.mode);
+        // The daemon started while the machine booted; nothing runs in the guest before it
+        // serves.
+        if let Some(net) = vm.net.as_mut()
+            && let Err(e) = self.network_ready(id, net).await
+        {
+            drop(session);
+            machine.halt().await;
+            vm.net = None;
+            self.close_network(id).await;
+            return Err(e);
+        }
         if let Some(net) = &vm.net {
             vm.info.guest_ip = Some(net.plan.guest().to_string());
             vm.info.tap_name = Some(net.nic.tap.clone());

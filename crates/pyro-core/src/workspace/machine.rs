@@ -443,7 +443,7 @@ impl Pyro {
             host::ensure_private_dir(&vm_dir)
         };
         prepare_vm_dir()?;
-        let net = if rec.network_policy.is_networked() {
+        let mut net = if rec.network_policy.is_networked() {
             Some(
                 self.open_network(&rec.id, rec.network_policy, &rec.allowlist, &d.root)
                     .await?,
@@ -479,7 +479,19 @@ impl Pyro {
             })
             .await;
         match sandbox {
-            Ok(sandbox) => Ok((sandbox.machine.record(), sandbox.session, sandbox.mode)),
+            Ok(mut sandbox) => {
+                // The daemon started while the machine booted; nothing runs in the guest
+                // before it serves.
+                if let Some(net) = net.as_mut()
+                    && let Err(e) = self.network_ready(&rec.id, net).await
+                {
+                    drop(sandbox.session);
+                    sandbox.machine.halt().await;
+                    self.close_network(&rec.id).await;
+                    return Err(e);
+                }
+                Ok((sandbox.machine.record(), sandbox.session, sandbox.mode))
+            }
             Err(e) => {
                 if net.is_some() {
                     self.close_network(&rec.id).await;
