@@ -247,13 +247,37 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
     // Guest networking's host side (`pyro-net`): informational, because only networked
     // sandboxes need it.
     checks.push(match pyro_net::setup::check_capabilities(true) {
-        Ok(_) => Check {
-            name: "network",
-            ok: true,
-            detail: "ready: CAP_NET_ADMIN, CAP_SYS_ADMIN, /dev/net/tun, ip and nft present \
-                     (only networked sandboxes need them)"
-                .into(),
-        },
+        Ok(_) => {
+            // What a networked sandbox changes on the host, and whom its resolver asks.
+            let forward = match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+                Ok(v) if v.trim() == "1" => "ip_forward is on (left as it is)".to_string(),
+                Ok(_) => "ip_forward is off: pyro turns it on while networked sandboxes run \
+                          and restores it after the last one"
+                    .to_string(),
+                Err(e) => format!("ip_forward unreadable ({e})"),
+            };
+            let upstreams = pyro_net::dns::host_upstreams();
+            let dns = if upstreams.is_empty() {
+                "no DNS resolver in /etc/resolv.conf (set PYRO_NET_UPSTREAMS)".to_string()
+            } else {
+                format!(
+                    "guests' DNS goes to {}",
+                    upstreams
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            Check {
+                name: "network",
+                ok: !upstreams.is_empty(),
+                detail: format!(
+                    "ready: CAP_NET_ADMIN, CAP_SYS_ADMIN, /dev/net/tun, ip and nft present; \
+                     {forward}; {dns} (only networked sandboxes need this)"
+                ),
+            }
+        }
         Err(e) => Check {
             name: "network",
             ok: false,
