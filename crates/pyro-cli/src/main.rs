@@ -311,6 +311,10 @@ pub struct PoolArgs {
     /// Memory of the pooled sandboxes, MiB (calls asking for another size are not pooled).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pool_mem_mib: i64,
+    /// Networked pooled sandboxes (policy egress, no allowlist), for calls with `network`
+    /// and no allowlist (others are not pooled).
+    #[arg(long)]
+    pool_network: bool,
 }
 
 impl PoolArgs {
@@ -323,6 +327,7 @@ impl PoolArgs {
             pyro_core::warm::pool::PoolSpec::new(self.pool_environment.clone(), self.pool_size);
         spec.vcpu_count = self.pool_vcpu_count;
         spec.mem_mib = self.pool_mem_mib;
+        spec.network = self.pool_network;
         pyro.enable_pool(spec)?;
         tracing::info!(
             size = self.pool_size,

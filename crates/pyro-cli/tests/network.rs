@@ -915,3 +915,93 @@ fn a_published_port_answers_on_the_hosts_loopback_only_and_ends_with_the_workspa
     world.json(&env, &["workspace", "delete", &id, "--json"]);
     assert_eq!(world.pyro_traces(), "");
 }
+
+#[test]
+fn a_networked_pool_hands_out_sandboxes_with_their_own_network() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(world) = World::new("pnl") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-pool");
+    pull(&env, "debian:12");
+    let mut cmd = env.cmd();
+    cmd.args(["rpc", "--pool-size", "2", "--pool-network"])
+        .env("PYRO_NET_UPSTREAMS", DNS_IP)
+        .env("PYRO_BACKEND", "qemu")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(ns);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_id = 0;
+    let mut call = |params: serde_json::Value| -> serde_json::Value {
+        next_id += 1;
+        let req = serde_json::json!({"jsonrpc": "2.0", "id": next_id, "method": "run_in_vm", "params": params});
+        writeln!(stdin, "{req}").unwrap();
+        stdin.flush().unwrap();
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == next_id {
+                return v;
+            }
+        }
+    };
+    let script =
+        "cat /sys/class/net/eth0/address; git ls-remote http://repo.test/repo.git | head -1";
+    let networked =
+        serde_json::json!({"environment": "debian:12", "command": script, "network": true});
+    // Until both pooled sandboxes are ready, calls start their own; then two are pooled.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut pooled = Vec::new();
+    while pooled.len() < 2 {
+        assert!(Instant::now() < deadline, "never served from the pool");
+        let r = call(networked.clone());
+        let result = &r["result"];
+        assert_eq!(result["exit_code"], 0, "{r}");
+        let out = result["stdout"].as_str().unwrap().to_string();
+        assert!(
+            out.contains("refs/heads/main") || out.contains("HEAD"),
+            "{out}"
+        );
+        if result["boot_mode"] == "pooled" {
+            pooled.push(out.lines().next().unwrap().to_string());
+        } else {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    assert_ne!(pooled[0], pooled[1], "pooled sandboxes have their own MACs");
+    // A call with an allowlist is not served from the pool, and is narrowed.
+    let r = call(serde_json::json!({
+        "environment": "debian:12",
+        "command": "getent hosts other.test; echo rc=$?",
+        "network": true,
+        "allow_hosts": ["repo.test"],
+    }));
+    assert_ne!(r["result"]["boot_mode"], "pooled", "{r}");
+    assert!(
+        r["result"]["stdout"].as_str().unwrap().contains("rc=2"),
+        "{r}"
+    );
+    drop(stdin);
+    child.wait().unwrap();
+    // The pool's sandboxes went with the server: nothing left on the host.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.pyro_traces() != "" {
+        assert!(Instant::now() < deadline, "left: {}", world.pyro_traces());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

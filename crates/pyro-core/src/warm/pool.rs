@@ -12,6 +12,12 @@
 //! A sandbox that cannot be resumed is thrown away and the call falls back to the normal
 //! path. Requests of any other shape are not affected.
 //!
+//! A networked pool ([`PoolSpec::network`]) keeps sandboxes with policy `egress` and no
+//! allowlist: each has its own network (namespace, rules, daemon, address and MAC given
+//! when it was restored) while it waits, and serves calls with `network` and no allowlist;
+//! a call with an allowlist starts its own sandbox from the networked warm snapshot. A
+//! discarded pooled sandbox's network is removed with it.
+//!
 //! Pooled sandboxes count towards the VM capacity; [`Pyro::shutdown`] kills them. Like
 //! every one-shot VMM they die with the process.
 
@@ -44,6 +50,9 @@ pub struct PoolSpec {
     pub backend: Option<BackendChoice>,
     /// How many to keep ready, 1 to [`MAX_POOL_SIZE`].
     pub size: usize,
+    /// Networked sandboxes (policy `egress`, no allowlist): each keeps its own network,
+    /// address and MAC while it waits, and serves calls with `network` and no allowlist.
+    pub network: bool,
 }
 
 impl PoolSpec {
@@ -57,6 +66,7 @@ impl PoolSpec {
             mem_mib: c.mem_mib,
             backend: None,
             size,
+            network: false,
         }
     }
 
@@ -65,6 +75,7 @@ impl PoolSpec {
         c.vcpu_count = self.vcpu_count;
         c.mem_mib = self.mem_mib;
         c.backend = self.backend;
+        c.network = self.network;
         c
     }
 }
@@ -82,6 +93,8 @@ pub struct PoolStatus {
     pub mem_mib: Option<i64>,
     /// The backend its sandboxes run on.
     pub backend: Option<String>,
+    /// Whether its sandboxes are networked (policy egress, no allowlist).
+    pub network: Option<bool>,
     /// How many it keeps ready.
     pub size: usize,
     /// Ready (paused) now.
@@ -167,6 +180,7 @@ impl Pyro {
             vcpu_count: spec.map(|(p, _)| p.vcpu_count),
             mem_mib: spec.map(|(p, _)| p.mem_mib),
             backend: spec.map(|(_, k)| k.as_str().to_string()),
+            network: spec.map(|(p, _)| p.network),
             size: spec.map_or(0, |(p, _)| p.size),
             ready: s.ready.len(),
             starting: s.starting,
@@ -190,7 +204,7 @@ impl Pyro {
         };
         self.pool.wake.notify_one();
         for vm in ready {
-            discard(vm).await;
+            discard(self, vm).await;
         }
     }
 
@@ -210,8 +224,12 @@ impl Pyro {
         let mut vm = {
             let mut s = self.pool.lock();
             let (spec, pool_kind) = s.spec.as_ref()?;
+            // A networked sandbox waits with open egress: a call with an allowlist starts
+            // its own (from the networked warm snapshot).
             let fits = !s.closed
-                && !req.network
+                && req.network == spec.network
+                && req.allow_hosts.is_empty()
+                && req.allow_cidrs.is_empty()
                 && req.environment == spec.environment
                 && req.vcpu_count == spec.vcpu_count
                 && req.mem_mib == spec.mem_mib
@@ -247,7 +265,7 @@ impl Pyro {
         .await;
         if let Err(e) = woke {
             tracing::warn!(vm_id = id, "a pooled sandbox could not be resumed: {e}");
-            discard(vm).await;
+            discard(self, vm).await;
             return None;
         }
         let now = host::now();
@@ -283,18 +301,21 @@ impl Pyro {
         match started {
             Ok(()) => Ok(vm),
             Err(e) => {
-                discard(vm).await;
+                discard(self, vm).await;
                 Err(e)
             }
         }
     }
 }
 
-/// Kills a sandbox that never reached the VM map and removes its directory.
-async fn discard(mut vm: Vm) {
+/// Kills a sandbox that never reached the VM map, removes its network and its directory.
+async fn discard(pyro: &Pyro, mut vm: Vm) {
     vm.session = None;
     if let Some(mut m) = vm.machine.take() {
         m.halt().await;
+    }
+    if vm.net.take().is_some() {
+        pyro.close_network(&vm.info.vm_id).await;
     }
     let _ = std::fs::remove_dir_all(&vm.dir);
 }
@@ -353,7 +374,7 @@ async fn fill(pyro: Weak<Pyro>, wake: Arc<Notify>) {
         match next {
             Next::Continue => {}
             Next::Discard(vm) => {
-                discard(*vm).await;
+                discard(&p, *vm).await;
                 return;
             }
             Next::Retry(e) => {
