@@ -291,8 +291,20 @@ fn bad_inputs_get_clear_errors_and_leave_nothing() {
         (&["run", "debian:12"], "a command is required"),
         (&["run", "debian:12", "--", ""], "program name is empty"),
         (
-            &["run", "debian:12", "--network", "--", "true"],
-            "networking is not available",
+            &[
+                "run",
+                "debian:12",
+                "--network",
+                "--allow-cidr",
+                "127.0.0.0/8",
+                "--",
+                "true",
+            ],
+            "never allowed",
+        ),
+        (
+            &["run", "debian:12", "--network", "--allow-host", "-x.example", "--", "true"],
+            "--allow-host `-x.example`",
         ),
         (
             &["run", "debian:12", "--backend", "vmware", "--", "true"],
