@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Directories searched after `PATH`: root's tools live in `sbin`, which an ordinary
 /// user's `PATH` often lacks.
@@ -11,6 +12,15 @@ const SBIN: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// Most bytes of a failed command's stderr kept in an error.
 const STDERR_KEPT: usize = 400;
+
+/// Processes started by [`run`] in this process so far.
+static SPAWNED: AtomicU64 = AtomicU64::new(0);
+
+/// How many processes this module has started in this process so far (for measuring what
+/// a creation or teardown costs).
+pub fn spawned() -> u64 {
+    SPAWNED.load(Ordering::Relaxed)
+}
 
 /// A command that could not run or failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +81,7 @@ pub fn run(program: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<String
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn)?;
+    SPAWNED.fetch_add(1, Ordering::Relaxed);
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // nft reads the whole document before answering, so writing first cannot deadlock
         // on a full stdout pipe.
