@@ -398,28 +398,35 @@ fn build(
         Ok::<_, SysctlError>(())
     })??;
 
-    // The namespace is new (this call's or `claim`'s): `create table` makes the table
-    // without the deletion a replacement does (quicker), and refuses one someone else put
-    // there meanwhile.
-    let commands = ruleset::sandbox(&plan, policy, allowlist).create_commands();
-    apply(
-        tools,
-        Some(&name),
-        &serde_json::json!({ "nftables": commands }),
-    )?;
-
-    // The host guard and the host's forwarding in one transaction, under the host lock,
+    // Both tables before any link exists, made at the same time (each `nft` run costs a
+    // few milliseconds), the sandbox's on a thread of its own.
+    //
+    // The namespace is new (this call's or `claim`'s): `create table` makes the sandbox
+    // table without the deletion a replacement does (quicker: a deletion waits for an RCU
+    // grace period), and refuses one someone else put there meanwhile.
+    //
+    // The host guard and the host's forwarding go in one transaction, under the host lock,
     // which is held until the uplink exists: a teardown running meanwhile sees this
     // sandbox's link and leaves the host's forwarding alone. Dropped before this function
     // returns, so a failure's teardown can take the lock. `create table` refuses a guard
     // table that exists (pyro never adopts what it did not make), and then nothing of the
     // transaction is applied. Recorded as soon as it is: if `ensure` fails later, the
     // teardown's release undoes it.
+    let sandbox = ruleset::sandbox(&plan, policy, allowlist).create_commands();
+    let sandbox = serde_json::json!({ "nftables": sandbox });
     let guard = ruleset::host_guard(&plan).create_commands();
-    let forwarding = match host::ensure_with(tools, host, guard, || {
-        td.host_table = true;
-        td.host_link = true;
-    }) {
+    let (sandbox, forwarding) = std::thread::scope(|scope| {
+        let sandbox = scope.spawn(|| apply(tools, Some(&name), &sandbox));
+        let forwarding = host::ensure_with(tools, host, guard, || {
+            td.host_table = true;
+            td.host_link = true;
+        });
+        let sandbox = sandbox
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (sandbox, forwarding)
+    });
+    let forwarding = match forwarding {
         Ok(forwarding) => forwarding,
         Err(_) if !td.host_table && table_exists(tools, host, &name) => {
             return Err(NetError::Exists {
@@ -429,6 +436,8 @@ fn build(
         }
         Err(err) => return Err(err),
     };
+    // With the lock released if it failed.
+    sandbox?;
     link::Batch::default()
         .add_veth(&name, UPLINK_NS_NAME, &name)
         .add_addr(&name, plan.uplink_host(), plan.uplink_subnet().prefix_len())
