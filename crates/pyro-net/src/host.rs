@@ -19,8 +19,13 @@
 //!   namespace's cookie, so a file left by a namespace long gone is not mistaken for this
 //!   one's).
 //!
-//! [`release_if_unused`] undoes it once no uplink (`pyro-<digits>`) is left in the host's
-//! namespace: deletes the table and, only if pyro had set it, puts `ip_forward` back to 0.
+//! A creation applies the table in the same transaction as its sandbox's host guard, and
+//! creates it (`create table`, quick) where there is none, replacing it only where there is.
+//!
+//! [`release_if_unused`] undoes it once no uplink (`pyro-<digits>`, counted from
+//! `/proc/net/dev` of the host's namespace) is left there: deletes the table and, only if
+//! pyro had set it, puts `ip_forward` back to 0. A sandbox's teardown does the same in
+//! the transaction that deletes its host guard, while its uplink is being deleted.
 //! Both run under an exclusive `flock` of `/run/pyro/net/lock`, shared by every pyro process
 //! on the host; [`ensure`]'s [`HostForwarding`] keeps holding it until dropped, so a creation
 //! keeps it until its uplink exists and a concurrent teardown cannot undo the forwarding in

@@ -1,11 +1,13 @@
 //! Named network namespaces (the iproute2 convention, `/run/netns/NAME`) and running code
 //! inside one.
 //!
-//! Namespaces are made and removed with `ip netns add|del NAME` (argv, no shell) rather than
+//! Namespaces are made with `ip netns add NAME` (argv, no shell) rather than
 //! `unshare(CLONE_NEWNET)` and a bind mount of our own: iproute2 also makes `/run/netns` a
 //! shared mount point so the name stays valid from other mount namespaces (the jailer's,
 //! for one), and every tool that takes a namespace by name (`ip -n`, `ip netns exec`,
-//! Firecracker's jailer `--netns`) reads exactly that convention. What pyro does *inside*
+//! Firecracker's jailer `--netns`) reads exactly that convention. Removing one is what `ip
+//! netns del` does, done in-process ([`remove`]: detach the mount, unlink the file). What
+//! pyro does *inside*
 //! a namespace from Rust (sysctls now, the resolver later) runs on a thread that has
 //! `setns(2)`-ed into it ([`run_in`], [`spawn_in`]): a network namespace is per thread, so
 //! the rest of the process is unaffected.
