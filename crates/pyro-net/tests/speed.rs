@@ -1,7 +1,7 @@
 //! How long one sandbox's network takes to build and remove, and how many processes that
 //! spawns: `create_in_claimed` plus `Teardown::run` of a sandbox with a TAP, in a host
-//! namespace the test makes. Prints the median; asserts no timing (timing goals are not
-//! tests), only the number of processes. One test in its own binary, so the process count
+//! namespace the test makes. Prints the medians; asserts no timing (timing goals are not
+//! tests), only the number of processes spawned. One test in its own binary, so the process count
 //! is this test's alone. Needs root, `ip` and `nft`; skips with a printed reason without
 //! them.
 
@@ -63,4 +63,8 @@ fn create_and_teardown_of_a_tap_sandbox_are_quick() {
         create_procs[0],
         teardown_procs[0],
     );
+    // Two nft runs and two ip batches; an ip link del and one nft run (docs/network.md,
+    // "Creation and teardown").
+    assert!(create_procs.iter().all(|&n| n == 4), "{create_procs:?}");
+    assert!(teardown_procs.iter().all(|&n| n == 2), "{teardown_procs:?}");
 }
