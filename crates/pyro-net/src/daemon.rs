@@ -290,7 +290,7 @@ fn unix_seconds(at: SystemTime) -> u64 {
 
 /// The resolver's callback for sandbox `plan` without a [`setup::Network`] at hand: adds the
 /// addresses to the `allowed_v4` set inside namespace `netns`
-/// (`ip netns exec NETNS nft -j -f -`).
+/// (`nft -j -f -`, entering NETNS itself).
 pub fn on_answer(tools: &Tools, plan: SandboxNet, netns: &str) -> OnAnswer {
     let (ip, nft, ns) = (
         tools.ip.clone(),

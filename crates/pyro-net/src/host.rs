@@ -19,8 +19,13 @@
 //!   namespace's cookie, so a file left by a namespace long gone is not mistaken for this
 //!   one's).
 //!
-//! [`release_if_unused`] undoes it once no uplink (`pyro-<digits>`) is left in the host's
-//! namespace: deletes the table and, only if pyro had set it, puts `ip_forward` back to 0.
+//! A creation applies the table in the same transaction as its sandbox's host guard, and
+//! creates it (`create table`, quick) where there is none, replacing it only where there is.
+//!
+//! [`release_if_unused`] undoes it once no uplink (`pyro-<digits>`, counted from
+//! `/proc/net/dev` of the host's namespace) is left there: deletes the table and, only if
+//! pyro had set it, puts `ip_forward` back to 0. A sandbox's teardown does the same in
+//! the transaction that deletes its host guard, while its uplink is being deleted.
 //! Both run under an exclusive `flock` of `/run/pyro/net/lock`, shared by every pyro process
 //! on the host; [`ensure`]'s [`HostForwarding`] keeps holding it until dropped, so a creation
 //! keeps it until its uplink exists and a concurrent teardown cannot undo the forwarding in
@@ -33,10 +38,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::netns;
 use crate::plan::UPLINK_POOL;
 use crate::ruleset::{self, FAMILY};
 use crate::setup::{self, NetError, Tools};
+use crate::{link, netns};
 
 /// The shared table in the host's namespace.
 pub const TABLE: &str = "pyro-host";
@@ -95,6 +100,14 @@ impl HostLock {
 
 /// The nft JSON document creating (or atomically replacing) the `inet pyro-host` table.
 pub fn table_json() -> Value {
+    json!({ "nftables": table_commands(true) })
+}
+
+/// The nft commands making the `inet pyro-host` table: replacing it (`add`, `delete`,
+/// `add`), or, for `replace == false`, creating it (`create`: fails if it exists).
+/// Creating is much quicker: a transaction that deletes anything waits for an RCU grace
+/// period (about 13 ms here) before `nft` exits.
+fn table_commands(replace: bool) -> Vec<Value> {
     let table = json!({"family": FAMILY, "name": TABLE});
     let pool = json!({"prefix": {"addr": UPLINK_POOL.addr().to_string(), "len": UPLINK_POOL.prefix_len()}});
     let cmp = |op: &str, left: Value, right: Value| json!({"match": {"op": op, "left": left, "right": right}});
@@ -113,42 +126,82 @@ pub fn table_json() -> Value {
             "prio": prio, "policy": "accept",
         }}})
     };
-    json!({"nftables": [
-        {"add": {"table": table}},
-        {"delete": {"table": table}},
-        {"add": {"table": table}},
-        chain("forward", "filter", 0),
-        chain("postrouting", "nat", SRCNAT),
-        rule(
-            "forward",
-            "forward: sandbox uplinks out",
-            vec![cmp("==", meta("iifname"), json!("pyro-*")), cmp("==", saddr.clone(), pool.clone())],
-            json!({"accept": null}),
-        ),
-        rule(
-            "forward",
-            "forward: replies back to sandbox uplinks",
-            vec![
-                cmp("==", meta("oifname"), json!("pyro-*")),
-                cmp("in", json!({"ct": {"key": "state"}}), json!(["established", "related"])),
-            ],
-            json!({"accept": null}),
-        ),
-        rule(
-            "postrouting",
-            "sandbox traffic leaves as the host",
-            vec![cmp("==", saddr, pool), cmp("!=", meta("oifname"), json!("pyro-*"))],
-            json!({"masquerade": null}),
-        ),
-    ]})
+    let head = if replace {
+        vec![
+            json!({"add": {"table": table}}),
+            json!({"delete": {"table": table}}),
+            json!({"add": {"table": table}}),
+        ]
+    } else {
+        vec![json!({"create": {"table": table}})]
+    };
+    head.into_iter()
+        .chain([
+            chain("forward", "filter", 0),
+            chain("postrouting", "nat", SRCNAT),
+            rule(
+                "forward",
+                "forward: sandbox uplinks out",
+                vec![
+                    cmp("==", meta("iifname"), json!("pyro-*")),
+                    cmp("==", saddr.clone(), pool.clone()),
+                ],
+                json!({"accept": null}),
+            ),
+            rule(
+                "forward",
+                "forward: replies back to sandbox uplinks",
+                vec![
+                    cmp("==", meta("oifname"), json!("pyro-*")),
+                    cmp(
+                        "in",
+                        json!({"ct": {"key": "state"}}),
+                        json!(["established", "related"]),
+                    ),
+                ],
+                json!({"accept": null}),
+            ),
+            rule(
+                "postrouting",
+                "sandbox traffic leaves as the host",
+                vec![
+                    cmp("==", saddr, pool),
+                    cmp("!=", meta("oifname"), json!("pyro-*")),
+                ],
+                json!({"masquerade": null}),
+            ),
+        ])
+        .collect()
 }
 
 /// Makes the host's namespace (`host_netns`; `None`: this process's) forward and masquerade
 /// sandbox traffic (see the module docs). Idempotent. The returned [`HostForwarding`] holds
 /// the host lock: drop it once the uplink exists, and before any teardown.
 pub fn ensure(tools: &Tools, host_netns: Option<&str>) -> Result<HostForwarding, NetError> {
+    ensure_with(tools, host_netns, Vec::new(), || {})
+}
+
+/// [`ensure`], with the nft commands `first` in the same transaction as the `pyro-host`
+/// table (a sandbox's host guard: both in force at the same moment, one `nft` process).
+/// `applied` is called once that transaction has succeeded; if it fails, nothing of it
+/// was applied.
+pub(crate) fn ensure_with(
+    tools: &Tools,
+    host_netns: Option<&str>,
+    first: Vec<Value>,
+    applied: impl FnOnce(),
+) -> Result<HostForwarding, NetError> {
     let lock = HostLock::take()?;
-    setup::apply(tools, host_netns, &table_json())?;
+    let with = |replace| {
+        let mut commands = first.clone();
+        commands.extend(table_commands(replace));
+        json!({ "nftables": commands })
+    };
+    // Created if there is none (no other sandbox: the usual case, and quick), else
+    // replaced. If `first` is what failed, the second try fails too.
+    setup::apply(tools, host_netns, &with(false))
+        .or_else(|_| setup::apply(tools, host_netns, &with(true)))?;
+    applied();
     let marker = Marker::of(host_netns)?;
     marker.forget_if_stale()?;
     let enabled_forwarding = netns::read_sysctl(host_netns, IP_FORWARD)? == "0";
@@ -168,38 +221,114 @@ pub fn ensure(tools: &Tools, host_netns: Option<&str>) -> Result<HostForwarding,
 /// Returns whether it did (`false`: uplinks remain, or the namespace is gone; nothing
 /// changed).
 pub fn release_if_unused(tools: &Tools, host_netns: Option<&str>) -> Result<bool, NetError> {
+    remove(tools, host_netns, None, None)?.tables
+}
+
+/// What [`remove`] did, each part on its own.
+#[derive(Debug)]
+pub(crate) struct Removed {
+    /// Deleting the uplink (`Ok`: it is gone, or there was none to delete).
+    pub uplink: Result<(), NetError>,
+    /// Deleting the guard table and, where this released the host's forwarding, the
+    /// `pyro-host` table and `ip_forward` (`Ok(true)`: it did release).
+    pub tables: Result<bool, NetError>,
+}
+
+/// A sandbox's side of the host, removed under the host lock: its `uplink` (if given and
+/// there), its `guard` table (if given; whether or not it exists) and, if no other uplink
+/// is left, what [`release_if_unused`] removes. The link is deleted while one nft
+/// transaction deletes both tables (each deletion waits for an RCU grace period, so they
+/// overlap). If the uplink cannot be deleted, the `pyro-host` table is put back: it stays
+/// while an uplink does. A host namespace that is gone has nothing left to remove.
+pub(crate) fn remove(
+    tools: &Tools,
+    host_netns: Option<&str>,
+    guard: Option<&str>,
+    uplink: Option<&str>,
+) -> Result<Removed, NetError> {
     let _lock = HostLock::take()?;
     if host_netns.is_some_and(|ns| !netns::exists(ns)) {
         // The host namespace is gone, and with it everything there was to undo.
-        return Ok(false);
+        return Ok(Removed {
+            uplink: Ok(()),
+            tables: Ok(false),
+        });
     }
-    let mut argv = Vec::new();
-    if let Some(ns) = host_netns {
-        argv.extend(["-n", ns]);
+    let present = match uplink {
+        Some(dev) => link::index(host_netns, dev)?.is_some(),
+        None => false,
+    };
+    let release = !uplinks_left(host_netns, uplink)?;
+    let mut commands = Vec::new();
+    if let Some(guard) = guard {
+        commands.extend(ruleset::remove_table_commands(guard));
     }
-    argv.extend(["-o", "link", "show"]);
-    let links = crate::cmd::run(&tools.ip, &argv, None)?;
-    if links_in(&links).any(is_uplink) {
-        return Ok(false);
+    if release {
+        commands.extend(ruleset::remove_table_commands(TABLE));
     }
-    if setup::table_exists(tools, host_netns, TABLE) {
-        setup::apply(tools, host_netns, &ruleset::delete_table(TABLE))?;
+    let (deleted, applied) = std::thread::scope(|scope| {
+        let deleting = uplink
+            .filter(|_| present)
+            .map(|dev| scope.spawn(move || link::delete(&tools.ip, host_netns, dev)));
+        let applied = if commands.is_empty() {
+            Ok(())
+        } else {
+            setup::apply(tools, host_netns, &json!({ "nftables": commands }))
+        };
+        let deleted = deleting.map_or(Ok(()), |thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (deleted.map_err(NetError::from), applied)
+    });
+    if release && deleted.is_err() {
+        // The uplink stays, and so must the forwarding it needs.
+        let restored = setup::apply(tools, host_netns, &table_json());
+        return Ok(Removed {
+            uplink: deleted,
+            tables: applied.and(restored).map(|()| false),
+        });
     }
-    let marker = Marker::of(host_netns)?;
-    marker.forget_if_stale()?;
-    if marker.path.exists() {
-        netns::write_sysctl_in(host_netns, IP_FORWARD, "0")?;
-        marker.remove()?;
-    }
-    Ok(true)
+    let tables = applied.and_then(|()| {
+        if release {
+            let marker = Marker::of(host_netns)?;
+            marker.forget_if_stale()?;
+            if marker.path.exists() {
+                netns::write_sysctl_in(host_netns, IP_FORWARD, "0")?;
+                marker.remove()?;
+            }
+        }
+        Ok(release)
+    });
+    Ok(Removed {
+        uplink: deleted,
+        tables,
+    })
 }
 
-/// The interface names in `ip -o link show` output (`3: name@peer: <…> …`).
-fn links_in(output: &str) -> impl Iterator<Item = &str> {
-    output.lines().filter_map(|line| {
-        let name = line.split(": ").nth(1)?;
-        Some(name.split('@').next().unwrap_or(name))
-    })
+/// Whether any sandbox uplink but `except` is left in `host_netns`: the interfaces of
+/// `/proc/thread-self/net/dev`, read on a thread inside it (`/proc/self/net` would show
+/// the main thread's namespace).
+fn uplinks_left(host_netns: Option<&str>, except: Option<&str>) -> Result<bool, NetError> {
+    let path = Path::new("/proc/thread-self/net/dev");
+    let read = || std::fs::read_to_string(path);
+    let dev = match host_netns {
+        Some(ns) => netns::run_in(ns, read)?,
+        None => read(),
+    }
+    .map_err(|source| NetError::State {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(links_in(&dev).any(|l| is_uplink(l) && Some(l) != except))
+}
+
+/// The interface names in `/proc/net/dev` (two header lines, then `  name: counters…`).
+fn links_in(dev: &str) -> impl Iterator<Item = &str> {
+    dev.lines()
+        .skip(2)
+        .filter_map(|line| Some(line.split_once(':')?.0.trim()))
 }
 
 /// Whether `name` is a sandbox's uplink on the host, `pyro-<digits>`.
@@ -289,12 +418,14 @@ mod tests {
     }
 
     #[test]
-    fn link_names_are_read_from_ip_output() {
-        let out = "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n\
-                   7: pyro-12@if2: <BROADCAST> mtu 1500\n\
-                   9: wan0@if10: <BROADCAST> mtu 1500\n";
-        assert_eq!(links_in(out).collect::<Vec<_>>(), ["lo", "pyro-12", "wan0"]);
-        assert_eq!(links_in(out).filter(|l| is_uplink(l)).count(), 1);
+    fn link_names_are_read_from_proc_net_dev() {
+        let dev = "Inter-|   Receive                            |  Transmit\n \
+                   face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+                   lo:       0       0    0    0    0     0          0         0        0\n\
+                   pyro-12: 180       2    0    0    0     0          0         0      180\n  \
+                   wan0: 1000      10    0    0    0     0          0         0     1000\n";
+        assert_eq!(links_in(dev).collect::<Vec<_>>(), ["lo", "pyro-12", "wan0"]);
+        assert_eq!(links_in(dev).filter(|l| is_uplink(l)).count(), 1);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Named network namespaces (the iproute2 convention, `/run/netns/NAME`) and running code
 //! inside one.
 //!
-//! Namespaces are made and removed with `ip netns add|del NAME` (argv, no shell) rather than
+//! Namespaces are made with `ip netns add NAME` (argv, no shell) rather than
 //! `unshare(CLONE_NEWNET)` and a bind mount of our own: iproute2 also makes `/run/netns` a
 //! shared mount point so the name stays valid from other mount namespaces (the jailer's,
 //! for one), and every tool that takes a namespace by name (`ip -n`, `ip netns exec`,
-//! Firecracker's jailer `--netns`) reads exactly that convention. What pyro does *inside*
+//! Firecracker's jailer `--netns`) reads exactly that convention. Removing one is what `ip
+//! netns del` does, done in-process ([`remove`]: detach the mount, unlink the file). What
+//! pyro does *inside*
 //! a namespace from Rust (sysctls now, the resolver later) runs on a thread that has
 //! `setns(2)`-ed into it ([`run_in`], [`spawn_in`]): a network namespace is per thread, so
 //! the rest of the process is unaffected.
@@ -36,6 +38,14 @@ pub enum NetnsError {
         /// Why.
         source: std::io::Error,
     },
+    /// `/run/netns/NAME` could not be removed.
+    #[error("cannot remove network namespace {path}")]
+    Remove {
+        /// The namespace's file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The thread running inside it panicked.
     #[error("the thread inside network namespace {name} panicked")]
     Panicked {
@@ -52,6 +62,24 @@ pub fn path(name: &str) -> PathBuf {
 /// Whether namespace `name` exists.
 pub fn exists(name: &str) -> bool {
     path(name).exists()
+}
+
+/// Removes namespace `name` as `ip netns del NAME` does: detaches the bind mount of
+/// `/run/netns/NAME` (lazily, `MNT_DETACH`; an error there is ignored, as `ip` ignores it)
+/// and unlinks the file. The namespace itself goes once nothing else holds it (a process
+/// inside, an open descriptor). A namespace that is not there is an error (`NotFound`).
+pub fn remove(name: &str) -> Result<(), NetnsError> {
+    let path = path(name);
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return Err(NetnsError::Remove {
+            path,
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    };
+    // SAFETY: `c_path` is a NUL-terminated path that lives across the call, which only
+    // reads it.
+    unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+    std::fs::remove_file(&path).map_err(|source| NetnsError::Remove { path, source })
 }
 
 /// Moves the calling thread into namespace `name`.
@@ -104,6 +132,16 @@ pub fn spawn_in<T: Send + 'static>(
 pub fn write_sysctl(name: &str, key: &str, value: &str) -> Result<(), SysctlError> {
     let path = Path::new("/proc/sys").join(key);
     run_in(name, || std::fs::write(&path, value))?.map_err(|source| SysctlError::Write {
+        key: key.to_owned(),
+        namespace: name.to_owned(),
+        source,
+    })
+}
+
+/// Writes `value` to the sysctl `key` of the calling thread's namespace, reporting errors
+/// as in namespace `name` (for a thread [`run_in`] `name`, setting several at once).
+pub fn write_own_sysctl(name: &str, key: &str, value: &str) -> Result<(), SysctlError> {
+    std::fs::write(Path::new("/proc/sys").join(key), value).map_err(|source| SysctlError::Write {
         key: key.to_owned(),
         namespace: name.to_owned(),
         source,

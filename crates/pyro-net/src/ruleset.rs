@@ -648,13 +648,29 @@ impl Ruleset {
     /// The nft JSON document creating (or atomically replacing) this table.
     pub fn to_json(&self) -> Value {
         let table = json!({"family": FAMILY, "name": self.table});
+        // `add` then `delete` then `add`: one transaction that replaces the table whether
+        // or not it existed, touching no other table.
         let mut commands = vec![
-            // `add` then `delete` then `add`: one transaction that replaces the table whether
-            // or not it existed, touching no other table.
             json!({"add": {"table": table}}),
             json!({"delete": {"table": table}}),
             json!({"add": {"table": table}}),
         ];
+        commands.extend(self.contents());
+        json!({"nftables": commands})
+    }
+
+    /// The nft commands creating this table, which must not exist: `create table` fails
+    /// (and with it the whole transaction they are part of) if a table of its name does.
+    pub fn create_commands(&self) -> Vec<Value> {
+        let table = json!({"family": FAMILY, "name": self.table});
+        let mut commands = vec![json!({"create": {"table": table}})];
+        commands.extend(self.contents());
+        commands
+    }
+
+    /// The commands filling the (new, empty) table: sets, chains, rules.
+    fn contents(&self) -> Vec<Value> {
+        let mut commands = Vec::new();
         for set in &self.sets {
             let mut body = json!({
                 "family": FAMILY, "table": self.table, "name": set.name, "type": "ipv4_addr",
@@ -694,13 +710,23 @@ impl Ruleset {
                 }}}));
             }
         }
-        json!({"nftables": commands})
+        commands
     }
 }
 
 /// The nft JSON document deleting table `table` (fails in nft if it does not exist).
 pub fn delete_table(table: &str) -> Value {
     json!({"nftables": [{"delete": {"table": {"family": FAMILY, "name": table}}}]})
+}
+
+/// The nft commands deleting table `table` whether or not it exists (`add` then `delete`
+/// in one transaction: nft 1.0.6 has no `destroy`).
+pub fn remove_table_commands(table: &str) -> [Value; 2] {
+    let table = json!({"family": FAMILY, "name": table});
+    [
+        json!({"add": {"table": table}}),
+        json!({"delete": {"table": table}}),
+    ]
 }
 
 /// The nft JSON document adding `addrs` to a sandbox's `allowed_v4` set, each for its own
