@@ -256,9 +256,11 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
                     .to_string(),
                 Err(e) => format!("ip_forward unreadable ({e})"),
             };
-            let upstreams = pyro_net::dns::host_upstreams();
+            let upstreams = pyro_core::net::upstreams().unwrap_or_default();
             let dns = if upstreams.is_empty() {
-                "no DNS resolver in /etc/resolv.conf (set PYRO_NET_UPSTREAMS)".to_string()
+                "no DNS resolver (none in /etc/resolv.conf, or PYRO_NET_UPSTREAMS unset or \
+                 invalid)"
+                    .to_string()
             } else {
                 format!(
                     "guests' DNS goes to {}",

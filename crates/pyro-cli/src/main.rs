@@ -195,7 +195,7 @@ struct DoctorArgs {
 
 #[derive(Args, Debug)]
 struct DemoArgs {
-    /// Network demo (not available in this version).
+    /// Run the demo with egress to public addresses (policy egress).
     #[arg(long)]
     network: bool,
 }

@@ -303,7 +303,15 @@ fn bad_inputs_get_clear_errors_and_leave_nothing() {
             "never allowed",
         ),
         (
-            &["run", "debian:12", "--network", "--allow-host", "-x.example", "--", "true"],
+            &[
+                "run",
+                "debian:12",
+                "--network",
+                "--allow-host",
+                "-x.example",
+                "--",
+                "true",
+            ],
             "--allow-host `-x.example`",
         ),
         (

@@ -324,10 +324,29 @@ impl World {
 }
 
 impl Drop for World {
+    /// Also removes the networks of sandboxes this world's tests left (a failed test's):
+    /// their uplinks are in the world's host namespace.
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Ok(out) = Command::new("ip")
+            .args(["-n", &self.host, "-o", "link"])
+            .output()
+        {
+            for line in text(&out.stdout).lines() {
+                let Some(name) = line.split(':').nth(1).map(str::trim) else {
+                    continue;
+                };
+                let name = name.split('@').next().unwrap_or(name);
+                if name
+                    .strip_prefix("pyro-")
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    let _ = Command::new("ip").args(["netns", "del", name]).output();
+                }
+            }
         }
         for ns in [&self.host, &self.inet] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -664,7 +683,6 @@ fn a_killed_run_leaves_its_network_to_the_next_call() {
     };
     let env = Env::with_prefix("pyro-net-kill");
     pull(&env, "debian:12");
-    let before = sandbox_namespaces();
     let mut cmd = env.cmd();
     cmd.args(["run", "--network", "debian:12", "--", "sleep", "120"])
         .env("PYRO_NET_UPSTREAMS", DNS_IP)
@@ -684,16 +702,22 @@ fn a_killed_run_leaves_its_network_to_the_next_call() {
     }
     let mut child = cmd.spawn().unwrap();
     drop(ns);
+    // This world's sandbox networks are those whose uplink is in its host namespace.
     let deadline = Instant::now() + Duration::from_secs(120);
     let made = loop {
-        let now = sandbox_namespaces();
-        let new: Vec<String> = now.into_iter().filter(|n| !before.contains(n)).collect();
+        let mine: Vec<String> = sandbox_namespaces()
+            .into_iter()
+            .filter(|n| {
+                world.pyro_traces().contains(&format!("{n}:"))
+                    || world.pyro_traces().contains(&format!("{n}@"))
+            })
+            .collect();
         // Wait until the guest runs its command (the daemon is up by then).
-        if !new.is_empty()
+        if !mine.is_empty()
             && std::fs::read_dir(env.state.path().join("vms")).is_ok_and(|d| d.count() > 0)
         {
             std::thread::sleep(Duration::from_secs(3));
-            break new;
+            break mine;
         }
         assert!(Instant::now() < deadline, "no sandbox network appeared");
         std::thread::sleep(Duration::from_millis(100));

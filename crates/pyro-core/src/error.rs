@@ -111,9 +111,9 @@ pub enum CoreError {
     },
     /// A networked sandbox was asked for, and this host cannot make one (checked before
     /// anything is created).
-    #[error("guest networking is unavailable here: {reason}")]
+    #[error("{reason}")]
     NetworkUnavailable {
-        /// What is missing, in one line.
+        /// What is missing, in one line, starting "guest networking is unavailable".
         reason: String,
     },
     /// Making, changing or removing a sandbox's network failed.

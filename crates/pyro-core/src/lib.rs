@@ -18,7 +18,7 @@ pub mod hostfs;
 pub mod ledger;
 pub mod lock;
 pub mod model;
-mod net;
+pub mod net;
 pub mod ops;
 mod output;
 mod sandbox;

@@ -121,7 +121,11 @@ struct DaemonSpecFile<'a> {
 pub const UPSTREAMS_ENV: &str = "PYRO_NET_UPSTREAMS";
 
 /// The resolvers pyro's resolver forwards to: [`UPSTREAMS_ENV`], else the host's.
-fn upstreams() -> Result<Vec<std::net::SocketAddr>> {
+///
+/// # Errors
+///
+/// [`UPSTREAMS_ENV`] set to something that is not a list of `IP[:PORT]`.
+pub fn upstreams() -> Result<Vec<std::net::SocketAddr>> {
     let Some(value) = std::env::var_os(UPSTREAMS_ENV) else {
         return Ok(pyro_net::dns::host_upstreams());
     };
@@ -163,8 +167,9 @@ impl Pyro {
         if upstreams()?.is_empty() {
             return Err(CoreError::NetworkUnavailable {
                 reason: format!(
-                    "the host has no DNS resolver to forward the guest's queries to (no \
-                     nameserver in /etc/resolv.conf; or set {UPSTREAMS_ENV})"
+                    "guest networking is unavailable: the host has no DNS resolver to forward \
+                     the guest's queries to (no nameserver in /etc/resolv.conf; or set \
+                     {UPSTREAMS_ENV})"
                 ),
             });
         }
@@ -293,9 +298,11 @@ impl Pyro {
         let upstreams = upstreams()?;
         if upstreams.is_empty() {
             return Err(CoreError::NetworkUnavailable {
-                reason: "the host has no DNS resolver to forward the guest's queries to \
-                         (no nameserver in /etc/resolv.conf)"
-                    .into(),
+                reason: format!(
+                    "guest networking is unavailable: the host has no DNS resolver to forward \
+                     the guest's queries to (no nameserver in /etc/resolv.conf; or set \
+                     {UPSTREAMS_ENV})"
+                ),
             });
         }
         let state_dir = std::fs::canonicalize(dir).map_err(|e| CoreError::io("resolve", dir, e))?;

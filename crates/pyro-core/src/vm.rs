@@ -526,7 +526,8 @@ impl Pyro {
         Ok(vm.info.clone())
     }
 
-    /// Network description (networking is not available in this version).
+    /// A VM's network: addresses, MAC, allowlist, refusals while it runs with one; else
+    /// why it has none.
     pub async fn network_info_vm(&self, id: &str) -> Result<NetworkInfo> {
         let info = self.status_vm(id).await?;
         let handle = self.get_vm(id)?;

@@ -316,7 +316,7 @@ pub const TOOLS: &[Row] = &[
         read_only: true,
         destructive: false,
         idempotent: true,
-        description: "Show a VM's network configuration (guest networking is not available in this version; reason says why).",
+        description: "Show a VM's network: addresses, MAC, allowlist and refusals, or why it has none.",
     },
     Row {
         name: "vm_reap_expired",

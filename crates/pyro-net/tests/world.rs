@@ -142,11 +142,15 @@ fn spoofed_sources_are_dropped() {
     let world = World::new(&tools, "spoof");
     let sb = world.sandbox(16305, NetworkPolicy::Egress, &open());
     let echo = Server::udp(&world.internet.name, sock(PUBLIC, 7));
+    // Control: the real address gets through (a few tries: the first datagram waits for
+    // three ARP resolutions, which a loaded machine can stretch past one try's timeout).
     assert!(
-        udp_exchange(&sb.guest.name, None, sock(PUBLIC, 7)),
+        (0..5).any(|_| udp_exchange(&sb.guest.name, None, sock(PUBLIC, 7))),
         "control: the real address"
     );
-    assert_eq!(echo.hits(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let control_hits = echo.hits();
+    assert!(control_hits >= 1);
 
     let other_guest = SandboxNet::new(16300).unwrap().guest();
     for spoofed in [Ipv4Addr::new(198, 51, 100, 99), other_guest] {
@@ -157,7 +161,7 @@ fn spoofed_sources_are_dropped() {
             "{spoofed}"
         );
     }
-    assert_eq!(echo.hits(), 1, "no spoofed datagram arrived");
+    assert_eq!(echo.hits(), control_hits, "no spoofed datagram arrived");
 }
 
 #[test]
