@@ -564,10 +564,18 @@ pub fn setup_root() -> Result<(), InitError> {
         eprintln!("pyro-init: warning: cannot bring up lo: {err}");
     }
     // Only with `pyro.net=` on the command line: a guest without it has only `lo`. A
-    // template booted with `pyro.net=pending` leaves eth0 down and unconfigured: each
-    // restored clone gets its own network with its reseed.
+    // template booted with `pyro.net=pending` brings eth0 up without an address (IPv6 off):
+    // each restored clone gets its own MAC and address with its reseed.
     match crate::net::from_cmdline() {
-        Ok(None | Some(crate::net::NetParam::Pending)) => {}
+        Ok(None) => {}
+        Ok(Some(crate::net::NetParam::Pending)) => {
+            if let Err(err) = crate::net::ready_pending(crate::net::GUEST_IFACE) {
+                let cause = std::error::Error::source(&err)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                eprintln!("pyro-init: warning: network: {err}{cause}");
+            }
+        }
         Ok(Some(crate::net::NetParam::Static(cfg))) => {
             if let Err(err) = crate::net::configure(crate::net::GUEST_IFACE, &cfg) {
                 // Every NetError wraps one io::Error: print it after the step.

@@ -40,6 +40,82 @@ pub const GUEST_IFACE: &str = "eth0";
 /// Where the resolver configuration goes.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// Where the resolver configuration really lives in a networked guest: `/etc/resolv.conf`
+/// links here, on the tmpfs `/run`, so that a restored clone's reseed rewrites a file in
+/// memory instead of the overlay on its disk (a copy-up and a journal commit).
+pub const RUN_RESOLV_CONF: &str = "/run/pyro/resolv.conf";
+
+/// The two paths of the guest's resolver configuration ([`RESOLV_CONF`] linking to
+/// [`RUN_RESOLV_CONF`]); tests name their own.
+#[derive(Debug, Clone)]
+pub struct ResolvPaths {
+    /// The path programs read (`/etc/resolv.conf`).
+    pub etc: std::path::PathBuf,
+    /// The file it links to (`/run/pyro/resolv.conf`).
+    pub run: std::path::PathBuf,
+}
+
+impl ResolvPaths {
+    /// The guest's own paths.
+    pub fn guest() -> Self {
+        Self {
+            etc: RESOLV_CONF.into(),
+            run: RUN_RESOLV_CONF.into(),
+        }
+    }
+}
+
+/// Writes `text` to `paths.run` (atomically; its directory is created) and makes
+/// `paths.etc` a symbolic link to it, unless it already is one (then nothing on the disk
+/// changes: a restored clone touches only `/run`).
+///
+/// # Errors
+/// Writing the file or replacing the link.
+pub fn install_resolv_conf(paths: &ResolvPaths, text: &str) -> Result<(), NetError> {
+    let fail = |path: &Path| {
+        let path = path.to_owned();
+        move |source| NetError::ResolvConf { path, source }
+    };
+    if let Some(dir) = paths.run.parent() {
+        std::fs::create_dir_all(dir).map_err(fail(dir))?;
+    }
+    write_atomically(&paths.run, text).map_err(fail(&paths.run))?;
+    if std::fs::read_link(&paths.etc).is_ok_and(|t| t == paths.run) {
+        return Ok(());
+    }
+    let mut tmp_name = paths.etc.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".pyro-link");
+    let tmp = paths.etc.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&paths.run, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &paths.etc))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(&paths.etc)(e)
+        })
+}
+
+/// Writes `text` to `path` through a temporary file beside it and a rename (no fsync: the
+/// resolver configuration is written again from the host's data at every boot and restore).
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".pyro-tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Longest accepted value of [`NET_PARAM`] (`255.255.255.255/30` and two more addresses
 /// take 50 bytes).
 pub const MAX_PARAM_LEN: usize = 64;
@@ -322,6 +398,8 @@ pub fn configure_interface(iface: &str, cfg: &NetConfig) -> Result<(), NetError>
             source,
         }
     };
+    // Guests are IPv4-only: no link-local address, nothing sent over IPv6.
+    disable_ipv6(iface).map_err(fail("turn IPv6 off"))?;
     sys::set_interface_ipv4(iface, cfg.address, cfg.netmask()).map_err(fail("set the address"))?;
     sys::interface_up(iface).map_err(fail("bring the interface up"))?;
     sys::add_default_route(cfg.gateway).map_err(|source| NetError::Route {
@@ -390,7 +468,7 @@ pub fn reconfigure(
     iface: &str,
     mac: [u8; 6],
     cfg: &NetConfig,
-    resolv_conf: &Path,
+    resolv: &ResolvPaths,
 ) -> Result<(), NetError> {
     let fail = |step: &'static str| {
         move |source| NetError::Interface {
@@ -399,16 +477,53 @@ pub fn reconfigure(
             source,
         }
     };
-    // An interface that was up may hold routes and neighbour entries of its old address:
-    // bringing it down drops them. A warm template's card was never up (`pyro.net=pending`)
-    // and holds none, and skipping the down saves a restore the kernel's synchronisation.
-    if sys::interface_is_up(iface).map_err(fail("read the interface's flags"))? {
+    // An interface that had an address may hold routes and neighbour entries learnt under
+    // it: bringing it down drops them. A warm template's card never had one
+    // (`pyro.net=pending`: up, IPv6 off, no address, so nothing was ever sent or learnt),
+    // and skipping the down saves a restore the kernel's synchronisation.
+    let had_address =
+        sys::interface_has_ipv4(iface).map_err(fail("read the interface's address"))?;
+    if had_address && sys::interface_is_up(iface).map_err(fail("read the interface's flags"))? {
         sys::interface_down(iface).map_err(fail("bring the interface down"))?;
     }
     sys::set_interface_mac(iface, mac).map_err(fail("set the MAC address"))?;
     sys::delete_default_routes().map_err(|source| NetError::OldRoute { source })?;
     configure_interface(iface, cfg)?;
-    write_resolv_conf(resolv_conf, cfg)
+    install_resolv_conf(resolv, &resolv_conf(cfg))
+}
+
+/// Readies a warm template's card (`pyro.net=pending`): IPv6 off on it (guests are
+/// IPv4-only, and a link-local address derived from the template's MAC would be shared
+/// by every clone), then up without an address, so that nothing is sent and a restored
+/// clone only sets its MAC, address and route.
+///
+/// # Errors
+/// The step that failed.
+pub fn ready_pending(iface: &str) -> Result<(), NetError> {
+    let fail = |step: &'static str| {
+        move |source| NetError::Interface {
+            iface: iface.to_owned(),
+            step,
+            source,
+        }
+    };
+    disable_ipv6(iface).map_err(fail("turn IPv6 off"))?;
+    sys::interface_up(iface).map_err(fail("bring the interface up"))?;
+    // The link is made now, on the template's disk, so no clone writes to its disk.
+    install_resolv_conf(
+        &ResolvPaths::guest(),
+        "# pyro: the address comes with the restore\n",
+    )
+}
+
+/// Turns IPv6 off on `iface` (its `disable_ipv6` sysctl); a kernel without IPv6 has
+/// nothing to turn off.
+fn disable_ipv6(iface: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
+    match std::fs::write(path, "1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Applies `cfg`: [`configure_interface`] on `iface`, then [`write_resolv_conf`] to
@@ -418,7 +533,7 @@ pub fn reconfigure(
 /// The first step that failed.
 pub fn configure(iface: &str, cfg: &NetConfig) -> Result<(), NetError> {
     configure_interface(iface, cfg)?;
-    write_resolv_conf(Path::new(RESOLV_CONF), cfg)
+    install_resolv_conf(&ResolvPaths::guest(), &resolv_conf(cfg))
 }
 
 #[cfg(test)]
@@ -641,6 +756,38 @@ mod tests {
     }
 
     #[test]
+    fn resolv_conf_links_to_run_and_a_rewrite_touches_only_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ResolvPaths {
+            etc: dir.path().join("etc/resolv.conf"),
+            run: dir.path().join("run/pyro/resolv.conf"),
+        };
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        // An image's own file is replaced by the link.
+        std::fs::write(&paths.etc, "nameserver 9.9.9.9\n").unwrap();
+        install_resolv_conf(&paths, "nameserver 10.200.0.1\n").unwrap();
+        assert_eq!(std::fs::read_link(&paths.etc).unwrap(), paths.run);
+        assert_eq!(
+            std::fs::read_to_string(&paths.etc).unwrap(),
+            "nameserver 10.200.0.1\n"
+        );
+        let linked = std::fs::symlink_metadata(&paths.etc).unwrap();
+        // A second write changes the file in /run only: the link is the same inode.
+        install_resolv_conf(&paths, "nameserver 10.200.0.5\n").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::symlink_metadata(&paths.etc).unwrap().ino(),
+            linked.ino()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&paths.etc).unwrap(),
+            "nameserver 10.200.0.5\n"
+        );
+        let etc: Vec<_> = std::fs::read_dir(dir.path().join("etc")).unwrap().collect();
+        assert_eq!(etc.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
     fn resolv_conf_written_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
@@ -811,7 +958,10 @@ mod tests {
                 let net = guest_network("02:70:79:00:01:07", "10.200.1.6/30", "10.200.1.5");
                 let cfg = check_guest_network(&net).unwrap();
                 let dir = tempfile::tempdir().unwrap();
-                let resolv = dir.path().join("resolv.conf");
+                let resolv = ResolvPaths {
+                    etc: dir.path().join("resolv.conf"),
+                    run: dir.path().join("run/pyro/resolv.conf"),
+                };
                 reconfigure(GUEST_IFACE, net.mac.0, &cfg, &resolv).map_err(|e| format!("{e:?}"))?;
 
                 let (link, inet) = eth0();
@@ -830,7 +980,11 @@ mod tests {
                 if had_neighbour {
                     assert_eq!(neighbours(), 0, "the neighbour cache is flushed");
                 }
-                assert_eq!(std::fs::read_to_string(&resolv).unwrap(), resolv_conf(&cfg));
+                assert_eq!(
+                    std::fs::read_to_string(&resolv.etc).unwrap(),
+                    resolv_conf(&cfg)
+                );
+                assert_eq!(std::fs::read_link(&resolv.etc).unwrap(), resolv.run);
 
                 // Again, with the same values (a retried reseed): the same result.
                 reconfigure(GUEST_IFACE, net.mac.0, &cfg, &resolv).map_err(|e| format!("{e:?}"))?;

@@ -192,8 +192,8 @@ async fn handle_reseed(tx: &mut SendHalf, req: &pyro_proto::api::Reseed, info: A
         }
     };
     if let Some((mac, cfg)) = network {
-        let path = std::path::Path::new(crate::net::RESOLV_CONF);
-        if let Err(e) = crate::net::reconfigure(crate::net::GUEST_IFACE, mac.0, &cfg, path) {
+        let paths = crate::net::ResolvPaths::guest();
+        if let Err(e) = crate::net::reconfigure(crate::net::GUEST_IFACE, mac.0, &cfg, &paths) {
             // Every NetError wraps one io::Error: name the step, then the cause.
             let cause = std::error::Error::source(&e)
                 .map(|s| format!(": {s}"))

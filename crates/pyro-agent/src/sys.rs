@@ -255,6 +255,20 @@ pub fn interface_is_up(name: &str) -> io::Result<bool> {
     Ok(flags & libc::IFF_UP as libc::c_short != 0)
 }
 
+/// Whether a network interface has an IPv4 address (`SIOCGIFADDR`; none is
+/// `EADDRNOTAVAIL`).
+pub fn interface_has_ipv4(name: &str) -> io::Result<bool> {
+    let mut req = ifreq_for(name)?;
+    let sock = inet_socket()?;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFADDR fills the
+    // address or fails.
+    match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFADDR, &mut req) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Clears `IFF_UP` on a network interface (like `ip link set NAME down`). The kernel then
 /// drops the interface's IPv4 routes and flushes its neighbour (ARP) entries.
 pub fn interface_down(name: &str) -> io::Result<()> {

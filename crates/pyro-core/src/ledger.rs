@@ -17,7 +17,7 @@
 //! way: delete, stop, a failed create or reset, orphan reaping, and the reconcile a later
 //! call does after a crash. Releasing is idempotent: a resource already gone is released.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,15 +83,12 @@ impl Resource {
     pub async fn release(&self) {
         match self {
             Self::Process { pid, ticks, .. } => {
-                if host::process_alive(*pid, *ticks) {
-                    // SAFETY: kill(2) on the process identified by pid and start time, checked
-                    // just before.
-                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-                }
-                let deadline = Instant::now() + RELEASE_WAIT;
-                while host::process_alive(*pid, *ticks) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                let (pid, ticks) = (*pid, *ticks);
+                // Returns as soon as the process is gone (a pidfd), not on a polling tick.
+                let _ = tokio::task::spawn_blocking(move || {
+                    pyro_host::process::kill_and_wait(pid, ticks, RELEASE_WAIT)
+                })
+                .await;
             }
             Self::Network { index } => {
                 let index = *index;

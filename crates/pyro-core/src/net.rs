@@ -257,10 +257,13 @@ impl Pyro {
     /// Ends sandbox `owner`'s network daemon and removes its network (what the ledger
     /// records of both).
     pub(crate) async fn close_network(&self, owner: &str) {
+        let started = std::time::Instant::now();
         self.release_ledger(owner, crate::ledger::Phase::BeforeMachine)
             .await;
+        tracing::debug!(owner, elapsed = ?started.elapsed(), "network helpers ended");
         self.release_ledger(owner, crate::ledger::Phase::AfterMachine)
             .await;
+        tracing::debug!(owner, elapsed = ?started.elapsed(), "network removed");
     }
 
     /// Waits until the network daemon `net` started serves (its machine boots meanwhile);

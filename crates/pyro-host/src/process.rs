@@ -22,6 +22,65 @@ pub fn alive(pid: u32, ticks: u64) -> bool {
     start_ticks(pid) == Some(ticks)
 }
 
+/// Sends SIGKILL to the process `pid` that started at `ticks` (nothing if it is gone or
+/// another process now has the pid) and waits up to `timeout` until it has exited. Waits
+/// on a pidfd, opened before the identity check so the signal cannot reach a process that
+/// reused the pid, and returns as soon as the process is gone; polls `/proc` where pidfds
+/// are unavailable. Returns whether it is gone.
+pub fn kill_and_wait(pid: u32, ticks: u64, timeout: std::time::Duration) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let deadline = std::time::Instant::now() + timeout;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw >= 0 {
+        // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        if !alive(pid, ticks) {
+            return true;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on the pidfd just opened (it names exactly the process
+        // checked above), no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the timeout is bounded.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(60_000) as i32) };
+            if n > 0 {
+                return true;
+            }
+            if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return !alive(pid, ticks);
+            }
+        }
+    }
+    if alive(pid, ticks) {
+        // SAFETY: kill(2) on the process identified by pid and start time, checked just
+        // before (the window for pid reuse is this one line).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    while alive(pid, ticks) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
 /// What the child does between fork and exec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChildSetup {
@@ -82,6 +141,32 @@ impl ChildSetup {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kill_and_wait_ends_the_process_it_names_and_nothing_else() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let ticks = start_ticks(pid).unwrap();
+        // Another start time is another process, already gone: nothing is signalled.
+        assert!(kill_and_wait(
+            pid,
+            ticks + 1,
+            std::time::Duration::from_millis(50)
+        ));
+        assert!(alive(pid, ticks), "a wrong identity must not be killed");
+        let reaper = std::thread::spawn(move || child.wait());
+        let t = std::time::Instant::now();
+        assert!(kill_and_wait(pid, ticks, std::time::Duration::from_secs(5)));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        reaper.join().unwrap().unwrap();
+        assert!(!alive(pid, ticks));
+        // A process that is gone is gone at once.
+        assert!(kill_and_wait(pid, ticks, std::time::Duration::from_secs(5)));
+    }
+
     use super::*;
 
     #[test]
