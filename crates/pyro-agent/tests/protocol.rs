@@ -33,7 +33,8 @@ fn agent() -> Agent {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
+    // The socket file appears at bind, before listen: wait until a connection is taken.
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "agent did not listen");
         std::thread::sleep(Duration::from_millis(10));
     }

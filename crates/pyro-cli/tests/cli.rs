@@ -308,11 +308,11 @@ fn bad_inputs_get_clear_errors_and_leave_nothing() {
                 "debian:12",
                 "--network",
                 "--allow-host",
-                "-x.example",
+                "x!.example",
                 "--",
                 "true",
             ],
-            "--allow-host `-x.example`",
+            "--allow-host `x!.example`",
         ),
         (
             &["run", "debian:12", "--backend", "vmware", "--", "true"],

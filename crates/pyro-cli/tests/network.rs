@@ -417,6 +417,17 @@ fn egress_reaches_the_world_by_name_and_every_blocked_class_fails_fast() {
         "git ls-remote http://repo.test/repo.git; echo \"ls-remote rc=$?\"; \
          cat /sys/class/net/eth0/address; ",
     );
+    // The issue's own check: the same git command against what must stay unreachable
+    // fails at once with a clear error (not a timeout: rc 124).
+    for (label, url) in [
+        ("git-private", format!("http://{PRIVATE_IP}/repo.git")),
+        ("git-metadata", format!("http://{METADATA_IP}/repo.git")),
+        ("git-host", format!("http://{HOST_WAN}:8080/repo.git")),
+    ] {
+        script.push_str(&format!(
+            "out=$(timeout 20 git ls-remote {url} 2>&1); echo \"{label}: rc=$? $out\"; "
+        ));
+    }
     let blocked = [
         "gateway:8080".to_string(),
         format!("{PRIVATE_IP}:80"),
@@ -461,6 +472,17 @@ fn egress_reaches_the_world_by_name_and_every_blocked_class_fails_fast() {
         );
     }
     assert!(stdout.contains("gateway 10.200."), "{stdout}");
+    for label in ["git-private", "git-metadata", "git-host"] {
+        let line = line_for(stdout, label);
+        assert!(
+            !line.contains("rc=0") && !line.contains("rc=124"),
+            "{label} must fail, and fast: {line}"
+        );
+        assert!(
+            line.contains("Couldn't connect to server"),
+            "{label}: a clear error: {line}"
+        );
+    }
     // Nothing of the sandbox's network is left on the host.
     assert_eq!(world.pyro_traces(), "", "leftovers after a one-shot run");
 }

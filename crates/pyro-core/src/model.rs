@@ -99,8 +99,11 @@ pub struct NetworkInfo {
     /// Why there is no network (absent when there is one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The network, while the VM runs with one.
+    // The network, while the VM runs with one: the contract's tap_name, guest_ip,
+    // gateway_ip, subnet_cidr, mac_address, dns_servers, and pyro's extension
+    // ([`SandboxNetworkInfo`]). Open in the output schema, like WorkspaceInfo's `network`.
     #[serde(flatten)]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub network: Option<SandboxNetworkInfo>,
 }
 
