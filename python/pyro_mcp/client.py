@@ -38,6 +38,19 @@ def _list(items: Optional[Sequence[str]]) -> Optional[List[str]]:
     return [str(i) for i in items]
 
 
+def _secrets(items: Optional[Sequence[Mapping[str, Any]]]) -> Optional[List[Dict[str, Any]]]:
+    """Secrets as the server takes them; a ``file_path`` is made absolute here."""
+    if items is None:
+        return None
+    out: List[Dict[str, Any]] = []
+    for item in items:
+        d = dict(item)
+        if "file_path" in d and d["file_path"] is not None:
+            d["file_path"] = _path(d["file_path"])
+        out.append(d)
+    return out
+
+
 def _path(p: Optional[PathLike]) -> Optional[str]:
     # Relative paths mean the caller's current directory, now, not the child's.
     return None if p is None else os.path.abspath(os.fspath(p))
@@ -348,6 +361,7 @@ class Pyro:
         network_policy: str = "off",
         allow_hosts: Optional[Sequence[str]] = None,
         allow_cidrs: Optional[Sequence[str]] = None,
+        secrets: Optional[Sequence[Mapping[str, Any]]] = None,
         allow_host_compat: bool = False,
         seed_path: Optional[PathLike] = None,
         name: Optional[str] = None,
@@ -364,6 +378,8 @@ class Pyro:
                 addresses only) or ``"egress+published-ports"``.
             allow_hosts, allow_cidrs: with a networked policy, only these names
                 (``api.example.org``, ``*.example.org``) and IPv4 ranges.
+            secrets: ``[{"name": ..., "value": ...} | {"name": ..., "file_path": ...}]``,
+                kept on the host; commands get them with ``secret_env``.
             allow_host_compat: not available (refused when true).
             seed_path: a host directory or ``.tar``/``.tar.gz``/``.tgz``/``.tar.zst``
                 archive that becomes ``/workspace`` and the diff/reset baseline.
@@ -379,6 +395,7 @@ class Pyro:
             network_policy=network_policy,
             allow_hosts=_list(allow_hosts),
             allow_cidrs=_list(allow_cidrs),
+            secrets=_secrets(secrets),
             allow_host_compat=allow_host_compat,
             seed_path=_path(seed_path),
             name=name,
@@ -433,9 +450,12 @@ class Pyro:
         env: Optional[Mapping[str, str]] = None,
         max_output_bytes: Optional[int] = None,
         stdin: Optional[str] = None,
+        secret_env: Optional[Mapping[str, str]] = None,
     ) -> Result:
         """Runs one command in the workspace (cwd ``/workspace``) and records it in the
-        workspace's history."""
+        workspace's history. ``secret_env`` maps workspace secrets to environment variables
+        of this command only (``""`` keeps the secret's name); their values are redacted from
+        the output."""
         return self._call(
             "exec_workspace",
             workspace_id=workspace_id,
@@ -445,6 +465,7 @@ class Pyro:
             env=dict(env) if env is not None else None,
             max_output_bytes=max_output_bytes,
             stdin=stdin,
+            secret_env=dict(secret_env) if secret_env is not None else None,
         )
 
     def push_workspace_sync(

@@ -436,6 +436,39 @@ def test_workspace_session(pyro: Pyro, tmp_path: Path) -> None:
         pyro.status_workspace(wid)
 
 
+def test_secrets_reach_only_named_commands_and_are_redacted(pyro: Pyro, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-value-5c1d9e")
+    ws = pyro.create_workspace(
+        environment=ENV,
+        secrets=[
+            {"name": "API_TOKEN", "value": "lit-value-8a7b6c"},
+            {"name": "FILE_TOKEN", "file_path": token_file},
+        ],
+    )
+    wid = ws["workspace_id"]
+    try:
+        assert ws["secrets"] == [
+            {"name": "API_TOKEN", "source_kind": "literal"},
+            {"name": "FILE_TOKEN", "source_kind": "file"},
+        ]
+        r = pyro.exec_workspace(wid, command='echo "[${API_TOKEN:-unset}]"')
+        assert r["stdout"] == "[unset]\n"
+        r = pyro.exec_workspace(
+            wid,
+            command='echo "$T"; echo "$FILE_TOKEN" >&2; echo "$T" > t.txt',
+            secret_env={"API_TOKEN": "T", "FILE_TOKEN": ""},
+        )
+        assert r["stdout"] == "[REDACTED]\n" and r["stderr"] == "[REDACTED]\n"
+        assert pyro.read_workspace_file(wid, "t.txt")["content"] == "[REDACTED]\n"
+        logs = pyro.logs_workspace(wid)
+        assert "lit-value" not in str(logs)
+        with pytest.raises(PyroInputError, match="no secret"):
+            pyro.exec_workspace(wid, command="true", secret_env={"NOPE": ""})
+    finally:
+        pyro.delete_workspace(wid)
+
+
 def test_workspaces_persist_across_instances(tmp_path: Path) -> None:
     with Pyro() as a:
         wid = a.create_workspace(environment=ENV)["workspace_id"]

@@ -108,6 +108,12 @@ pub struct CreateArgs {
     /// With a networked policy: also this IPv4 range, even a private one (repeatable).
     #[arg(long = "allow-cidr", value_name = "CIDR")]
     allow_cidrs: Vec<String>,
+    /// A secret (repeatable), kept on the host; commands get it with --secret-env.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secrets: Vec<String>,
+    /// A secret read from a host file (repeatable).
+    #[arg(long = "secret-file", value_name = "NAME=PATH")]
+    secret_files: Vec<PathBuf>,
     /// A directory or .tar/.tar.gz/.tgz/.tar.zst archive that becomes /workspace.
     #[arg(long)]
     seed_path: Option<PathBuf>,
@@ -165,6 +171,10 @@ pub struct ExecArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Give the command a workspace secret as an environment variable (repeatable;
+    /// SECRET alone keeps its name). Its value is redacted from the output.
+    #[arg(long = "secret-env", value_name = "SECRET[=ENV_VAR]")]
+    secret_env: Vec<String>,
     /// Run the command words joined by spaces through `/bin/sh -c`.
     #[arg(long)]
     shell: bool,
@@ -190,6 +200,7 @@ impl TryFrom<&CreateArgs> for pyro_core::ops::CreateWorkspaceRequest {
             network_policy: a.network_policy.clone(),
             allow_hosts: Some(a.allow_hosts.clone()),
             allow_cidrs: Some(a.allow_cidrs.clone()),
+            secrets: Some(secret_params(&a.secrets, &a.secret_files)?),
             allow_host_compat: false,
             seed_path: a.seed_path.as_ref().map(Into::into),
             name: a.name.clone(),
@@ -212,6 +223,15 @@ impl TryFrom<&ExecArgs> for pyro_core::ops::ExecWorkspace {
             env: Some(parse_env_pairs(&a.env)?),
             max_output_bytes: a.max_output_bytes,
             stdin: None,
+            secret_env: Some(
+                a.secret_env
+                    .iter()
+                    .map(|s| match s.split_once('=') {
+                        Some((name, var)) => (name.to_string(), var.to_string()),
+                        None => (s.clone(), String::new()),
+                    })
+                    .collect(),
+            ),
         })
     }
 }
@@ -375,6 +395,36 @@ fn read_text_file(p: &std::path::Path, flag: &str, limit: usize) -> anyhow::Resu
         .map_err(|_| input_err(format!("{flag} {} is not valid UTF-8", p.display())))
 }
 
+/// `--secret NAME=VALUE` and `--secret-file NAME=PATH` as the request's secrets.
+fn secret_params(
+    literals: &[String],
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<pyro_core::ops::SecretParam>> {
+    let mut out = Vec::new();
+    for s in literals {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| input_err("--secret takes NAME=VALUE".to_string()))?;
+        out.push(pyro_core::ops::SecretParam {
+            name: name.into(),
+            value: Some(value.into()),
+            file_path: None,
+        });
+    }
+    for f in files {
+        let text = f.to_string_lossy();
+        let (name, path) = text
+            .split_once('=')
+            .ok_or_else(|| input_err("--secret-file takes NAME=PATH".to_string()))?;
+        out.push(pyro_core::ops::SecretParam {
+            name: name.into(),
+            value: None,
+            file_path: Some(std::path::Path::new(path).into()),
+        });
+    }
+    Ok(out)
+}
+
 fn summary(action: &str, w: &WorkspaceInfo) {
     println!("{action} ID: {}", w.workspace_id);
     if let Some(n) = &w.name {
@@ -389,6 +439,14 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     println!("Workspace: {}", w.workspace_path);
     println!("Last activity at: {}", w.last_activity_at);
     println!("Network policy: {}", w.network_policy);
+    if !w.secrets.is_empty() {
+        let s: Vec<String> = w
+            .secrets
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.source_kind))
+            .collect();
+        println!("Secrets: {}", s.join(", "));
+    }
     if let Some(n) = &w.network {
         println!(
             "Network: guest {} via {} (namespace {}, MAC {})",

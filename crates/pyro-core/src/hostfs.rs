@@ -640,7 +640,13 @@ pub enum BoundedReadError {
 /// and at most `limit + 1` bytes are ever read (a file that grows is caught too); FIFOs,
 /// devices (`/dev/zero`) and directories are refused without blocking.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
-    let fd = HostPath::local(path).open_read()?;
+    read_bounded_at(&HostPath::local(path), limit)
+}
+
+/// [`read_bounded`] of a [`HostPath`] (opened through its root's descriptor when it is
+/// confined).
+pub fn read_bounded_at(path: &HostPath, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
+    let fd = path.open_read()?;
     let st = fstat(fd.as_fd())?;
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => None,

@@ -22,6 +22,7 @@ pub mod net;
 pub mod ops;
 mod output;
 mod sandbox;
+pub mod secrets;
 pub mod store;
 pub mod validate;
 mod vm;
@@ -228,6 +229,9 @@ pub struct ExecOptions {
     /// Whether the guest should send all output (for a live stream to a terminal) even
     /// beyond `max_output_bytes`; the result still keeps only the limit.
     pub stream_all: bool,
+    /// Workspace secrets given to this command's environment: secret name -> variable name
+    /// (empty: the secret's own name). Only workspaces have secrets.
+    pub secret_env: BTreeMap<String, String>,
 }
 
 impl ExecOptions {
@@ -241,6 +245,7 @@ impl ExecOptions {
             stdin: None,
             max_output_bytes: None,
             stream_all: false,
+            secret_env: BTreeMap::new(),
         }
     }
 }

@@ -245,7 +245,10 @@ pub struct WorkspaceInfo {
     pub backend: String,
     pub workspace_path: String,
     pub workspace_seed: WorkspaceSeed,
-    pub secrets: Vec<serde_json::Value>,
+    // Declared secrets: names and source kinds, never values (objects in the schema, to keep
+    // tools/list small).
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    pub secrets: Vec<crate::secrets::SecretInfo>,
     pub command_count: u64,
     pub last_command: Option<LastCommand>,
     pub reset_count: u64,

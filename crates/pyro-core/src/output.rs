@@ -68,6 +68,10 @@ impl Transform for PassThrough {
 struct Stream {
     transform: Box<dyn Transform>,
     kept: Vec<u8>,
+    /// Whether the capture dropped bytes at its limit.
+    dropped: bool,
+    /// Bytes the agent forwarded (before the transform).
+    received: u64,
     log: Option<LogFile>,
 }
 
@@ -76,6 +80,8 @@ impl Stream {
         Self {
             transform: Box::new(PassThrough),
             kept: Vec::new(),
+            dropped: false,
+            received: 0,
             log: None,
         }
     }
@@ -85,7 +91,9 @@ impl Stream {
         if let Some(log) = self.log.as_mut() {
             log.finish()?;
         }
-        let truncated = agent_truncated || total > self.kept.len() as u64;
+        // The agent's counts are of the command's own bytes, as are `received`; a transform
+        // may change lengths, so the capture's own drop says whether it cut what it got.
+        let truncated = agent_truncated || self.received < total || self.dropped;
         let (text, base64) = render_output(&self.kept, truncated, total);
         Ok(Rendered {
             text,
@@ -133,6 +141,17 @@ impl<'a> OutputPipeline<'a> {
         }
     }
 
+    /// Passes each stream through its own transform (stdout's, stderr's) first.
+    pub(crate) fn with_transforms(
+        mut self,
+        stdout: Box<dyn Transform>,
+        stderr: Box<dyn Transform>,
+    ) -> Self {
+        self.stdout.transform = stdout;
+        self.stderr.transform = stderr;
+        self
+    }
+
     /// Also writes each stream to its log file.
     pub(crate) fn with_logs(mut self, stdout: LogFile, stderr: LogFile) -> Self {
         self.stdout.log = Some(stdout);
@@ -143,8 +162,14 @@ impl<'a> OutputPipeline<'a> {
     /// Takes one chunk from the agent.
     pub(crate) fn push(&mut self, chunk: Output) {
         let out = match chunk {
-            Output::Stdout(b) => Output::Stdout(self.stdout.transform.feed(b)),
-            Output::Stderr(b) => Output::Stderr(self.stderr.transform.feed(b)),
+            Output::Stdout(b) => {
+                self.stdout.received += b.len() as u64;
+                Output::Stdout(self.stdout.transform.feed(b))
+            }
+            Output::Stderr(b) => {
+                self.stderr.received += b.len() as u64;
+                Output::Stderr(self.stderr.transform.feed(b))
+            }
         };
         self.emit(out);
     }
@@ -158,7 +183,7 @@ impl<'a> OutputPipeline<'a> {
         if bytes.is_empty() {
             return;
         }
-        push_capped(&mut stream.kept, bytes, self.limit);
+        stream.dropped |= push_capped(&mut stream.kept, bytes, self.limit);
         if let Some(log) = stream.log.as_mut() {
             log.write(bytes);
         }
@@ -229,10 +254,12 @@ pub(crate) async fn exec(
     Ok(res)
 }
 
-/// Appends as much of `b` as fits under `limit` bytes (output kept for a result).
-fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) {
+/// Appends as much of `b` as fits under `limit` bytes (output kept for a result); returns
+/// whether some did not fit.
+fn push_capped(buf: &mut Vec<u8>, b: &[u8], limit: u64) -> bool {
     let room = (limit as usize).saturating_sub(buf.len());
     buf.extend_from_slice(&b[..b.len().min(room)]);
+    b.len() > room
 }
 
 /// A result's view of kept output: lossy UTF-8 text (with a marker line saying how much is

@@ -400,6 +400,12 @@ impl Pyro {
         on_output: Option<OutputFn<'_>>,
     ) -> Result<VmExecResult> {
         validate_exec(&opts)?;
+        if !opts.secret_env.is_empty() {
+            return Err(CoreError::Invalid {
+                field: "secret_env",
+                reason: "only workspaces have secrets".into(),
+            });
+        }
         let handle = self.get_vm(id)?;
         let result = {
             let vm = handle.lock().await;

@@ -98,6 +98,8 @@ pub struct CreateWorkspace {
     pub allow_hosts: Vec<String>,
     /// IPv4 ranges the guest may reach, also private ones otherwise blocked.
     pub allow_cidrs: Vec<String>,
+    /// Secrets, kept on the host and given to commands that name them (`secret_env`).
+    pub secrets: Vec<crate::secrets::SecretInput>,
 }
 
 impl CreateWorkspace {
@@ -115,6 +117,7 @@ impl CreateWorkspace {
             network_policy: "off".into(),
             allow_hosts: Vec::new(),
             allow_cidrs: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }

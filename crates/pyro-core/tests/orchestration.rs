@@ -532,3 +532,118 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     .await;
     out.into_iter().flatten().collect()
 }
+
+#[test]
+fn secrets_reach_only_the_commands_that_name_them_and_are_redacted_everywhere_shown() {
+    use pyro_core::secrets::{SecretInput, SecretSource};
+    run(async {
+        let env = Env::new();
+        let secret = "tok-3f9a2c71e0b4";
+        let file = env.state.path().join("token-file");
+        std::fs::write(&file, "file-secret-77d1").unwrap();
+        let mut req = CreateWorkspace::new("debian:12");
+        req.secrets = vec![
+            SecretInput {
+                name: "API_TOKEN".into(),
+                source: SecretSource::Value(secret.into()),
+            },
+            SecretInput {
+                name: "FROM_FILE".into(),
+                source: SecretSource::File(file.as_path().into()),
+            },
+        ];
+        let info = env
+            .pyro
+            .create_workspace(req, pyro_core::no_progress())
+            .await
+            .unwrap();
+        let id = info.workspace_id.clone();
+        let names: Vec<(&str, &str)> = info
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.source_kind.as_str()))
+            .collect();
+        assert_eq!(names, [("API_TOKEN", "literal"), ("FROM_FILE", "file")]);
+        assert!(!serde_json::to_string(&info).unwrap().contains(secret));
+
+        // A command that does not name it does not have it.
+        let r = env.sh(&id, "echo \"[${API_TOKEN:-unset}]\"").await;
+        assert_eq!(r.stdout, "[unset]\n");
+
+        // One that does gets it, and every byte of it printed is redacted, also when the
+        // value is written in two pieces (two writes, two chunks).
+        let mut opts = ExecOptions::new(Command::Shell(
+            "echo \"a=$TOKEN\"; printf '%s' \"${TOKEN%????????}\"; sleep 0.2; \
+             printf '%s\\n' \"${TOKEN#????????}\"; echo \"$TOKEN\" >&2; \
+             echo \"$TOKEN\" > leaked.txt; echo \"$FROM_FILE\""
+                .into(),
+        ));
+        opts.secret_env = [
+            ("API_TOKEN".to_string(), "TOKEN".to_string()),
+            ("FROM_FILE".to_string(), String::new()),
+        ]
+        .into();
+        let mut live = Vec::new();
+        let mut on = |o: &pyro_proto::api::Output| match o {
+            pyro_proto::api::Output::Stdout(b) | pyro_proto::api::Output::Stderr(b) => {
+                live.extend_from_slice(b)
+            }
+        };
+        let r = env
+            .pyro
+            .exec_workspace(&id, opts, Some(&mut on))
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        assert_eq!(r.stdout, "a=[REDACTED]\n[REDACTED]\n[REDACTED]\n", "result");
+        assert_eq!(r.stderr, "[REDACTED]\n");
+        assert!(!r.stdout_truncated, "redaction is not truncation");
+        let live = String::from_utf8(live).unwrap();
+        assert!(
+            !live.contains(secret) && live.contains("[REDACTED]"),
+            "live: {live}"
+        );
+
+        // The stored logs were written after the redaction.
+        let logs = env.pyro.logs_workspace(&id, 0, 20, 1 << 16).await.unwrap();
+        let last = logs.entries.last().unwrap();
+        assert!(!last.stdout.contains(secret) && last.stdout.contains("[REDACTED]"));
+        for entry in std::fs::read_dir(env.dir(&id).join("logs")).unwrap() {
+            let text = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&text).contains(secret),
+                "a log file"
+            );
+        }
+
+        // A file the command wrote: its read and the diff show no value.
+        let read = env.read(&id, "/workspace/leaked.txt").await.unwrap();
+        assert_eq!(read, "[REDACTED]\n");
+        let diff = env.pyro.diff_workspace(&id).await.unwrap();
+        assert!(!diff.patch.contains(secret) && diff.patch.contains("[REDACTED]"));
+
+        // An unknown secret, or one clashing with env, is refused and runs nothing.
+        let mut opts = ExecOptions::new(Command::Shell("touch ran".into()));
+        opts.secret_env = [("NOPE".to_string(), String::new())].into();
+        let err = env.pyro.exec_workspace(&id, opts, None).await.unwrap_err();
+        assert!(err.to_string().contains("no secret `NOPE`"), "{err}");
+        assert!(
+            env.read(&id, "/workspace/ran").await.is_err(),
+            "nothing ran"
+        );
+
+        // On the host: 0600 files under a 0700 directory; nowhere in the database.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = env.dir(&id).join("secrets");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let db = std::fs::read(env.state.path().join("pyro.db")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&db).contains(secret),
+            "not in the database"
+        );
+        env.pyro.delete_workspace(&id).await.unwrap();
+    });
+}

@@ -35,7 +35,13 @@ pub const SHELL_FIELDS: &[&str] = &["cwd", "env", "stdin", "max_output_bytes"];
 /// Fields only `workspace-full` offers, as in the reference (its core profile has no network
 /// policy), and the allowlists that narrow a network (which keep the smaller profiles'
 /// `tools/list` small: there, `vm_run`'s `network` means plain `egress`).
-pub const FULL_ONLY_FIELDS: &[&str] = &["network_policy", "allow_hosts", "allow_cidrs"];
+pub const FULL_ONLY_FIELDS: &[&str] = &[
+    "network_policy",
+    "allow_hosts",
+    "allow_cidrs",
+    "secrets",
+    "secret_env",
+];
 
 /// The request fields a client of `profile` neither sees in an input schema nor may send.
 pub fn hidden_fields(profile: Profile) -> impl Iterator<Item = &'static str> {
@@ -96,7 +102,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: false,
         idempotent: false,
-        description: "Create and boot a persistent sandbox; its files persist until workspace_delete. seed_path fills /workspace from the host: the baseline for workspace_diff and workspace_reset. Pass the returned workspace_id to the other workspace_* tools. An environment's first use builds it (minutes).",
+        description: "Create and boot a persistent sandbox (files persist until workspace_delete). seed_path fills /workspace from the host and is the baseline for workspace_diff and workspace_reset. First use of an environment builds it (minutes).",
     },
     Row {
         name: "workspace_list",
@@ -126,7 +132,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: false,
-        description: "Run one non-interactive shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (1 MiB each at most); calls may overlap.",
+        description: "Run one shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (1 MiB each at most); calls may overlap.",
     },
     Row {
         name: "workspace_sync_push",
@@ -136,7 +142,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: true,
-        description: "Copy a host directory or archive into a started workspace. Merges: same-named files are overwritten, nothing is deleted, the baseline is unchanged.",
+        description: "Copy a host directory or archive into a started workspace: same-named files are overwritten, nothing is deleted, the baseline is unchanged.",
     },
     Row {
         name: "workspace_status",
@@ -146,7 +152,7 @@ pub const TOOLS: &[Row] = &[
         read_only: true,
         destructive: false,
         idempotent: true,
-        description: "Show one workspace: state, running time left, seed, labels, last command, and last_error if it stopped unexpectedly.",
+        description: "Show one workspace: state, running time left, seed, labels, last command, last_error.",
     },
     Row {
         name: "workspace_logs",
@@ -156,7 +162,7 @@ pub const TOOLS: &[Row] = &[
         read_only: true,
         destructive: false,
         idempotent: true,
-        description: "A workspace's command history, oldest first, with each command's output (64 KiB per stream at most). offset = total - limit pages to the newest; workspace_reset empties it.",
+        description: "Command history, oldest first, with each command's output (64 KiB per stream at most); offset = total - limit pages to the newest.",
     },
     Row {
         name: "workspace_export",
@@ -206,7 +212,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: true,
-        description: "Create or replace a whole file in /workspace (parents created, atomic, mode kept). To change part of a file, workspace_patch_apply is safer.",
+        description: "Create or replace a whole file in /workspace (parents created, atomic, mode kept); for part of a file, workspace_patch_apply is safer.",
     },
     Row {
         name: "workspace_patch_apply",
@@ -216,7 +222,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: false,
-        description: "Apply a unified diff in /workspace (modify, create, delete or rename files). All or nothing: if a hunk does not apply, nothing changes and the error names it.",
+        description: "Apply a unified diff in /workspace (modify, create, delete, rename). All or nothing: a hunk that does not apply changes nothing and the error names it.",
     },
     Row {
         name: "workspace_reset",
@@ -226,7 +232,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: true,
-        description: "Restore a workspace to its baseline: a fresh filesystem, /workspace as seeded, an empty history, the same workspace_id. Discards every change.",
+        description: "Restore a workspace to its baseline: fresh filesystem, /workspace as seeded, empty history, same workspace_id. Discards every change.",
     },
     Row {
         name: "workspace_delete",
@@ -236,7 +242,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: true,
-        description: "Delete a workspace in any state with its disk and history. Irreversible: export what is worth keeping first.",
+        description: "Delete a workspace in any state with its disk and history; irreversible.",
     },
     Row {
         name: "vm_list_environments",

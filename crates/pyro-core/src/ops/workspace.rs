@@ -17,6 +17,43 @@ use crate::workspace::{
 };
 use crate::{Command, CoreError, OutputFn, Pyro, Result, WorkspaceInfo};
 
+/// One secret of `create_workspace`: a name and exactly one of a value or a host file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretParam {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// A host file holding the value.
+    #[serde(default)]
+    pub file_path: Option<HostPathParam>,
+}
+
+impl SecretParam {
+    /// The core's secret, a file resolved through the call's path policy.
+    pub fn resolve(self, cx: &Ctx) -> Result<crate::secrets::SecretInput> {
+        let source = match (self.value, self.file_path) {
+            (Some(v), None) => crate::secrets::SecretSource::Value(v),
+            (None, Some(p)) => {
+                crate::secrets::SecretSource::File(cx.paths.existing("secrets", &p)?)
+            }
+            _ => {
+                return Err(CoreError::Invalid {
+                    field: "secrets",
+                    reason: format!(
+                        "`{}`: give exactly one of value and file_path",
+                        self.name.chars().take(64).collect::<String>()
+                    ),
+                });
+            }
+        };
+        Ok(crate::secrets::SecretInput {
+            name: self.name,
+            source,
+        })
+    }
+}
+
 /// Create and boot a persistent sandbox.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +81,10 @@ pub struct CreateWorkspaceRequest {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub allow_cidrs: Option<Vec<String>>,
+    /// Kept on the host; a command gets one only through secret_env, and values are redacted.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub secrets: Option<Vec<SecretParam>>,
     /// Must be false (no host mode).
     #[serde(default)]
     pub allow_host_compat: bool,
@@ -71,6 +112,12 @@ impl CreateWorkspaceRequest {
         req.network_policy = self.network_policy;
         req.allow_hosts = self.allow_hosts.unwrap_or_default();
         req.allow_cidrs = self.allow_cidrs.unwrap_or_default();
+        req.secrets = self
+            .secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.resolve(cx))
+            .collect::<Result<_>>()?;
         req.seed_path = match &self.seed_path {
             Some(p) => Some(cx.paths.existing("seed_path", p)?),
             None => None,
@@ -166,6 +213,9 @@ pub struct ExecWorkspace {
     /// Text for the command's stdin (default: none).
     #[serde(default)]
     pub stdin: Option<String>,
+    /// Secrets for this command's environment: {SECRET: ENV_VAR} ("" keeps the name).
+    #[serde(default)]
+    pub secret_env: Option<BTreeMap<String, String>>,
 }
 
 impl ExecWorkspace {
@@ -180,6 +230,8 @@ impl ExecWorkspace {
             stdin: self.stdin,
         }
         .options(cx);
+        let mut exec = exec;
+        exec.secret_env = self.secret_env.unwrap_or_default();
         (self.workspace_id, exec)
     }
 }

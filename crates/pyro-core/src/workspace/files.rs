@@ -179,6 +179,20 @@ impl Pyro {
                 }
             }
         };
+        // Secret values never reach a result (a redacted text has no exact bytes to give).
+        let secrets: Vec<String> = crate::secrets::values(&self.ws_dirs(id).root)?
+            .into_values()
+            .collect();
+        let (content, content_base64) = if secrets.is_empty() {
+            (content, content_base64)
+        } else {
+            let redacted = crate::secrets::redact_str(&content, &secrets);
+            if redacted == content {
+                (content, content_base64)
+            } else {
+                (redacted, None)
+            }
+        };
         Ok(FileReadResult {
             workspace_id: id.into(),
             path,

@@ -24,6 +24,7 @@ impl Pyro {
         check("ttl_seconds", req.ttl_seconds, WORKSPACE_TTL_RANGE)?;
         let policy = crate::validate::network_policy(&req.network_policy)?;
         let allowlist = crate::validate::allowlist(policy, &req.allow_hosts, &req.allow_cidrs)?;
+        let secrets = crate::secrets::resolve(&req.secrets)?;
         let name = req
             .name
             .as_deref()
@@ -61,6 +62,7 @@ impl Pyro {
         rec.network_policy = policy;
         rec.allowlist = crate::store::StoredAllowlist(allowlist);
         let built = async {
+            crate::secrets::store(&d.root, &secrets)?;
             let stats = match &seed {
                 Some(s) => s.write_tar(&d.baseline(), &self.options().limits)?,
                 None => {
@@ -245,11 +247,24 @@ impl Pyro {
         on_output: Option<OutputFn<'_>>,
     ) -> Result<WorkspaceExecResult> {
         crate::validate_exec(&opts)?;
+        let mut opts = opts;
         let _guard = self.ws_lock(id, LockMode::Shared).await?;
         let store = self.store()?;
         let rec = self.load_started(&store, id, "workspace_exec").await?;
-        let session = self.ws_session(&rec).await?;
         let d = self.ws_dirs(id);
+        // The secrets this command names go into its environment only; every value is
+        // redacted from what it prints (result, live stream, logs).
+        let secrets = crate::secrets::values(&d.root)?;
+        for (var, value) in crate::secrets::environment(&opts.secret_env, &secrets)? {
+            if opts.env.contains_key(&var) {
+                return Err(CoreError::Invalid {
+                    field: "secret_env",
+                    reason: format!("`{var}` is also set by env"),
+                });
+            }
+            opts.env.insert(var, value);
+        }
+        let session = self.ws_session(&rec).await?;
         let cwd = opts
             .cwd
             .clone()
@@ -259,7 +274,12 @@ impl Pyro {
         remove_stale_spools(&d.logs());
         let out_tmp = d.logs().join(spool_name("stdout"));
         let err_tmp = d.logs().join(spool_name("stderr"));
+        let values: Vec<String> = secrets.into_values().collect();
         let mut pipe = OutputPipeline::new(output::result_limit(&opts), on_output)
+            .with_transforms(
+                Box::new(crate::secrets::Redactor::new(values.clone())),
+                Box::new(crate::secrets::Redactor::new(values)),
+            )
             .with_logs(LogFile::create(&out_tmp)?, LogFile::create(&err_tmp)?);
         let command_text = opts.command.display();
         // The guest forwards everything up to the log's cap: the log keeps what the result

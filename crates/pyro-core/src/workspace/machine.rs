@@ -582,7 +582,7 @@ impl Pyro {
             backend: rec.backend.as_str().into(),
             workspace_path: WORKSPACE_ROOT.into(),
             workspace_seed: seed,
-            secrets: Vec::new(),
+            secrets: crate::secrets::list(&self.ws_dirs(&rec.id).root),
             command_count: rec.command_count,
             last_command: last.map(|c| LastCommand {
                 sequence: c.sequence,

@@ -362,6 +362,15 @@ impl Pyro {
         let spool = spool_export(&session, &d.root, "", max, "PYRO_MAX_DIFF_BYTES").await?;
         let new = tree_from_tar(std::io::BufReader::new(spool.reopen()?), max, entries)?;
         let diff = pyro_patch::diff_trees(&old, &new);
+        // Secret values never reach a result.
+        let secrets: Vec<String> = crate::secrets::values(&d.root)?.into_values().collect();
+        let redact = |text: String| {
+            if secrets.is_empty() {
+                text
+            } else {
+                crate::secrets::redact_str(&text, &secrets)
+            }
+        };
         Ok(DiffResult {
             workspace_id: id.into(),
             changed: diff.changed(),
@@ -373,10 +382,10 @@ impl Pyro {
                     path: format!("{WORKSPACE_ROOT}/{}", e.path),
                     status: e.status,
                     artifact_type: e.artifact_type,
-                    text_patch: e.text_patch,
+                    text_patch: e.text_patch.map(&redact),
                 })
                 .collect(),
-            patch: diff.patch,
+            patch: redact(diff.patch),
             execution_mode: rec.backend.execution_mode().into(),
         })
     }

@@ -1,0 +1,419 @@
+//! Workspace secrets: declared at create, stored on the host only, given to one process at a
+//! time as environment variables (`secret_env`), and redacted from what a model or a log
+//! can see.
+//!
+//! - **Declaring** ([`SecretInput`]): a name (`^[A-Za-z_][A-Za-z0-9_]{0,63}$`, unique) and
+//!   either a literal value or a host file (confined to the allowed roots for MCP clients,
+//!   a regular file), 1 byte to [`MAX_SECRET_BYTES`], UTF-8; at most [`MAX_SECRETS`].
+//! - **On the host**: `<workspace>/secrets/` (0700) holds one file per secret,
+//!   `<NAME>.secret` (0600), and `index.json` (0600) listing each name with its source kind
+//!   (`literal` or `file`); nothing else of a secret is kept anywhere (not in the database).
+//! - **In the guest**: never on its disk or filesystem. An exec that names a secret in
+//!   `secret_env` gets its value in that process's environment, and only there.
+//! - **Redaction** ([`Redactor`]): every value is replaced by [`REDACTED`] in the exec result,
+//!   the live stream and the stored logs (one transform of the output pipeline, holding back
+//!   the tail of a chunk that may begin a value, so a value split across two writes is
+//!   caught), in file reads and diffs shown as results. Exports to a host path are the user's
+//!   data and are not altered. Trivial encodings (base64, reversing) are not caught.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::hostfs::HostPath;
+use crate::output::Transform;
+
+/// What replaces a secret's value.
+pub const REDACTED: &str = "[REDACTED]";
+/// Longest value.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Most secrets per workspace.
+pub const MAX_SECRETS: usize = 32;
+/// The directory of a workspace's secrets, below its own.
+const DIR: &str = "secrets";
+/// The list of a workspace's secrets.
+const INDEX: &str = "index.json";
+
+/// One secret to declare.
+#[derive(Clone, Debug)]
+pub struct SecretInput {
+    /// Its name.
+    pub name: String,
+    /// Where its value comes from.
+    pub source: SecretSource,
+}
+
+/// Where a secret's value comes from.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    /// Given literally.
+    Value(String),
+    /// Read from a host file.
+    File(HostPath),
+}
+
+/// A secret as a workspace's record shows it: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SecretInfo {
+    pub name: String,
+    /// literal or file.
+    pub source_kind: String,
+}
+
+fn invalid(field: &'static str, reason: String) -> CoreError {
+    CoreError::Invalid { field, reason }
+}
+
+/// Checks a secret or environment variable name.
+pub fn check_name(field: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "`{}` is not a name: letters, digits and _, not starting with a digit, at most 64",
+                name.chars().take(80).collect::<String>()
+            ),
+        ))
+    }
+}
+
+/// Validates `inputs` and reads their values: names unique, values 1 byte to
+/// [`MAX_SECRET_BYTES`] of UTF-8, files regular (read with a bound). Nothing is written.
+pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
+    if inputs.len() > MAX_SECRETS {
+        return Err(invalid(
+            "secrets",
+            format!("{} secrets; at most {MAX_SECRETS}", inputs.len()),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        check_name("secrets", &input.name)?;
+        if !seen.insert(input.name.clone()) {
+            return Err(invalid(
+                "secrets",
+                format!("`{}` is declared twice", input.name),
+            ));
+        }
+        let (value, kind) = match &input.source {
+            SecretSource::Value(v) => (v.clone(), "literal"),
+            SecretSource::File(path) => {
+                let bytes =
+                    crate::hostfs::read_bounded_at(path, MAX_SECRET_BYTES as u64).map_err(|e| {
+                        invalid(
+                            "secrets",
+                            format!(
+                                "`{}`: file_path {}: {e}",
+                                input.name,
+                                path.shown().display()
+                            ),
+                        )
+                    })?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    invalid(
+                        "secrets",
+                        format!("`{}`: the file is not UTF-8", input.name),
+                    )
+                })?;
+                (text, "file")
+            }
+        };
+        if value.is_empty() || value.len() > MAX_SECRET_BYTES {
+            return Err(invalid(
+                "secrets",
+                format!(
+                    "`{}`: a value is 1 byte to {MAX_SECRET_BYTES} bytes, got {}",
+                    input.name,
+                    value.len()
+                ),
+            ));
+        }
+        out.push((
+            SecretInfo {
+                name: input.name.clone(),
+                source_kind: kind.into(),
+            },
+            value,
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes resolved secrets into `workspace_dir/secrets` (0700; files 0600, written
+/// atomically; the index last).
+pub fn store(workspace_dir: &Path, secrets: &[(SecretInfo, String)]) -> Result<()> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let dir = workspace_dir.join(DIR);
+    crate::host::ensure_private_dir(&dir)?;
+    for (info, value) in secrets {
+        let path = dir.join(format!("{}.secret", info.name));
+        pyro_host::fs::atomic_write(&path, value.as_bytes(), 0o600)
+            .map_err(|e| CoreError::io("write", &path, e))?;
+    }
+    let infos: Vec<&SecretInfo> = secrets.iter().map(|(i, _)| i).collect();
+    let index = dir.join(INDEX);
+    let body = serde_json::to_vec(&infos).map_err(|e| invalid("secrets", e.to_string()))?;
+    pyro_host::fs::atomic_write(&index, &body, 0o600).map_err(|e| CoreError::io("write", &index, e))
+}
+
+/// The secrets of the workspace in `workspace_dir` (names and kinds; none when it has none).
+pub fn list(workspace_dir: &Path) -> Vec<SecretInfo> {
+    let path = workspace_dir.join(DIR).join(INDEX);
+    crate::hostfs::read_bounded(&path, 64 * 1024)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Every secret value of the workspace in `workspace_dir`, by name.
+pub fn values(workspace_dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for info in list(workspace_dir) {
+        let path: PathBuf = workspace_dir
+            .join(DIR)
+            .join(format!("{}.secret", info.name));
+        let bytes = crate::hostfs::read_bounded(&path, MAX_SECRET_BYTES as u64)
+            .map_err(|e| CoreError::io("read", &path, std::io::Error::other(e.to_string())))?;
+        out.insert(info.name, String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Ok(out)
+}
+
+/// The environment an exec gets from `secret_env` (`SECRET -> ENV_VAR`; an empty variable
+/// name means the secret's own name), with values from `values`.
+pub fn environment(
+    secret_env: &BTreeMap<String, String>,
+    values: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for (secret, var) in secret_env {
+        let Some(value) = values.get(secret) else {
+            return Err(invalid(
+                "secret_env",
+                format!(
+                    "no secret `{}` in this workspace",
+                    secret.chars().take(80).collect::<String>()
+                ),
+            ));
+        };
+        let var = if var.is_empty() { secret } else { var };
+        check_name("secret_env", var)?;
+        env.insert(var.clone(), value.clone());
+    }
+    Ok(env)
+}
+
+/// Replaces every value in `text` by [`REDACTED`] (longest first).
+pub fn redact_str(text: &str, values: &[String]) -> String {
+    if values.is_empty() {
+        return text.to_string();
+    }
+    let mut r = Redactor::new(values.to_vec());
+    let mut out = r.feed(Bytes::copy_from_slice(text.as_bytes())).to_vec();
+    out.extend_from_slice(&r.flush());
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A streaming replacement of secret values by [`REDACTED`] (see the module docs): it keeps
+/// back the tail of each chunk that is still the beginning of some value, so a value split
+/// across chunks is caught.
+pub(crate) struct Redactor {
+    /// Values, longest first (a longer value containing a shorter one wins).
+    values: Vec<Vec<u8>>,
+    held: Vec<u8>,
+}
+
+impl Redactor {
+    /// A redactor of `values` (empty ones are ignored).
+    pub(crate) fn new(values: Vec<String>) -> Self {
+        let mut values: Vec<Vec<u8>> = values
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .map(String::into_bytes)
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Self {
+            values,
+            held: Vec::new(),
+        }
+    }
+
+    /// Redacts `buf`; with `end` false, stops at the first position where a value could
+    /// still begin (it is held for the next chunk).
+    fn run(&mut self, buf: Vec<u8>, end: bool) -> Bytes {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        'scan: while i < buf.len() {
+            let rest = &buf[i..];
+            for v in &self.values {
+                if rest.starts_with(v) {
+                    out.extend_from_slice(REDACTED.as_bytes());
+                    i += v.len();
+                    continue 'scan;
+                }
+            }
+            if !end
+                && self
+                    .values
+                    .iter()
+                    .any(|v| v.len() > rest.len() && v.starts_with(rest))
+            {
+                self.held = rest.to_vec();
+                return Bytes::from(out);
+            }
+            out.push(buf[i]);
+            i += 1;
+        }
+        self.held.clear();
+        Bytes::from(out)
+    }
+}
+
+impl Transform for Redactor {
+    fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.values.is_empty() {
+            return chunk;
+        }
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(&chunk);
+        self.run(buf, false)
+    }
+
+    fn flush(&mut self) -> Bytes {
+        let buf = std::mem::take(&mut self.held);
+        self.run(buf, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact_chunks(values: &[&str], chunks: &[&str]) -> String {
+        let mut r = Redactor::new(values.iter().map(|v| v.to_string()).collect());
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&r.feed(Bytes::copy_from_slice(c.as_bytes())));
+        }
+        out.extend_from_slice(&r.flush());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values_are_redacted_however_the_stream_is_cut() {
+        let text = "token=s3cr3t-value; again s3cr3t-value. s3cr3t";
+        let want = "token=[REDACTED]; again [REDACTED]. s3cr3t";
+        // Every way of cutting the text into two and three chunks.
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                let got = redact_chunks(&["s3cr3t-value"], &[&text[..a], &text[a..b], &text[b..]]);
+                assert_eq!(got, want, "cut at {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_value_wins_and_a_held_prefix_that_ends_the_stream_is_emitted() {
+        assert_eq!(
+            redact_chunks(&["abc", "abcdef"], &["xxabcdefyyabcz"]),
+            "xx[REDACTED]yy[REDACTED]z"
+        );
+        assert_eq!(redact_chunks(&["abcdef"], &["xxabc"]), "xxabc");
+        assert_eq!(redact_chunks(&[], &["abc"]), "abc");
+        assert_eq!(redact_str("a-pass-b", &["pass".into()]), "a-[REDACTED]-b");
+    }
+
+    #[test]
+    fn names_inputs_and_environments_are_checked() {
+        for bad in ["", "1ABC", "A-B", "a b", &"x".repeat(65)] {
+            assert!(check_name("secrets", bad).is_err(), "{bad}");
+        }
+        check_name("secrets", "API_TOKEN_2").unwrap();
+        let lit = |n: &str, v: &str| SecretInput {
+            name: n.into(),
+            source: SecretSource::Value(v.into()),
+        };
+        assert!(
+            resolve(&[lit("A", "x"), lit("A", "y")]).is_err(),
+            "duplicate"
+        );
+        assert!(resolve(&[lit("A", "")]).is_err(), "empty");
+        assert!(resolve(&[lit("A", &"x".repeat(MAX_SECRET_BYTES + 1))]).is_err());
+        let many: Vec<SecretInput> = (0..=MAX_SECRETS)
+            .map(|i| lit(&format!("S{i}"), "v"))
+            .collect();
+        assert!(resolve(&many).is_err());
+        let ok = resolve(&[lit("A", "x")]).unwrap();
+        assert_eq!(ok[0].0.source_kind, "literal");
+
+        let values: BTreeMap<String, String> = [("A".to_string(), "x".to_string())].into();
+        let env = environment(&[("A".to_string(), String::new())].into(), &values).unwrap();
+        assert_eq!(env["A"], "x");
+        let env = environment(&[("A".to_string(), "TOKEN".to_string())].into(), &values).unwrap();
+        assert_eq!(env["TOKEN"], "x");
+        let err = environment(&[("B".to_string(), String::new())].into(), &values).unwrap_err();
+        assert!(err.to_string().contains("no secret `B`"), "{err}");
+        assert!(environment(&[("A".to_string(), "1X".to_string())].into(), &values).is_err());
+    }
+
+    #[test]
+    fn stored_secrets_are_private_and_listed_without_values() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token.txt");
+        std::fs::write(&file, "from-a-file").unwrap();
+        let inputs = [
+            SecretInput {
+                name: "A".into(),
+                source: SecretSource::Value("literal-value".into()),
+            },
+            SecretInput {
+                name: "B".into(),
+                source: SecretSource::File(HostPath::from(file.as_path())),
+            },
+        ];
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        store(&ws, &resolve(&inputs).unwrap()).unwrap();
+        let listed = list(&ws);
+        assert_eq!(
+            listed,
+            [
+                SecretInfo {
+                    name: "A".into(),
+                    source_kind: "literal".into()
+                },
+                SecretInfo {
+                    name: "B".into(),
+                    source_kind: "file".into()
+                }
+            ]
+        );
+        let v = values(&ws).unwrap();
+        assert_eq!(v["B"], "from-a-file");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ws.join("secrets")), 0o700);
+        assert_eq!(mode(&ws.join("secrets/A.secret")), 0o600);
+        assert_eq!(mode(&ws.join("secrets/index.json")), 0o600);
+        assert!(
+            !String::from_utf8_lossy(&std::fs::read(ws.join("secrets/index.json")).unwrap())
+                .contains("literal-value")
+        );
+    }
+}
