@@ -1051,3 +1051,58 @@ fn a_networked_pool_hands_out_sandboxes_with_their_own_network() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_crashed_workspace_releases_its_published_ports_and_its_network() {
+    let Some(world) = World::new("pnc") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-crash");
+    pull(&env, "debian:12");
+    let ws = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress+published-ports",
+            "--json",
+        ],
+    );
+    let id = ws["workspace_id"].as_str().unwrap().to_string();
+    let ns = ws["network"]["namespace"].as_str().unwrap().to_string();
+    let published = world.json(&env, &["workspace", "publish", &id, "9418", "--json"]);
+    let port = published["host_port"].as_u64().unwrap() as u16;
+    let listening = |world: &World| {
+        in_ns(&world.host, move || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    };
+    assert!(listening(&world), "the relay listens");
+
+    // The VMM dies (kill -9); the next call finds it gone and releases what it held.
+    let vm = env.state.path().join("workspaces").join(&id).join("vm");
+    let qemu = pyro_core::host::processes_with_cwd_in(&vm)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("the workspace's VMM");
+    // SAFETY: kill(2) on this test's own workspace's VMM.
+    unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = world.json(&env, &["workspace", "status", &id, "--json"]);
+        if status["state"] == "stopped" {
+            assert!(status["network"].is_null(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen stopped: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!listening(&world), "the port relay ended with the machine");
+    assert!(!sandbox_namespaces().contains(&ns), "{ns} removed");
+    assert_eq!(world.pyro_traces(), "", "nothing left on the host");
+    world.json(&env, &["workspace", "delete", &id, "--json"]);
+}

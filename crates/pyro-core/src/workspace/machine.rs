@@ -117,10 +117,17 @@ impl Pyro {
         let mut machine = rec.machine.as_ref().map(crate::backend::attach);
         let alive = machine.as_mut().is_some_and(|m| m.is_alive());
         if !alive {
-            // What serves it (QEMU's relay) has nothing left to serve.
+            // What it held goes with it: its helpers (the network daemon, port relays, the
+            // watchdog), what serves it (QEMU's relay) and its network. No `/proc` scan
+            // here: only what this boot recorded is ended. (The state is still `started`,
+            // so no start can be booting another machine meanwhile.)
+            self.release_ledger(&rec.id, crate::ledger::Phase::BeforeMachine)
+                .await;
             if let Some(m) = machine.as_mut() {
                 m.halt().await;
             }
+            self.release_ledger(&rec.id, crate::ledger::Phase::AfterMachine)
+                .await;
             let id = rec.id.clone();
             return store
                 .update_workspace(&id, |r| {
