@@ -1106,3 +1106,49 @@ fn a_crashed_workspace_releases_its_published_ports_and_its_network() {
     assert_eq!(world.pyro_traces(), "", "nothing left on the host");
     world.json(&env, &["workspace", "delete", &id, "--json"]);
 }
+
+#[test]
+fn a_failed_networked_create_leaves_nothing_behind() {
+    let Some(world) = World::new("pnf") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-fail");
+    pull(&env, "debian:12");
+    // An upstream the network daemon refuses (port 0): the daemon exits before serving,
+    // after the namespace, rules and uplink were made and while the machine boots.
+    let mut cmd = env.cmd();
+    cmd.args([
+        "workspace",
+        "create",
+        "debian:12",
+        "--network-policy",
+        "egress",
+        "--json",
+    ])
+    .env("PYRO_NET_UPSTREAMS", "198.51.100.53:0")
+    .env("PYRO_BACKEND", "qemu");
+    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    drop(ns);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stdout) + &text(&out.stderr);
+    assert!(err.contains("network daemon"), "a clear error: {err}");
+    // No workspace, no machine, no namespace, link, table or helper left.
+    let listed = world.json(&env, &["workspace", "list", "--json"]);
+    assert_eq!(listed["count"], 0, "{listed}");
+    assert!(
+        pyro_core::host::processes_with_cwd_in(env.state.path()).is_empty(),
+        "a process of the failed create is left"
+    );
+    assert_eq!(world.pyro_traces(), "", "nothing left on the host");
+}
