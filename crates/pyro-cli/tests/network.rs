@@ -75,6 +75,23 @@ fn run(args: &[&str]) {
     );
 }
 
+/// Makes `cmd` enter network namespace `ns` (only the network namespace, not a mount
+/// namespace of its own, so that the sandboxes' named namespaces stay visible to every pyro
+/// process) between fork and exec.
+fn enter_on_spawn(cmd: &mut Command, ns: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns(2) between fork and exec on a descriptor the closure owns (open in the
+    // parent until `cmd` is dropped, closed by exec in the child); no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs `f` on a thread inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
@@ -272,21 +289,8 @@ impl World {
         cmd.args(args)
             .env("PYRO_NET_UPSTREAMS", DNS_IP)
             .env("PYRO_BACKEND", "qemu");
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.host)).unwrap();
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns(2) between fork and exec, on a descriptor kept open until the spawn
-        // below returns; no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = cmd.output().unwrap();
-        drop(ns);
-        out
+        enter_on_spawn(&mut cmd, &self.host);
+        cmd.output().unwrap()
     }
 
     /// `pyro args --json`, which must succeed.
@@ -711,19 +715,8 @@ fn a_killed_run_leaves_its_network_to_the_next_call() {
         .env("PYRO_BACKEND", "qemu")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
-    let fd = ns.as_raw_fd();
-    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    enter_on_spawn(&mut cmd, &world.host);
     let mut child = cmd.spawn().unwrap();
-    drop(ns);
     // This world's sandbox networks are those whose uplink is in its host namespace.
     let deadline = Instant::now() + Duration::from_secs(120);
     let made = loop {
@@ -910,19 +903,9 @@ fn a_published_port_answers_on_the_hosts_loopback_only_and_ends_with_the_workspa
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let ns = std::fs::File::open(format!("/run/netns/{world_host}")).unwrap();
-            let fd = ns.as_raw_fd();
-            // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            enter_on_spawn(&mut cmd, &world_host);
             cmd.status().unwrap();
-            (id, ns)
+            id
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -951,7 +934,7 @@ fn a_published_port_answers_on_the_hosts_loopback_only_and_ends_with_the_workspa
         status["network"]["published_ports"][0]["host_port"], port,
         "{status}"
     );
-    let (id, _ns) = server.join().unwrap();
+    let id = server.join().unwrap();
     // Stop ends the relay: the port is closed and no longer listed.
     world.json(&env, &["workspace", "stop", &id, "--json"]);
     let listening = in_ns(&world.host, move || {
@@ -977,19 +960,8 @@ fn a_networked_pool_hands_out_sandboxes_with_their_own_network() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
-    let fd = ns.as_raw_fd();
-    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    enter_on_spawn(&mut cmd, &world.host);
     let mut child = cmd.spawn().unwrap();
-    drop(ns);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next_id = 0;
@@ -1114,8 +1086,8 @@ fn a_failed_networked_create_leaves_nothing_behind() {
     };
     let env = Env::with_prefix("pyro-net-fail");
     pull(&env, "debian:12");
-    // An upstream the network daemon refuses (port 0): the daemon exits before serving,
-    // after the namespace, rules and uplink were made and while the machine boots.
+    // An upstream the network daemon's spec refuses (port 0), found once the namespace,
+    // rules and uplink were made.
     let mut cmd = env.cmd();
     cmd.args([
         "workspace",
@@ -1127,19 +1099,8 @@ fn a_failed_networked_create_leaves_nothing_behind() {
     ])
     .env("PYRO_NET_UPSTREAMS", "198.51.100.53:0")
     .env("PYRO_BACKEND", "qemu");
-    let ns = std::fs::File::open(format!("/run/netns/{}", world.host)).unwrap();
-    let fd = ns.as_raw_fd();
-    // SAFETY: setns(2) between fork and exec; the descriptor outlives the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    enter_on_spawn(&mut cmd, &world.host);
     let out = cmd.output().unwrap();
-    drop(ns);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stdout) + &text(&out.stderr);
     assert!(err.contains("network daemon"), "a clear error: {err}");

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use pyro_net::setup::{self, GuestLink, Options, Tools};
 use pyro_net::{Allowlist, NetworkPolicy, SandboxNet};
-use serde::Serialize;
 
 use crate::Pyro;
 use crate::backend::{GuestAddress, GuestNic};
@@ -103,17 +102,6 @@ pub(crate) fn release(index: u32) -> Result<()> {
     setup::Teardown::all(plan, None)
         .run(&tools)
         .map_err(net_error)
-}
-
-/// What `pyro __net` is started with (the daemon's spec, written to `net/spec.json`).
-#[derive(Serialize)]
-struct DaemonSpecFile<'a> {
-    netns: String,
-    index: u32,
-    policy: NetworkPolicy,
-    allowlist: &'a Allowlist,
-    upstreams: Vec<std::net::SocketAddr>,
-    state_dir: PathBuf,
 }
 
 /// The variable that names the resolvers the guests' queries go to (`IP[:PORT]`, comma
@@ -309,14 +297,16 @@ impl Pyro {
             });
         }
         let state_dir = std::fs::canonicalize(dir).map_err(|e| CoreError::io("resolve", dir, e))?;
-        let spec = DaemonSpecFile {
+        let spec = pyro_net::daemon::DaemonSpec {
             netns: plan.name(),
             index: plan.index(),
             policy,
-            allowlist,
+            allowlist: allowlist.clone(),
             upstreams,
             state_dir,
         };
+        // The daemon would refuse it at start: say why here, before it is spawned.
+        spec.validate().map_err(net_error)?;
         let path = dir.join("spec.json");
         let body = serde_json::to_vec_pretty(&spec).map_err(net_error)?;
         pyro_host::fs::atomic_write(&path, &body, 0o600)
@@ -526,12 +516,7 @@ impl Pyro {
         for (key, resource) in entries {
             let released = match resource {
                 Ok(Resource::Process { pid, ticks, .. }) => {
-                    if host::process_alive(pid, ticks) {
-                        // SAFETY: kill(2) on the process identified by pid and start time,
-                        // checked just before.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
-                    true
+                    pyro_host::process::kill_and_wait(pid, ticks, Duration::from_secs(5))
                 }
                 Ok(Resource::Network { index }) => match release(index) {
                     Ok(()) => true,

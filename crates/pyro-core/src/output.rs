@@ -47,8 +47,10 @@ use crate::{
 pub(crate) trait Transform: Send {
     /// Takes the next chunk; returns the bytes ready to pass on (possibly none).
     fn feed(&mut self, chunk: Bytes) -> Bytes;
-    /// Returns what is held back; called once, after the last chunk.
-    fn flush(&mut self) -> Bytes;
+    /// Returns what is held back; called once, after the last chunk. `cut`: the stream
+    /// did not end there (the agent stopped forwarding it), so what is held may be the
+    /// beginning of something that went on.
+    fn flush(&mut self, cut: bool) -> Bytes;
 }
 
 /// The transform of today: every chunk passes unchanged, nothing is held back.
@@ -59,7 +61,7 @@ impl Transform for PassThrough {
         chunk
     }
 
-    fn flush(&mut self) -> Bytes {
+    fn flush(&mut self, _cut: bool) -> Bytes {
         Bytes::new()
     }
 }
@@ -196,9 +198,12 @@ impl<'a> OutputPipeline<'a> {
     /// closes the logs (stdout's first) and renders the result's output against the agent's
     /// counts in `res`.
     pub(crate) fn finish(mut self, res: &api::ExecResult) -> Result<Captured> {
-        let out = Output::Stdout(self.stdout.transform.flush());
+        let cut = |s: &Stream, truncated: bool, total: u64| truncated || s.received < total;
+        let out_cut = cut(&self.stdout, res.stdout_truncated, res.stdout_bytes);
+        let out = Output::Stdout(self.stdout.transform.flush(out_cut));
         self.emit(out);
-        let err = Output::Stderr(self.stderr.transform.flush());
+        let err_cut = cut(&self.stderr, res.stderr_truncated, res.stderr_bytes);
+        let err = Output::Stderr(self.stderr.transform.flush(err_cut));
         self.emit(err);
         Ok(Captured {
             stdout: self.stdout.finish(res.stdout_truncated, res.stdout_bytes)?,
@@ -414,6 +419,30 @@ mod tests {
     }
 
     #[test]
+    fn redaction_is_not_truncation_and_a_cut_stream_hides_a_value_it_began() {
+        let redactor = || Box::new(crate::secrets::Redactor::new(vec!["s3cr3t-42".into()]));
+        // Ended by the command: what it printed stays, redacted values are not "truncated".
+        let mut p = OutputPipeline::new(100, None).with_transforms(redactor(), redactor());
+        p.push(out(b"a s3cr3t-42 b s3cr"));
+        let c = p.finish(&result(18, 0)).unwrap();
+        assert_eq!(
+            (c.stdout.text.as_str(), c.stdout.truncated),
+            ("a [REDACTED] b s3cr", false)
+        );
+        // Cut by the agent right inside the value: its beginning is not shown.
+        let mut p = OutputPipeline::new(100, None).with_transforms(redactor(), redactor());
+        p.push(out(b"a s3cr"));
+        let c = p.finish(&result(4096, 0)).unwrap();
+        assert!(c.stdout.truncated);
+        assert!(
+            c.stdout.text.starts_with("a [REDACTED]\n"),
+            "{}",
+            c.stdout.text
+        );
+        assert!(!c.stdout.text.contains("s3cr"), "{}", c.stdout.text);
+    }
+
+    #[test]
     fn output_exactly_at_the_limit_is_not_truncated() {
         let mut p = OutputPipeline::new(3, None);
         p.push(out(b"abc"));
@@ -505,7 +534,7 @@ mod tests {
             Bytes::from(buf)
         }
 
-        fn flush(&mut self) -> Bytes {
+        fn flush(&mut self, _cut: bool) -> Bytes {
             Bytes::from(std::mem::take(&mut self.carry))
         }
     }

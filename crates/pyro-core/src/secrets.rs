@@ -218,14 +218,16 @@ pub fn environment(
     Ok(env)
 }
 
-/// Replaces every value in `text` by [`REDACTED`] (longest first).
-pub fn redact_str(text: &str, values: &[String]) -> String {
+/// Replaces every value in `text` by [`REDACTED`] (longest first). `cut`: `text` is the
+/// beginning of something longer (a truncated read), so a tail that begins a value is
+/// redacted too.
+pub fn redact_str(text: &str, values: &[String], cut: bool) -> String {
     if values.is_empty() {
         return text.to_string();
     }
     let mut r = Redactor::new(values.to_vec());
     let mut out = r.feed(Bytes::copy_from_slice(text.as_bytes())).to_vec();
-    out.extend_from_slice(&r.flush());
+    out.extend_from_slice(&r.flush(cut));
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -295,8 +297,14 @@ impl Transform for Redactor {
         self.run(buf, false)
     }
 
-    fn flush(&mut self) -> Bytes {
+    fn flush(&mut self, cut: bool) -> Bytes {
         let buf = std::mem::take(&mut self.held);
+        if cut && !buf.is_empty() {
+            // Held only because it begins a value, and the stream went on unseen: it may be
+            // part of that value.
+            self.held.clear();
+            return Bytes::from_static(REDACTED.as_bytes());
+        }
         self.run(buf, true)
     }
 }
@@ -311,7 +319,7 @@ mod tests {
         for c in chunks {
             out.extend_from_slice(&r.feed(Bytes::copy_from_slice(c.as_bytes())));
         }
-        out.extend_from_slice(&r.flush());
+        out.extend_from_slice(&r.flush(false));
         String::from_utf8(out).unwrap()
     }
 
@@ -336,7 +344,20 @@ mod tests {
         );
         assert_eq!(redact_chunks(&["abcdef"], &["xxabc"]), "xxabc");
         assert_eq!(redact_chunks(&[], &["abc"]), "abc");
-        assert_eq!(redact_str("a-pass-b", &["pass".into()]), "a-[REDACTED]-b");
+        assert_eq!(
+            redact_str("a-pass-b", &["pass".into()], false),
+            "a-[REDACTED]-b"
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_value_does_not_show_its_beginning() {
+        // The output (or a file read) stopped after "tok-3f": a stream that ended there
+        // really printed only that; one that was cut may have gone on with the value.
+        let values = vec!["tok-3f9a2c".to_string()];
+        assert_eq!(redact_str("id=tok-3f", &values, false), "id=tok-3f");
+        assert_eq!(redact_str("id=tok-3f", &values, true), "id=[REDACTED]");
+        assert_eq!(redact_str("id=tok-xy", &values, true), "id=tok-xy");
     }
 
     #[test]

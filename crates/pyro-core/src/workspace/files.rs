@@ -186,7 +186,7 @@ impl Pyro {
         let (content, content_base64) = if secrets.is_empty() {
             (content, content_base64)
         } else {
-            let redacted = crate::secrets::redact_str(&content, &secrets);
+            let redacted = crate::secrets::redact_str(&content, &secrets, meta.truncated);
             if redacted == content {
                 (content, content_base64)
             } else {

@@ -368,7 +368,7 @@ impl Pyro {
             if secrets.is_empty() {
                 text
             } else {
-                crate::secrets::redact_str(&text, &secrets)
+                crate::secrets::redact_str(&text, &secrets, false)
             }
         };
         Ok(DiffResult {
