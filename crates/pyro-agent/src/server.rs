@@ -131,6 +131,14 @@ async fn handle(stream: Stream, info: AgentInfo) {
         Request::ImportTar(req) => crate::fs::serve_import(tx, rx, req).await,
         Request::Sync => crate::fs::serve_sync(tx).await,
         Request::Reseed(req) => handle_reseed(&mut tx, &req, info).await,
+        _ => {
+            reply_err(
+                &mut tx,
+                ErrorCode::Unsupported,
+                "this agent has no process table",
+            )
+            .await
+        }
     }
 }
 

@@ -65,6 +65,31 @@ pub enum Request {
     /// new `/etc/machine-id`. The host sends it before anything
     /// else after a restore; answered with a [`ReseedResult`].
     Reseed(Reseed),
+    /// Start a PTY shell; answered with a [`ShellState`](crate::procs::ShellState).
+    ShellOpen(crate::procs::ShellOpen),
+    /// Read a shell's transcript: `DATA`, then a [`ShellReadResult`](crate::procs::ShellReadResult).
+    ShellRead(crate::procs::ShellRead),
+    /// Write to a shell's terminal; answered with its `ShellState`.
+    ShellWrite(crate::procs::ShellWrite),
+    /// Signal a shell's process group; answered with its `ShellState`.
+    ShellSignal(crate::procs::ShellSignal),
+    /// Resize a shell's terminal; answered with its `ShellState`.
+    ShellResize(crate::procs::ShellResize),
+    /// End a shell (HUP, grace, KILL) and drop it from the table; answered with its final
+    /// `ShellState`.
+    ShellClose(crate::procs::ShellClose),
+    /// Every shell; answered with a [`ShellList`](crate::procs::ShellList).
+    ShellList,
+    /// Start a service: `EVENT`s while it waits for readiness, then a
+    /// [`ServiceState`](crate::procs::ServiceState).
+    ServiceStart(crate::procs::ServiceStart),
+    /// Stop a service (TERM, grace, KILL); answered with its `ServiceState`.
+    ServiceStop(crate::procs::ServiceStop),
+    /// Services; answered with a [`ServiceList`](crate::procs::ServiceList).
+    ServiceList(crate::procs::ServiceListRequest),
+    /// A service's logs: `STDOUT`/`STDERR`, then a
+    /// [`ServiceLogsResult`](crate::procs::ServiceLogsResult).
+    ServiceLogs(crate::procs::ServiceLogs),
 }
 
 impl Request {

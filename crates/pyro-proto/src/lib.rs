@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod frame;
+pub mod procs;
 pub mod session;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
