@@ -184,12 +184,12 @@ enum Prepared {
 
 /// A command ready to start: the resolved executable, `argv` (with `argv[0]`), the whole
 /// environment and the working directory.
-struct LaunchSpec {
-    path: PathBuf,
-    argv: Vec<String>,
-    env: BTreeMap<String, String>,
-    cwd: PathBuf,
-    stdin_piped: bool,
+pub(crate) struct LaunchSpec {
+    pub(crate) path: PathBuf,
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) stdin_piped: bool,
 }
 
 impl LaunchSpec {
@@ -217,7 +217,7 @@ impl LaunchSpec {
     /// can ([`crate::spawn`]), else (or when `clone3` refuses, for instance because the
     /// cgroup is at its `pids.max`) with a fork that then joins the cgroup, as before.
     /// Blocks until the program is exec'd.
-    fn start(
+    pub(crate) fn start(
         &self,
         cgroup_dir: Option<RawFd>,
         join: Option<RawFd>,
@@ -300,7 +300,7 @@ fn resolve_program(program: &str, path_var: &str, cwd: &Path) -> Result<PathBuf,
     Err(denied.unwrap_or(Candidate::Missing))
 }
 
-fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ExecError> {
+pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ExecError> {
     for (key, value) in env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(bad_request(format!(
@@ -317,7 +317,7 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ExecError> {
 }
 
 /// The environment a command starts with: the base, then the spec's variables.
-fn build_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(crate) fn build_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut env = BTreeMap::from([
         ("PATH".to_owned(), BASE_PATH.to_owned()),
         ("HOME".to_owned(), "/root".to_owned()),

@@ -11,6 +11,7 @@
 //!   batched writes, tar export and streaming tar import.
 //! - [`limits`] runs commands in a cgroup with process, memory and CPU limits that leave
 //!   the agent room to answer whatever the commands do.
+//! - [`procs`] is the process table: PTY shells and services that outlive their calls.
 //! - [`net`] configures `eth0`, the default route and `resolv.conf` from `pyro.net=`.
 //! - [`spawn`] starts a command straight into its cgroup (`clone3`, vfork-style).
 //! - [`sys`] holds the thin `unsafe` wrappers around the system calls above.
@@ -20,6 +21,7 @@ pub mod fs;
 pub mod init;
 pub mod limits;
 pub mod net;
+pub mod procs;
 pub mod reaper;
 pub mod server;
 pub mod spawn;

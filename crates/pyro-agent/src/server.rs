@@ -8,7 +8,7 @@ use pyro_proto::{Config, Message, MsgKind, RecvHalf, SendHalf, Session, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::exec;
+use crate::{exec, procs};
 
 /// Largest stdin an exec may carry (it is buffered in guest memory before the process starts).
 pub const MAX_STDIN_BYTES: usize = 64 * 1024 * 1024;
@@ -131,13 +131,27 @@ async fn handle(stream: Stream, info: AgentInfo) {
         Request::ImportTar(req) => crate::fs::serve_import(tx, rx, req).await,
         Request::Sync => crate::fs::serve_sync(tx).await,
         Request::Reseed(req) => handle_reseed(&mut tx, &req, info).await,
-        _ => {
-            reply_err(
-                &mut tx,
-                ErrorCode::Unsupported,
-                "this agent has no process table",
-            )
-            .await
+        Request::ShellOpen(req) => reply(&mut tx, procs::shell::open(req).await).await,
+        Request::ShellRead(req) => {
+            let res = procs::shell::read(&mut tx, req).await;
+            reply(&mut tx, res).await;
+        }
+        Request::ShellWrite(req) => reply(&mut tx, procs::shell::write(req).await).await,
+        Request::ShellSignal(req) => reply(&mut tx, procs::shell::signal(&req)).await,
+        Request::ShellResize(req) => reply(&mut tx, procs::shell::resize(&req)).await,
+        Request::ShellClose(req) => reply(&mut tx, procs::shell::close(&req).await).await,
+        Request::ShellList => reply_ok(&mut tx, &procs::shell::list()).await,
+        Request::ServiceStart(req) => {
+            let res = procs::service::start(&mut tx, req).await;
+            reply(&mut tx, res).await;
+            // Cgroup housekeeping once the reply is out (see `limits::tidy`).
+            crate::limits::tidy();
+        }
+        Request::ServiceStop(req) => reply(&mut tx, procs::service::stop(&req).await).await,
+        Request::ServiceList(req) => reply(&mut tx, procs::service::list(&req)).await,
+        Request::ServiceLogs(req) => {
+            let res = procs::service::logs(&mut tx, req).await;
+            reply(&mut tx, res).await;
         }
     }
 }
@@ -340,6 +354,14 @@ async fn handle_exec(mut tx: SendHalf, mut rx: RecvHalf, req: pyro_proto::api::E
             }
             reply_err(&mut tx, ErrorCode::Internal, &msg).await;
         }
+    }
+}
+
+/// Sends a result or a typed error.
+async fn reply<T: serde::Serialize>(tx: &mut SendHalf, res: Result<T, AgentError>) {
+    match res {
+        Ok(v) => reply_ok(tx, &v).await,
+        Err(e) => reply_err(tx, e.code, &e.message).await,
     }
 }
 
