@@ -374,7 +374,10 @@ async fn launch(req: ServiceStart) -> Result<Arc<Service>, AgentError> {
     let child = tokio::task::spawn_blocking(move || launch.start(cg_dir, cg_join))
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
-        .map_err(|e| io_err("starting the service", &e))?;
+        .map_err(|e| {
+            remove_logs(&dir, &req.name);
+            io_err("starting the service", &e)
+        })?;
     let now = now_ms();
     let ready_now = req.readiness.is_none();
     let svc = Arc::new(Service {

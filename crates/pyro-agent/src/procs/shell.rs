@@ -610,6 +610,22 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn oversized_input_is_refused_before_anything_else() {
+        let req = ShellWrite {
+            id: "none".into(),
+            input: "x".repeat(SHELL_WRITE_MAX + 1),
+        };
+        let err = write(req).await.unwrap_err();
+        assert_eq!(err.code, pyro_proto::api::ErrorCode::BadRequest);
+        let req = ShellWrite {
+            id: "none".into(),
+            input: "x".into(),
+        };
+        let err = write(req).await.unwrap_err();
+        assert_eq!(err.code, pyro_proto::api::ErrorCode::NotFound);
+    }
+
     #[test]
     fn sizes_are_checked() {
         assert!(check_size(80, 24).is_ok());
