@@ -543,3 +543,140 @@ class Pyro:
     def delete_workspace(self, workspace_id: str) -> Result:
         """Deletes the workspace and all its data: ``{workspace_id, deleted, reason}``."""
         return self._call("delete_workspace", workspace_id=workspace_id)
+
+    # ------------------------------------------------------------------ shells
+
+    def open_shell(
+        self,
+        workspace_id: str,
+        *,
+        cwd: str = "/workspace",
+        cols: int = 120,
+        rows: int = 30,
+        secret_env: Optional[Mapping[str, str]] = None,
+    ) -> Result:
+        """Opens an interactive PTY shell (bash) that lives until :meth:`close_shell` or the
+        workspace stops; returns its ``shell_id``. ``cwd`` must exist."""
+        return self._call(
+            "open_shell",
+            workspace_id=workspace_id,
+            cwd=cwd,
+            cols=cols,
+            rows=rows,
+            secret_env=dict(secret_env) if secret_env is not None else None,
+        )
+
+    def read_shell(
+        self,
+        workspace_id: str,
+        shell_id: str,
+        *,
+        cursor: int = 0,
+        max_chars: int = 65536,
+        plain: bool = False,
+        wait_for_idle_ms: Optional[int] = None,
+    ) -> Result:
+        """Reads a shell's output from ``cursor``; pass ``next_cursor`` to the next read
+        (nothing is skipped). ``plain`` renders the terminal as text; ``wait_for_idle_ms``
+        waits until the shell has been quiet that long."""
+        return self._call(
+            "read_shell",
+            workspace_id=workspace_id,
+            shell_id=shell_id,
+            cursor=cursor,
+            max_chars=max_chars,
+            plain=plain,
+            wait_for_idle_ms=wait_for_idle_ms,
+        )
+
+    def write_shell(
+        self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = True
+    ) -> Result:
+        """Types ``input`` into the shell (and Enter unless ``append_newline=False``)."""
+        return self._call(
+            "write_shell",
+            workspace_id=workspace_id,
+            shell_id=shell_id,
+            input=input,
+            append_newline=append_newline,
+        )
+
+    def signal_shell(self, workspace_id: str, shell_id: str, *, signal_name: str = "INT") -> Result:
+        """Sends HUP, INT, TERM or KILL to the shell's process group."""
+        return self._call(
+            "signal_shell", workspace_id=workspace_id, shell_id=shell_id, signal_name=signal_name
+        )
+
+    def resize_shell(self, workspace_id: str, shell_id: str, *, cols: int, rows: int) -> Result:
+        """Changes the shell's terminal size."""
+        return self._call(
+            "resize_shell", workspace_id=workspace_id, shell_id=shell_id, cols=cols, rows=rows
+        )
+
+    def close_shell(self, workspace_id: str, shell_id: str) -> Result:
+        """Ends the shell (HUP, then KILL after 5 s)."""
+        return self._call("close_shell", workspace_id=workspace_id, shell_id=shell_id)
+
+    def list_shells(self, workspace_id: str) -> Result:
+        """The workspace's open shells."""
+        return self._call("list_shells", workspace_id=workspace_id)
+
+    # ------------------------------------------------------------------ services
+
+    def start_service(
+        self,
+        workspace_id: str,
+        service_name: str,
+        *,
+        command: str,
+        cwd: str = "/workspace",
+        readiness: Optional[Mapping[str, Any]] = None,
+        ready_timeout_seconds: int = 30,
+        ready_interval_ms: int = 500,
+        secret_env: Optional[Mapping[str, str]] = None,
+        published_ports: Optional[Sequence[Mapping[str, Any]]] = None,
+    ) -> Result:
+        """Starts a named background process and waits until it is ready. ``readiness`` is
+        ``{"type": "file", "path": …}``, ``{"type": "tcp", "address": "HOST:PORT"}``,
+        ``{"type": "http", "url": …}`` or ``{"type": "command", "command": …}``.
+        ``published_ports`` is a list of ``{"guest_port": N, "host_port": M or None}``
+        (policy ``egress+published-ports``). A service that exits first or is not ready in
+        time raises :class:`~pyro_mcp.errors.PyroRuntimeError` whose ``data["service"]`` is
+        its record."""
+        return self._call(
+            "start_service",
+            workspace_id=workspace_id,
+            service_name=service_name,
+            command=command,
+            cwd=cwd,
+            readiness=dict(readiness) if readiness is not None else None,
+            ready_timeout_seconds=ready_timeout_seconds,
+            ready_interval_ms=ready_interval_ms,
+            secret_env=dict(secret_env) if secret_env is not None else None,
+            published_ports=[dict(p) for p in published_ports] if published_ports is not None else None,
+        )
+
+    def list_services(self, workspace_id: str) -> Result:
+        """``{workspace_id, count, running_count, services}``."""
+        return self._call("list_services", workspace_id=workspace_id)
+
+    def status_service(self, workspace_id: str, service_name: str) -> Result:
+        """One service's record."""
+        return self._call("status_service", workspace_id=workspace_id, service_name=service_name)
+
+    def logs_service(
+        self, workspace_id: str, service_name: str, *, tail_lines: int = 200, all: bool = False
+    ) -> Result:
+        """The service's ``stdout`` and ``stderr``: the last ``tail_lines`` lines of each, or
+        everything retained with ``all=True``."""
+        return self._call(
+            "logs_service",
+            workspace_id=workspace_id,
+            service_name=service_name,
+            tail_lines=tail_lines,
+            all=all,
+        )
+
+    def stop_service(self, workspace_id: str, service_name: str) -> Result:
+        """Stops the service (TERM, then KILL after 5 s) and releases its ports."""
+        return self._call("stop_service", workspace_id=workspace_id, service_name=service_name)

@@ -82,7 +82,7 @@ PROFILES: Dict[str, List[str]] = {
 }
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
 # workspace-full grows with the features only it offers (network allowlists, secrets).
-BUDGET = {"vm-run": 3_000, "workspace-core": 24_000, "workspace-full": 42_000}
+BUDGET = {"vm-run": 3_000, "workspace-core": 24_000, "workspace-full": 60_000}
 
 
 def _server_env(tmp: Path) -> Dict[str, str]:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -465,6 +465,81 @@ def test_secrets_reach_only_named_commands_and_are_redacted(pyro: Pyro, tmp_path
         assert "lit-value" not in str(logs)
         with pytest.raises(PyroInputError, match="no secret"):
             pyro.exec_workspace(wid, command="true", secret_env={"NOPE": ""})
+    finally:
+        pyro.delete_workspace(wid)
+
+
+def _read_until(pyro: Pyro, wid: str, sid: str, cursor: int, want: str) -> Tuple[str, int]:
+    text = ""
+    deadline = time.monotonic() + 60
+    while want not in text:
+        assert time.monotonic() < deadline, f"no {want!r} in {text!r}"
+        r = pyro.read_shell(wid, sid, cursor=cursor, plain=True, wait_for_idle_ms=200)
+        text += r["output"]
+        cursor = r["next_cursor"]
+    return text, cursor
+
+
+def test_shells_and_services_on_a_real_guest(pyro: Pyro) -> None:
+    ws = pyro.create_workspace(
+        environment=ENV, secrets=[{"name": "API_TOKEN", "value": "svc-secret-31c9d2"}]
+    )
+    wid = ws["workspace_id"]
+    try:
+        # A PTY shell: full-screen output rendered as plain text, the secret redacted.
+        sh = pyro.open_shell(wid, cols=40, rows=10, secret_env={"API_TOKEN": "T"})
+        sid = sh["shell_id"]
+        assert sh["state"] == "running" and (sh["cols"], sh["rows"]) == (40, 10)
+        _, cursor = _read_until(pyro, wid, sid, 0, "pyro$")
+        pyro.write_shell(
+            wid,
+            sid,
+            input="printf '\\033[?1049h\\033[2J\\033[3;5Htitle %s\\033[5;1Hbottom\\n' \"$T\"; stty size",
+        )
+        text, cursor = _read_until(pyro, wid, sid, cursor, "10 40")
+        assert "title [REDACTED]" in text and "bottom" in text, text
+        assert "\x1b" not in text and "svc-secret" not in text, text
+        pyro.write_shell(wid, sid, input="sleep 600")
+        time.sleep(0.5)
+        pyro.signal_shell(wid, sid, signal_name="int")
+        pyro.write_shell(wid, sid, input="echo code=$?")
+        text, _ = _read_until(pyro, wid, sid, cursor, "code=130")
+        assert [s["shell_id"] for s in pyro.list_shells(wid)["shells"]] == [sid]
+        closed = pyro.close_shell(wid, sid)
+        assert closed["closed"] is True and closed["state"] == "stopped"
+
+        # A service with an HTTP probe, and one that fails before it is ready.
+        web = pyro.start_service(
+            wid,
+            "web",
+            command="exec python3 -m http.server 8080 --bind 127.0.0.1",
+            readiness={"type": "http", "url": "http://127.0.0.1:8080/"},
+            ready_timeout_seconds=60,
+        )
+        assert web["state"] == "running" and web["ready_at"] is not None
+        assert web["readiness"] == {"type": "http", "url": "http://127.0.0.1:8080/"}
+        r = pyro.exec_workspace(wid, command="curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/")
+        assert r["stdout"] == "200"
+        with pytest.raises(PyroRuntimeError) as failed:
+            pyro.start_service(
+                wid,
+                "crash",
+                command="echo boom >&2; exit 7",
+                readiness={"type": "tcp", "address": "127.0.0.1:9"},
+            )
+        assert failed.value.data["service"]["stop_reason"] == "process_exited_before_ready"
+        assert failed.value.data["service"]["exit_code"] == 7
+        assert "boom" in str(failed.value)
+        listed = pyro.list_services(wid)
+        assert (listed["count"], listed["running_count"]) == (2, 1)
+        logs = pyro.logs_service(wid, "web", tail_lines=5)
+        assert "GET / HTTP" in logs["stderr"], logs
+        stopped = pyro.stop_service(wid, "web")
+        assert (stopped["state"], stopped["stop_reason"]) == ("stopped", "sigterm")
+        with pytest.raises(PyroInputError, match="service_name"):
+            pyro.start_service(wid, "no/slash", command="true")
+        with pytest.raises(PyroNotFoundError):
+            pyro.status_service(wid, "nope")
     finally:
         pyro.delete_workspace(wid)
 

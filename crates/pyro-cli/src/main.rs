@@ -28,6 +28,7 @@ mod bench;
 mod bench_net;
 mod doctor;
 mod mcp;
+mod procs;
 mod render;
 mod rpc;
 mod workspace;
@@ -230,7 +231,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(Failure { error, json }) => {
             if json {
-                let v = serde_json::json!({"ok": false, "error": format!("{error:#}"), "error_kind": error_kind(&error)});
+                let mut v = serde_json::json!({"ok": false, "error": format!("{error:#}"), "error_kind": error_kind(&error)});
+                // Structured facts of the error (a failed service's record).
+                if let Some(data) = error.downcast_ref::<CoreError>().and_then(CoreError::data) {
+                    v["data"] = data;
+                }
                 println!("{}", render::pretty(&v));
             } else {
                 eprintln!("[error] {error:#}");
@@ -383,6 +388,19 @@ fn stderr_progress(environment: String) -> ProgressFn {
             }
             ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
             ProgressEvent::Snapshot(m) => format!("[snapshot] {m}"),
+            ProgressEvent::Service {
+                name,
+                elapsed_ms,
+                probe_attempts,
+                last_probe_error,
+            } => format!(
+                "[service] {name}: waiting for readiness ({} s, {probe_attempts} probes{})",
+                elapsed_ms / 1000,
+                last_probe_error
+                    .as_deref()
+                    .map(|e| format!("; last: {e}"))
+                    .unwrap_or_default()
+            ),
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(id) => format!("[run] phase={phase} vm_id={id}"),
                 None => format!("[run] phase={phase} environment={environment}"),

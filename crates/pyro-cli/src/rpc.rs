@@ -113,7 +113,14 @@ impl From<CoreError> for RpcError {
         Self {
             code: APPLICATION_ERROR,
             message,
-            data: Some(json!({"kind": e.kind()})),
+            data: Some(match e.data() {
+                // A failed service's record, beside the kind.
+                Some(serde_json::Value::Object(mut extra)) => {
+                    extra.insert("kind".into(), json!(e.kind()));
+                    serde_json::Value::Object(extra)
+                }
+                _ => json!({"kind": e.kind()}),
+            }),
         }
     }
 }
@@ -365,6 +372,19 @@ fn progress_notifier(out: Out, id: Value) -> ProgressFn {
             }
             ProgressEvent::Provision(m) => format!("[firecracker] {m}"),
             ProgressEvent::Snapshot(m) => format!("[snapshot] {m}"),
+            ProgressEvent::Service {
+                name,
+                elapsed_ms,
+                probe_attempts,
+                last_probe_error,
+            } => format!(
+                "[service] {name}: waiting for readiness ({} s, {probe_attempts} probes{})",
+                elapsed_ms / 1000,
+                last_probe_error
+                    .as_deref()
+                    .map(|e| format!("; last: {e}"))
+                    .unwrap_or_default()
+            ),
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(v) => format!("[run] phase={phase} vm_id={v}"),
                 None => format!("[run] phase={phase}"),

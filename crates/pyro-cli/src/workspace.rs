@@ -47,8 +47,14 @@ pub enum WorkspaceCmd {
     Start(WsJson),
     /// Delete the workspace and all its data.
     Delete(WsJson),
-    /// Publish a guest TCP port on the host's 127.0.0.1 (policy egress+published-ports).
-    /// Until services bring `--publish`, the core's mechanism is reachable here.
+    /// Interactive PTY shells that live between calls.
+    #[command(subcommand)]
+    Shell(crate::procs::ShellCmd),
+    /// Named background processes with readiness probes, logs and published ports.
+    #[command(subcommand)]
+    Service(crate::procs::ServiceCmd),
+    /// Publish a guest TCP port on the host's 127.0.0.1 (policy egress+published-ports);
+    /// services publish theirs with `service start --publish`.
     #[command(hide = true)]
     Publish(PublishArgs),
 }
@@ -604,6 +610,8 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             show(a.json, "Workspace", &w);
         }
         WorkspaceCmd::Exec(a) => return exec(a).await,
+        WorkspaceCmd::Shell(cmd) => return crate::procs::shell(cmd).await,
+        WorkspaceCmd::Service(cmd) => return crate::procs::service(cmd).await,
         WorkspaceCmd::Logs(a) => {
             let f = fail(a.json);
             let pyro = open_pyro(None).map_err(&f)?;

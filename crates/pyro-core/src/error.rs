@@ -178,6 +178,31 @@ pub enum CoreError {
         /// How long it was given.
         seconds: u64,
     },
+    /// No shell with this id in the workspace.
+    #[error("workspace `{workspace_id}` has no shell `{}`", one_line(shell_id))]
+    ShellNotFound {
+        /// The workspace.
+        workspace_id: String,
+        /// The id asked for.
+        shell_id: String,
+    },
+    /// No service with this name in the workspace.
+    #[error("workspace `{workspace_id}` has no service `{}`", one_line(name))]
+    ServiceNotFound {
+        /// The workspace.
+        workspace_id: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// A service did not become ready (it exited first, its readiness timed out, or a port
+    /// could not be published); the error's data carries its [`crate::ServiceInfo`].
+    #[error("service `{}` {}{}", info.service_name, failure_text(info), log_suffix(log_tail))]
+    ServiceFailed {
+        /// The failed service, as `service status` shows it.
+        info: Box<crate::ServiceInfo>,
+        /// The end of its output (redacted).
+        log_tail: String,
+    },
     /// A host filesystem operation failed.
     #[error("cannot {action} `{}`", one_line(&path.display().to_string()))]
     Io {
@@ -225,6 +250,34 @@ pub fn quote_bytes(b: &[u8]) -> String {
     format!("`{}`", one_line(&text))
 }
 
+fn failure_text(info: &crate::ServiceInfo) -> String {
+    let code = info
+        .exit_code
+        .map(|c| format!(" (exit code {c})"))
+        .unwrap_or_default();
+    match info.stop_reason.as_deref() {
+        Some("process_exited_before_ready") => format!("exited before it was ready{code}"),
+        Some("readiness_timeout") => format!(
+            "was not ready in time and was stopped{}",
+            info.last_probe_error
+                .as_deref()
+                .map(|e| format!(" (last probe: {})", one_line(e)))
+                .unwrap_or_default()
+        ),
+        Some("published_port_failed") => "was stopped: a port could not be published".into(),
+        Some(other) => format!("failed: {other}{code}"),
+        None => format!("failed{code}"),
+    }
+}
+
+fn log_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\n--- its output (last lines) ---\n{}", tail.trim_end())
+    }
+}
+
 fn console_suffix(tail: &str) -> String {
     if tail.trim().is_empty() {
         String::new()
@@ -244,7 +297,10 @@ impl CoreError {
             Self::Validation(_) | Self::PatchParse(_) | Self::PatchApply(_) => {
                 ErrorKind::InvalidInput
             }
-            Self::VmNotFound { .. } | Self::WorkspaceNotFound { .. } => ErrorKind::NotFound,
+            Self::VmNotFound { .. }
+            | Self::WorkspaceNotFound { .. }
+            | Self::ShellNotFound { .. }
+            | Self::ServiceNotFound { .. } => ErrorKind::NotFound,
             Self::WorkspaceState { .. } | Self::AgentUnresponsive { .. } => ErrorKind::State,
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
                 ErrorKind::State
@@ -260,6 +316,17 @@ impl CoreError {
                 _ => ErrorKind::Runtime,
             },
             _ => ErrorKind::Runtime,
+        }
+    }
+
+    /// Structured facts a surface adds to the error (JSON-RPC `data`, MCP structured
+    /// content, the Python exception's `data`): a failed service's record.
+    pub fn data(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::ServiceFailed { info, .. } => serde_json::to_value(info.as_ref())
+                .ok()
+                .map(|v| serde_json::json!({ "service": v })),
+            _ => None,
         }
     }
 

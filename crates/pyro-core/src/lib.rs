@@ -132,6 +132,17 @@ pub enum ProgressEvent {
     Provision(String),
     /// Building a warm snapshot (done once per environment and machine shape).
     Snapshot(String),
+    /// A service waiting for readiness (sent at least once a second while it waits).
+    Service {
+        /// The service.
+        name: String,
+        /// Since it started.
+        elapsed_ms: u64,
+        /// Probes tried so far.
+        probe_attempts: u64,
+        /// Why the last probe failed.
+        last_probe_error: Option<String>,
+    },
     /// A lifecycle phase of a one-shot run (`create`, `start`, `execute`).
     Phase {
         /// The phase.

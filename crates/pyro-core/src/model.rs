@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Lifecycle state of an ephemeral VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -138,7 +138,7 @@ pub struct SandboxNetworkInfo {
 }
 
 /// A guest TCP port published on the host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PublishedPort {
     /// Always 127.0.0.1.
     pub host: String,
@@ -257,4 +257,140 @@ pub struct WorkspaceInfo {
     pub running_service_count: u64,
     pub last_error: Option<String>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A PTY shell in a workspace (`shell_open`, `shell_write`, `shell_signal`, `shell_close`,
+/// `shell_list`, `shell_resize`).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ShellInfo {
+    pub workspace_id: String,
+    pub shell_id: String,
+    pub cwd: String,
+    pub cols: u16,
+    pub rows: u16,
+    /// running or stopped.
+    pub state: String,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    /// Negative: killed by that signal.
+    pub exit_code: Option<i32>,
+    pub execution_mode: String,
+    /// Secrets in its environment (names only).
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
+/// A shell read: output from `cursor` to `next_cursor` (`shell_read`).
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ShellReadResult {
+    #[serde(flatten)]
+    pub shell: ShellInfo,
+    /// Byte offset in the shell's transcript where this read was asked to start.
+    pub cursor: u64,
+    /// Where the next read continues: nothing between is skipped.
+    pub next_cursor: u64,
+    pub output: String,
+    /// More output is available after next_cursor.
+    pub truncated: bool,
+    pub plain: bool,
+    pub wait_for_idle_ms: Option<u64>,
+    /// Bytes before the retained transcript that this read could not return (its cursor
+    /// was older than what the shell keeps): the output starts at cursor + missed_bytes.
+    pub missed_bytes: u64,
+}
+
+/// `shell_write`'s result.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ShellWriteResult {
+    #[serde(flatten)]
+    pub shell: ShellInfo,
+    /// Characters of input written (the newline excluded).
+    pub input_length: u64,
+    pub append_newline: bool,
+}
+
+/// `shell_signal`'s result.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ShellSignalResult {
+    #[serde(flatten)]
+    pub shell: ShellInfo,
+    pub signal: String,
+}
+
+/// `shell_close`'s result.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ShellCloseResult {
+    #[serde(flatten)]
+    pub shell: ShellInfo,
+    pub closed: bool,
+}
+
+/// `shell_list`'s result.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ShellList {
+    pub workspace_id: String,
+    pub count: usize,
+    pub shells: Vec<ShellInfo>,
+}
+
+/// A named background process in a workspace.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ServiceInfo {
+    pub workspace_id: String,
+    pub service_name: String,
+    /// starting, running, exited, stopped or failed.
+    pub state: String,
+    pub command: String,
+    pub cwd: String,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    /// Negative: killed by that signal.
+    pub exit_code: Option<i32>,
+    /// Guest pid.
+    pub pid: Option<i32>,
+    pub execution_mode: String,
+    /// The probe: {type: file|tcp|http|command, ...}.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub readiness: Option<serde_json::Value>,
+    pub ready_at: Option<f64>,
+    /// sigterm, sigkill, process_exited_before_ready, readiness_timeout,
+    /// published_port_failed or workspace_stopped.
+    pub stop_reason: Option<String>,
+    pub published_ports: Vec<PublishedPort>,
+    pub probe_attempts: u64,
+    pub last_probe_error: Option<String>,
+    /// Secrets in its environment (names only).
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
+impl ServiceInfo {
+    /// Whether it is starting or running.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "starting" | "running")
+    }
+}
+
+/// `service_list`'s result.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ServiceList {
+    pub workspace_id: String,
+    pub count: usize,
+    pub running_count: usize,
+    pub services: Vec<ServiceInfo>,
+}
+
+/// `service_logs`'s result: the service and its retained output.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct ServiceLogs {
+    #[serde(flatten)]
+    pub service: ServiceInfo,
+    pub stdout: String,
+    pub stderr: String,
+    /// Null with all=true.
+    pub tail_lines: Option<u64>,
+    /// Either stream was cut (by lines, bytes, or the log's own bound).
+    pub truncated: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
 }

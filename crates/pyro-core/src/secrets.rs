@@ -231,6 +231,100 @@ pub fn redact_str(text: &str, values: &[String], cut: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Bytes with every secret value replaced by [`REDACTED`], and where each replacement came
+/// from, so that offsets in the result map back to offsets in the input (a shell read's
+/// cursor is an input offset; what is rendered is the redacted text).
+#[derive(Debug, Default)]
+pub(crate) struct Redacted {
+    /// The redacted bytes (of the input up to [`Self::covered`]).
+    pub bytes: Vec<u8>,
+    /// Replacements: `(out_start, raw_start, raw_end)`; each is [`REDACTED`] long in `bytes`.
+    spans: Vec<(usize, usize, usize)>,
+    /// Input bytes the result accounts for: all of them, less a tail held back because it
+    /// may begin a value (only with `hold_end`).
+    pub covered: usize,
+}
+
+impl Redacted {
+    /// The result offset of input offset `raw`; inside a replacement, its start.
+    pub fn out_at_raw(&self, raw: usize) -> usize {
+        let (mut out, mut at) = (0usize, 0usize);
+        for &(o, rs, re) in &self.spans {
+            if raw < rs {
+                break;
+            }
+            if raw < re {
+                return o;
+            }
+            out = o + REDACTED.len();
+            at = re;
+        }
+        out + (raw - at)
+    }
+
+    /// The input offset of result offset `out`; inside a replacement, its end (so a cut in
+    /// the middle of `[REDACTED]` never reads the value again).
+    pub fn raw_at_out(&self, out: usize) -> usize {
+        let (mut o_end, mut at) = (0usize, 0usize);
+        for &(o, _, re) in &self.spans {
+            if out <= o {
+                break;
+            }
+            if out < o + REDACTED.len() {
+                return re;
+            }
+            o_end = o + REDACTED.len();
+            at = re;
+        }
+        at + (out - o_end)
+    }
+}
+
+/// Replaces every value in `raw` (longest first). With `hold_end`, a tail that could still
+/// begin a value is left out ([`Redacted::covered`] says where it starts).
+pub(crate) fn redact_mapped(raw: &[u8], values: &[String], hold_end: bool) -> Redacted {
+    let mut vals: Vec<&[u8]> = values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.as_bytes())
+        .collect();
+    vals.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut r = Redacted {
+        bytes: Vec::with_capacity(raw.len()),
+        spans: Vec::new(),
+        covered: raw.len(),
+    };
+    let mut i = 0;
+    'scan: while i < raw.len() {
+        let rest = &raw[i..];
+        for v in &vals {
+            if rest.starts_with(v) {
+                r.spans.push((r.bytes.len(), i, i + v.len()));
+                r.bytes.extend_from_slice(REDACTED.as_bytes());
+                i += v.len();
+                continue 'scan;
+            }
+        }
+        if hold_end
+            && vals
+                .iter()
+                .any(|v| v.len() > rest.len() && v.starts_with(rest))
+        {
+            r.covered = i;
+            return r;
+        }
+        r.bytes.push(raw[i]);
+        i += 1;
+    }
+    r
+}
+
+/// The longest value's length: how far back a read must look to catch a value that begins
+/// before its cursor.
+pub(crate) fn longest(values: &[String]) -> usize {
+    values.iter().map(String::len).max().unwrap_or(0)
+}
+
 /// A streaming replacement of secret values by [`REDACTED`] (see the module docs): it keeps
 /// back the tail of each chunk that is still the beginning of some value, so a value split
 /// across chunks is caught.
@@ -436,5 +530,27 @@ mod tests {
             !String::from_utf8_lossy(&std::fs::read(ws.join("secrets/index.json")).unwrap())
                 .contains("literal-value")
         );
+    }
+    #[test]
+    fn mapped_redaction_maps_offsets_both_ways_and_holds_a_possible_value() {
+        let values = vec!["SECRET".to_string()];
+        let raw = b"ab SECRET cd SEC";
+        let r = redact_mapped(raw, &values, true);
+        assert_eq!(r.bytes, b"ab [REDACTED] cd ");
+        assert_eq!(r.covered, 13);
+        // Before, inside and after the replacement.
+        assert_eq!(r.out_at_raw(1), 1);
+        assert_eq!(r.out_at_raw(5), 3);
+        assert_eq!(r.out_at_raw(9), 13);
+        assert_eq!(r.raw_at_out(2), 2);
+        assert_eq!(r.raw_at_out(3), 3);
+        assert_eq!(r.raw_at_out(7), 9);
+        assert_eq!(r.raw_at_out(14), 10);
+        // A read starting inside a value (cursor 5) shows the marker, not the value's tail.
+        let from = r.out_at_raw(5);
+        assert_eq!(&r.bytes[from..from + REDACTED.len()], REDACTED.as_bytes());
+        let end = redact_mapped(raw, &values, false);
+        assert_eq!(end.covered, raw.len());
+        assert_eq!(end.bytes, b"ab [REDACTED] cd SEC");
     }
 }

@@ -33,11 +33,18 @@ mod meter;
 mod patch;
 mod ports;
 mod procs;
+mod services;
+mod shells;
 mod teardown;
 
 pub use files::*;
 pub use patch::*;
 pub use ports::MAX_PUBLISHED_PORTS;
+pub use services::{
+    PortSpec, READY_TIMEOUT_MAX_SECONDS, ReadinessSpec, SERVICE_LOG_READ_BYTES, SERVICE_PORTS_MAX,
+    StartService, check_service_name,
+};
+pub use shells::{OpenShell, ReadShell, SHELL_IDLE_MAX_MS, SHELL_READ_MAX_CHARS, SHELL_SIGNALS};
 use teardown::Teardown;
 
 /// How long a started workspace's guest agent has to answer a call (the handshake and a

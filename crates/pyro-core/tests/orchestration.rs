@@ -647,3 +647,320 @@ fn secrets_reach_only_the_commands_that_name_them_and_are_redacted_everywhere_sh
         env.pyro.delete_workspace(&id).await.unwrap();
     });
 }
+
+/// Reads a shell until `want` shows up (or a deadline), from `cursor`; returns the text read
+/// and the next cursor.
+async fn read_until(env: &Env, id: &str, shell: &str, cursor: u64, want: &str) -> (String, u64) {
+    use pyro_core::workspace::ReadShell;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut text, mut cursor) = (String::new(), cursor);
+    while !text.contains(want) {
+        assert!(Instant::now() < deadline, "no {want:?} in {text:?}");
+        let r = env
+            .pyro
+            .read_shell(
+                id,
+                shell,
+                ReadShell {
+                    cursor,
+                    max_chars: 65536,
+                    plain: true,
+                    wait_for_idle_ms: Some(100),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.missed_bytes, 0);
+        text.push_str(&r.output);
+        cursor = r.next_cursor;
+    }
+    (text, cursor)
+}
+
+fn service(name: &str, command: &str) -> pyro_core::workspace::StartService {
+    pyro_core::workspace::StartService {
+        name: name.into(),
+        command: command.into(),
+        cwd: "/workspace".into(),
+        readiness: None,
+        ready_timeout_seconds: 30,
+        ready_interval_ms: 50,
+        secret_env: Default::default(),
+        published_ports: Vec::new(),
+    }
+}
+
+#[test]
+fn shells_and_services_outlive_their_calls_and_read_truthfully_after_a_crash() {
+    use pyro_core::secrets::{SecretInput, SecretSource};
+    use pyro_core::workspace::{OpenShell, ReadinessSpec};
+    run(async {
+        let env = Env::new();
+        let secret = "tok-5be1d09a77c3";
+        let mut req = CreateWorkspace::new("debian:12");
+        req.secrets = vec![SecretInput {
+            name: "API_TOKEN".into(),
+            source: SecretSource::Value(secret.into()),
+        }];
+        let id = env
+            .pyro
+            .create_workspace(req, pyro_core::no_progress())
+            .await
+            .unwrap()
+            .workspace_id;
+
+        // A shell with the secret: what it prints is redacted, also a value written in two
+        // pieces with a read in between (the first piece is held back, not shown).
+        let shell = env
+            .pyro
+            .open_shell(
+                &id,
+                OpenShell {
+                    cwd: "/workspace".into(),
+                    cols: 80,
+                    rows: 24,
+                    secret_env: [("API_TOKEN".to_string(), "T".to_string())].into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(shell.state, "running");
+        assert_eq!(shell.secret_env, ["API_TOKEN"]);
+        let sid = shell.shell_id.clone();
+        let (_, cursor) = read_until(&env, &id, &sid, 0, "pyro$").await;
+        env.pyro
+            .write_shell(
+                &id,
+                &sid,
+                "printf 'A=%s' \"${T%????????}\"; sleep 1; printf '%s=Z\\n' \"${T#????????}\"",
+                true,
+            )
+            .await
+            .unwrap();
+        let (text, _) = read_until(&env, &id, &sid, cursor, "]=Z").await;
+        assert!(text.contains("A=[REDACTED]=Z"), "{text:?}");
+        assert!(!text.contains("tok-"), "{text:?}");
+
+        // A service that is ready once its file exists, and one that runs without a probe.
+        let mut web = service(
+            "web",
+            "echo starting; sleep 0.3; touch ready; exec sleep 300",
+        );
+        web.readiness = Some(ReadinessSpec::File("ready".into()));
+        let info = env
+            .pyro
+            .start_service(&id, web, pyro_core::no_progress())
+            .await
+            .unwrap();
+        assert_eq!(info.state, "running");
+        assert!(info.ready_at.is_some() && info.pid.is_some());
+        assert_eq!(info.readiness.as_ref().unwrap()["path"], "/workspace/ready");
+        let logs = env.pyro.logs_service(&id, "web", Some(10)).await.unwrap();
+        assert_eq!(logs.stdout, "starting\n");
+        let ws = env.pyro.status_workspace(&id).await.unwrap();
+        assert_eq!((ws.service_count, ws.running_service_count), (1, 1));
+
+        // The VMM dies: no shell survives, the service is stopped with its workspace.
+        let agent = env.agent_pid(&id);
+        // SAFETY: kill(2) on the agent process this test's workspace runs.
+        unsafe { libc::kill(agent, libc::SIGKILL) };
+        assert!(wait_gone(agent));
+        let list = env.pyro.list_services(&id).await.unwrap();
+        assert_eq!(list.running_count, 0);
+        assert_eq!(list.services[0].state, "stopped");
+        assert_eq!(
+            list.services[0].stop_reason.as_deref(),
+            Some("workspace_stopped")
+        );
+        assert_eq!(env.pyro.list_shells(&id).await.unwrap().count, 0);
+        let ws = env.pyro.status_workspace(&id).await.unwrap();
+        assert_eq!((ws.service_count, ws.running_service_count), (1, 0));
+        let err = env
+            .pyro
+            .read_shell(
+                &id,
+                &sid,
+                pyro_core::workspace::ReadShell {
+                    cursor: 0,
+                    max_chars: 10,
+                    plain: false,
+                    wait_for_idle_ms: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoreError::WorkspaceState { .. }), "{err}");
+
+        // Booted again: the old shell is unknown, the service can start again by name.
+        env.pyro
+            .start_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        let err = env.pyro.signal_shell(&id, &sid, "INT").await.unwrap_err();
+        assert!(matches!(err, CoreError::ShellNotFound { .. }), "{err}");
+        let again = env
+            .pyro
+            .start_service(
+                &id,
+                service("web", "exec sleep 300"),
+                pyro_core::no_progress(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.state, "running");
+    });
+}
+
+#[test]
+fn a_service_that_is_not_ready_is_an_error_and_stop_reports_how_it_ended() {
+    use pyro_core::workspace::ReadinessSpec;
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+
+        // Exits before its probe passes: an error at once (not after the 30 s timeout),
+        // with its exit code, its output and its record.
+        let mut crash = service("crash", "echo boom >&2; exit 7");
+        crash.readiness = Some(ReadinessSpec::Tcp("127.0.0.1:9".into()));
+        let started = Instant::now();
+        let err = env
+            .pyro
+            .start_service(&id, crash, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "waited the timeout"
+        );
+        let CoreError::ServiceFailed { info, log_tail } = &err else {
+            panic!("unexpected error: {err}");
+        };
+        assert_eq!(info.state, "failed");
+        assert_eq!(
+            info.stop_reason.as_deref(),
+            Some("process_exited_before_ready")
+        );
+        assert_eq!(info.exit_code, Some(7));
+        assert!(log_tail.contains("boom"), "{log_tail}");
+        assert!(
+            err.to_string()
+                .contains("exited before it was ready (exit code 7)"),
+            "{err}"
+        );
+        assert_eq!(err.data().unwrap()["service"]["exit_code"], 7);
+
+        // Never ready: stopped and failed with readiness_timeout, and progress was sent.
+        let mut slow = service("slow", "exec sleep 300");
+        slow.readiness = Some(ReadinessSpec::Command("sleep 5".into()));
+        slow.ready_timeout_seconds = 1;
+        let events = Arc::new(std::sync::Mutex::new(0usize));
+        let seen = events.clone();
+        let progress: pyro_core::ProgressFn = Arc::new(move |e: &pyro_core::ProgressEvent| {
+            if matches!(e, pyro_core::ProgressEvent::Service { .. }) {
+                *seen.lock().unwrap() += 1;
+            }
+        });
+        let err = env
+            .pyro
+            .start_service(&id, slow, progress)
+            .await
+            .unwrap_err();
+        let CoreError::ServiceFailed { info, .. } = &err else {
+            panic!("unexpected error: {err}");
+        };
+        assert_eq!(info.stop_reason.as_deref(), Some("readiness_timeout"));
+        assert!(*events.lock().unwrap() >= 1, "no progress");
+
+        // Stop: TERM when it is heeded, KILL when it is not.
+        env.pyro
+            .start_service(
+                &id,
+                service("polite", "exec sleep 300"),
+                pyro_core::no_progress(),
+            )
+            .await
+            .unwrap();
+        env.pyro
+            .start_service(
+                &id,
+                service("stubborn", "trap '' TERM; while :; do sleep 0.1; done"),
+                pyro_core::no_progress(),
+            )
+            .await
+            .unwrap();
+        let polite = env.pyro.stop_service(&id, "polite").await.unwrap();
+        assert_eq!(
+            (polite.state.as_str(), polite.stop_reason.as_deref()),
+            ("stopped", Some("sigterm"))
+        );
+        let stubborn = env.pyro.stop_service(&id, "stubborn").await.unwrap();
+        assert_eq!(stubborn.stop_reason.as_deref(), Some("sigkill"));
+
+        // A service that ends by itself reads as exited with its code.
+        env.pyro
+            .start_service(&id, service("brief", "exit 3"), pyro_core::no_progress())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = env.pyro.status_service(&id, "brief").await.unwrap();
+            if s.state == "exited" {
+                assert_eq!(s.exit_code, Some(3));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Bad input is refused before anything runs.
+        for (name, cwd, ready, field) in [
+            ("bad name", "/workspace", None, "service_name"),
+            ("ok", "/workspace/missing", None, "cwd"),
+            (
+                "ok",
+                "/workspace",
+                Some(ReadinessSpec::Tcp("nope".into())),
+                "readiness",
+            ),
+            (
+                "ok",
+                "/workspace",
+                Some(ReadinessSpec::Http("https://x/".into())),
+                "readiness",
+            ),
+        ] {
+            let mut s = service(name, "true");
+            s.cwd = cwd.into();
+            s.readiness = ready;
+            match env
+                .pyro
+                .start_service(&id, s, pyro_core::no_progress())
+                .await
+            {
+                Err(CoreError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{name} {cwd}: {other:?}"),
+            }
+        }
+        let mut s = service("ports", "true");
+        s.published_ports = vec![pyro_core::workspace::PortSpec {
+            guest_port: 8000,
+            host_port: None,
+        }];
+        let err = env
+            .pyro
+            .start_service(&id, s, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("egress+published-ports"), "{err}");
+        let names: Vec<String> = env
+            .pyro
+            .list_services(&id)
+            .await
+            .unwrap()
+            .services
+            .into_iter()
+            .map(|s| s.service_name)
+            .collect();
+        assert_eq!(names, ["brief", "crash", "polite", "slow", "stubborn"]);
+    });
+}

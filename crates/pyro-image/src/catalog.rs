@@ -63,7 +63,9 @@ pub static CATALOG: &[CatalogEntry] = &[
         version: "1.0.0",
         description: "Debian 12 (bookworm) with git, for cloning and working on repositories",
         default_packages: &["bash", "coreutils", "git"],
-        extra_packages: &["ca-certificates"],
+        // python3, as in every image of the reference (its agent needed it): the usual way
+        // an agent serves or fetches something (`python3 -m http.server`, urllib) works.
+        extra_packages: &["ca-certificates", "python3"],
         distribution: "debian",
         distribution_version: "12",
         platform: "linux-x86_64",

@@ -13,6 +13,9 @@ pub(crate) struct ToolError {
     pub kind: String,
     /// The message with its causes, `{:#}` style (`outer: inner: innermost`).
     pub message: String,
+    /// Structured facts ([`CoreError::data`]: a failed service's record), sent as a second
+    /// text block of JSON.
+    pub data: Option<serde_json::Value>,
 }
 
 impl ToolError {
@@ -21,13 +24,18 @@ impl ToolError {
         Self {
             kind: "invalid_input".into(),
             message: message.into(),
+            data: None,
         }
     }
 
     /// The tool result a client receives.
     pub(crate) fn into_result(self, tool: &str) -> CallToolResult {
         let text = format!("{tool} failed [{}]: {}", self.kind, self.message);
-        CallToolResult::error(vec![ContentBlock::text(text)])
+        let mut blocks = vec![ContentBlock::text(text)];
+        if let Some(data) = self.data {
+            blocks.push(ContentBlock::text(data.to_string()));
+        }
+        CallToolResult::error(blocks)
     }
 }
 
@@ -54,6 +62,7 @@ impl From<CoreError> for ToolError {
             .unwrap_or_else(|| "runtime".into());
         Self {
             kind,
+            data: e.data(),
             message: chain(&e),
         }
     }

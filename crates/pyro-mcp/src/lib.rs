@@ -194,10 +194,12 @@ impl PyroMcp {
             Ok(None) => Err(error::ToolError {
                 kind: "runtime".into(),
                 message: "the server is shutting down".into(),
+                data: None,
             }),
             Err(e) => Err(error::ToolError {
                 kind: "runtime".into(),
                 message: format!("internal error in pyro ({e}); the server is still running"),
+                data: None,
             }),
         };
         progress.finish().await;
@@ -299,6 +301,18 @@ mod tests {
                 "vm_reap_expired",
                 "workspace_stop",
                 "workspace_start",
+                "shell_open",
+                "shell_read",
+                "shell_write",
+                "shell_signal",
+                "shell_close",
+                "service_start",
+                "service_list",
+                "service_status",
+                "service_logs",
+                "service_stop",
+                "shell_list",
+                "shell_resize",
             ]
         );
     }

@@ -95,6 +95,19 @@ impl Progress {
                 }
                 ProgressEvent::Provision(m) => format!("firecracker: {m}"),
                 ProgressEvent::Snapshot(m) => format!("snapshot: {m}"),
+                ProgressEvent::Service {
+                    name,
+                    elapsed_ms,
+                    probe_attempts,
+                    last_probe_error,
+                } => format!(
+                    "{name}: waiting for readiness ({} s, {probe_attempts} probes{})",
+                    elapsed_ms / 1000,
+                    last_probe_error
+                        .as_deref()
+                        .map(|e| format!("; last: {e}"))
+                        .unwrap_or_default()
+                ),
                 ProgressEvent::Phase { phase, vm_id } => match vm_id {
                     Some(id) => format!("phase {phase} (vm {id})"),
                     None => format!("phase {phase}"),

@@ -43,16 +43,28 @@ pub const FULL_ONLY_FIELDS: &[&str] = &[
     "secret_env",
 ];
 
-/// The request fields a client of `profile` neither sees in an input schema nor may send.
-pub fn hidden_fields(profile: Profile) -> impl Iterator<Item = &'static str> {
+/// Fields the SDK and JSON-RPC offer beside the contract's flat ones, left out of MCP
+/// schemas (`service_start`'s `readiness` object: MCP clients use `ready_*`).
+pub const SDK_ONLY_FIELDS: &[&str] = &["readiness"];
+
+/// The request fields a client of `profile` neither sees in an input schema of `tool` nor
+/// may send. Shells and services keep their `cwd` (a PTY or a daemon has no command line to
+/// put a `cd` in).
+pub fn hidden_fields(profile: Profile, tool: &str) -> impl Iterator<Item = &'static str> {
     let full_only: &[&str] = if profile.includes(Tier::WorkspaceFull) {
         &[]
     } else {
         FULL_ONLY_FIELDS
     };
+    let shell: &[&str] = if tool.starts_with("shell_") || tool.starts_with("service_") {
+        &[]
+    } else {
+        SHELL_FIELDS
+    };
     SERVER_FIELDS
         .iter()
-        .chain(SHELL_FIELDS)
+        .chain(SDK_ONLY_FIELDS)
+        .chain(shell)
         .chain(full_only)
         .copied()
 }
@@ -354,6 +366,126 @@ pub const TOOLS: &[Row] = &[
         idempotent: true,
         description: "Boot a stopped workspace on its existing disk (a few seconds); everything it had written is still there.",
     },
+    Row {
+        name: "shell_open",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Open a shell",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        description: "Open an interactive PTY shell (bash) in a started workspace; it keeps running between calls until shell_close or the workspace stops. Returns shell_id.",
+    },
+    Row {
+        name: "shell_read",
+        tier: Tier::WorkspaceFull,
+        long: true,
+        title: "Read a shell",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "Read a shell's output from cursor; pass next_cursor to the next read (nothing is skipped). plain=true renders the terminal as text. truncated: more is waiting.",
+    },
+    Row {
+        name: "shell_write",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Type into a shell",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        description: "Send input to a shell (a newline is appended unless append_newline=false); read the effect with shell_read.",
+    },
+    Row {
+        name: "shell_signal",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Signal a shell",
+        read_only: false,
+        destructive: true,
+        idempotent: false,
+        description: "Send a signal to the shell's foreground processes (INT is Ctrl-C).",
+    },
+    Row {
+        name: "shell_close",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Close a shell",
+        read_only: false,
+        destructive: true,
+        idempotent: false,
+        description: "End a shell and everything it runs (HUP, then KILL after 5 s).",
+    },
+    Row {
+        name: "service_start",
+        tier: Tier::WorkspaceFull,
+        long: true,
+        title: "Start a service",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        description: "Start a named background process (a server, a watcher) and wait until its readiness probe passes. A service that exits or is not ready in time is an error with its exit code and last output.",
+    },
+    Row {
+        name: "service_list",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "List services",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "List a workspace's services with their states and published ports.",
+    },
+    Row {
+        name: "service_status",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Service status",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "Show one service: state, exit code, why it stopped, published ports.",
+    },
+    Row {
+        name: "service_logs",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Service logs",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "Show a service's stdout and stderr (the last tail_lines lines of each, or all).",
+    },
+    Row {
+        name: "service_stop",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Stop a service",
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        description: "Stop a service (TERM, then KILL after 5 s) and release its ports.",
+    },
+    Row {
+        name: "shell_list",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "List shells",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "List a workspace's open shells with their states and sizes.",
+    },
+    Row {
+        name: "shell_resize",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Resize a shell",
+        read_only: false,
+        destructive: false,
+        idempotent: true,
+        description: "Change a shell's terminal size (full-screen programs redraw).",
+    },
 ];
 
 /// A tool of [`TOOLS`].
@@ -421,7 +553,7 @@ impl ToolId {
     /// The definition `tools/list` advertises under `profile`.
     pub fn definition(self, profile: Profile) -> Tool {
         let (input, output) = match self.op() {
-            Some(op) => (input_schema(&op, profile), output_schema(&op)),
+            Some(op) => (input_schema(&op, profile, self.0.name), output_schema(&op)),
             None => {
                 // Only reachable if a row names no operation (a unit test guards).
                 tracing::error!("tool {} has no operation in the catalogue", self.name());
@@ -555,7 +687,7 @@ fn settings() -> SchemaSettings {
 /// The advertised input schema of `op`: what its request accepts, less the fields an MCP
 /// client of `profile` does not set ([`hidden_fields`]), without the root's title and
 /// description.
-fn input_schema(op: &OpInfo, profile: Profile) -> JsonObject {
+fn input_schema(op: &OpInfo, profile: Profile, tool: &str) -> JsonObject {
     let mut v = op.input_schema(settings()).to_value();
     trim_input_schema(&mut v);
     match v {
@@ -563,7 +695,7 @@ fn input_schema(op: &OpInfo, profile: Profile) -> JsonObject {
             m.remove("title");
             m.remove("description");
             if let Some(Value::Object(props)) = m.get_mut("properties") {
-                for f in hidden_fields(profile) {
+                for f in hidden_fields(profile, tool) {
                     props.remove(f);
                 }
             }
@@ -604,7 +736,7 @@ pub(crate) async fn call(
             tool.name()
         ))
     };
-    if let Some(f) = hidden_fields(profile).find(|f| args.contains_key(*f)) {
+    if let Some(f) = hidden_fields(profile, tool.name()).find(|f| args.contains_key(*f)) {
         return Err(invalid(format!("unknown field `{f}`")));
     }
     let op = tool
@@ -677,7 +809,7 @@ mod tests {
             assert!(seen.insert(t.name()), "duplicate {}", t.name());
             assert_eq!(ToolId::from_name(t.name()), Some(t));
         }
-        assert_eq!(ToolId::from_name("shell_open"), None);
+        assert_eq!(ToolId::from_name("shell_spawn"), None);
     }
 
     #[test]
@@ -778,6 +910,11 @@ mod tests {
                 "vm_list_environments",
                 "vm_status",
                 "vm_network_info",
+                "shell_read",
+                "service_list",
+                "service_status",
+                "service_logs",
+                "shell_list",
             ]
         );
         for name in [

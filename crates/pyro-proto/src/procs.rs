@@ -41,7 +41,7 @@ pub const SHELL_TRANSCRIPT_MAX: u64 = 64 * 1024 * 1024;
 /// Most bytes one [`ShellRead`] returns.
 pub const SHELL_READ_MAX: u64 = 1024 * 1024;
 /// Largest input one [`ShellWrite`] carries.
-pub const SHELL_WRITE_MAX: usize = 256 * 1024;
+pub const SHELL_WRITE_MAX: usize = 128 * 1024;
 /// Most shells one agent keeps (running or ended but not closed).
 pub const SHELLS_MAX: usize = 64;
 /// Most services one agent keeps.

@@ -31,6 +31,7 @@
 //! - Host paths resolve through the call's [`PathPolicy`] ([`paths`]).
 
 pub mod paths;
+mod procs;
 mod thread;
 mod vm;
 mod workspace;
@@ -46,6 +47,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use paths::{HostPathParam, HostRoots, PathPolicy, PathRefused};
+pub use procs::*;
 pub use thread::on_own_thread;
 pub use vm::*;
 pub use workspace::*;
@@ -105,6 +107,42 @@ pub mod defaults {
     }
     pub(crate) fn reset_snapshot() -> String {
         RESET_SNAPSHOT.to_string()
+    }
+    /// Terminal columns of a new shell.
+    pub const SHELL_COLS: i64 = 120;
+    /// Terminal rows of a new shell.
+    pub const SHELL_ROWS: i64 = 30;
+    /// Characters one shell read returns.
+    pub const SHELL_MAX_CHARS: i64 = 65_536;
+    /// Seconds a service has to become ready.
+    pub const READY_TIMEOUT_SECONDS: i64 = 30;
+    /// Pause between readiness probes, ms.
+    pub const READY_INTERVAL_MS: i64 = 500;
+    /// Lines of each stream `service logs` shows.
+    pub const TAIL_LINES: i64 = 200;
+    pub(crate) fn shell_cols() -> i64 {
+        SHELL_COLS
+    }
+    pub(crate) fn shell_rows() -> i64 {
+        SHELL_ROWS
+    }
+    pub(crate) fn shell_max_chars() -> i64 {
+        SHELL_MAX_CHARS
+    }
+    pub(crate) fn shell_signal() -> String {
+        "INT".to_string()
+    }
+    pub(crate) fn yes() -> bool {
+        true
+    }
+    pub(crate) fn ready_timeout_seconds() -> i64 {
+        READY_TIMEOUT_SECONDS
+    }
+    pub(crate) fn ready_interval_ms() -> i64 {
+        READY_INTERVAL_MS
+    }
+    pub(crate) fn tail_lines() -> i64 {
+        TAIL_LINES
     }
 }
 
@@ -362,6 +400,30 @@ catalogue! {
     ResetWorkspace(ResetWorkspace),
     /// `delete_workspace` / `workspace_delete`
     DeleteWorkspace(DeleteWorkspace),
+    /// `open_shell` / `shell_open`
+    OpenShell(OpenShellRequest),
+    /// `read_shell` / `shell_read`
+    ReadShell(ReadShellRequest),
+    /// `write_shell` / `shell_write`
+    WriteShell(WriteShellRequest),
+    /// `signal_shell` / `shell_signal`
+    SignalShell(SignalShellRequest),
+    /// `close_shell` / `shell_close`
+    CloseShell(CloseShellRequest),
+    /// `list_shells` / `shell_list`
+    ListShells(ListShellsRequest),
+    /// `resize_shell` / `shell_resize`
+    ResizeShell(ResizeShellRequest),
+    /// `start_service` / `service_start`
+    StartService(StartServiceRequest),
+    /// `list_services` / `service_list`
+    ListServices(ListServicesRequest),
+    /// `status_service` / `service_status`
+    StatusService(StatusServiceRequest),
+    /// `logs_service` / `service_logs`
+    LogsService(LogsServiceRequest),
+    /// `stop_service` / `service_stop`
+    StopService(StopServiceRequest),
 }
 
 impl Pyro {

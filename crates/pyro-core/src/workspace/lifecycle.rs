@@ -131,6 +131,7 @@ impl Pyro {
         let mut out = Vec::new();
         for rec in store.list_workspaces()? {
             let rec = self.refresh(&store, rec).await?;
+            let services = self.service_counts(&rec.id);
             out.push(WorkspaceSummary {
                 workspace_id: rec.id.clone(),
                 name: rec.name.clone(),
@@ -143,8 +144,8 @@ impl Pyro {
                     .then(|| now + rec.remaining_ttl(now)),
                 ttl_remaining_seconds: rec.remaining_ttl(now),
                 command_count: rec.command_count,
-                service_count: 0,
-                running_service_count: 0,
+                service_count: services.0,
+                running_service_count: services.1,
             });
         }
         out.sort_by(|a, b| b.last_activity_at.total_cmp(&a.last_activity_at));
@@ -400,6 +401,7 @@ impl Pyro {
             // Whatever an interrupted start or create left running.
             self.halt(&rec).await;
         }
+        self.procs_gone(id);
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
             if r.state == WorkspaceState::Started {

@@ -128,6 +128,7 @@ impl Pyro {
             }
             self.release_ledger(&rec.id, crate::ledger::Phase::AfterMachine)
                 .await;
+            self.procs_gone(&rec.id);
             let id = rec.id.clone();
             return store
                 .update_workspace(&id, |r| {
@@ -150,6 +151,7 @@ impl Pyro {
         if rec.is_expired(now) {
             let id = rec.id.clone();
             self.graceful_halt(&rec).await;
+            self.procs_gone(&id);
             return store.update_workspace(&id, |r| {
                 r.pause_ttl(now);
                 r.state = WorkspaceState::Stopped;
@@ -433,6 +435,8 @@ impl Pyro {
         let mut earlier = rec.clone();
         earlier.forget_processes();
         self.halt(&earlier).await;
+        // Its shells and services went with it.
+        self.procs_gone(&rec.id);
         let backend = self
             .backend(BackendChoice::from(rec.backend), progress)
             .await?;
@@ -551,6 +555,7 @@ impl Pyro {
             bytes_written: 0,
         });
         let remaining = rec.remaining_ttl(now);
+        let services = self.service_counts(&rec.id);
         let network = if rec.state == WorkspaceState::Started {
             self.recorded_network(&rec.id).map(|plan| {
                 let mut info = crate::net::describe(
@@ -601,8 +606,8 @@ impl Pyro {
             }),
             reset_count: rec.reset_count,
             last_reset_at: rec.last_reset_at,
-            service_count: 0,
-            running_service_count: 0,
+            service_count: services.0,
+            running_service_count: services.1,
             last_error: rec.last_error.clone(),
             metadata: rec
                 .boot_mode

@@ -151,6 +151,25 @@ impl Pyro {
         })
     }
 
+    /// Stops publishing host port `host_port` of workspace `id` (its relay is ended and
+    /// forgotten); a port not published is no error.
+    pub async fn unpublish_port(&self, id: &str, host_port: u16) -> Result<()> {
+        let store = self.store()?;
+        for (key, r) in store.resources(id)? {
+            let Ok(r @ Resource::Process { .. }) = r else {
+                continue;
+            };
+            let Resource::Process { role, .. } = &r else {
+                continue;
+            };
+            if parse_role(role).is_some_and(|(_, h)| h == host_port) {
+                r.release().await;
+                store.forget_resource(id, &key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The ports workspace `id` publishes now (relays that still run), by host port.
     pub fn published_ports(&self, id: &str) -> Vec<PublishedPort> {
         let Ok(store) = self.store() else {
