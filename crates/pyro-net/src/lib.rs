@@ -38,6 +38,7 @@
 //! Not built yet: DNS over TCP on the gateway, the egress proxy's redirect rule and wiring, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
+pub mod ca;
 pub mod cmd;
 pub mod daemon;
 pub mod dns;
