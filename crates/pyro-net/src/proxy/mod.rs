@@ -19,7 +19,9 @@
 //! stage that must see every request (injection does) needs the proxy to parse HTTP
 //! framing, not just the first head.
 
+pub mod creds;
 pub mod host;
+pub mod http1;
 pub mod server;
 pub mod sni;
 
