@@ -8,6 +8,9 @@ fn spec() -> DaemonSpec {
         allowlist: Allowlist::parse(["allowed.test"], ["203.0.113.0/24"]).unwrap(),
         upstreams: vec!["192.0.2.53:53".parse().unwrap()],
         state_dir: "/run/pyro/sandboxes/x".into(),
+        credentials: Vec::new(),
+        ca_dir: None,
+        extra_roots: None,
     }
 }
 
@@ -193,7 +196,8 @@ fn the_denials_file_keeps_the_last_lines_and_the_counters_every_one() {
         Some(NetStats {
             dns_denied: 150,
             connections_denied: 150,
-            dns_answered: 3
+            dns_answered: 3,
+            ..NetStats::default()
         })
     );
     let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();

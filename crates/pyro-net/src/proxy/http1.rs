@@ -27,12 +27,25 @@ pub enum LeakPlace {
     OtherHost,
     /// In the request target (a query string, say).
     Target,
-    /// In a header name, or the `Host` header.
+    /// In a header name.
     HeaderName,
     /// In the `Host` header.
     Host,
     /// In a chunked body's trailers.
     Trailer,
+}
+
+impl LeakPlace {
+    /// The denial's reason word (`credential_to_other_host`, …).
+    pub fn reason(self) -> &'static str {
+        match self {
+            LeakPlace::OtherHost => "credential_to_other_host",
+            LeakPlace::Target => "credential_in_request_target",
+            LeakPlace::HeaderName => "credential_in_header_name",
+            LeakPlace::Host => "credential_in_host",
+            LeakPlace::Trailer => "credential_in_trailer",
+        }
+    }
 }
 
 /// Why a request stream was cut.
