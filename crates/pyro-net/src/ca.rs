@@ -382,8 +382,11 @@ mod der {
         pub(crate) not_after: Option<SystemTime>,
     }
 
-    /// One TLV: `(tag, content, whole, rest)`.
-    fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    /// One TLV: its tag, its content, the whole TLV, and what follows.
+    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// The TLV at the start of `buf`.
+    fn tlv(buf: &[u8]) -> Option<Tlv<'_>> {
         let (&tag, rest) = buf.split_first()?;
         let (&first, mut rest) = rest.split_first()?;
         let len = if first < 0x80 {

@@ -93,7 +93,7 @@ pub struct Allowed {
     /// The host name read (`None` when the allowlist has no host patterns and nothing was
     /// read).
     pub host: Option<String>,
-    /// For HTTP, the first request's head: where a credential-injection stage works.
+    /// For HTTP, the first request's head (host and length).
     pub http: Option<host::RequestHead>,
 }
 

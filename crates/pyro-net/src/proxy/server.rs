@@ -4,7 +4,7 @@
 //! sandbox's namespace and tells the proxy, through a [`Destination`] resolver, where each
 //! accepted connection was going ([`original_dst`] reads it from a redirected socket; tests
 //! pass a closure). For each connection the proxy reads the first bytes, at most
-//! [`MAX_PEEK`] within [`ProxyConfig::head_timeout`], until [`inspect`] decides; then it
+//! [`MAX_PEEK`] within [`ProxyConfig::head_timeout`], until [`inspect`](super::inspect) decides; then it
 //! either connects to the original destination (from `upstream_netns`, like the port relay,
 //! see [`crate::ports`]), sends the bytes read (through the [`FirstBytes`] stage) and
 //! splices both ways with bounded buffers and half-close, or closes the connection and
@@ -55,10 +55,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Finds where an accepted connection was going.
 pub type Destination = Arc<dyn Fn(&TcpStream) -> io::Result<SocketAddrV4> + Send + Sync>;
 
-/// The stage between the decision and the upstream: it gets an allowed connection's
-/// verdict and the bytes read so far, and returns the bytes to send upstream first.
-/// Credential injection will implement it for HTTP (rewrite [`Allowed::http`]'s head);
-/// [`Passthrough`] sends the bytes unchanged.
+/// The stage between the decision and the upstream of a spliced connection: it gets an
+/// allowed connection's verdict and the bytes read so far, and returns the bytes to send
+/// upstream first. [`Passthrough`] sends the bytes unchanged. (Credential injection does
+/// not use it: it must see every request, see [`Injection`].)
 pub trait FirstBytes: Send + Sync {
     /// The bytes to send to the original destination before splicing.
     fn first_bytes(&self, allowed: &Allowed, buffered: Vec<u8>) -> Vec<u8>;
