@@ -6,10 +6,12 @@
 //! - pyro's resolver on `gateway:53` ([`crate::dns::server::spawn`]), forwarding to the
 //!   host's resolvers and adding the answers for allowed names to the `allowed_v4` set
 //!   ([`on_answer`]);
-//! - when the allowlist has host patterns, the egress proxy on
-//!   `gateway:`[`PROXY_PORT`], to which the ruleset redirects the guest's HTTP(S)
-//!   ([`crate::ruleset`]); it listens and connects upstream from inside the namespace, and
-//!   finds each connection's destination with [`original_dst`].
+//! - when the allowlist has host patterns or the spec has credentials
+//!   ([`ruleset::proxied`]), the egress proxy on `gateway:`[`PROXY_PORT`], to which the
+//!   ruleset redirects the guest's HTTP(S) ([`crate::ruleset`]); it listens and connects
+//!   upstream from inside the namespace, and finds each connection's destination with
+//!   [`original_dst`]. With credentials it injects them ([`crate::proxy::creds`]), with the
+//!   workspace CA loaded from `ca_dir` ([`crate::ca`]).
 //!
 //! What the user sees lands in `state_dir`: the last [`MAX_DENIAL_LINES`] denials of both in
 //! `denials.jsonl` (one [`DenialRecord`] a line, the file rewritten atomically) and the
@@ -31,11 +33,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca::{CaError, WorkspaceCa};
 use crate::dns::server::{self as dns_server, UPSTREAM_TIMEOUT};
 use crate::dns::{OnAnswer, Resolver, ResolverError, ServerConfig};
 use crate::plan::SandboxNet;
 use crate::policy::{Allowlist, NetworkPolicy};
-use crate::proxy::server::{Passthrough, Proxy, ProxyConfig, ProxyError, original_dst};
+use crate::proxy::creds::{CredentialRule, Credentials};
+use crate::proxy::server::{
+    Injection, InjectionError, Passthrough, Proxy, ProxyConfig, ProxyError, ProxyStats,
+    SYSTEM_ROOTS, original_dst,
+};
 use crate::ruleset::{self, PROXY_PORT};
 use crate::setup::{self, NetError, Tools};
 use crate::{cmd, netns, proxy};
@@ -46,6 +53,8 @@ pub const DENIALS_FILE: &str = "denials.jsonl";
 pub const STATS_FILE: &str = "net-stats.json";
 /// Most lines `denials.jsonl` holds (the oldest go first).
 pub const MAX_DENIAL_LINES: usize = 256;
+/// Most bytes of a spec file (credentials' values included).
+pub const MAX_SPEC_BYTES: u64 = 1024 * 1024;
 /// Most upstream resolvers a spec may name.
 pub const MAX_UPSTREAMS: usize = 8;
 /// Most bytes [`read_denials`] reads (the end of the file).
@@ -62,6 +71,10 @@ const NETNS_CHECK: Duration = Duration::from_secs(1);
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What `pyro __net` is told to serve (its spec file, JSON).
+///
+/// With credentials the file holds secret values: the core writes it mode 0600 (created
+/// so, never readable by others even briefly), in a directory only the host's pyro reads.
+/// The `Debug` of a spec never shows a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonSpec {
@@ -77,6 +90,18 @@ pub struct DaemonSpec {
     pub upstreams: Vec<SocketAddr>,
     /// Where `denials.jsonl` and `net-stats.json` are written (an absolute path).
     pub state_dir: PathBuf,
+    /// Credentials the proxy injects (at most [`crate::proxy::creds::MAX_RULES`]); with
+    /// any, the proxy runs even without host patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialRule>,
+    /// The workspace CA's directory ([`WorkspaceCa::create`]'s `ca.pem` and `ca.key`), an
+    /// absolute path; required with credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_dir: Option<PathBuf>,
+    /// A PEM file of extra roots the proxy trusts upstream, besides [`SYSTEM_ROOTS`] (for
+    /// tests with their own CA), an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_roots: Option<PathBuf>,
 }
 
 /// A [`DaemonSpec`] field that is not acceptable.
@@ -136,10 +161,28 @@ impl DaemonSpec {
                 format!("`{}` is not an absolute path", self.state_dir.display()),
             ));
         }
+        Credentials::new(self.credentials.clone())
+            .map_err(|e| bad("credentials", e.to_string()))?;
+        for (field, path) in [("ca_dir", &self.ca_dir), ("extra_roots", &self.extra_roots)] {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                return Err(bad(
+                    field,
+                    format!("`{}` is not an absolute path", path.display()),
+                ));
+            }
+        }
+        if !self.credentials.is_empty() && self.ca_dir.is_none() {
+            return Err(bad(
+                "ca_dir",
+                "is missing: credentials need the workspace CA".into(),
+            ));
+        }
         Ok(plan)
     }
 
-    /// Reads and validates a spec file (at most 64 KiB).
+    /// Reads and validates a spec file (at most [`MAX_SPEC_BYTES`]).
     pub fn load(path: &Path) -> Result<(DaemonSpec, SandboxNet), DaemonError> {
         let read = |source| DaemonError::SpecFile {
             path: path.to_owned(),
@@ -147,7 +190,7 @@ impl DaemonSpec {
         };
         let mut text = String::new();
         File::open(path)
-            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+            .and_then(|f| f.take(MAX_SPEC_BYTES).read_to_string(&mut text))
             .map_err(read)?;
         let spec: DaemonSpec = serde_json::from_str(&text).map_err(|e| read(e.into()))?;
         let plan = spec.validate()?;
@@ -192,6 +235,12 @@ pub enum DaemonError {
     /// The egress proxy could not start.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The workspace CA could not be loaded.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// Credential injection could not be set up.
+    #[error(transparent)]
+    Injection(#[from] InjectionError),
     /// The async runtime could not be built.
     #[error("cannot start the network daemon's runtime")]
     Runtime {
@@ -205,7 +254,8 @@ pub enum DaemonError {
 pub struct Ready {
     /// The resolver (`gateway:53`).
     pub dns: SocketAddr,
-    /// The egress proxy (`gateway:PROXY_PORT`), when the allowlist has host patterns.
+    /// The egress proxy (`gateway:PROXY_PORT`), when the allowlist has host patterns or
+    /// the spec has credentials.
     pub proxy: Option<SocketAddr>,
 }
 
@@ -282,6 +332,13 @@ pub struct NetStats {
     pub connections_denied: u64,
     /// Answers for allowed names whose addresses were opened in `allowed_v4`.
     pub dns_answered: u64,
+    /// Requests in which the proxy replaced a placeholder by its credential.
+    #[serde(default)]
+    pub credentials_injected: u64,
+    /// Connections the proxy blocked for a placeholder where it may not go (also counted
+    /// in `connections_denied`).
+    #[serde(default)]
+    pub credentials_blocked: u64,
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
@@ -367,13 +424,31 @@ pub fn run_until(
         .enable_time()
         .build()
         .map_err(|source| DaemonError::Runtime { source })?;
+    let injection = match &spec.ca_dir {
+        Some(ca_dir) if !spec.credentials.is_empty() => {
+            let credentials =
+                Credentials::new(spec.credentials.clone()).map_err(|e| DaemonSpecError {
+                    field: "credentials",
+                    reason: e.to_string(),
+                })?;
+            Some(Arc::new(Injection::new(
+                credentials,
+                WorkspaceCa::load(ca_dir)?,
+                Some(Path::new(SYSTEM_ROOTS)),
+                spec.extra_roots.as_deref(),
+            )?))
+        }
+        _ => None,
+    };
     let result = rt.block_on(async {
-        let proxy = if spec.allowlist.hosts().is_empty() {
+        let proxied = ruleset::proxied(spec.policy, &spec.allowlist, injection.is_some());
+        let proxy = if !proxied {
             None
         } else {
             let mut config = ProxyConfig::new(SocketAddr::from((plan.gateway(), PROXY_PORT)));
             config.listen_netns = Some(spec.netns.clone());
             config.upstream_netns = Some(spec.netns.clone());
+            config.injection = injection.clone();
             Some(
                 Proxy::start(
                     config,
@@ -390,6 +465,7 @@ pub fn run_until(
         });
         let mut seen_dns = Vec::new();
         let mut seen_proxy = Vec::new();
+        let mut seen_stats = ProxyStats::default();
         let mut last_check = Instant::now();
         loop {
             tokio::time::sleep(TICK).await;
@@ -407,6 +483,12 @@ pub fn run_until(
                         .map(DenialRecord::from_proxy),
                 );
                 seen_proxy = proxy_now;
+                let stats = proxy.stats();
+                recorder.note_credentials(
+                    stats.credentials_injected - seen_stats.credentials_injected,
+                    stats.credentials_blocked - seen_stats.credentials_blocked,
+                );
+                seen_stats = stats;
             }
             recorder.note(fresh, answered.swap(0, Ordering::Relaxed));
             recorder.flush(false);
@@ -466,6 +548,14 @@ impl Recorder {
             stats_dirty: true,
             stats_written: None,
         })
+    }
+
+    fn note_credentials(&mut self, injected: u64, blocked: u64) {
+        if injected + blocked > 0 {
+            self.stats.credentials_injected += injected;
+            self.stats.credentials_blocked += blocked;
+            self.stats_dirty = true;
+        }
     }
 
     fn note(&mut self, fresh: Vec<DenialRecord>, answered: u64) {

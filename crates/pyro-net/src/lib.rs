@@ -33,11 +33,15 @@
 //!
 //! - [`proxy`]: the HTTP(S) egress proxy: hostile-input-safe `Host` and TLS SNI parsers, the
 //!   pure decision ([`proxy::inspect`]) against the allowlist's host patterns, and the TCP
-//!   server that splices allowed connections and records denied ones.
+//!   server that splices allowed connections and records denied ones. With credentials it
+//!   also injects them ([`proxy::creds`]: the rules and the threat model; [`proxy::http1`]:
+//!   HTTP/1.1 framing and header rewriting), intercepting TLS to the credentials' hosts
+//!   with a per-workspace CA ([`ca`]).
 //!
 //! Not built yet: DNS over TCP on the gateway, the egress proxy's redirect rule and wiring, the `--publish` flag and the relay process's spawning, the host's own forwarding and NAT, and the wiring
 //! into the core and the VMMs. See `docs/network.md`.
 
+pub mod ca;
 pub mod cmd;
 pub mod daemon;
 pub mod dns;

@@ -34,7 +34,8 @@
 //!   timeouts) pass, else any (public) destination passes.
 //! - `postrouting` (NAT): the guest's traffic leaves masqueraded as the uplink's address, so
 //!   the host needs no route to guest subnets and never sees guest addresses.
-//! - `redirect` (NAT at prerouting, only when the allowlist has host patterns): the guest's
+//! - `redirect` (NAT at prerouting, only when the allowlist has host patterns or the
+//!   sandbox has credentials to inject, see [`proxied`]): the guest's
 //!   new TCP connections to ports 80 and 443 go to pyro's egress proxy on
 //!   `gateway:`[`PROXY_PORT`] (`redirect to :PORT`), which lets them through only under an
 //!   allowed `Host` or TLS SNI name, so a shared CDN address or a hard-coded IP is reached
@@ -287,16 +288,35 @@ fn rule(comment: &'static str, matches: Vec<Match>, action: Action) -> Rule {
     }
 }
 
-/// The table for the sandbox's namespace (see the module docs for what each chain does).
+/// Whether the guest's HTTP(S) goes through pyro's egress proxy: when networked and the
+/// allowlist has host patterns (names are checked) or the sandbox has credentials (they
+/// are injected). The daemon starts the proxy exactly then.
+pub fn proxied(policy: NetworkPolicy, allowlist: &Allowlist, credentials: bool) -> bool {
+    policy.is_networked() && (!allowlist.hosts().is_empty() || credentials)
+}
+
+/// The table for the sandbox's namespace (see the module docs for what each chain does),
+/// for a sandbox without credentials: [`sandbox_with`]`(…, false)`.
 ///
 /// Under [`NetworkPolicy::Off`] the core creates no namespace at all; should this table be
 /// applied anyway it forwards nothing and accepts nothing from the TAP.
 pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) -> Ruleset {
+    sandbox_with(plan, policy, allowlist, false)
+}
+
+/// The table for the sandbox's namespace; `credentials` says whether it has credentials to
+/// inject (which makes it [`proxied`] without host patterns).
+pub fn sandbox_with(
+    plan: &SandboxNet,
+    policy: NetworkPolicy,
+    allowlist: &Allowlist,
+    credentials: bool,
+) -> Ruleset {
     let tap = || Match::Iif(TAP_NAME.to_owned());
     let uplink_in = || Match::Iif(UPLINK_NS_NAME.to_owned());
     let uplink_out = || Match::Oif(UPLINK_NS_NAME.to_owned());
     let narrowed = !allowlist.is_empty();
-    let proxied = policy.is_networked() && !allowlist.hosts().is_empty();
+    let proxied = proxied(policy, allowlist, credentials);
 
     // Raw priority: before conntrack, so forged packets never create state.
     let prerouting = Chain {
@@ -454,7 +474,7 @@ pub fn sandbox(plan: &SandboxNet, policy: NetworkPolicy, allowlist: &Allowlist) 
             Action::Accept,
         ));
         redirect_rules.push(rule(
-            "HTTP(S) to pyro's egress proxy, which decides by Host or SNI",
+            "HTTP(S) to pyro's egress proxy, which decides by Host or SNI and injects credentials",
             vec![tap(), Match::Dport(L4::Tcp, PROXIED_PORTS.to_vec())],
             Action::Redirect(PROXY_PORT),
         ));

@@ -203,6 +203,9 @@ pub struct Options {
     pub host_netns: Option<String>,
     /// The guest link.
     pub guest: GuestLink,
+    /// Whether the sandbox has credentials to inject: its HTTP(S) then goes through the
+    /// egress proxy even without host patterns ([`ruleset::proxied`]).
+    pub credentials: bool,
 }
 
 /// A sandbox's network, as made by [`create`].
@@ -421,7 +424,8 @@ fn build(
     // table that exists (pyro never adopts what it did not make), and then nothing of the
     // transaction is applied. Recorded as soon as it is: if `ensure` fails later, the
     // teardown's release undoes it.
-    let sandbox = ruleset::sandbox(&plan, policy, allowlist).create_commands();
+    let sandbox =
+        ruleset::sandbox_with(&plan, policy, allowlist, options.credentials).create_commands();
     let sandbox = serde_json::json!({ "nftables": sandbox });
     let guard = ruleset::host_guard(&plan).create_commands();
     let (sandbox, forwarding) = std::thread::scope(|scope| {

@@ -161,6 +161,9 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
         allowlist,
         upstreams: vec![SocketAddr::from((UPSTREAM, 53))],
         state_dir: dir.clone(),
+        credentials: Vec::new(),
+        ca_dir: None,
+        extra_roots: None,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let never = Box::leak(Box::new(AtomicBool::new(false)));
@@ -222,6 +225,7 @@ fn the_daemon_resolves_proxies_records_denials_and_ends_with_the_namespace() {
         dns_denied: 1,
         connections_denied: 1,
         dns_answered: 1,
+        ..NetStats::default()
     };
     wait_until("the counters", || {
         daemon::read_stats(&dir) == Some(expected)
@@ -288,6 +292,9 @@ fn without_host_patterns_there_is_no_proxy_and_sigterm_ends_the_daemon() {
         allowlist: Allowlist::default(),
         upstreams: vec![SocketAddr::from((UPSTREAM, 53))],
         state_dir: dir.clone(),
+        credentials: Vec::new(),
+        ca_dir: None,
+        extra_roots: None,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     // The daemon runs in the test's "host" namespace, as `pyro __net` runs in the host's:
@@ -343,6 +350,9 @@ fn the_daemon_refuses_a_missing_namespace() {
         allowlist: Allowlist::default(),
         upstreams: vec![SocketAddr::from((UPSTREAM, 53))],
         state_dir: state_dir("missing"),
+        credentials: Vec::new(),
+        ca_dir: None,
+        extra_roots: None,
     };
     let err =
         daemon::run_until(spec, |_| panic!("not ready"), &AtomicBool::new(false)).unwrap_err();

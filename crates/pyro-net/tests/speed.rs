@@ -26,6 +26,7 @@ fn create_and_teardown_of_a_tap_sandbox_are_quick() {
     let options = Options {
         host_netns: host.clone(),
         guest: GuestLink::Tap,
+        credentials: false,
     };
     let (mut create, mut teardown) = (Vec::new(), Vec::new());
     let (mut create_procs, mut teardown_procs) = (Vec::new(), Vec::new());

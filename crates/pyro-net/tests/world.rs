@@ -312,6 +312,7 @@ fn teardown_leaves_nothing_and_is_idempotent() {
     let options = Options {
         host_netns: host.clone(),
         guest: GuestLink::Tap,
+        credentials: false,
     };
     let err = setup::create(&tools, plan, NetworkPolicy::Egress, &open(), &options).unwrap_err();
     assert!(matches!(err, NetError::Exists { .. }), "{err}");
@@ -334,6 +335,7 @@ fn a_tap_is_created_in_the_namespace_and_removed() {
     let options = Options {
         host_netns: host,
         guest: GuestLink::Tap,
+        credentials: false,
     };
     let mut net = setup::create(&tools, plan, NetworkPolicy::Egress, &open(), &options).unwrap();
     let details = ip(
@@ -695,6 +697,7 @@ fn a_claimed_namespace_is_built_on_and_removed_on_failure() {
     let options = Options {
         host_netns: host.clone(),
         guest: GuestLink::Tap,
+        credentials: false,
     };
     let err = setup::create_in_claimed(&tools, plan, NetworkPolicy::Egress, &open(), &options)
         .unwrap_err();

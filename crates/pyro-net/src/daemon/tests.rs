@@ -8,6 +8,9 @@ fn spec() -> DaemonSpec {
         allowlist: Allowlist::parse(["allowed.test"], ["203.0.113.0/24"]).unwrap(),
         upstreams: vec!["192.0.2.53:53".parse().unwrap()],
         state_dir: "/run/pyro/sandboxes/x".into(),
+        credentials: Vec::new(),
+        ca_dir: None,
+        extra_roots: None,
     }
 }
 
@@ -193,7 +196,8 @@ fn the_denials_file_keeps_the_last_lines_and_the_counters_every_one() {
         Some(NetStats {
             dns_denied: 150,
             connections_denied: 150,
-            dns_answered: 3
+            dns_answered: 3,
+            ..NetStats::default()
         })
     );
     let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
@@ -270,4 +274,60 @@ fn reading_survives_missing_truncated_and_hostile_files() {
     assert_eq!(read_stats(&dir.0), None);
     std::fs::write(dir.0.join(STATS_FILE), vec![b' '; 100_000]).unwrap();
     assert_eq!(read_stats(&dir.0), None);
+}
+
+#[test]
+fn credentials_in_a_spec_are_validated_and_never_debug_printed() {
+    let rule = CredentialRule {
+        name: "API_KEY".into(),
+        placeholder: "pyro-cred-0123456789abcdef0123456789abcdef".into(),
+        value: "sk-secret".into(),
+        hosts: vec!["api.test".parse().unwrap()],
+    };
+    let with = DaemonSpec {
+        credentials: vec![rule.clone()],
+        ca_dir: Some("/run/pyro/sandboxes/x/ca".into()),
+        ..spec()
+    };
+    with.validate().unwrap();
+    let text = serde_json::to_string(&with).unwrap();
+    assert_eq!(serde_json::from_str::<DaemonSpec>(&text).unwrap(), with);
+    assert!(!format!("{with:?}").contains("sk-secret"));
+    // Without credentials the fields are left out, and old specs still read.
+    let plain = serde_json::to_value(spec()).unwrap();
+    assert!(plain.get("credentials").is_none() && plain.get("ca_dir").is_none());
+
+    let field = |s: DaemonSpec| s.validate().unwrap_err().field;
+    assert_eq!(
+        field(DaemonSpec {
+            ca_dir: None,
+            ..with.clone()
+        }),
+        "ca_dir"
+    );
+    assert_eq!(
+        field(DaemonSpec {
+            ca_dir: Some("ca".into()),
+            ..with.clone()
+        }),
+        "ca_dir"
+    );
+    assert_eq!(
+        field(DaemonSpec {
+            extra_roots: Some("roots.pem".into()),
+            ..with.clone()
+        }),
+        "extra_roots"
+    );
+    let header_injection = CredentialRule {
+        value: "x\r\nX-Evil: 1".into(),
+        ..rule
+    };
+    let bad = DaemonSpec {
+        credentials: vec![header_injection],
+        ..with
+    };
+    let err = bad.validate().unwrap_err();
+    assert_eq!(err.field, "credentials");
+    assert!(!err.to_string().contains("X-Evil"), "{err}");
 }

@@ -10,16 +10,28 @@
 //!   and either connects to the original destination and splices, or closes and records a
 //!   [`Denial`].
 //!
-//! **The hook for credential injection.** An allowed HTTP connection's [`Allowed`] carries
-//! the parsed request head ([`Allowed::http`]: host and head length), and the server hands
-//! the buffered bytes and the verdict to a [`server::FirstBytes`] stage before anything is
-//! sent upstream. The secrets stage will implement it: find the credential for the host,
-//! rewrite the head (add `Authorization`), and return the bytes to send. Until then the
-//! stage is [`server::Passthrough`]. Only the first request of a connection is seen; a
-//! stage that must see every request (injection does) needs the proxy to parse HTTP
-//! framing, not just the first head.
+//! **Credential injection** ([`creds`] for the rules and the threat model, [`http1`] for
+//! the framing and the rewriting, [`crate::ca`] for the workspace's CA). With an
+//! [`server::Injection`] in the [`ProxyConfig`], the proxy also reads names when the
+//! allowlist has none, and for each allowed connection:
+//!
+//! - port 80: every request head on the connection is parsed (HTTP/1.1 framing:
+//!   `Content-Length` and chunked bodies), placeholders in header values are replaced by
+//!   their values when the request's host is one of their rule's hosts, and a placeholder
+//!   anywhere else blocks the connection (a `403` when it is the first request, else a
+//!   close) and records a [`DenyReason::Credential`];
+//! - port 443 to a server name some rule names: TLS is terminated with a leaf of the
+//!   workspace's CA (ALPN `http/1.1` only), the upstream is reached over TLS verified for
+//!   the same name (the host's roots and an optional extra file), every request's `Host`
+//!   must be that name, and the requests are rewritten as on port 80;
+//! - port 443 to any other name: spliced unread, as without credentials.
+//!
+//! The allowlist's checks (names, blocked ranges) come first, as without credentials.
+//! The [`server::FirstBytes`] stage sees the first bytes of spliced connections only.
 
+pub mod creds;
 pub mod host;
+pub mod http1;
 pub mod server;
 pub mod sni;
 
@@ -31,7 +43,8 @@ use crate::policy::{Allowlist, MAX_HOST_LEN};
 use crate::ruleset::BLOCKED;
 
 pub use host::HostError;
-pub use server::{FirstBytes, Passthrough, Proxy, ProxyConfig, ProxyError};
+pub use http1::LeakPlace;
+pub use server::{FirstBytes, Injection, Passthrough, Proxy, ProxyConfig, ProxyError, ProxyStats};
 pub use sni::SniError;
 
 /// The port of plain HTTP.
@@ -80,7 +93,7 @@ pub struct Allowed {
     /// The host name read (`None` when the allowlist has no host patterns and nothing was
     /// read).
     pub host: Option<String>,
-    /// For HTTP, the first request's head: where a credential-injection stage works.
+    /// For HTTP, the first request's head (host and length).
     pub http: Option<host::RequestHead>,
 }
 
@@ -119,6 +132,67 @@ pub enum DenyReason {
     /// The original destination could not be found.
     #[error("the original destination is unknown")]
     NoDestination,
+    /// A credential's placeholder where it may not go (the rule's name, never its value).
+    #[error("{}: credential `{rule}` in a request to `{host}`", place.reason())]
+    Credential {
+        /// The rule's name.
+        rule: String,
+        /// The request's host.
+        host: String,
+        /// Where the placeholder was.
+        place: LeakPlace,
+    },
+    /// A request on intercepted TLS for another host than the server name.
+    #[error("request for `{host}` on a TLS connection to `{server_name}`")]
+    HostMismatch {
+        /// The request's host.
+        host: String,
+        /// The TLS server name.
+        server_name: String,
+    },
+    /// Request framing the proxy refuses on a connection it must read whole.
+    #[error("HTTP framing refused: {0}")]
+    Framing(&'static str),
+    /// Intercepted TLS failed: the guest's handshake with the proxy, or the proxy's with
+    /// the server (an upstream certificate not valid for the name, say).
+    #[error("intercepted TLS to `{host}` failed ({side}): {error}")]
+    Intercept {
+        /// The server name.
+        host: String,
+        /// `guest` or `upstream`.
+        side: &'static str,
+        /// The TLS library's words.
+        error: String,
+    },
+}
+
+impl DenyReason {
+    /// The host name the reason is about, if any.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            DenyReason::HostNotAllowed { host }
+            | DenyReason::Credential { host, .. }
+            | DenyReason::HostMismatch { host, .. }
+            | DenyReason::Intercept { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+}
+
+impl From<http1::FrameError> for DenyReason {
+    fn from(err: http1::FrameError) -> Self {
+        use http1::FrameError;
+        match err {
+            FrameError::Head(err) => DenyReason::Http(err),
+            FrameError::Framing(what) => DenyReason::Framing(what),
+            FrameError::Leak { rule, host, place } => DenyReason::Credential { rule, host, place },
+            FrameError::HostNotAllowed { host } => DenyReason::HostNotAllowed { host },
+            FrameError::HostMismatch { host, expected } => DenyReason::HostMismatch {
+                host,
+                server_name: expected,
+            },
+        }
+    }
 }
 
 /// The outcome of looking at a connection's first bytes.
@@ -144,6 +218,18 @@ pub enum Inspection {
 /// unread. The address check repeats the ruleset's: a redirected connection no longer
 /// passes the forward chain, so the proxy must not open what the ruleset refuses.
 pub fn inspect(dst: SocketAddrV4, buf: &[u8], allowlist: &Allowlist) -> Inspection {
+    inspect_for(dst, buf, allowlist, false)
+}
+
+/// [`inspect`], reading the name even without host patterns when `read_names` (credential
+/// injection needs it). Without host patterns no name is refused, and a ClientHello
+/// without a readable name is allowed with none; port 80 must carry HTTP the proxy reads.
+pub fn inspect_for(
+    dst: SocketAddrV4,
+    buf: &[u8],
+    allowlist: &Allowlist,
+    read_names: bool,
+) -> Inspection {
     let ip = *dst.ip();
     if !allowlist.cidrs().iter().any(|c| c.contains(ip))
         && let Some((_, what)) = BLOCKED.iter().find(|(net, _)| net.contains(ip))
@@ -153,7 +239,8 @@ pub fn inspect(dst: SocketAddrV4, buf: &[u8], allowlist: &Allowlist) -> Inspecti
     let Some(protocol) = Protocol::for_port(dst.port()) else {
         return Inspection::Decided(Verdict::Deny(DenyReason::Port { port: dst.port() }));
     };
-    if allowlist.hosts().is_empty() {
+    let any_name = allowlist.hosts().is_empty();
+    if any_name && !read_names {
         return Inspection::Decided(Verdict::Allow(Allowed {
             host: None,
             http: None,
@@ -172,6 +259,16 @@ pub fn inspect(dst: SocketAddrV4, buf: &[u8], allowlist: &Allowlist) -> Inspecti
         },
     };
     Inspection::Decided(match parsed {
+        Ok((host, http)) if any_name => Verdict::Allow(Allowed {
+            host: Some(host),
+            http,
+        }),
+        // TLS without a readable name cannot be intercepted: spliced, as without
+        // credentials. Port 80 must be read whole, so unreadable HTTP is refused.
+        Err(_) if any_name && protocol == Protocol::Tls => Verdict::Allow(Allowed {
+            host: None,
+            http: None,
+        }),
         Ok((host, _)) if !allowlist.allows_host(&host) => {
             Verdict::Deny(DenyReason::HostNotAllowed { host })
         }

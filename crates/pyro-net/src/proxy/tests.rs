@@ -130,3 +130,37 @@ fn host_names_are_normalized_or_refused() {
         assert_eq!(normalize_host(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn with_credentials_names_are_read_without_host_patterns() {
+    let open = Allowlist::default();
+    let http_dst = SocketAddrV4::new(PUBLIC, HTTP_PORT);
+    let tls_dst = SocketAddrV4::new(PUBLIC, HTTPS_PORT);
+    assert_eq!(
+        inspect_for(http_dst, b"", &open, true),
+        Inspection::NeedMore
+    );
+    let Inspection::Decided(Verdict::Allow(allowed)) =
+        inspect_for(http_dst, &http("Any.test"), &open, true)
+    else {
+        panic!("any name is allowed");
+    };
+    assert_eq!(allowed.host.as_deref(), Some("any.test"));
+    assert!(allowed.http.is_some());
+    // Port 80 must be HTTP the proxy reads; TLS without a name is spliced unread.
+    assert!(matches!(
+        inspect_for(http_dst, b"\x16\x03\x01", &open, true),
+        Inspection::Decided(Verdict::Deny(DenyReason::Http(_)))
+    ));
+    assert_eq!(
+        inspect_for(tls_dst, b"GET / HTTP/1.1\r\n\r\n", &open, true),
+        Inspection::Decided(Verdict::Allow(Allowed {
+            host: None,
+            http: None
+        }))
+    );
+    assert!(matches!(
+        inspect_for(tls_dst, &client_hello(Some("api.test")), &open, true),
+        Inspection::Decided(Verdict::Allow(Allowed { host: Some(h), .. })) if h == "api.test"
+    ));
+}

@@ -622,3 +622,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn credentials_redirect_http_and_https_without_host_patterns() {
+    let open = Allowlist::default();
+    assert!(!proxied(NetworkPolicy::Egress, &open, false));
+    assert!(proxied(NetworkPolicy::Egress, &open, true));
+    assert!(!proxied(NetworkPolicy::Off, &open, true));
+    assert_eq!(
+        sandbox(&plan(), NetworkPolicy::Egress, &open).chain("redirect"),
+        None
+    );
+    let r = sandbox_with(&plan(), NetworkPolicy::Egress, &open, true);
+    let gw = plan().gateway();
+    for port in PROXIED_PORTS {
+        let mut p = from_guest(&plan(), ip4("198.51.100.10"));
+        p.l4 = Some((L4::Tcp, port));
+        assert_eq!(fate(&r, &p, &[], gw), Fate::Proxied(Action::Accept));
+        let mut p = from_guest(&plan(), ip4("169.254.169.254"));
+        p.l4 = Some((L4::Tcp, port));
+        assert_eq!(fate(&r, &p, &[], gw), Fate::Forwarded(Action::Reject));
+    }
+    // Other ports go out as without credentials (no allowlist: any public address).
+    let mut p = from_guest(&plan(), ip4("198.51.100.10"));
+    p.l4 = Some((L4::Tcp, 22));
+    assert_eq!(fate(&r, &p, &[], gw), Fate::Forwarded(Action::Accept));
+}

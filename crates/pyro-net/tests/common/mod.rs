@@ -301,6 +301,7 @@ impl World {
                 netns: guest.name.clone(),
                 name: "eth0".to_owned(),
             },
+            credentials: false,
         }
     }
 
