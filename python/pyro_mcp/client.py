@@ -379,7 +379,10 @@ class Pyro:
             allow_hosts, allow_cidrs: with a networked policy, only these names
                 (``api.example.org``, ``*.example.org``) and IPv4 ranges.
             secrets: ``[{"name": ..., "value": ...} | {"name": ..., "file_path": ...}]``,
-                kept on the host; commands get them with ``secret_env``.
+                kept on the host; commands get them with ``secret_env``. With
+                ``"hosts": ["api.example.org", ...]`` a secret is a credential: the guest
+                sees only a placeholder, which the egress proxy replaces with the value in
+                request headers to those hosts (needs a network policy).
             allow_host_compat: not available (refused when true).
             seed_path: a host directory or ``.tar``/``.tar.gz``/``.tgz``/``.tar.zst``
                 archive that becomes ``/workspace`` and the diff/reset baseline.

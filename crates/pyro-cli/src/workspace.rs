@@ -120,6 +120,11 @@ pub struct CreateArgs {
     /// A secret read from a host file (repeatable).
     #[arg(long = "secret-file", value_name = "NAME=PATH")]
     secret_files: Vec<PathBuf>,
+    /// Make secret NAME a credential for these hosts (repeatable; `*.example.org` for names
+    /// below): the guest sees a placeholder, the egress proxy sends the value to those
+    /// hosts only. Needs a network policy.
+    #[arg(long = "secret-host", value_name = "NAME=HOST[,HOST...]")]
+    secret_hosts: Vec<String>,
     /// A directory or .tar/.tar.gz/.tgz/.tar.zst archive that becomes /workspace.
     #[arg(long)]
     seed_path: Option<PathBuf>,
@@ -206,7 +211,7 @@ impl TryFrom<&CreateArgs> for pyro_core::ops::CreateWorkspaceRequest {
             network_policy: a.network_policy.clone(),
             allow_hosts: Some(a.allow_hosts.clone()),
             allow_cidrs: Some(a.allow_cidrs.clone()),
-            secrets: Some(secret_params(&a.secrets, &a.secret_files)?),
+            secrets: Some(secret_params(&a.secrets, &a.secret_files, &a.secret_hosts)?),
             allow_host_compat: false,
             seed_path: a.seed_path.as_ref().map(Into::into),
             name: a.name.clone(),
@@ -405,8 +410,9 @@ fn read_text_file(p: &std::path::Path, flag: &str, limit: usize) -> anyhow::Resu
 fn secret_params(
     literals: &[String],
     files: &[PathBuf],
+    hosts: &[String],
 ) -> anyhow::Result<Vec<pyro_core::ops::SecretParam>> {
-    let mut out = Vec::new();
+    let mut out: Vec<pyro_core::ops::SecretParam> = Vec::new();
     for s in literals {
         let (name, value) = s
             .split_once('=')
@@ -415,6 +421,7 @@ fn secret_params(
             name: name.into(),
             value: Some(value.into()),
             file_path: None,
+            hosts: None,
         });
     }
     for f in files {
@@ -426,7 +433,21 @@ fn secret_params(
             name: name.into(),
             value: None,
             file_path: Some(std::path::Path::new(path).into()),
+            hosts: None,
         });
+    }
+    for h in hosts {
+        let (name, list) = h
+            .split_once('=')
+            .ok_or_else(|| input_err("--secret-host takes NAME=HOST[,HOST...]".to_string()))?;
+        let Some(p) = out.iter_mut().find(|p| p.name == name) else {
+            return Err(input_err(format!(
+                "--secret-host {name}: no --secret or --secret-file named {name}"
+            )));
+        };
+        p.hosts
+            .get_or_insert_with(Vec::new)
+            .extend(list.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
     Ok(out)
 }

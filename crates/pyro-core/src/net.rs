@@ -32,6 +32,10 @@ use crate::ledger::Resource;
 pub(crate) const DAEMON_ROLE: &str = "net";
 /// How long a helper (the daemon, a port relay) may take to say it serves.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Test hook: a PEM file of extra roots the egress proxy trusts when it re-originates an
+/// intercepted TLS connection (the test world's own CA).
+pub const EXTRA_ROOTS_ENV: &str = "PYRO_NET_EXTRA_ROOTS";
+
 /// The sandbox's subdirectory the daemon keeps its spec, denials and counters in.
 pub(crate) const NET_DIR: &str = "net";
 /// The MAC a networked warm snapshot's template has (every clone gets its own when it is
@@ -182,6 +186,8 @@ impl Pyro {
         sandbox_dir: &Path,
     ) -> Result<SandboxNetwork> {
         let started = std::time::Instant::now();
+        // A workspace's credentials (`--secret-host`): the proxy injects them.
+        let credentials = crate::secrets::credential_rules(sandbox_dir)?;
         let tools = tools()?;
         let bin = self
             .pyro_bin()
@@ -205,6 +211,7 @@ impl Pyro {
             let _ = tokio::task::spawn_blocking(move || release(plan.index())).await;
             return Err(e.into());
         }
+        let has_credentials = !credentials.is_empty();
         let made: Result<PendingHelper> = async {
             let (build_tools, allow) = (tools.clone(), allowlist.clone());
             tokio::task::spawn_blocking(move || {
@@ -216,6 +223,7 @@ impl Pyro {
                     &Options {
                         host_netns: None,
                         guest: GuestLink::Tap,
+                        credentials: has_credentials,
                     },
                 )
             })
@@ -286,6 +294,10 @@ impl Pyro {
         allowlist: &Allowlist,
         dir: &Path,
     ) -> Result<PendingHelper> {
+        // `dir` is the sandbox's `net/`: its credentials live beside it.
+        let sandbox_dir = dir.parent().unwrap_or(dir);
+        let credentials = crate::secrets::credential_rules(sandbox_dir)?;
+        let ca_dir = crate::secrets::ca_dir(sandbox_dir);
         let upstreams = upstreams()?;
         if upstreams.is_empty() {
             return Err(CoreError::NetworkUnavailable {
@@ -304,6 +316,10 @@ impl Pyro {
             allowlist: allowlist.clone(),
             upstreams,
             state_dir,
+            credentials,
+            ca_dir,
+            // Test worlds serve HTTPS with their own CA (never set in production).
+            extra_roots: std::env::var_os(EXTRA_ROOTS_ENV).map(PathBuf::from),
         };
         // The daemon would refuse it at start: say why here, before it is spawned.
         spec.validate().map_err(net_error)?;

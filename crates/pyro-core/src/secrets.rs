@@ -15,6 +15,12 @@
 //!   the tail of a chunk that may begin a value, so a value split across two writes is
 //!   caught), in file reads and diffs shown as results. Exports to a host path are the user's
 //!   data and are not altered. Trivial encodings (base64, reversing) are not caught.
+//! - **Credentials that never enter the guest** ([`SecretInput::hosts`], `--secret-host`):
+//!   the guest's environment gets a placeholder (`pyro-cred-<32 hex>`, kept in
+//!   `<NAME>.placeholder`), and the sandbox's egress proxy puts the value in its place in
+//!   request headers to those hosts only, intercepting TLS with the workspace's own CA
+//!   (`secrets/ca/`, its key 0600 on the host; its certificate is added to the guest's trust
+//!   store at every boot). See `docs/secrets.md` for the threat model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +42,8 @@ pub const MAX_SECRETS: usize = 32;
 const DIR: &str = "secrets";
 /// The list of a workspace's secrets.
 const INDEX: &str = "index.json";
+/// The workspace CA's directory, below [`DIR`].
+const CA_DIR: &str = "ca";
 
 /// One secret to declare.
 #[derive(Clone, Debug)]
@@ -44,6 +52,9 @@ pub struct SecretInput {
     pub name: String,
     /// Where its value comes from.
     pub source: SecretSource,
+    /// Hosts it is a credential for (names or `*.suffix`): the guest sees a placeholder and
+    /// the egress proxy sends the value to these hosts only. Empty: an ordinary secret.
+    pub hosts: Vec<String>,
 }
 
 /// Where a secret's value comes from.
@@ -61,6 +72,9 @@ pub struct SecretInfo {
     pub name: String,
     /// literal or file.
     pub source_kind: String,
+    /// Hosts the value goes to (the guest sees only a placeholder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 fn invalid(field: &'static str, reason: String) -> CoreError {
@@ -141,10 +155,32 @@ pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
                 ),
             ));
         }
+        let mut hosts = Vec::with_capacity(input.hosts.len());
+        for h in &input.hosts {
+            let p: pyro_net::policy::HostPattern = h.parse().map_err(|e| {
+                invalid(
+                    "secret_hosts",
+                    format!("`{}`: {e}", input.name),
+                )
+            })?;
+            hosts.push(p.to_string());
+        }
+        if !hosts.is_empty() {
+            // The proxy's own rules (value without control characters, size, host count).
+            let rule = pyro_net::proxy::creds::CredentialRule {
+                name: input.name.clone(),
+                placeholder: format!("{}{}", pyro_net::proxy::creds::PLACEHOLDER_PREFIX, "0".repeat(pyro_net::proxy::creds::PLACEHOLDER_HEX)),
+                value: value.clone(),
+                hosts: hosts.iter().filter_map(|h| h.parse().ok()).collect(),
+            };
+            rule.validate()
+                .map_err(|e| invalid("secret_hosts", e.to_string()))?;
+        }
         out.push((
             SecretInfo {
                 name: input.name.clone(),
                 source_kind: kind.into(),
+                hosts,
             },
             value,
         ));
@@ -164,6 +200,22 @@ pub fn store(workspace_dir: &Path, secrets: &[(SecretInfo, String)]) -> Result<(
         let path = dir.join(format!("{}.secret", info.name));
         pyro_host::fs::atomic_write(&path, value.as_bytes(), 0o600)
             .map_err(|e| CoreError::io("write", &path, e))?;
+        if !info.hosts.is_empty() {
+            let placeholder = pyro_net::proxy::creds::new_placeholder()
+                .map_err(|e| invalid("secrets", format!("cannot make a placeholder: {e}")))?;
+            let path = dir.join(format!("{}.placeholder", info.name));
+            pyro_host::fs::atomic_write(&path, placeholder.as_bytes(), 0o600)
+                .map_err(|e| CoreError::io("write", &path, e))?;
+        }
+    }
+    if secrets.iter().any(|(i, _)| !i.hosts.is_empty()) {
+        let ca = dir.join(CA_DIR);
+        let id = workspace_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pyro_net::ca::WorkspaceCa::create(&ca, &id)
+            .map_err(|e| invalid("secrets", format!("cannot make the workspace CA: {e}")))?;
     }
     let infos: Vec<&SecretInfo> = secrets.iter().map(|(i, _)| i).collect();
     let index = dir.join(INDEX);
@@ -194,6 +246,67 @@ pub fn values(workspace_dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// What the guest may see of each secret, by name: the value of an ordinary secret, the
+/// placeholder of a credential (one with hosts).
+pub fn guest_values(workspace_dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = values(workspace_dir)?;
+    for info in list(workspace_dir) {
+        if info.hosts.is_empty() {
+            continue;
+        }
+        let path = workspace_dir
+            .join(DIR)
+            .join(format!("{}.placeholder", info.name));
+        let bytes = crate::hostfs::read_bounded(&path, 256)
+            .map_err(|e| CoreError::io("read", &path, std::io::Error::other(e.to_string())))?;
+        out.insert(info.name, String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Ok(out)
+}
+
+/// The egress proxy's rules for the workspace's credentials (none for a sandbox without).
+pub fn credential_rules(workspace_dir: &Path) -> Result<Vec<pyro_net::proxy::creds::CredentialRule>> {
+    let infos: Vec<SecretInfo> = list(workspace_dir)
+        .into_iter()
+        .filter(|i| !i.hosts.is_empty())
+        .collect();
+    if infos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values = values(workspace_dir)?;
+    let guest = guest_values(workspace_dir)?;
+    Ok(infos
+        .into_iter()
+        .map(|i| pyro_net::proxy::creds::CredentialRule {
+            value: values.get(&i.name).cloned().unwrap_or_default(),
+            placeholder: guest.get(&i.name).cloned().unwrap_or_default(),
+            hosts: i.hosts.iter().filter_map(|h| h.parse().ok()).collect(),
+            name: i.name,
+        })
+        .collect())
+}
+
+/// The workspace CA's directory (`secrets/ca`), when the workspace has credentials.
+pub fn ca_dir(workspace_dir: &Path) -> Option<PathBuf> {
+    let dir = workspace_dir.join(DIR).join(CA_DIR);
+    dir.join(pyro_net::ca::CA_CERT_FILE).is_file().then_some(dir)
+}
+
+/// Where the guest keeps the workspace CA's certificate (also appended to the system
+/// bundle, `/etc/ssl/certs/ca-certificates.crt`).
+pub const GUEST_CA_PATH: &str = "/usr/local/share/ca-certificates/pyro-workspace-ca.crt";
+
+/// The variables a process given a credential also gets, so that runtimes with their own
+/// trust stores (Node, Python requests, curl builds) trust the workspace CA.
+pub fn ca_environment() -> [(&'static str, &'static str); 4] {
+    [
+        ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+        ("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"),
+        ("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"),
+        ("NODE_EXTRA_CA_CERTS", GUEST_CA_PATH),
+    ]
+}
+
 /// The environment an exec gets from `secret_env` (`SECRET -> ENV_VAR`; an empty variable
 /// name means the secret's own name), with values from `values`.
 pub fn environment(
@@ -214,6 +327,28 @@ pub fn environment(
         let var = if var.is_empty() { secret } else { var };
         check_name("secret_env", var)?;
         env.insert(var.clone(), value.clone());
+    }
+    Ok(env)
+}
+
+/// The environment a process of the workspace in `workspace_dir` gets from `secret_env`:
+/// values of ordinary secrets, placeholders of credentials (and, with a credential, the
+/// variables of [`ca_environment`] unless `secret_env` sets them itself).
+pub fn process_env(
+    workspace_dir: &Path,
+    secret_env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    if secret_env.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut env = environment(secret_env, &guest_values(workspace_dir)?)?;
+    let credential = list(workspace_dir)
+        .iter()
+        .any(|i| !i.hosts.is_empty() && secret_env.contains_key(&i.name));
+    if credential {
+        for (k, v) in ca_environment() {
+            env.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
     }
     Ok(env)
 }
@@ -463,6 +598,7 @@ mod tests {
         let lit = |n: &str, v: &str| SecretInput {
             name: n.into(),
             source: SecretSource::Value(v.into()),
+            hosts: Vec::new(),
         };
         assert!(
             resolve(&[lit("A", "x"), lit("A", "y")]).is_err(),
@@ -497,10 +633,12 @@ mod tests {
             SecretInput {
                 name: "A".into(),
                 source: SecretSource::Value("literal-value".into()),
+                hosts: Vec::new(),
             },
             SecretInput {
                 name: "B".into(),
                 source: SecretSource::File(HostPath::from(file.as_path())),
+                hosts: Vec::new(),
             },
         ];
         let ws = dir.path().join("ws");
@@ -512,11 +650,13 @@ mod tests {
             [
                 SecretInfo {
                     name: "A".into(),
-                    source_kind: "literal".into()
+                    source_kind: "literal".into(),
+                    hosts: Vec::new(),
                 },
                 SecretInfo {
                     name: "B".into(),
-                    source_kind: "file".into()
+                    source_kind: "file".into(),
+                    hosts: Vec::new(),
                 }
             ]
         );
@@ -553,4 +693,51 @@ mod tests {
         assert_eq!(end.covered, raw.len());
         assert_eq!(end.bytes, b"ab [REDACTED] cd SEC");
     }
+    #[test]
+    fn a_credential_gives_the_guest_a_placeholder_and_the_proxy_its_rule() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("wsid1");
+        std::fs::create_dir(&ws).unwrap();
+        let input = |hosts: &[&str], value: &str| SecretInput {
+            name: "API_KEY".into(),
+            source: SecretSource::Value(value.into()),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        // Bad hosts and header-breaking values are refused before anything is written.
+        assert!(resolve(&[input(&["not a host"], "v")]).is_err());
+        let err = resolve(&[input(&["api.example.org"], "v\r\nX-Evil: 1")]).unwrap_err();
+        assert!(!err.to_string().contains("X-Evil"), "{err}");
+        let ok = resolve(&[input(&["API.example.org", "*.example.net"], "real-value-1")]).unwrap();
+        assert_eq!(ok[0].0.hosts, ["api.example.org", "*.example.net"]);
+        store(&ws, &ok).unwrap();
+
+        let guest = guest_values(&ws).unwrap();
+        assert!(pyro_net::proxy::creds::is_placeholder(&guest["API_KEY"]), "{guest:?}");
+        assert_eq!(values(&ws).unwrap()["API_KEY"], "real-value-1");
+        let env = process_env(&ws, &[("API_KEY".to_string(), String::new())].into()).unwrap();
+        assert_eq!(env["API_KEY"], guest["API_KEY"]);
+        assert_eq!(env["NODE_EXTRA_CA_CERTS"], GUEST_CA_PATH);
+        let rules = credential_rules(&ws).unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].value, "real-value-1");
+        assert_eq!(rules[0].placeholder, guest["API_KEY"]);
+        assert!(rules[0].applies_to("api.example.org") && rules[0].applies_to("x.example.net"));
+        assert!(!rules[0].applies_to("example.org"));
+        let ca = ca_dir(&ws).expect("a workspace CA");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ca.join(pyro_net::ca::CA_KEY_FILE)), 0o600);
+        assert_eq!(mode(&ws.join(DIR).join("API_KEY.placeholder")), 0o600);
+        pyro_net::ca::WorkspaceCa::load(&ca).unwrap();
+        // An ordinary secret: no CA, its value in the environment.
+        let plain = dir.path().join("wsid2");
+        std::fs::create_dir(&plain).unwrap();
+        store(&plain, &resolve(&[input(&[], "plain-value")]).unwrap()).unwrap();
+        assert!(ca_dir(&plain).is_none());
+        assert!(credential_rules(&plain).unwrap().is_empty());
+        let env = process_env(&plain, &[("API_KEY".to_string(), String::new())].into()).unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["API_KEY"], "plain-value");
+    }
+
 }

@@ -546,10 +546,12 @@ fn secrets_reach_only_the_commands_that_name_them_and_are_redacted_everywhere_sh
             SecretInput {
                 name: "API_TOKEN".into(),
                 source: SecretSource::Value(secret.into()),
+                hosts: Vec::new(),
             },
             SecretInput {
                 name: "FROM_FILE".into(),
                 source: SecretSource::File(file.as_path().into()),
+                hosts: Vec::new(),
             },
         ];
         let info = env
@@ -701,6 +703,7 @@ fn shells_and_services_outlive_their_calls_and_read_truthfully_after_a_crash() {
         req.secrets = vec![SecretInput {
             name: "API_TOKEN".into(),
             source: SecretSource::Value(secret.into()),
+            hosts: Vec::new(),
         }];
         let id = env
             .pyro

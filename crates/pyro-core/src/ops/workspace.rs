@@ -27,6 +27,9 @@ pub struct SecretParam {
     /// A host file holding the value.
     #[serde(default)]
     pub file_path: Option<HostPathParam>,
+    /// Send the value only to these hosts, via the proxy; the guest sees a placeholder.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
 }
 
 impl SecretParam {
@@ -50,6 +53,7 @@ impl SecretParam {
         Ok(crate::secrets::SecretInput {
             name: self.name,
             source,
+            hosts: self.hosts.unwrap_or_default(),
         })
     }
 }

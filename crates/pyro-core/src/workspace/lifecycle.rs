@@ -25,6 +25,14 @@ impl Pyro {
         let policy = crate::validate::network_policy(&req.network_policy)?;
         let allowlist = crate::validate::allowlist(policy, &req.allow_hosts, &req.allow_cidrs)?;
         let secrets = crate::secrets::resolve(&req.secrets)?;
+        if !policy.is_networked() && secrets.iter().any(|(i, _)| !i.hosts.is_empty()) {
+            return Err(CoreError::Invalid {
+                field: "secret_hosts",
+                reason: "a credential for hosts goes through the egress proxy: give the \
+                         workspace a network policy (egress or egress+published-ports)"
+                    .into(),
+            });
+        }
         let name = req
             .name
             .as_deref()
@@ -256,7 +264,7 @@ impl Pyro {
         // The secrets this command names go into its environment only; every value is
         // redacted from what it prints (result, live stream, logs).
         let secrets = crate::secrets::values(&d.root)?;
-        for (var, value) in crate::secrets::environment(&opts.secret_env, &secrets)? {
+        for (var, value) in crate::secrets::process_env(&d.root, &opts.secret_env)? {
             if opts.env.contains_key(&var) {
                 return Err(CoreError::Invalid {
                     field: "secret_env",

@@ -501,6 +501,15 @@ impl Pyro {
                     self.close_network(&rec.id).await;
                     return Err(e);
                 }
+                // Credentials: the guest trusts the workspace CA the proxy intercepts with.
+                if let Err(e) = trust_workspace_ca(&sandbox.session, &d.root).await {
+                    drop(sandbox.session);
+                    sandbox.machine.halt().await;
+                    if net.is_some() {
+                        self.close_network(&rec.id).await;
+                    }
+                    return Err(e);
+                }
                 Ok((sandbox.machine.record(), sandbox.session, sandbox.mode))
             }
             Err(e) => {
@@ -616,4 +625,47 @@ impl Pyro {
                 .collect(),
         })
     }
+}
+
+/// Adds the workspace CA (when it has credentials) to the guest's trust store: the
+/// certificate at [`crate::secrets::GUEST_CA_PATH`] and appended once to the system bundle.
+async fn trust_workspace_ca(session: &Session, root: &Path) -> Result<()> {
+    let Some(dir) = crate::secrets::ca_dir(root) else {
+        return Ok(());
+    };
+    let pem_path = dir.join(pyro_net::ca::CA_CERT_FILE);
+    let pem = crate::hostfs::read_bounded(&pem_path, 64 * 1024)
+        .map_err(|e| CoreError::io("read", &pem_path, std::io::Error::other(e.to_string())))?;
+    let script = format!(
+        "set -e; f={ca}; mkdir -p \"$(dirname \"$f\")\"; cat > \"$f.tmp\"; mv \"$f.tmp\" \"$f\"; \
+         b=/etc/ssl/certs/ca-certificates.crt; line=$(sed -n 2p \"$f\"); \
+         if ! grep -qF -- \"$line\" \"$b\" 2>/dev/null; then mkdir -p /etc/ssl/certs; cat \"$f\" >> \"$b\"; fi",
+        ca = crate::secrets::GUEST_CA_PATH
+    );
+    let req = api::ExecRequest {
+        command: api::Command::Argv(vec!["/bin/sh".into(), "-c".into(), script]),
+        cwd: Some("/".into()),
+        env: Default::default(),
+        timeout_ms: Some(30_000),
+        max_output_bytes: Some(4096),
+        stdin: true,
+    };
+    let mut err = Vec::new();
+    let res = api::exec(session, req, Some(bytes::Bytes::from(pem)), |o| {
+        if let api::Output::Stderr(b) = o {
+            err.extend_from_slice(&b);
+        }
+    })
+    .await?;
+    if res.exit_code != 0 {
+        return Err(CoreError::Boot {
+            reason: format!(
+                "cannot add the workspace CA to the guest's trust store (exit code {}): {}",
+                res.exit_code,
+                String::from_utf8_lossy(&err).trim()
+            ),
+            console_tail: String::new(),
+        });
+    }
+    Ok(())
 }

@@ -330,8 +330,7 @@ impl Pyro {
             });
         }
         let d = self.ws_dirs(id);
-        let secrets = crate::secrets::values(&d.root)?;
-        let env = crate::secrets::environment(&req.secret_env, &secrets)?;
+        let env = crate::secrets::process_env(&d.root, &req.secret_env)?;
         // A previous service of that name: its ports go (the agent refuses a live one).
         if let Some(old) = load_record::<ServiceRecord>(&self.services_dir(id), &req.name) {
             let mut old = old.info;

@@ -198,8 +198,7 @@ impl Pyro {
         let store = self.store()?;
         let rec = self.load_started(&store, id, "shell open").await?;
         let d = self.ws_dirs(id);
-        let secrets = crate::secrets::values(&d.root)?;
-        let env = crate::secrets::environment(&req.secret_env, &secrets)?;
+        let env = crate::secrets::process_env(&d.root, &req.secret_env)?;
         let shell_id = host::new_id();
         let open = procs::ShellOpen {
             id: shell_id.clone(),
