@@ -518,8 +518,12 @@ def test_shells_and_services_on_a_real_guest(pyro: Pyro) -> None:
         )
         assert web["state"] == "running" and web["ready_at"] is not None
         assert web["readiness"] == {"type": "http", "url": "http://127.0.0.1:8080/"}
-        r = pyro.exec_workspace(wid, command="curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/")
-        assert r["stdout"] == "200"
+        r = pyro.exec_workspace(
+            wid,
+            command="python3 -c \"import urllib.request as u; "
+            "print(u.urlopen('http://127.0.0.1:8080/').status)\"",
+        )
+        assert r["stdout"] == "200\n", r
         with pytest.raises(PyroRuntimeError) as failed:
             pyro.start_service(
                 wid,

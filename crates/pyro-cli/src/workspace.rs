@@ -445,9 +445,11 @@ fn secret_params(
                 "--secret-host {name}: no --secret or --secret-file named {name}"
             )));
         };
-        p.hosts
-            .get_or_insert_with(Vec::new)
-            .extend(list.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+        p.hosts.get_or_insert_with(Vec::new).extend(
+            list.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
     }
     Ok(out)
 }

@@ -1113,3 +1113,305 @@ fn a_failed_networked_create_leaves_nothing_behind() {
     );
     assert_eq!(world.pyro_traces(), "", "nothing left on the host");
 }
+
+/// `GET /` on `127.0.0.1:port` from the world's host namespace: the status line, or the
+/// error.
+fn http_get_on_host(world: &World, port: u16) -> String {
+    in_ns(&world.host, move || {
+        use std::io::{Read, Write};
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => s,
+            Err(e) => return format!("connect: {e}"),
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        text(&buf).lines().next().unwrap_or("").to_string()
+    })
+}
+
+#[test]
+fn a_service_publishes_its_port_for_as_long_as_it_runs() {
+    let Some(world) = World::new("svc") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-svc");
+    pull(&env, "debian:12");
+    let ws = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress+published-ports",
+            "--json",
+        ],
+    );
+    let id = ws["workspace_id"].as_str().unwrap().to_string();
+    // python3 -m http.server, ready when it answers HTTP, published on the host.
+    let svc = world.json(
+        &env,
+        &[
+            "workspace",
+            "service",
+            "start",
+            &id,
+            "web",
+            "--ready-http",
+            "http://127.0.0.1:8000/",
+            "--ready-timeout-seconds",
+            "120",
+            "--publish",
+            "8000",
+            "--json",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+    );
+    assert_eq!(svc["state"], "running", "{svc}");
+    assert_eq!(svc["published_ports"][0]["guest_port"], 8000);
+    let port = svc["published_ports"][0]["host_port"].as_u64().unwrap() as u16;
+    assert!(
+        http_get_on_host(&world, port).contains("200"),
+        "curl from the host"
+    );
+    // Reading its logs leaves the port alone (the reference killed it).
+    let logs = world.json(
+        &env,
+        &["workspace", "service", "logs", &id, "web", "--json"],
+    );
+    assert!(
+        logs["stderr"].as_str().unwrap().contains("GET / HTTP"),
+        "{logs}"
+    );
+    assert!(http_get_on_host(&world, port).contains("200"), "after logs");
+    let listed = world.json(&env, &["workspace", "service", "list", &id, "--json"]);
+    assert_eq!(
+        listed["services"][0]["published_ports"][0]["host_port"],
+        port
+    );
+    // Stopping the service closes its port.
+    let stopped = world.json(
+        &env,
+        &["workspace", "service", "stop", &id, "web", "--json"],
+    );
+    assert_eq!(stopped["stop_reason"], "sigterm", "{stopped}");
+    assert_eq!(stopped["published_ports"], serde_json::json!([]));
+    let after = http_get_on_host(&world, port);
+    assert!(
+        after.starts_with("connect:"),
+        "the port outlived its service: {after}"
+    );
+    // Without the policy, --publish is refused before anything runs.
+    let plain = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress",
+            "--json",
+        ],
+    );
+    let plain_id = plain["workspace_id"].as_str().unwrap();
+    let out = world.pyro(
+        &env,
+        &[
+            "workspace",
+            "service",
+            "start",
+            plain_id,
+            "x",
+            "--publish",
+            "80",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("egress+published-ports"),
+        "{}",
+        text(&out.stderr)
+    );
+    world.json(&env, &["workspace", "delete", plain_id, "--json"]);
+    world.json(&env, &["workspace", "delete", &id, "--json"]);
+    assert_eq!(world.pyro_traces(), "");
+}
+
+/// An HTTPS (and HTTP) server that appends `Host Authorization` of each request to a file.
+const RECORDING_SERVER: &str = r#"
+import http.server, ssl, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with open(sys.argv[3], "a") as f:
+            f.write("%s %s\n" % (self.headers.get("Host"), self.headers.get("Authorization")))
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+tls = http.server.ThreadingHTTPServer((sys.argv[1], 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[2])
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+plain = http.server.ThreadingHTTPServer((sys.argv[1], 8081), H)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+tls.serve_forever()
+"#;
+
+#[test]
+fn a_credential_reaches_only_its_host_and_the_guest_sees_only_a_placeholder() {
+    let Some(world) = World::new("crd") else {
+        return;
+    };
+    if !have("openssl") {
+        eprintln!("skipped: needs openssl");
+        return;
+    }
+    let env = Env::with_prefix("pyro-net-cred");
+    pull(&env, "debian:12");
+    // A test CA and a certificate for repo.test, served with a recording server.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+    };
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+        -out ca.pem -days 2 -subj /CN=pyro-test-ca 2>/dev/null",
+    );
+    sh(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key \
+        -out srv.csr -subj /CN=repo.test 2>/dev/null && \
+        printf 'subjectAltName=DNS:repo.test\\n' > ext && \
+        openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem \
+        -days 2 -extfile ext 2>/dev/null && cat srv.pem srv.key > chain.pem",
+    );
+    std::fs::write(d.join("server.py"), RECORDING_SERVER).unwrap();
+    let seen = d.join("seen.txt");
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &world.inet, "python3"])
+            .arg(d.join("server.py"))
+            .arg(REPO_IP)
+            .arg(d.join("chain.pem"))
+            .arg(&seen)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&world.host, &format!("{REPO_IP}:443"));
+
+    let secret = "real-key-7d41c0e9";
+    let mut cmd = env.cmd();
+    cmd.args([
+        "workspace",
+        "create",
+        "debian:12",
+        "--network-policy",
+        "egress",
+        "--secret",
+        &format!("API_KEY={secret}"),
+        "--secret-host",
+        "API_KEY=repo.test",
+        "--json",
+    ])
+    .env("PYRO_NET_UPSTREAMS", DNS_IP)
+    .env("PYRO_BACKEND", "qemu")
+    .env("PYRO_NET_EXTRA_ROOTS", d.join("ca.pem"));
+    enter_on_spawn(&mut cmd, &world.host);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ws: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = ws["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(ws["secrets"][0]["hosts"][0], "repo.test", "{ws}");
+
+    let exec = |script: &str| {
+        world.json(
+            &env,
+            &[
+                "workspace",
+                "exec",
+                &id,
+                "--secret-env",
+                "API_KEY",
+                "--json",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    // HTTPS to its host: the server receives the real value, the guest printed the reply.
+    let get = |url: &str| {
+        format!(
+            "python3 -c \"import os,urllib.request as u; r=u.Request('{url}', \
+             headers={{'Authorization': 'Bearer '+os.environ['API_KEY']}}); \
+             print(u.urlopen(r, timeout=20).read().decode())\""
+        )
+    };
+    let r = exec(&get("https://repo.test/x"));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout"], "ok\n");
+    let recorded = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        recorded.contains(&format!("repo.test Bearer {secret}")),
+        "{recorded}"
+    );
+    // The guest's own view: a placeholder in its environment, nothing of the value in the
+    // process's environment or memory-visible files, nor on its disk.
+    let r = exec(&format!(
+        "echo \"$API_KEY\"; cat /proc/self/environ | tr '\\0' '\\n' | grep -c {secret}; \
+         grep -rl {secret} /etc /workspace /root /tmp 2>/dev/null | wc -l"
+    ));
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("pyro-cred-"), "{r}");
+    assert!(stdout.ends_with("\n0\n0\n"), "{r}");
+    // The placeholder to another host (plain HTTP, so the proxy sees it) is refused and
+    // recorded; the server never gets it.
+    let out = world.pyro(
+        &env,
+        &[
+            "workspace",
+            "exec",
+            &id,
+            "--secret-env",
+            "API_KEY",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            &get("http://other.test/leak"),
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(r["exit_code"], 0, "{r}");
+    assert!(r["stderr"].as_str().unwrap().contains("403"), "{r}");
+    let status = world.json(&env, &["workspace", "status", &id, "--json"]);
+    let denials = status["network"]["recent_denials"].to_string();
+    assert!(denials.contains("API_KEY"), "{status}");
+    assert!(!denials.contains(secret), "{denials}");
+    let recorded = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    world.json(&env, &["workspace", "delete", &id, "--json"]);
+    assert_eq!(world.pyro_traces(), "");
+}

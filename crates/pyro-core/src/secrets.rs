@@ -157,19 +157,20 @@ pub fn resolve(inputs: &[SecretInput]) -> Result<Vec<(SecretInfo, String)>> {
         }
         let mut hosts = Vec::with_capacity(input.hosts.len());
         for h in &input.hosts {
-            let p: pyro_net::policy::HostPattern = h.parse().map_err(|e| {
-                invalid(
-                    "secret_hosts",
-                    format!("`{}`: {e}", input.name),
-                )
-            })?;
+            let p: pyro_net::policy::HostPattern = h
+                .parse()
+                .map_err(|e| invalid("secret_hosts", format!("`{}`: {e}", input.name)))?;
             hosts.push(p.to_string());
         }
         if !hosts.is_empty() {
             // The proxy's own rules (value without control characters, size, host count).
             let rule = pyro_net::proxy::creds::CredentialRule {
                 name: input.name.clone(),
-                placeholder: format!("{}{}", pyro_net::proxy::creds::PLACEHOLDER_PREFIX, "0".repeat(pyro_net::proxy::creds::PLACEHOLDER_HEX)),
+                placeholder: format!(
+                    "{}{}",
+                    pyro_net::proxy::creds::PLACEHOLDER_PREFIX,
+                    "0".repeat(pyro_net::proxy::creds::PLACEHOLDER_HEX)
+                ),
                 value: value.clone(),
                 hosts: hosts.iter().filter_map(|h| h.parse().ok()).collect(),
             };
@@ -265,7 +266,9 @@ pub fn guest_values(workspace_dir: &Path) -> Result<BTreeMap<String, String>> {
 }
 
 /// The egress proxy's rules for the workspace's credentials (none for a sandbox without).
-pub fn credential_rules(workspace_dir: &Path) -> Result<Vec<pyro_net::proxy::creds::CredentialRule>> {
+pub fn credential_rules(
+    workspace_dir: &Path,
+) -> Result<Vec<pyro_net::proxy::creds::CredentialRule>> {
     let infos: Vec<SecretInfo> = list(workspace_dir)
         .into_iter()
         .filter(|i| !i.hosts.is_empty())
@@ -289,7 +292,9 @@ pub fn credential_rules(workspace_dir: &Path) -> Result<Vec<pyro_net::proxy::cre
 /// The workspace CA's directory (`secrets/ca`), when the workspace has credentials.
 pub fn ca_dir(workspace_dir: &Path) -> Option<PathBuf> {
     let dir = workspace_dir.join(DIR).join(CA_DIR);
-    dir.join(pyro_net::ca::CA_CERT_FILE).is_file().then_some(dir)
+    dir.join(pyro_net::ca::CA_CERT_FILE)
+        .is_file()
+        .then_some(dir)
 }
 
 /// Where the guest keeps the workspace CA's certificate (also appended to the system
@@ -713,7 +718,10 @@ mod tests {
         store(&ws, &ok).unwrap();
 
         let guest = guest_values(&ws).unwrap();
-        assert!(pyro_net::proxy::creds::is_placeholder(&guest["API_KEY"]), "{guest:?}");
+        assert!(
+            pyro_net::proxy::creds::is_placeholder(&guest["API_KEY"]),
+            "{guest:?}"
+        );
         assert_eq!(values(&ws).unwrap()["API_KEY"], "real-value-1");
         let env = process_env(&ws, &[("API_KEY".to_string(), String::new())].into()).unwrap();
         assert_eq!(env["API_KEY"], guest["API_KEY"]);
@@ -739,5 +747,4 @@ mod tests {
         assert_eq!(env.len(), 1);
         assert_eq!(env["API_KEY"], "plain-value");
     }
-
 }
