@@ -393,14 +393,23 @@ fn stderr_progress(environment: String) -> ProgressFn {
                 elapsed_ms,
                 probe_attempts,
                 last_probe_error,
-            } => format!(
-                "[service] {name}: waiting for readiness ({} s, {probe_attempts} probes{})",
-                elapsed_ms / 1000,
-                last_probe_error
-                    .as_deref()
-                    .map(|e| format!("; last: {e}"))
-                    .unwrap_or_default()
-            ),
+            } => {
+                // A line every 5 s of waiting, not one per probe.
+                let t = *elapsed_ms as f64 / 1000.0;
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if last.0 == "service" && t - last.1 < 5.0 {
+                    return;
+                }
+                *last = ("service", t);
+                format!(
+                    "[service] {name}: waiting for readiness ({} s, {probe_attempts} probes{})",
+                    elapsed_ms / 1000,
+                    last_probe_error
+                        .as_deref()
+                        .map(|e| format!("; last: {e}"))
+                        .unwrap_or_default()
+                )
+            }
             ProgressEvent::Phase { phase, vm_id } => match vm_id {
                 Some(id) => format!("[run] phase={phase} vm_id={id}"),
                 None => format!("[run] phase={phase} environment={environment}"),

@@ -1029,3 +1029,65 @@ async fn exports_racing_a_directory_symlink_swap_stay_inside_the_root() {
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
 }
+
+/// The case: a service whose readiness takes five minutes, started through MCP by a
+/// client that asked for progress. The call is answered (nothing in pyro or the transport
+/// gives up at 60 s, as the reference did), progress arrives all along, and a service that
+/// fails is a tool error carrying its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_minute_readiness_wait_is_answered_with_progress_all_along() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("workspace-full", &[], work.path()).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+
+    let failed = s
+        .err(
+            "service_start",
+            json!({"workspace_id": id, "service_name": "crash",
+                   "command": "echo boom >&2; exit 7", "ready_file": "never"}),
+        )
+        .await;
+    assert!(failed.contains("exited before it was ready (exit code 7)"), "{failed}");
+    assert!(failed.contains("boom"), "{failed}");
+    assert!(failed.contains("\"stop_reason\":\"process_exited_before_ready\""), "{failed}");
+
+    let mut p = params(
+        "service_start",
+        json!({"workspace_id": id, "service_name": "slow",
+               "command": "sleep 300; touch ready; exec sleep 600",
+               "ready_file": "ready", "ready_timeout_seconds": 420,
+               "ready_interval_ms": 1000}),
+    );
+    p.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+        NumberOrString::Number(11),
+    )));
+    let started = Instant::now();
+    let r = s.client.peer().call_tool_once(p).await.unwrap();
+    let CallToolResponse::Complete(r) = r else {
+        panic!("unexpected response {r:?}")
+    };
+    s.check("service_start", &r);
+    let waited = started.elapsed();
+    let info = r.structured_content.unwrap();
+    assert_eq!(info["state"], "running", "{info}");
+    let ready_after = info["ready_at"].as_f64().unwrap() - info["started_at"].as_f64().unwrap();
+    assert!(ready_after >= 300.0, "ready after {ready_after} s");
+    assert!(waited >= Duration::from_secs(300), "{waited:?}");
+    let waiting: Vec<String> = s
+        .progress()
+        .into_iter()
+        .filter_map(|p| p.message)
+        .filter(|m| m.contains("slow: waiting for readiness"))
+        .collect();
+    // At most every 2 s while it waited (the server's pace): well over 100 in 300 s.
+    assert!(waiting.len() >= 100, "{} progress messages: {waiting:?}", waiting.len());
+    let stopped = s
+        .ok("service_stop", json!({"workspace_id": id, "service_name": "slow"}))
+        .await;
+    assert_eq!(stopped["stop_reason"], "sigterm");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}

@@ -73,6 +73,7 @@ impl Progress {
             return pyro_core::no_progress();
         };
         let last_pull: Mutex<(&'static str, Option<Instant>)> = Mutex::new(("", None));
+        let last_service: Mutex<Option<Instant>> = Mutex::new(None);
         Arc::new(move |ev: &ProgressEvent| {
             let msg = match ev {
                 ProgressEvent::Pull(p) => {
@@ -100,14 +101,22 @@ impl Progress {
                     elapsed_ms,
                     probe_attempts,
                     last_probe_error,
-                } => format!(
+                } => {
+                    // The agent reports every probe; a client needs to hear now and then.
+                    let mut last = last_service.lock().unwrap_or_else(|e| e.into_inner());
+                    if last.is_some_and(|t| t.elapsed() < PULL_INTERVAL) {
+                        return;
+                    }
+                    *last = Some(Instant::now());
+                    format!(
                     "{name}: waiting for readiness ({} s, {probe_attempts} probes{})",
                     elapsed_ms / 1000,
                     last_probe_error
                         .as_deref()
                         .map(|e| format!("; last: {e}"))
                         .unwrap_or_default()
-                ),
+                    )
+                }
                 ProgressEvent::Phase { phase, vm_id } => match vm_id {
                     Some(id) => format!("phase {phase} (vm {id})"),
                     None => format!("phase {phase}"),
