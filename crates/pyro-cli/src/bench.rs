@@ -10,6 +10,9 @@
 //! sandboxes restored at once (`--concurrency`, default 10 and 50) with the host memory
 //! each idle one costs (PSS of its VMM process, from `/proc/<pid>/smaps_rollup`) and the
 //! host's peak memory use.
+//!
+//! `pyro bench --network` measures networking ([`crate::bench_net`]); `pyro bench --procs`
+//! measures shells, services and published ports ([`crate::bench_procs`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,6 +53,11 @@ pub struct BenchArgs {
     /// connection setup with open egress and through the allowlist's proxy. Needs root.
     #[arg(long, conflicts_with_all = ["workspaces", "snapshots"])]
     network: bool,
+    /// Measure processes in one workspace: shell write-to-read round trip against the exec
+    /// round trip, service start to ready with and without a file probe, and (as root, in
+    /// the --network namespace world) download throughput through a published port.
+    #[arg(long, conflicts_with_all = ["workspaces", "snapshots", "network"])]
+    procs: bool,
     /// With --snapshots: how many sandboxes to restore at once (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
     concurrency: Vec<usize>,
@@ -112,6 +120,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.network {
         return network(args).await;
+    }
+    if args.procs {
+        return procs(args).await;
     }
     let facts = HostFacts::probe();
     let kinds: Vec<BackendKind> = if args.backends.is_empty() {
@@ -237,6 +248,84 @@ async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
         json["download_mb_per_s"]
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pyro bench --procs` (see [`crate::bench_procs`]).
+async fn procs(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use crate::bench_procs::PortPart;
+    let exe = std::env::current_exe()?;
+    let backend = args
+        .backends
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "auto".into());
+    // Built from this process's namespace: the networked part's world has no route out.
+    let pyro = crate::open_pyro(Some(&backend))?;
+    pyro.pull_environment(
+        &args.environment,
+        crate::stderr_progress(args.environment.clone()),
+    )
+    .await?;
+    let kind = pyro
+        .backend(pyro.options().backend, &pyro_core::no_progress())
+        .await?
+        .kind();
+    let r = crate::bench_procs::run(
+        &pyro,
+        &exe,
+        kind.as_str(),
+        &args.environment,
+        args.iterations,
+    )
+    .await?;
+    let code = match r.published_port {
+        PortPart::Failed(_) => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    };
+    if args.json {
+        crate::render::print_json(&r);
+        return Ok(code);
+    }
+    println!(
+        "{:<10} {:<36} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+    );
+    for (name, s) in [
+        ("shell write->read (echo)", &r.shell_round_trip),
+        ("exec round trip (true)", &r.exec_round_trip),
+        ("service start, no probe", &r.service_start_no_probe),
+        ("service start, file probe", &r.service_start_file_probe),
+    ] {
+        println!(
+            "{:<10} {:<36} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
+        );
+    }
+    println!("shell: {}", r.shell_read);
+    println!(
+        "shell round trip / exec round trip: {:.2}x (median), {:.2}x (p95)",
+        r.shell_exec_median_ratio, r.shell_exec_p95_ratio
+    );
+    println!(
+        "service start, file probe / no probe: {:.2}x (median; probe interval {} ms)",
+        r.file_probe_median_ratio, r.ready_interval_ms
+    );
+    match &r.published_port {
+        PortPart::Measured(p) => println!(
+            "published port, host <- guest ({}, {} MiB): median {:.1} MB/s (samples: {})",
+            p.server,
+            p.bytes_per_download >> 20,
+            p.median_mb_per_s,
+            p.download_mb_per_s
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        PortPart::Skipped(why) => println!("published port throughput: skipped ({why})"),
+        PortPart::Failed(e) => println!("published port throughput: FAILED: {e}"),
+    }
+    Ok(code)
 }
 
 /// One end-to-end `pyro run ENV -- true`, with snapshots on or off (`None`: as this

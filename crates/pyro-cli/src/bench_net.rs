@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use super::bench::{Stats, stats};
 
-const HOST_NS: &str = "pyrobench-h";
-const INET_NS: &str = "pyrobench-i";
+pub(super) const HOST_NS: &str = "pyrobench-h";
+pub(super) const INET_NS: &str = "pyrobench-i";
 const SERVER_IP: &str = "198.51.100.10";
-const DNS_IP: &str = "198.51.100.53";
+pub(super) const DNS_IP: &str = "198.51.100.53";
 /// Bytes of one download.
 const DOWNLOAD_BYTES: u64 = 64 << 20;
 /// Connections per connection-setup sample.
@@ -65,10 +65,10 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The namespaces of the bench's world; removed on drop.
-struct World;
+pub(super) struct World;
 
 impl World {
-    fn build() -> anyhow::Result<World> {
+    pub(super) fn build() -> anyhow::Result<World> {
         for ns in [HOST_NS, INET_NS] {
             let _ = ip(&["netns", "del", ns]);
             ip(&["netns", "add", ns])?;
@@ -133,7 +133,7 @@ impl Drop for World {
 }
 
 /// Runs `f` on a new thread inside namespace `ns`, detached.
-fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+pub(super) fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
     std::thread::spawn(move || {
         // SAFETY: setns on a namespace file's descriptor; the thread is ours alone.
@@ -179,7 +179,7 @@ fn http_server(listener: TcpListener) {
 }
 
 /// DNS: `bench.test` A is the server; everything else NXDOMAIN.
-fn dns_server(socket: UdpSocket) {
+pub(super) fn dns_server(socket: UdpSocket) {
     let mut buf = [0u8; 512];
     while let Ok((n, from)) = socket.recv_from(&mut buf) {
         let q = &buf[..n];
@@ -221,7 +221,7 @@ fn dns_server(socket: UdpSocket) {
 
 /// `pyro ARGS` from the world's host namespace; milliseconds from spawn to exit, and its
 /// stdout. Fails with its stderr when it fails.
-fn pyro_in_world(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
+pub(super) fn pyro_in_world(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(f64, String)> {
     use std::os::unix::process::CommandExt;
     let ns = std::fs::File::open(format!("/run/netns/{HOST_NS}"))?;
     let fd = ns.as_raw_fd();

@@ -26,6 +26,7 @@ macro_rules! print {
 
 mod bench;
 mod bench_net;
+mod bench_procs;
 mod doctor;
 mod mcp;
 mod procs;
