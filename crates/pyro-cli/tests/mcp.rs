@@ -1050,9 +1050,15 @@ async fn a_five_minute_readiness_wait_is_answered_with_progress_all_along() {
                    "command": "echo boom >&2; exit 7", "ready_file": "never"}),
         )
         .await;
-    assert!(failed.contains("exited before it was ready (exit code 7)"), "{failed}");
+    assert!(
+        failed.contains("exited before it was ready (exit code 7)"),
+        "{failed}"
+    );
     assert!(failed.contains("boom"), "{failed}");
-    assert!(failed.contains("\"stop_reason\":\"process_exited_before_ready\""), "{failed}");
+    assert!(
+        failed.contains("\"stop_reason\":\"process_exited_before_ready\""),
+        "{failed}"
+    );
 
     let mut p = params(
         "service_start",
@@ -1083,9 +1089,16 @@ async fn a_five_minute_readiness_wait_is_answered_with_progress_all_along() {
         .filter(|m| m.contains("slow: waiting for readiness"))
         .collect();
     // At most every 2 s while it waited (the server's pace): well over 100 in 300 s.
-    assert!(waiting.len() >= 100, "{} progress messages: {waiting:?}", waiting.len());
+    assert!(
+        waiting.len() >= 100,
+        "{} progress messages: {waiting:?}",
+        waiting.len()
+    );
     let stopped = s
-        .ok("service_stop", json!({"workspace_id": id, "service_name": "slow"}))
+        .ok(
+            "service_stop",
+            json!({"workspace_id": id, "service_name": "slow"}),
+        )
         .await;
     assert_eq!(stopped["stop_reason"], "sigterm");
     s.ok("workspace_delete", json!({"workspace_id": id})).await;

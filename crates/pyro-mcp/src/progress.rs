@@ -109,12 +109,12 @@ impl Progress {
                     }
                     *last = Some(Instant::now());
                     format!(
-                    "{name}: waiting for readiness ({} s, {probe_attempts} probes{})",
-                    elapsed_ms / 1000,
-                    last_probe_error
-                        .as_deref()
-                        .map(|e| format!("; last: {e}"))
-                        .unwrap_or_default()
+                        "{name}: waiting for readiness ({} s, {probe_attempts} probes{})",
+                        elapsed_ms / 1000,
+                        last_probe_error
+                            .as_deref()
+                            .map(|e| format!("; last: {e}"))
+                            .unwrap_or_default()
                     )
                 }
                 ProgressEvent::Phase { phase, vm_id } => match vm_id {
