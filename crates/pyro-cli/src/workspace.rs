@@ -472,7 +472,13 @@ fn summary(action: &str, w: &WorkspaceInfo) {
         let s: Vec<String> = w
             .secrets
             .iter()
-            .map(|s| format!("{} ({})", s.name, s.source_kind))
+            .map(|s| {
+                if s.hosts.is_empty() {
+                    format!("{} ({})", s.name, s.source_kind)
+                } else {
+                    format!("{} ({}, for {})", s.name, s.source_kind, s.hosts.join(" "))
+                }
+            })
             .collect();
         println!("Secrets: {}", s.join(", "));
     }
@@ -522,6 +528,10 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     if let Some(t) = w.last_reset_at {
         println!("Last reset at: {t}");
     }
+    println!(
+        "Services: {}/{} running",
+        w.running_service_count, w.service_count
+    );
     if let Some(c) = &w.last_command {
         println!("Last command: {} (exit_code={})", c.command, c.exit_code);
     }
@@ -582,13 +592,15 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
                         format!(" labels={}", l.join(","))
                     };
                     println!(
-                        "[workspace] workspace_id={}{name} state={} environment={}{labels} last_activity_at={} ttl_remaining_seconds={:.0} commands={}",
+                        "[workspace] workspace_id={}{name} state={} environment={}{labels} last_activity_at={} ttl_remaining_seconds={:.0} commands={} services={}/{}",
                         w.workspace_id,
                         w.state,
                         w.environment,
                         w.last_activity_at,
                         w.ttl_remaining_seconds,
-                        w.command_count
+                        w.command_count,
+                        w.running_service_count,
+                        w.service_count
                     );
                 }
             }

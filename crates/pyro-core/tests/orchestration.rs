@@ -760,8 +760,39 @@ fn shells_and_services_outlive_their_calls_and_read_truthfully_after_a_crash() {
         assert_eq!(info.readiness.as_ref().unwrap()["path"], "/workspace/ready");
         let logs = env.pyro.logs_service(&id, "web", Some(10)).await.unwrap();
         assert_eq!(logs.stdout, "starting\n");
+        // A service given the secret: its logs and a failed start's error show no value.
+        let mut leaky = service("leaky", "echo \"key=$T\"; exec sleep 300");
+        leaky.secret_env = [("API_TOKEN".to_string(), "T".to_string())].into();
+        env.pyro
+            .start_service(&id, leaky, pyro_core::no_progress())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let logs = loop {
+            let logs = env.pyro.logs_service(&id, "leaky", None).await.unwrap();
+            if !logs.stdout.is_empty() || Instant::now() > deadline {
+                break logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(logs.stdout, "key=[REDACTED]\n");
+        assert_eq!(logs.service.secret_env, ["API_TOKEN"]);
+        let mut failing = service("failing", "echo \"$T\" >&2; exit 1");
+        failing.secret_env = [("API_TOKEN".to_string(), "T".to_string())].into();
+        failing.readiness = Some(ReadinessSpec::File("never".into()));
+        let err = env
+            .pyro
+            .start_service(&id, failing, pyro_core::no_progress())
+            .await
+            .unwrap_err();
+        let shown = format!("{err} {}", err.data().unwrap());
+        assert!(
+            shown.contains("[REDACTED]") && !shown.contains(secret),
+            "{shown}"
+        );
+        env.pyro.stop_service(&id, "leaky").await.unwrap();
         let ws = env.pyro.status_workspace(&id).await.unwrap();
-        assert_eq!((ws.service_count, ws.running_service_count), (1, 1));
+        assert_eq!((ws.service_count, ws.running_service_count), (3, 1));
 
         // The VMM dies: no shell survives, the service is stopped with its workspace.
         let agent = env.agent_pid(&id);
@@ -770,14 +801,16 @@ fn shells_and_services_outlive_their_calls_and_read_truthfully_after_a_crash() {
         assert!(wait_gone(agent));
         let list = env.pyro.list_services(&id).await.unwrap();
         assert_eq!(list.running_count, 0);
-        assert_eq!(list.services[0].state, "stopped");
-        assert_eq!(
-            list.services[0].stop_reason.as_deref(),
-            Some("workspace_stopped")
-        );
+        let web = list
+            .services
+            .iter()
+            .find(|s| s.service_name == "web")
+            .unwrap();
+        assert_eq!(web.state, "stopped");
+        assert_eq!(web.stop_reason.as_deref(), Some("workspace_stopped"));
         assert_eq!(env.pyro.list_shells(&id).await.unwrap().count, 0);
         let ws = env.pyro.status_workspace(&id).await.unwrap();
-        assert_eq!((ws.service_count, ws.running_service_count), (1, 0));
+        assert_eq!((ws.service_count, ws.running_service_count), (3, 0));
         let err = env
             .pyro
             .read_shell(
