@@ -634,6 +634,10 @@ class Pyro:
         command: str,
         cwd: str = "/workspace",
         readiness: Optional[Mapping[str, Any]] = None,
+        ready_file: Optional[str] = None,
+        ready_tcp: Optional[str] = None,
+        ready_http: Optional[str] = None,
+        ready_command: Optional[str] = None,
         ready_timeout_seconds: int = 30,
         ready_interval_ms: int = 500,
         secret_env: Optional[Mapping[str, str]] = None,
@@ -641,7 +645,9 @@ class Pyro:
     ) -> Result:
         """Starts a named background process and waits until it is ready. ``readiness`` is
         ``{"type": "file", "path": …}``, ``{"type": "tcp", "address": "HOST:PORT"}``,
-        ``{"type": "http", "url": …}`` or ``{"type": "command", "command": …}``.
+        ``{"type": "http", "url": …}`` or ``{"type": "command", "command": …}``; or one of
+        ``ready_file``, ``ready_tcp`` (``HOST:PORT``), ``ready_http``, ``ready_command`` (as
+        the MCP tool takes them; more than one probe is refused).
         ``published_ports`` is a list of ``{"guest_port": N, "host_port": M or None}``
         (policy ``egress+published-ports``). A service that exits first or is not ready in
         time raises :class:`~pyro_mcp.errors.PyroRuntimeError` whose ``data["service"]`` is
@@ -653,6 +659,10 @@ class Pyro:
             command=command,
             cwd=cwd,
             readiness=dict(readiness) if readiness is not None else None,
+            ready_file=ready_file,
+            ready_tcp=ready_tcp,
+            ready_http=ready_http,
+            ready_command=ready_command,
             ready_timeout_seconds=ready_timeout_seconds,
             ready_interval_ms=ready_interval_ms,
             secret_env=dict(secret_env) if secret_env is not None else None,
