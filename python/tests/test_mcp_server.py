@@ -74,6 +74,18 @@ FULL = CORE + [
     "vm_reap_expired",
     "workspace_stop",
     "workspace_start",
+    "shell_open",
+    "shell_read",
+    "shell_write",
+    "shell_signal",
+    "shell_close",
+    "service_start",
+    "service_list",
+    "service_status",
+    "service_logs",
+    "service_stop",
+    "shell_list",
+    "shell_resize",
 ]
 PROFILES: Dict[str, List[str]] = {
     "vm-run": ["vm_run"],
@@ -81,7 +93,8 @@ PROFILES: Dict[str, List[str]] = {
     "workspace-full": FULL,
 }
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
-# workspace-full grows with the features only it offers (network allowlists, secrets).
+# workspace-full grows with the features only it offers (network allowlists, secrets, shells
+# and services).
 BUDGET = {"vm-run": 3_000, "workspace-core": 24_000, "workspace-full": 60_000}
 
 
