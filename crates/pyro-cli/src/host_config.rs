@@ -206,7 +206,13 @@ fn this_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The JSON entry's members pyro manages, and those it adds only when missing.
-fn json_members(client: Client, s: &Server) -> (Vec<(String, Value)>, Vec<(String, Value)>) {
+/// JSON members, in order.
+type Members = Vec<(String, Value)>;
+
+/// A configured server's `command` and `args`, each `None` where absent or ill-typed.
+type RawServer = (Option<String>, Option<Vec<String>>);
+
+fn json_members(client: Client, s: &Server) -> (Members, Members) {
     let m = |k: &str, v: Value| (k.to_string(), v);
     match client {
         Client::ClaudeCode => (
@@ -313,7 +319,7 @@ fn toml_upsert(doc: &mut toml_edit::DocumentMut, s: &Server) -> anyhow::Result<b
 }
 
 /// `command` and `args` of a Codex server table (`None` where absent or ill-typed).
-fn toml_server(t: &dyn toml_edit::TableLike) -> (Option<String>, Option<Vec<String>>) {
+fn toml_server(t: &dyn toml_edit::TableLike) -> RawServer {
     let command = t.get("command").and_then(|c| c.as_str()).map(String::from);
     let args = t.get("args").and_then(|a| a.as_array()).and_then(|a| {
         a.iter()
@@ -661,11 +667,7 @@ struct Finding {
 }
 
 /// The `pyro` entry's command and arguments, `Ok(None)` without an entry.
-fn read_entry(
-    client: Client,
-    path: &Path,
-    text: &str,
-) -> anyhow::Result<Option<(Option<String>, Option<Vec<String>>)>> {
+fn read_entry(client: Client, path: &Path, text: &str) -> anyhow::Result<Option<RawServer>> {
     if text.trim().is_empty() {
         return Ok(None);
     }

@@ -2,6 +2,8 @@
 //! temporary `HOME`: each client's real format round-trips, everything else in the file is
 //! kept, a second run changes nothing, a broken file is refused and left alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
