@@ -295,7 +295,7 @@ pub fn run(platform: &str, environment: Option<&str>, json: bool) -> anyhow::Res
         (Some(name), Ok(o)) => Some(
             pyro_core::Pyro::new(o.clone())
                 .and_then(|p| p.environment_readiness(name))
-                .map_err(|e| anyhow::Error::new(e).context(format!("environment {name}")))?,
+                .map_err(anyhow::Error::new)?,
         ),
         _ => None,
     };

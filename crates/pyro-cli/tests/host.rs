@@ -508,3 +508,58 @@ fn a_symlinked_config_is_written_through() {
     assert!(std::fs::read_to_string(&real).unwrap().contains("\"pyro\""));
     assert_eq!(home.backups(&real).len(), 1);
 }
+
+/// `pyro prepare` and `pyro doctor --environment` against the shared cache, when it has
+/// `debian:12` built and an agent is given (`PYRO_AGENT_BIN`); skipped otherwise, since
+/// building an environment takes minutes.
+#[test]
+fn prepare_makes_an_environment_ready_and_doctor_says_so() {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return;
+    };
+    let cache = home.join(".cache/pyro");
+    let agent = std::env::var_os("PYRO_AGENT_BIN");
+    if !cache.join("environments/debian_12/manifest.json").is_file() || agent.is_none() {
+        eprintln!("skipped: needs debian:12 in ~/.cache/pyro and PYRO_AGENT_BIN");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let empty_cache = tempfile::tempdir().unwrap();
+    let pyro = |cache: &Path, snapshots: &str, args: &[&str]| {
+        let out = Command::new(PYRO)
+            .args(args)
+            .env("PYRO_CACHE_DIR", cache)
+            .env("PYRO_STATE_DIR", state.path())
+            .env("PYRO_SNAPSHOTS", snapshots)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let prepared = pyro(&cache, "1", &["prepare", "debian:12", "--json"]);
+    assert_eq!(prepared["state"], "ready", "{prepared}");
+    let id = prepared["snapshot_id"].clone();
+    let doctor = pyro(
+        &cache,
+        "1",
+        &["doctor", "--environment", "debian:12", "--json"],
+    );
+    assert_eq!(doctor["environment"]["state"], "ready", "{doctor}");
+    assert_eq!(doctor["environment"]["snapshot_id"], id);
+    let off = pyro(
+        &cache,
+        "0",
+        &["doctor", "--environment", "debian:12", "--json"],
+    );
+    assert_eq!(off["environment"]["state"], "cold", "{off}");
+    let missing = pyro(
+        empty_cache.path(),
+        "1",
+        &["doctor", "--environment", "debian:12", "--json"],
+    );
+    assert_eq!(missing["environment"]["state"], "missing", "{missing}");
+    // Without --environment the report has no such field.
+    let plain = pyro(&cache, "1", &["doctor", "--json"]);
+    assert!(plain.get("environment").is_none());
+}

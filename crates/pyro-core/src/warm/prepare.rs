@@ -110,7 +110,8 @@ impl Pyro {
             vmm,
         );
         let store = SnapshotStore::new(self.cache.root());
-        if store.lookup(&key).is_none() {
+        let existed = store.lookup(&key).is_some();
+        if !existed {
             progress(&ProgressEvent::Snapshot(format!(
                 "building the warm snapshot of {name} with {MEM_MIB} MiB and {VCPU_COUNT} vCPU"
             )));
@@ -123,11 +124,15 @@ impl Pyro {
             net: None,
         };
         let snap = store.ensure(&key, &ctx).await?;
-        progress(&ProgressEvent::Snapshot(format!(
-            "warm snapshot {} ready (built in {:.1} s)",
-            snap.meta().id,
-            snap.meta().build_ms as f64 / 1000.0
-        )));
+        progress(&ProgressEvent::Snapshot(if existed {
+            format!("warm snapshot {} already built", snap.meta().id)
+        } else {
+            format!(
+                "warm snapshot {} ready (built in {:.1} s)",
+                snap.meta().id,
+                snap.meta().build_ms as f64 / 1000.0
+            )
+        }));
         out.state = Readiness::Ready;
         out.detail = format!(
             "built; warm snapshot {} for {} with {MEM_MIB} MiB and {VCPU_COUNT} vCPU",
