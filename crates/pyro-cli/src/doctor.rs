@@ -35,6 +35,9 @@ struct DoctorReport {
     cache_dir: Option<String>,
     state_dir: Option<String>,
     environments: Vec<pyro_image::EnvironmentInfo>,
+    /// `--environment`: how ready that environment is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<pyro_core::warm::EnvironmentReadiness>,
 }
 
 fn on_path(tool: &str) -> Option<std::path::PathBuf> {
@@ -46,7 +49,7 @@ fn on_path(tool: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Runs the checks; prints the report; exit 0 only when sandboxes can run.
-pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(platform: &str, environment: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let mut checks = Vec::new();
     let mut issues = Vec::new();
     if platform != "linux-x86_64" {
@@ -286,6 +289,16 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
             detail: format!("{e} (only networked sandboxes need it; others run without)"),
         },
     });
+    // `--environment`: informational (a cold environment still runs), but a name the
+    // catalog does not know is an error.
+    let readiness = match (environment, &opts) {
+        (Some(name), Ok(o)) => Some(
+            pyro_core::Pyro::new(o.clone())
+                .and_then(|p| p.environment_readiness(name))
+                .map_err(anyhow::Error::new)?,
+        ),
+        _ => None,
+    };
     let report = DoctorReport {
         platform: platform.to_string(),
         runtime_ok: issues.is_empty(),
@@ -303,6 +316,7 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
         cache_dir: cache_dir.map(|c| c.display().to_string()),
         state_dir: state_dir.map(|s| s.display().to_string()),
         environments,
+        environment: readiness,
     };
     if json {
         crate::render::print_json(&report);
@@ -326,6 +340,14 @@ pub fn run(platform: &str, json: bool) -> anyhow::Result<ExitCode> {
                 if c.ok { "ok" } else { "FAIL" },
                 c.name,
                 c.detail
+            );
+        }
+        if let Some(r) = &report.environment {
+            println!(
+                "Environment {}: {} ({})",
+                r.environment,
+                r.state.as_str(),
+                r.detail
             );
         }
         if !report.issues.is_empty() {

@@ -28,6 +28,7 @@ mod bench;
 mod bench_net;
 mod bench_procs;
 mod doctor;
+mod host_config;
 mod mcp;
 mod procs;
 mod render;
@@ -66,11 +67,17 @@ enum Top {
     Workspace(workspace::WorkspaceCmd),
     /// Check whether this host can run sandboxes, and say why not.
     Doctor(DoctorArgs),
+    /// Build an environment and its warm snapshot ahead of time, so the first sandbox
+    /// starts warm.
+    Prepare(PrepareArgs),
     /// Run `git --version` in a debian:12 sandbox and print the result as JSON.
     Demo(DemoArgs),
     /// Serve the MCP server (tool profiles) on stdio or loopback HTTP.
     #[command(subcommand)]
     Mcp(mcp::McpCmd),
+    /// Configure MCP clients (Claude Code, Codex, Cursor, opencode) to use `pyro mcp serve`.
+    #[command(subcommand)]
+    Host(host_config::HostCmd),
     /// Measure cold start and exec round trips (median, p95) per available backend.
     Bench(bench::BenchArgs),
     /// JSON-RPC 2.0 over stdio (one JSON object per line), used by the Python SDK.
@@ -190,7 +197,24 @@ struct DoctorArgs {
     /// Platform to report (only linux-x86_64 is supported).
     #[arg(long, default_value = "linux-x86_64")]
     platform: String,
+    /// Also report whether this environment is ready (built, with a current warm
+    /// snapshot), cold (no snapshot), stale (snapshot of an older build) or missing.
+    #[arg(long, value_name = "ENV")]
+    environment: Option<String>,
     /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// Environment name (debian:12, debian:12-base, debian:12-build).
+    #[arg(default_value = "debian:12")]
+    environment: String,
+    /// VMM: auto, firecracker or qemu.
+    #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
+    backend: String,
+    /// Print the result as JSON on stdout (no progress on stderr).
     #[arg(long)]
     json: bool,
 }
@@ -425,10 +449,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Top::Env(cmd) => env_cmd(cmd).await,
         Top::Run(args) => run_cmd(args).await,
         Top::Workspace(cmd) => workspace::run(cmd).await,
-        Top::Doctor(args) => doctor::run(&args.platform, args.json).map_err(fail(args.json)),
+        Top::Doctor(args) => doctor::run(&args.platform, args.environment.as_deref(), args.json)
+            .map_err(fail(args.json)),
+        Top::Prepare(args) => prepare(args).await,
         Top::Demo(args) => demo(args).await.map_err(fail(true)),
         Top::Bench(args) => bench::run(args).await.map_err(fail(false)),
         Top::Mcp(cmd) => mcp::run(cmd).await,
+        Top::Host(cmd) => host_config::run(cmd).await,
         Top::Rpc(args) => rpc::run(args).await.map_err(fail(false)),
         Top::Catalogue => {
             let settings = || {
@@ -706,6 +733,27 @@ async fn run_cmd(args: RunArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::from((result.exit_code & 0xff) as u8))
+}
+
+/// `pyro prepare`: the environment and its warm snapshot, built now.
+async fn prepare(args: PrepareArgs) -> Result<ExitCode, Failure> {
+    let f = fail(args.json);
+    let pyro = open_pyro(Some(&args.backend)).map_err(&f)?;
+    let progress = progress_unless(args.json, &args.environment);
+    let started = std::time::Instant::now();
+    let r = pyro
+        .prepare_environment(&args.environment, progress)
+        .await
+        .map_err(|e| f(e.into()))?;
+    if args.json {
+        render::print_json(&r);
+    } else {
+        println!("Environment: {}", r.environment);
+        println!("State: {}", r.state.as_str());
+        println!("Detail: {}", r.detail);
+        println!("Elapsed: {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {

@@ -54,7 +54,8 @@
 //!
 //! Layout: this file holds the switches, constants and [`BootMode`]; `key.rs` the key,
 //! metadata and [`is_current`]; `cache.rs` the [`SnapshotStore`] and the build; `reseed.rs`
-//! the clone reseed; `disk.rs` [`copy_disk`] and file helpers; `error.rs` [`SnapshotError`];
+//! the clone reseed; `prepare.rs` [`crate::Pyro::prepare_environment`] and
+//! [`crate::Pyro::environment_readiness`] (`pyro prepare`, `pyro doctor --environment`); `disk.rs` [`copy_disk`] and file helpers; `error.rs` [`SnapshotError`];
 //! [`pool`] the pre-warmed pool.
 //!
 //! [`Backend::boot_for_snapshot`]: crate::backend::Backend::boot_for_snapshot
@@ -69,12 +70,14 @@ mod disk;
 mod error;
 mod key;
 pub mod pool;
+mod prepare;
 mod reseed;
 
 pub use cache::{BuildContext, SnapshotStore};
 pub use disk::copy_disk;
 pub use error::SnapshotError;
 pub use key::{Snapshot, SnapshotKey, SnapshotMeta, is_current};
+pub use prepare::{EnvironmentReadiness, Readiness};
 pub use reseed::{reseed, reseed_with};
 
 /// Environment variable that turns warm snapshots off when set to `0`, `false`, `no` or
