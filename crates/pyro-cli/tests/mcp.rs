@@ -1488,3 +1488,67 @@ async fn malformed_http_bodies_get_json_rpc_errors() {
         (json!(-32600), json!(5))
     );
 }
+
+/// Regression test: `notifications/cancelled` for a running `workspace_exec` did not stop it;
+/// the command ran to its end in the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_exec_is_killed_in_the_guest() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("workspace-core", &[], work.path()).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    let call =
+        rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "sleep 35; touch /workspace/done"}),
+        )));
+    let handle = s
+        .client
+        .peer()
+        .send_cancellable_request(call, rmcp::service::PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&s, &id).await == 0 {
+        assert!(Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    let cancelled = Instant::now();
+    loop {
+        if sleeping(&s, &id).await == 0 {
+            break;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(10),
+            "`sleep 35` still runs in the guest 10 s after the call was cancelled; server log:\n{}",
+            std::fs::read_to_string(s._state.path().join("server.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "test -e /workspace/done && echo yes || echo no"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "no\n");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}
+
+/// How many processes of workspace `id` have a command line starting with `sleep 35`.
+async fn sleeping(s: &Server, id: &str) -> u32 {
+    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done \
+                 | grep -c '^sleep 35' || true";
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": count}),
+        )
+        .await;
+    r["stdout"].as_str().unwrap().trim().parse().unwrap()
+}
