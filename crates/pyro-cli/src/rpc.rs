@@ -16,7 +16,7 @@
 //! | code | when | `data.kind` |
 //! |---|---|---|
 //! | -32700 | a line that is not JSON | — |
-//! | -32600 | not a JSON-RPC 2.0 request object (batches are not supported) | — |
+//! | -32600 | not a JSON-RPC 2.0 request object (batches are not supported), or a line over 24 MiB ([`MAX_MESSAGE_BYTES`]; its `id` is looked for in its first 64 KiB) | — |
 //! | -32601 | unknown method | — |
 //! | -32602 | unknown, missing or ill-typed parameter | `invalid_input` |
 //! | -32603 | the request's task panicked (a bug) | `runtime` |
@@ -38,6 +38,7 @@ use std::time::Instant;
 use clap::Args;
 use pyro_core::ops::{Ctx, Op, ParseError, on_own_thread};
 use pyro_core::{CoreError, ProgressEvent, ProgressFn, Pyro};
+use pyro_mcp::framing::{MAX_MESSAGE_BYTES, sniff_id};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -164,27 +165,72 @@ fn spawn_writer() -> std::io::Result<(Out, std::thread::JoinHandle<()>)> {
     Ok((Out(tx), handle))
 }
 
-/// Starts the stdin reader thread: each line (without its `\n`) is sent to the returned
-/// channel, which closes at end of input.
-fn spawn_reader() -> std::io::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+/// One line of input.
+#[derive(Debug, PartialEq)]
+enum InLine {
+    /// A line without its `\n`.
+    Line(Vec<u8>),
+    /// A line over [`MAX_MESSAGE_BYTES`], not kept: its first 64 KiB and its length.
+    TooLong { prefix: Vec<u8>, len: usize },
+}
+
+/// How much of an oversized line is kept to find its `id`.
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// Reads one line of at most `max` bytes (`None` at the end of input); a longer one is
+/// consumed to its end without being kept.
+fn read_bounded_line(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<InLine>> {
+    let mut line = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let available = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let done = available.is_empty();
+        let newline = available.iter().position(|b| *b == b'\n');
+        let take = newline.unwrap_or(available.len());
+        len += take;
+        let keep = if len > max {
+            take.min(SNIFF_BYTES.saturating_sub(line.len()))
+        } else {
+            take
+        };
+        line.extend_from_slice(&available[..keep]);
+        if len > max {
+            line.truncate(SNIFF_BYTES);
+        }
+        r.consume(take + usize::from(newline.is_some()));
+        if newline.is_some() || done {
+            if done && len == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(if len > max {
+                InLine::TooLong { prefix: line, len }
+            } else {
+                InLine::Line(line)
+            }));
+        }
+    }
+}
+
+/// Starts the stdin reader thread: each line is sent to the returned channel, which closes
+/// at end of input.
+fn spawn_reader() -> std::io::Result<mpsc::UnboundedReceiver<InLine>> {
+    let (tx, rx) = mpsc::unbounded_channel::<InLine>();
     std::thread::Builder::new()
         .name("rpc-stdin".into())
         .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
+            let mut stdin = std::io::BufReader::with_capacity(256 * 1024, std::io::stdin());
             loop {
-                let mut line = Vec::new();
-                match stdin.read_until(b'\n', &mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if line.last() == Some(&b'\n') {
-                            line.pop();
-                        }
+                match read_bounded_line(&mut stdin, MAX_MESSAGE_BYTES) {
+                    Ok(None) => break,
+                    Ok(Some(line)) => {
                         if tx.send(line).is_err() {
                             break;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::warn!("rpc: cannot read stdin: {e}");
                         break;
@@ -280,7 +326,17 @@ async fn serve_all(pyro: Arc<Pyro>) -> anyhow::Result<ExitCode> {
     let interrupted = loop {
         tokio::select! {
             line = input.recv(), if reading => match line {
-                Some(line) => match parse_line(&line) {
+                Some(InLine::TooLong { prefix, len }) => {
+                    let id = sniff_id(&prefix).unwrap_or(Value::Null);
+                    out.respond(&id, Err(RpcError::new(
+                        INVALID_REQUEST,
+                        format!(
+                            "the request is {len} bytes, over the limit of \
+                             {MAX_MESSAGE_BYTES} bytes (24 MiB) per line"
+                        ),
+                    )));
+                }
+                Some(InLine::Line(line)) => match parse_line(&line) {
                     Ok(Some(req)) => {
                         tasks.spawn(serve(pyro.clone(), out.clone(), req, cancelled.clone()));
                     }
@@ -424,6 +480,52 @@ mod tests {
         match parse(line) {
             Err(e) => e,
             Ok(_) => panic!("`{line}` parsed"),
+        }
+    }
+
+    #[test]
+    fn lines_are_bounded_and_an_oversized_one_keeps_its_beginning() {
+        let mut input = br#"{"jsonrpc":"2.0","id":"big","params":{"x":""#.to_vec();
+        input.extend(std::iter::repeat_n(b'x', 200_000));
+        let first = input.len();
+        input.extend_from_slice(b"\nshort\nlast");
+        let mut r = std::io::BufReader::with_capacity(4096, &input[..]);
+        let Some(InLine::TooLong { prefix, len }) = read_bounded_line(&mut r, 100_000).unwrap()
+        else {
+            panic!("not refused")
+        };
+        assert_eq!((prefix.len(), len), (SNIFF_BYTES, first));
+        assert_eq!(sniff_id(&prefix), Some(json!("big")));
+        let next = read_bounded_line(&mut r, 100_000).unwrap();
+        assert_eq!(next, Some(InLine::Line(b"short".to_vec())));
+        let next = read_bounded_line(&mut r, 100_000).unwrap();
+        assert_eq!(next, Some(InLine::Line(b"last".to_vec())));
+        assert_eq!(read_bounded_line(&mut r, 100_000).unwrap(), None);
+    }
+
+    /// A 1 MiB command is `invalid_input` naming `command`, and the message does not echo it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_huge_command_is_invalid_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let pyro = test_pyro(dir.path());
+        let huge = "y".repeat(1 << 20);
+        for (m, p) in [
+            (
+                "exec_workspace",
+                json!({"workspace_id": "0123456789ab", "command": huge}),
+            ),
+            (
+                "run_in_vm",
+                json!({"environment": "debian:12", "command": huge}),
+            ),
+            ("exec_vm", json!({"vm_id": "v", "command": [huge]})),
+        ] {
+            let e = call(&pyro, m, p, pyro_core::no_progress())
+                .await
+                .unwrap_err();
+            assert_eq!(e.data, Some(json!({"kind": "invalid_input"})), "{m}");
+            assert!(e.message.contains("command"), "{m}: {}", e.message);
+            assert!(e.message.len() < 1_000, "{m}: {}", e.message.len());
         }
     }
 

@@ -612,8 +612,11 @@ async fn refused_host_paths_and_bad_arguments_are_tool_errors() {
     assert!(e.contains("[not_found]"), "{e}");
     let e = s.err("vm_status", json!({"vm_id": "nope"})).await;
     assert!(e.contains("[not_found]"), "{e}");
-    let e = s.err("shell_open", json!({})).await;
-    assert!(e.contains("no tool `shell_open`"), "{e}");
+    let e = s.err("shell_spawn", json!({})).await;
+    assert!(
+        e.starts_with("shell_spawn failed [invalid_input]: no such tool."),
+        "{e}"
+    );
     let core = start("workspace-core", &[&root], work.path()).await;
     let e = core
         .err("vm_create", json!({"environment": "debian:12"}))
@@ -1103,4 +1106,449 @@ async fn a_five_minute_readiness_wait_is_answered_with_progress_all_along() {
     assert_eq!(stopped["stop_reason"], "sigterm");
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
+}
+
+/// `pyro mcp serve` on stdio driven by hand: raw lines in, JSON lines out, for what no SDK
+/// client would send.
+struct RawServer {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Answers read while waiting for another id.
+    early: Vec<Value>,
+    _state: tempfile::TempDir,
+}
+
+impl RawServer {
+    /// Started and initialized.
+    async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let state = tempfile::Builder::new()
+            .prefix("pyro-mcp-raw-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(state.path().join("server.log")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyro"))
+            .args(["mcp", "serve", "--profile", "workspace-full"])
+            .current_dir(state.path())
+            .env("PYRO_STATE_DIR", state.path())
+            .env("PYRO_LOG", "info")
+            .env_remove("PYRO_BACKEND")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Self {
+            child,
+            stdin,
+            lines,
+            early: Vec::new(),
+            _state: state,
+        };
+        s.send_json(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        )
+        .await;
+        let init = s.answer(json!(0)).await;
+        assert!(init["result"]["serverInfo"].is_object(), "{init}");
+        s.send_json(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        s
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(bytes).await.unwrap();
+        self.stdin.write_all(b"\n").await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn send_json(&mut self, v: Value) {
+        self.send(v.to_string().as_bytes()).await;
+    }
+
+    /// The answer with this `id` (responses come in completion order).
+    async fn answer(&mut self, id: Value) -> Value {
+        if let Some(i) = self.early.iter().position(|v| v["id"] == id) {
+            return self.early.remove(i);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no answer with id {id} in 30 s"))
+                .unwrap()
+                .expect("the server closed its output");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v.get("method").is_some() {
+                continue; // a notification
+            }
+            if v["id"] == id {
+                return v;
+            }
+            self.early.push(v);
+        }
+    }
+
+    /// The error of the answer with this id: code and message.
+    async fn error(&mut self, id: Value) -> (i64, String) {
+        let v = self.answer(id).await;
+        let e = &v["error"];
+        assert!(e.is_object(), "not an error: {v}");
+        (
+            e["code"].as_i64().unwrap(),
+            e["message"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+/// Regression test: rmcp's stdio transport answered nothing to a line that is not JSON or
+/// one over 16 MiB, answered a message of the wrong shape without its id, and took bad
+/// `tools/call` params for an unknown method (-32601).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_on_stdio_are_answered_with_their_code_and_id() {
+    let mut s = RawServer::start().await;
+    s.send(b"this is not json").await;
+    let (code, _) = s.error(Value::Null).await;
+    assert_eq!(code, -32700);
+
+    let bad = [
+        (
+            1,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 5}}),
+            -32602,
+        ),
+        (
+            2,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "vm_run", "arguments": "x"}}),
+            -32602,
+        ),
+        (
+            3,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": [1]}),
+            -32602,
+        ),
+        (
+            4,
+            json!({"jsonrpc": "1.0", "id": 4, "method": "ping"}),
+            -32600,
+        ),
+        (5, json!({"jsonrpc": "2.0", "id": 5, "method": 17}), -32600),
+        (
+            6,
+            json!({"jsonrpc": "2.0", "id": 6, "method": "no/such/method"}),
+            -32601,
+        ),
+    ];
+    for (id, msg, _) in &bad {
+        let _ = id;
+        s.send_json(msg.clone()).await;
+    }
+    for (id, msg, code) in bad {
+        let (got, message) = s.error(json!(id)).await;
+        assert_eq!(got, code, "{msg}: {message}");
+    }
+
+    // Over the 24 MiB limit: refused with the id found in its first bytes.
+    let mut huge = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"workspace_file_write","arguments":{"workspace_id":"0123456789ab","path":"a","text":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 25 << 20));
+    huge.extend_from_slice(b"\"}}}");
+    s.send(&huge).await;
+    let (code, message) = s.error(json!(7)).await;
+    assert_eq!(code, -32600, "{message}");
+    assert!(message.contains("limit"), "{message}");
+
+    // 16 MiB of content (the file write limit) is taken: the call reaches the core.
+    let mut big = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"workspace_file_write","arguments":{"workspace_id":"0123456789ab","path":"a","text":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 16 << 20));
+    big.extend_from_slice(b"\"}}}");
+    s.send(&big).await;
+    let r = s.answer(json!(8)).await;
+    let text = r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("[not_found]"), "{r}");
+
+    // Still serving.
+    s.send_json(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+        .await;
+    assert!(s.answer(json!(9)).await["result"].is_object());
+    drop(s.stdin);
+    let status = tokio::time::timeout(Duration::from_secs(30), s.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Regression tests: an unknown tool's name was echoed twice; a 1 MiB command was a
+/// `[runtime]` frame-limit error; errors echoed unbounded input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_arguments_are_invalid_input_and_errors_stay_small() {
+    let mut s = RawServer::start().await;
+    let call = |id: i64, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": name, "arguments": args}})
+    };
+    let huge = "y".repeat(1 << 20);
+    let cases = [
+        (call(1, "no_such_tool", json!({})), "no such tool"),
+        (call(2, &huge, json!({})), "no such tool"),
+        (
+            call(
+                3,
+                "workspace_exec",
+                json!({"workspace_id": "0123456789ab", "command": huge}),
+            ),
+            "[invalid_input]: invalid command",
+        ),
+        (
+            call(
+                4,
+                "vm_run",
+                json!({"environment": "debian:12", "command": huge}),
+            ),
+            "[invalid_input]: invalid command",
+        ),
+        (
+            call(
+                5,
+                "shell_write",
+                json!({"workspace_id": "w", "shell_id": "s", "input": huge}),
+            ),
+            "[invalid_input]: invalid input",
+        ),
+        (
+            call(6, "workspace_status", json!({"workspace_id": huge})),
+            "[not_found]",
+        ),
+        (
+            call(
+                7,
+                "workspace_file_read",
+                json!({"workspace_id": "0123456789ab", "path": huge}),
+            ),
+            "[not_found]",
+        ),
+        (
+            call(
+                8,
+                "vm_run",
+                json!({"environment": "debian:12", "command": "true", "vcpu_count": huge}),
+            ),
+            "[invalid_input]",
+        ),
+        (
+            call(
+                9,
+                "workspace_exec",
+                json!({"workspace_id": "0123456789ab", "command": [huge]}),
+            ),
+            "[invalid_input]",
+        ),
+    ];
+    for (msg, _) in &cases {
+        s.send_json(msg.clone()).await;
+    }
+    for (msg, want) in cases {
+        let id = msg["id"].clone();
+        let r = s.answer(id.clone()).await;
+        assert_eq!(r["result"]["isError"], json!(true), "{id}: {r:.300}");
+        let text = r["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains(want), "{id}: {text:.600}");
+        assert!(
+            text.len() < 2_000,
+            "{id}: {} bytes: {text:.600}",
+            text.len()
+        );
+        if id == json!(1) {
+            assert_eq!(text.matches("no_such_tool").count(), 1, "{text}");
+        }
+    }
+}
+
+/// One HTTP/1.1 POST to `addr` over a fresh connection: the status and the body.
+async fn http_post(addr: &str, body: Vec<u8>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    // Written beside the read: the server may answer a body it refuses before reading it.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+        let _ = wr.flush().await;
+        wr
+    });
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut raw))
+        .await
+        .expect("no HTTP answer in 60 s")
+        .ok();
+    writer.abort();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:.300}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Regression test: over HTTP rmcp answered a non-JSON body with 415 and a body over 4 MiB
+/// with 413, both in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_bodies_get_json_rpc_errors() {
+    use tokio::io::AsyncBufReadExt;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyro"))
+        .args(["mcp", "serve", "--http", "127.0.0.1:0"])
+        .current_dir(state.path())
+        .env("PYRO_STATE_DIR", state.path())
+        .env_remove("PYRO_BACKEND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), err.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server exited");
+        if let Some(url) = line.split("listening on http://").nth(1) {
+            break url.trim_end_matches("/mcp").to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+
+    let (status, body) = http_post(&addr, b"this is not json".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32700), Value::Null)
+    );
+
+    let bad = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": 5}});
+    let (status, body) = http_post(&addr, bad.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32602), json!(3))
+    );
+
+    let (status, body) = http_post(&addr, br#"{"jsonrpc":"2.0","id":4}"#.to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32600), json!(4))
+    );
+
+    // 5 MiB (over rmcp's 4 MiB) is taken: an initialize with a large `_meta`.
+    let pad = "p".repeat(5 << 20);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}, "_meta": {"pad": pad}}});
+    let (status, body) = http_post(&addr, init.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{body:.300}");
+    assert!(body.contains("serverInfo"), "{body:.300}");
+
+    // Over 24 MiB: 413 with a JSON-RPC error carrying the id.
+    let mut huge = br#"{"jsonrpc":"2.0","id":5,"method":"ping","params":{"x":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 25 << 20));
+    huge.extend_from_slice(b"\"}}");
+    let (status, body) = http_post(&addr, huge).await;
+    assert_eq!(status, 413, "{body:.300}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["error"]["code"].clone(), v["id"].clone()),
+        (json!(-32600), json!(5))
+    );
+}
+
+/// Regression test: `notifications/cancelled` for a running `workspace_exec` did not stop it;
+/// the command ran to its end in the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_exec_is_killed_in_the_guest() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("workspace-core", &[], work.path()).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    let call =
+        rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "sleep 35; touch /workspace/done"}),
+        )));
+    let handle = s
+        .client
+        .peer()
+        .send_cancellable_request(call, rmcp::service::PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping(&s, &id).await == 0 {
+        assert!(Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    let cancelled = Instant::now();
+    loop {
+        if sleeping(&s, &id).await == 0 {
+            break;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(10),
+            "`sleep 35` still runs in the guest 10 s after the call was cancelled; server log:\n{}",
+            std::fs::read_to_string(s._state.path().join("server.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "test -e /workspace/done && echo yes || echo no"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "no\n");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}
+
+/// How many processes of workspace `id` have a command line starting with `sleep 35`.
+async fn sleeping(s: &Server, id: &str) -> u32 {
+    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done \
+                 | grep -c '^sleep 35' || true";
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": count}),
+        )
+        .await;
+    r["stdout"].as_str().unwrap().trim().parse().unwrap()
 }

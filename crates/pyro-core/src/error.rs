@@ -45,7 +45,7 @@ pub enum CoreError {
         reason: String,
     },
     /// No VM with this id exists in this process.
-    #[error("unknown vm `{id}`")]
+    #[error("unknown vm `{}`", one_line(id))]
     VmNotFound {
         /// The id asked for.
         id: String,
@@ -63,7 +63,7 @@ pub enum CoreError {
         needed: &'static str,
     },
     /// No workspace with this id exists.
-    #[error("unknown workspace `{id}`")]
+    #[error("unknown workspace `{}`", one_line(id))]
     WorkspaceNotFound {
         /// The id asked for.
         id: String,

@@ -210,7 +210,7 @@ pub enum Command {
     /// argv, run directly.
     Argv(Vec<String>),
     /// Run by /bin/sh -c.
-    Shell(String),
+    Shell(#[schemars(length(max = 131072))] String),
 }
 
 impl Command {

@@ -1,6 +1,6 @@
 //! Tool failures: every failure of a tool call, argument errors included, becomes a tool
-//! result with `isError: true` whose text a model can act on. Protocol errors are kept for
-//! requests that cannot be routed at all (an unknown tool name).
+//! result with `isError: true` whose text a model can act on, an unknown tool name included.
+//! Protocol errors are kept for messages that are not a well-formed request (`framing.rs`).
 
 use pyro_core::CoreError;
 use rmcp::model::{CallToolResult, ContentBlock};

@@ -20,9 +20,12 @@
 //!
 //! Transports: any `AsyncRead + AsyncWrite` pair through [`PyroMcp::serve`] (the CLI passes
 //! stdin and a private duplicate of stdout), and, with the `http` feature, Streamable HTTP on
-//! a loopback address through [`serve_http`].
+//! a loopback address through [`serve_http`]. Both check every incoming message with our own
+//! framing ([`framing`]) before rmcp sees it, so a malformed one is answered with the right
+//! JSON-RPC code and its `id`, and messages up to [`framing::MAX_MESSAGE_BYTES`] are taken.
 
 mod error;
+pub mod framing;
 #[cfg(feature = "http")]
 mod http;
 mod profile;
@@ -124,7 +127,9 @@ impl PyroMcp {
         R: tokio::io::AsyncRead + Send + Unpin + 'static,
         W: tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let running = ServiceExt::serve(self, (reader, writer))
+        // Our framing, not rmcp's: malformed lines get answers with their id (`framing.rs`).
+        let transport = framing::LineTransport::new(reader, writer);
+        let running = ServiceExt::serve(self, transport)
             .await
             .map_err(|e| ServeError(format!("MCP initialization failed: {e}")))?;
         running
@@ -140,30 +145,30 @@ impl PyroMcp {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let name = request.name.as_ref();
-        let Some(tool) = self
-            .inner
-            .tools
-            .iter()
-            .map(|(t, _)| *t)
-            .find(|t| t.name() == name)
+        let Some((tool, definition)) = self.inner.tools.iter().find(|(t, _)| t.name() == name)
         else {
+            // The name once (in the prefix), cut to a bounded length.
             let offered: Vec<&str> = self.inner.tools.iter().map(|(t, _)| t.name()).collect();
             let why = match ToolId::from_name(name) {
                 Some(t) => format!(
-                    "tool `{name}` is not offered by profile {}; the operator can start the \
-                     server with --profile {}",
+                    "not offered by profile {}; the operator can start the server with \
+                     --profile {}",
                     self.inner.profile,
                     t.tier()
                 ),
-                None => format!("there is no tool `{name}`"),
+                None => "no such tool".into(),
             };
             return error::ToolError::invalid(format!(
                 "{why}. Tools offered: {}",
                 offered.join(", ")
             ))
-            .into_result(name);
+            .into_result(&pyro_core::error::one_line(name));
         };
+        let tool = *tool;
         let args: JsonObject = request.arguments.unwrap_or_default();
+        if let Err(e) = tools::check_limits(tool, &definition.input_schema, &args) {
+            return e.into_result(name);
+        }
         let progress = progress::Progress::start(
             name,
             context.meta.get_progress_token(),
@@ -175,12 +180,20 @@ impl PyroMcp {
         let started = std::time::Instant::now();
         tracing::info!(tool = name, "tool call");
         // On a thread of its own (`on_own_thread`): the core's synchronous sections (SQLite,
-        // hashing, file copies) never hold up the runtime's workers or another call; a panic
-        // becomes an error result instead of a request that never gets an answer; and a
-        // client that goes away does not cut an operation short.
+        // hashing, file copies) never hold up the runtime's workers or another call, and a
+        // panic becomes an error result instead of a request that never gets an answer.
+        // rmcp cancels the request's token on `notifications/cancelled` (and when the
+        // session ends): the call's future is then dropped at its next await, which drops
+        // its agent stream, and the agent kills the command's process tree.
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let ct = context.ct.clone();
+        let watcher = tokio::spawn(async move {
+            ct.cancelled().await;
+            let _ = cancel.send(true);
+        });
         let inner = self.inner.clone();
         let sink = progress.sink();
-        let task = pyro_core::ops::on_own_thread(None, move || async move {
+        let task = pyro_core::ops::on_own_thread(Some(cancelled), move || async move {
             let cx = pyro_core::ops::Ctx {
                 progress: sink,
                 paths: pyro_core::ops::PathPolicy::Confined(inner.roots.clone()),
@@ -188,14 +201,25 @@ impl PyroMcp {
             };
             tools::call(tool, inner.profile, args, &inner.pyro, &cx).await
         });
-        let outcome = match task.await {
+        let outcome = task.await;
+        watcher.abort();
+        let outcome = match outcome {
             Ok(Some(r)) => r,
-            // Without a cancel signal a call is never abandoned; the runtime is going away.
-            Ok(None) => Err(error::ToolError {
-                kind: "runtime".into(),
-                message: "the server is shutting down".into(),
-                data: None,
-            }),
+            Ok(None) => {
+                // Nobody reads this answer (rmcp drops a cancelled request's response).
+                progress.finish().await;
+                tracing::info!(
+                    tool = name,
+                    ms = started.elapsed().as_millis(),
+                    "tool call cancelled by the client"
+                );
+                return error::ToolError {
+                    kind: "cancelled".into(),
+                    message: "the client cancelled the call".into(),
+                    data: None,
+                }
+                .into_result(name);
+            }
             Err(e) => Err(error::ToolError {
                 kind: "runtime".into(),
                 message: format!("internal error in pyro ({e}); the server is still running"),

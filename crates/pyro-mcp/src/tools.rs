@@ -657,9 +657,11 @@ fn trim_input_schema(v: &mut Value) {
 
 /// Output schemas say what each field is: [`trim_common`], and no `required` lists (the
 /// server always writes every field but the ones marked optional), no `minimum`/`maximum`
-/// that only restate an integer's width (`u8` is at most 255), no `items: true` (any item,
-/// the default), and no description on a nested object (the type's Rust doc; the field that
-/// holds it says what it is).
+/// that only restate an integer's width (`u8` is at most 255), and no description on a
+/// nested object (the type's Rust doc; the field that holds it says what it is). Boolean
+/// subschemas, which strict checkers (the MCP Inspector's `--strict`) refuse, go: `items:
+/// true` (any item) becomes `items: {}`, and `additionalProperties: true` (the default) is
+/// dropped.
 fn trim_output_schema(v: &mut Value) {
     each_schema(v, &mut |m| {
         trim_common(m);
@@ -667,7 +669,10 @@ fn trim_output_schema(v: &mut Value) {
             m.remove(k);
         }
         if m.get("items") == Some(&Value::Bool(true)) {
-            m.remove("items");
+            m.insert("items".into(), Value::Object(JsonObject::new()));
+        }
+        if m.get("additionalProperties") == Some(&Value::Bool(true)) {
+            m.remove("additionalProperties");
         }
         if m.contains_key("properties") {
             m.remove("description");
@@ -719,6 +724,52 @@ fn output_schema(op: &OpInfo) -> JsonObject {
         }
         _ => JsonObject::new(),
     }
+}
+
+/// Refuses an argument over a `maxLength` (characters) or `maxItems` its tool's input
+/// `schema` advertises, before anything is parsed or echoed: the limits a client reads are
+/// the ones enforced, and an oversized value is `invalid_input` naming its field. The core
+/// checks the same limits for every face; this answers first, without copying the value.
+pub(crate) fn check_limits(
+    tool: ToolId,
+    schema: &JsonObject,
+    args: &JsonObject,
+) -> Result<(), ToolError> {
+    let Some(Value::Object(props)) = schema.get("properties") else {
+        return Ok(());
+    };
+    for (field, value) in args {
+        let Some(Value::Object(s)) = props.get(field) else {
+            continue;
+        };
+        // The field's own schema, or the member of its `anyOf` of the value's type.
+        let members: Vec<&JsonObject> = match s.get("anyOf") {
+            Some(Value::Array(any)) => any.iter().filter_map(Value::as_object).collect(),
+            _ => vec![s],
+        };
+        for m in members {
+            let limit = |key: &str| m.get(key).and_then(Value::as_u64);
+            let (n, max, unit) = match value {
+                Value::String(text) => match limit("maxLength") {
+                    Some(max) => (text.chars().count() as u64, max, "characters"),
+                    None => continue,
+                },
+                Value::Array(items) => match limit("maxItems") {
+                    Some(max) => (items.len() as u64, max, "items"),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if n > max {
+                return Err(ToolError::invalid(format!(
+                    "invalid {field}: {n} {unit}, over the limit of {max} \
+                     (see {}'s input schema)",
+                    tool.name()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs one tool: its arguments parsed as its operation's request, run by the core, the

@@ -82,3 +82,112 @@ fn the_rendering_is_stable() {
         assert_eq!(rendered(p), rendered(p), "{p}");
     }
 }
+
+/// What a strict schema checker (the MCP Inspector's `--strict`, OpenAI's and Gemini's
+/// function schemas) refuses, found in `schema` at `at`: a bare boolean subschema (only
+/// `additionalProperties: false` is allowed), `items` that is not one object schema, an
+/// array without `items`, a `required` name without a property, `$ref`s.
+fn strictness_problems(schema: &Value, at: &str, problems: &mut Vec<String>) {
+    let Value::Object(m) = schema else {
+        problems.push(format!("{at}: a subschema must be an object, not {schema}"));
+        return;
+    };
+    for key in ["$ref", "$defs", "prefixItems", "definitions"] {
+        if m.contains_key(key) {
+            problems.push(format!("{at}: `{key}`"));
+        }
+    }
+    let types: Vec<&str> = match m.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    match m.get("items") {
+        Some(items @ Value::Object(_)) => {
+            strictness_problems(items, &format!("{at}.items"), problems)
+        }
+        Some(other) => problems.push(format!("{at}.items: must be an object, not {other}")),
+        None if types.contains(&"array") => problems.push(format!("{at}: array without items")),
+        None => {}
+    }
+    match m.get("additionalProperties") {
+        None | Some(Value::Bool(false)) => {}
+        Some(s @ Value::Object(_)) => {
+            strictness_problems(s, &format!("{at}.additionalProperties"), problems)
+        }
+        Some(other) => problems.push(format!("{at}.additionalProperties: {other}")),
+    }
+    let props = match m.get("properties") {
+        Some(Value::Object(p)) => {
+            for (k, s) in p {
+                strictness_problems(s, &format!("{at}.{k}"), problems);
+            }
+            Some(p)
+        }
+        Some(other) => {
+            problems.push(format!("{at}.properties: {other}"));
+            None
+        }
+        None => None,
+    };
+    if let Some(Value::Array(req)) = m.get("required") {
+        for r in req {
+            let known = r
+                .as_str()
+                .is_some_and(|r| props.is_some_and(|p| p.contains_key(r)));
+            if !known {
+                problems.push(format!("{at}: required {r} has no property"));
+            }
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        match m.get(key) {
+            Some(Value::Array(members)) => {
+                for (i, s) in members.iter().enumerate() {
+                    strictness_problems(s, &format!("{at}.{key}[{i}]"), problems);
+                }
+            }
+            Some(other) => problems.push(format!("{at}.{key}: {other}")),
+            None => {}
+        }
+    }
+    if let Some(s) = m.get("not") {
+        strictness_problems(s, &format!("{at}.not"), problems);
+    }
+}
+
+/// Regression test: `secrets.items` was a bare `true` in an output schema, which the
+/// Inspector's `--strict` check refuses. Every schema of every tool of every profile must be
+/// portable to strict checkers.
+#[test]
+fn every_schema_is_strict_portable() {
+    let mut problems = Vec::new();
+    for p in Profile::ALL {
+        for t in ToolId::for_profile(p) {
+            let d = t.definition(p);
+            let input = Value::Object((*d.input_schema).clone());
+            strictness_problems(&input, &format!("{p} {} input", d.name), &mut problems);
+            let output = Value::Object(d.output_schema.as_deref().cloned().unwrap_or_default());
+            strictness_problems(&output, &format!("{p} {} output", d.name), &mut problems);
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_walker_finds_what_strict_checkers_refuse() {
+    let mut problems = Vec::new();
+    let bad = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "a": {"type": "array", "items": true},
+            "b": {"type": "array"},
+            "c": {"type": "object", "additionalProperties": true},
+            "d": true,
+            "e": {"anyOf": [{"type": "string"}, true]}
+        },
+        "required": ["a", "z"]
+    });
+    strictness_problems(&bad, "t", &mut problems);
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+}

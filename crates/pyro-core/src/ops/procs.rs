@@ -90,6 +90,7 @@ impl Operation for ReadShellRequest {
 pub struct WriteShellRequest {
     pub workspace_id: String,
     pub shell_id: String,
+    #[schemars(length(max = 131072))]
     pub input: String,
     #[serde(default = "d::yes")]
     pub append_newline: bool,
@@ -241,6 +242,7 @@ pub struct StartServiceRequest {
     pub workspace_id: String,
     pub service_name: String,
     /// Run by /bin/sh -c.
+    #[schemars(length(max = 131072))]
     pub command: String,
     /// Must exist.
     #[serde(default = "d::workspace_root")]

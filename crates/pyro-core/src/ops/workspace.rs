@@ -375,7 +375,8 @@ pub struct WriteWorkspaceFile {
     pub workspace_id: String,
     /// File in /workspace.
     pub path: String,
-    /// The whole new content (at most 16 MiB).
+    /// The whole new content.
+    #[schemars(length(max = 16777216))]
     pub text: String,
 }
 
@@ -395,6 +396,7 @@ impl Operation for WriteWorkspaceFile {
 pub struct ApplyWorkspacePatch {
     pub workspace_id: String,
     /// Unified diff (git diff works); paths relative to /workspace, a/ b/ prefixes optional.
+    #[schemars(length(max = 16777216))]
     pub patch: String,
 }
 
