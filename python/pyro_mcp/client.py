@@ -510,6 +510,12 @@ class Pyro:
             output_path=_path(output_path),
         )
 
+    def summarize_workspace(self, workspace_id: str) -> Result:
+        """What happened since the last reset, bounded: the newest commands with exit codes,
+        file writes, patches, syncs, exports, shells and services, and (while started) the
+        current changes against the baseline."""
+        return self._call("summarize_workspace", workspace_id=workspace_id)
+
     def diff_workspace(self, workspace_id: str) -> Result:
         """Changes against the create-time baseline, with a git-applicable ``patch``."""
         return self._call("diff_workspace", workspace_id=workspace_id)

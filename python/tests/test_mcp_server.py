@@ -59,6 +59,7 @@ CORE = [
     "workspace_file_read",
     "workspace_file_write",
     "workspace_patch_apply",
+    "workspace_summary",
     "workspace_reset",
     "workspace_delete",
 ]
@@ -95,7 +96,7 @@ PROFILES: Dict[str, List[str]] = {
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
 # workspace-full grows with the features only it offers (network allowlists, secrets, shells
 # and services).
-BUDGET = {"vm-run": 3_000, "workspace-core": 24_000, "workspace-full": 60_000}
+BUDGET = {"vm-run": 3_000, "workspace-core": 26_000, "workspace-full": 64_000}
 
 
 def _server_env(tmp: Path) -> Dict[str, str]:

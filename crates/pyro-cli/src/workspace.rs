@@ -37,6 +37,8 @@ pub enum WorkspaceCmd {
     Patch(PatchCmd),
     /// Show changes against the create-time baseline (a git-applicable patch).
     Diff(WsJson),
+    /// What happened since the last reset: commands, edits, shells, services, changes.
+    Summary(WsJson),
     /// Copy a path out of the workspace to the host.
     Export(ExportArgs),
     /// Go back to the create-time baseline (fresh disk, baseline tree, empty history).
@@ -540,6 +542,49 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     }
 }
 
+fn print_summary(s: &pyro_core::WorkspaceSummaryResult) {
+    println!(
+        "Workspace {} ({}), since {}",
+        s.workspace_id, s.state, s.since
+    );
+    println!(
+        "Commands: {} ({} failed)",
+        s.command_count, s.failed_command_count
+    );
+    for c in &s.commands {
+        println!(
+            "  #{} exit_code={} duration_ms={}{} {}",
+            c.sequence,
+            c.exit_code,
+            c.duration_ms,
+            if c.timed_out { " timed_out" } else { "" },
+            c.command
+        );
+    }
+    println!("Events: {}", s.events_total);
+    for e in &s.events {
+        println!("  {} {}", e.kind, e.detail);
+    }
+    if !s.services.is_empty() {
+        println!("Services: {}", s.services.join(", "));
+    }
+    match &s.changes {
+        Some(c) => {
+            println!(
+                "Changes: {} ({} added, {} modified, {} deleted)",
+                c.total, c.added, c.modified, c.deleted
+            );
+            for p in &s.changed_paths {
+                println!("  {p}");
+            }
+        }
+        None => println!(
+            "Changes: {}",
+            s.changes_note.as_deref().unwrap_or("unknown")
+        ),
+    }
+}
+
 fn show(json: bool, action: &str, w: &WorkspaceInfo) {
     if json {
         render::print_json(w);
@@ -645,6 +690,19 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             show(a.json, "Workspace", &w);
         }
         WorkspaceCmd::Exec(a) => return exec(a).await,
+        WorkspaceCmd::Summary(a) => {
+            let f = fail(a.json);
+            let pyro = open_pyro(None).map_err(&f)?;
+            let s = pyro
+                .summarize_workspace(&a.workspace_id)
+                .await
+                .map_err(|e| f(e.into()))?;
+            if a.json {
+                render::print_json(&s);
+            } else {
+                print_summary(&s);
+            }
+        }
         WorkspaceCmd::Shell(cmd) => return crate::procs::shell(cmd).await,
         WorkspaceCmd::Service(cmd) => return crate::procs::service(cmd).await,
         WorkspaceCmd::Logs(a) => {

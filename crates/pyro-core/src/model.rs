@@ -394,3 +394,41 @@ pub struct ServiceLogs {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
 }
+
+/// One command in a workspace summary.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct SummaryCommand {
+    pub sequence: u64,
+    pub command: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+}
+
+/// What happened in a workspace since its creation or last reset (`workspace_summary`).
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct WorkspaceSummaryResult {
+    pub workspace_id: String,
+    pub state: String,
+    /// Creation or last reset (unix time).
+    pub since: f64,
+    pub command_count: u64,
+    /// Commands that exited non-zero.
+    pub failed_command_count: u64,
+    /// The newest 20, oldest first.
+    pub commands: Vec<SummaryCommand>,
+    /// {at, kind, detail}: file writes, patches, syncs, exports, shells, services (the
+    /// newest 50).
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    pub events: Vec<crate::workspace::ActivityEvent>,
+    pub events_total: usize,
+    /// name [state].
+    pub services: Vec<String>,
+    /// Counts of changes against the baseline, as workspace_diff's summary (while started).
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub changes: Option<pyro_patch::DiffSummary>,
+    /// "status path", the first 50.
+    pub changed_paths: Vec<String>,
+    /// Why there are no changes shown.
+    pub changes_note: Option<String>,
+}

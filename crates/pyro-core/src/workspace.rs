@@ -26,6 +26,7 @@ use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::warm::BootMode;
 use crate::{ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
+mod activity;
 mod files;
 mod lifecycle;
 mod machine;
@@ -37,6 +38,7 @@ mod services;
 mod shells;
 mod teardown;
 
+pub use activity::ActivityEvent;
 pub use files::*;
 pub use patch::*;
 pub use ports::MAX_PUBLISHED_PORTS;

@@ -1000,3 +1000,55 @@ fn a_service_that_is_not_ready_is_an_error_and_stop_reports_how_it_ended() {
         assert_eq!(names, ["brief", "crash", "polite", "slow", "stubborn"]);
     });
 }
+
+#[test]
+fn a_summary_tells_what_happened_since_the_last_reset() {
+    run(async {
+        let env = Env::new();
+        let seed = seed_dir();
+        let id = env.create(Some(seed.path())).await;
+        env.sh(&id, "echo built > out.txt").await;
+        env.sh(&id, "exit 3").await;
+        env.pyro
+            .write_workspace_file(&id, "notes.md", "hello\n")
+            .await
+            .unwrap();
+        env.pyro
+            .start_service(
+                &id,
+                service("web", "exec sleep 300"),
+                pyro_core::no_progress(),
+            )
+            .await
+            .unwrap();
+        let s = env.pyro.summarize_workspace(&id).await.unwrap();
+        assert_eq!((s.command_count, s.failed_command_count), (2, 1));
+        assert_eq!(s.commands.len(), 2);
+        assert_eq!(s.commands[1].exit_code, 3);
+        let kinds: Vec<&str> = s.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["file_write", "service_start"], "{:?}", s.events);
+        assert!(s.events[0].detail.contains("/workspace/notes.md"));
+        assert_eq!(s.services, ["web [running]"]);
+        let changes = s.changes.expect("a started workspace shows its changes");
+        assert_eq!(changes.added, 2, "{:?}", s.changed_paths);
+        assert!(
+            s.changed_paths
+                .iter()
+                .any(|p| p.ends_with("/workspace/notes.md"))
+        );
+        // A reset starts the story again.
+        env.pyro
+            .reset_workspace(&id, pyro_core::no_progress())
+            .await
+            .unwrap();
+        let s = env.pyro.summarize_workspace(&id).await.unwrap();
+        assert_eq!(s.command_count, 0);
+        assert!(s.events.is_empty(), "{:?}", s.events);
+        assert!(s.services.is_empty(), "{:?}", s.services);
+        assert_eq!(s.changes.map(|c| c.total), Some(0));
+        // Stopped: no diff, and it says why.
+        env.pyro.stop_workspace(&id).await.unwrap();
+        let s = env.pyro.summarize_workspace(&id).await.unwrap();
+        assert!(s.changes.is_none() && s.changes_note.is_some());
+    });
+}

@@ -305,6 +305,7 @@ mod tests {
             "workspace_file_read",
             "workspace_file_write",
             "workspace_patch_apply",
+            "workspace_summary",
             "workspace_reset",
             "workspace_delete",
         ];

@@ -388,6 +388,8 @@ catalogue! {
     ExportWorkspace(ExportWorkspace),
     /// `diff_workspace` / `workspace_diff`
     DiffWorkspace(DiffWorkspace),
+    /// `summarize_workspace` / `workspace_summary`
+    SummarizeWorkspace(SummarizeWorkspace),
     /// `list_workspace_files` / `workspace_file_list`
     ListWorkspaceFiles(ListWorkspaceFiles),
     /// `read_workspace_file` / `workspace_file_read`

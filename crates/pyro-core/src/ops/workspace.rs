@@ -479,6 +479,11 @@ workspace_id_op!(
     |pyro, id, cx| pyro.start_workspace(id, cx.progress.clone())
 );
 workspace_id_op!(
+    /// What happened since the last reset: commands, edits, services, current changes.
+    SummarizeWorkspace, "summarize_workspace", "workspace_summary", crate::model::WorkspaceSummaryResult,
+    |pyro, id, cx| pyro.summarize_workspace(id)
+);
+workspace_id_op!(
     /// Compare /workspace with its baseline.
     DiffWorkspace, "diff_workspace", "workspace_diff", DiffResult,
     |pyro, id, cx| pyro.diff_workspace(id)

@@ -108,7 +108,18 @@ impl Tx<'_> {
             .map_err(sql("read the last command"))
     }
 
-    /// How many commands workspace `id` has recorded since creation or its last reset.
+    /// How many of workspace `id`'s recorded commands exited non-zero.
+    pub fn failed_command_count(&self, id: &str) -> Result<u64, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT COUNT(*) FROM commands WHERE workspace_id = ?1 AND exit_code != 0",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(sql("count failed commands"))
+    }
+
+    /// Commands recorded for workspace `id` since its creation or last reset.
     pub fn command_count(&self, id: &str) -> Result<u64, StoreError> {
         self.tx
             .query_row(

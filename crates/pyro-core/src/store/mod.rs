@@ -521,6 +521,11 @@ impl Store {
         self.with_read(|tx| tx.command_count(id))
     }
 
+    /// Commands of workspace `id` that exited non-zero.
+    pub fn failed_command_count(&self, id: &str) -> Result<u64, StoreError> {
+        self.with_read(|tx| tx.failed_command_count(id))
+    }
+
     /// Forgets the command history of workspace `id`; see [`Tx::clear_commands`].
     pub fn clear_commands(&self, id: &str) -> Result<u64, StoreError> {
         self.with_tx(|tx| tx.clear_commands(id))

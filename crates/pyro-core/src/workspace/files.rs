@@ -244,6 +244,11 @@ impl Pyro {
             WORKSPACE_ROOT,
         )
         .await?;
+        super::activity::record(
+            &self.ws_dirs(id).root,
+            "file_write",
+            &format!("{path} ({} bytes)", data.len()),
+        );
         Ok(FileWriteResult {
             workspace_id: id.into(),
             path,
@@ -286,6 +291,16 @@ impl Pyro {
             r.last_activity_at = now;
             Ok::<(), CoreError>(())
         });
+        super::activity::record(
+            &d.root,
+            "sync",
+            &format!(
+                "{} -> {dest} ({} entries, {} bytes)",
+                seed.path().display(),
+                res.entry_count,
+                res.bytes
+            ),
+        );
         Ok(SyncResult {
             workspace_id: id.into(),
             execution_mode: rec.backend.execution_mode().into(),
@@ -370,6 +385,11 @@ impl Pyro {
             )
         });
         let stats = res?;
+        super::activity::record(
+            &d.root,
+            "export",
+            &format!("{path} -> {}", target.shown.display()),
+        );
         Ok(ExportResult {
             workspace_id: id.into(),
             workspace_path: path,

@@ -589,6 +589,9 @@ impl Pyro {
             }
         };
         store.clear_commands(id)?;
+        super::activity::clear(&d.root);
+        // A reset starts over: the old boot's services are history, not state.
+        let _ = std::fs::remove_dir_all(d.root.join(super::services::SERVICES_DIR));
         let _ = std::fs::remove_dir_all(d.logs());
         host::ensure_private_dir(&d.logs())?;
         let now = host::now();

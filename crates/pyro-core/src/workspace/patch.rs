@@ -336,6 +336,22 @@ impl Pyro {
         }
         summary.total = entries.len();
         entries.sort_by(|a, b| a.path.cmp(&b.path));
+        super::activity::record(
+            &self.ws_dirs(id).root,
+            "patch",
+            &format!(
+                "{} files: {} added, {} modified, {} deleted ({})",
+                summary.total,
+                summary.added,
+                summary.modified,
+                summary.deleted,
+                entries
+                    .iter()
+                    .map(|e| e.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         Ok(PatchResult {
             workspace_id: id.into(),
             changed: !entries.is_empty(),

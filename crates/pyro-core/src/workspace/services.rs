@@ -405,6 +405,11 @@ impl Pyro {
         };
         let mut info = self.merge_service(blank, &state);
         self.save_service(id, &info)?;
+        super::activity::record(
+            &d.root,
+            "service_start",
+            &format!("{} {}: {}", info.service_name, info.state, info.command),
+        );
         self.touch(&store, id);
         if info.state == "failed" {
             return Err(self.service_failed(id, &session, info).await);
@@ -554,6 +559,15 @@ impl Pyro {
             };
         self.release_service_ports(id, &mut info).await;
         self.save_service(id, &info)?;
+        super::activity::record(
+            &self.ws_dirs(id).root,
+            "service_stop",
+            &format!(
+                "{} ({})",
+                info.service_name,
+                info.stop_reason.as_deref().unwrap_or(&info.state)
+            ),
+        );
         self.touch(&store, id);
         Ok(info)
     }

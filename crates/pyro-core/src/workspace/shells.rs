@@ -216,6 +216,7 @@ impl Pyro {
         let names: Vec<String> = req.secret_env.keys().cloned().collect();
         let info = self.shell_info(id, &rec, &state, names);
         save_record(&records_dir(&d.root, SHELLS_DIR), &shell_id, &info)?;
+        super::activity::record(&d.root, "shell_open", &format!("{shell_id} in {cwd}"));
         self.touch(&store, id);
         Ok(info)
     }
@@ -420,6 +421,11 @@ impl Pyro {
             .map(|r| r.secret_env)
             .unwrap_or_default();
         remove_record(&dir, shell_id);
+        super::activity::record(
+            &self.ws_dirs(id).root,
+            "shell_close",
+            &format!("{shell_id} (exit code {:?})", state.exit_code),
+        );
         Ok(ShellCloseResult {
             shell: self.shell_info(id, &rec, &state, names),
             closed: true,
