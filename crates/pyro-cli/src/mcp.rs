@@ -38,11 +38,53 @@ pub struct ServeArgs {
     /// address such as 127.0.0.1:8765 (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Seed workspaces created without seed_path from this Git checkout's tracked files
+    /// (default: the checkout the server starts in, if any).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["repo_url", "no_project"])]
+    project_path: Option<PathBuf>,
+    /// Seed them from a clean clone of this repository instead (with --repo-ref).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "repo_ref",
+        conflicts_with = "no_project"
+    )]
+    repo_url: Option<String>,
+    /// The branch, tag or commit of --repo-url.
+    #[arg(long, value_name = "REF", requires = "repo_url")]
+    repo_ref: Option<String>,
+    /// No project: workspaces without seed_path start empty.
+    #[arg(long)]
+    no_project: bool,
     /// VMM: auto, firecracker or qemu.
     #[arg(long, env = "PYRO_BACKEND", default_value = "auto")]
     backend: String,
     #[command(flatten)]
     pool: crate::PoolArgs,
+}
+
+/// The server's project: `--repo-url`, `--project-path`, or the Git checkout it starts in.
+fn project_source(args: &ServeArgs) -> anyhow::Result<Option<pyro_core::project::ProjectSource>> {
+    use pyro_core::project::{ProjectSource, checkout_root};
+    if args.no_project {
+        return Ok(None);
+    }
+    let source = match (&args.repo_url, &args.repo_ref, &args.project_path) {
+        (Some(url), Some(reference), _) => ProjectSource::Repo {
+            url: url.clone(),
+            reference: reference.clone(),
+        },
+        (_, _, Some(dir)) => ProjectSource::Path(dir.clone()),
+        _ => {
+            let cwd = std::env::current_dir().context("cannot determine the working directory")?;
+            match checkout_root(&cwd) {
+                Some(root) => ProjectSource::Path(root),
+                None => return Ok(None),
+            }
+        }
+    };
+    source.check()?;
+    Ok(Some(source))
 }
 
 pub async fn run(cmd: McpCmd) -> Result<ExitCode, Failure> {
@@ -59,6 +101,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.allow_host_path.clone()
     };
     let roots = HostRoots::new(&roots)?;
+    let project = project_source(&args)?;
+    if let Some(p) = &project {
+        tracing::info!(
+            ?p,
+            "workspaces without seed_path are seeded from the project"
+        );
+    }
     let pyro = Arc::new(open_pyro(Some(&args.backend))?);
     args.pool.enable(&pyro)?;
     let server = PyroMcp::new(
@@ -66,6 +115,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ServerOptions {
             profile,
             roots: Arc::new(roots),
+            project: project.map(Arc::new),
         },
     );
     tracing::info!(%profile, "MCP server starting");

@@ -1552,3 +1552,87 @@ async fn sleeping(s: &Server, id: &str) -> u32 {
         .await;
     r["stdout"].as_str().unwrap().trim().parse().unwrap()
 }
+
+/// `--project-path` and `--repo-url/--repo-ref`: a `workspace_create` without `seed_path`
+/// is seeded from the project (tracked files of the work tree, or a clean clone at a ref)
+/// and says where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_seeds_workspaces_created_without_a_seed_path() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "committed\n").unwrap();
+    git(&["add", "README.md"]);
+    git(&["commit", "-q", "-m", "first"]);
+    git(&["tag", "v1"]);
+    let head = git(&["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(repo.join("README.md"), "edited, not committed\n").unwrap();
+    std::fs::write(repo.join("scratch.txt"), "untracked\n").unwrap();
+
+    let repo_arg = repo.to_str().unwrap().to_string();
+    let s = start_with(
+        "workspace-core",
+        &[],
+        work.path(),
+        &["--project-path", &repo_arg],
+    )
+    .await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["workspace_seed"]["origin_kind"], "project_path", "{w}");
+    assert_eq!(w["workspace_seed"]["origin_ref"], head.as_str());
+    let r = s
+        .ok(
+            "workspace_file_read",
+            json!({"workspace_id": id, "path": "README.md"}),
+        )
+        .await;
+    assert_eq!(r["content"], "edited, not committed\n");
+    let listed = s
+        .ok("workspace_file_list", json!({"workspace_id": id}))
+        .await;
+    assert!(!listed.to_string().contains("scratch.txt"), "{listed}");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+    drop(s);
+
+    let url = format!("file://{}", repo.display());
+    let s = start_with(
+        "workspace-core",
+        &[],
+        work.path(),
+        &["--repo-url", &url, "--repo-ref", "v1"],
+    )
+    .await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(w["workspace_seed"]["origin_kind"], "repo_url", "{w}");
+    assert_eq!(w["workspace_seed"]["origin_ref"], head.as_str());
+    let r = s
+        .ok(
+            "workspace_file_read",
+            json!({"workspace_id": id, "path": "README.md"}),
+        )
+        .await;
+    assert_eq!(r["content"], "committed\n");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}

@@ -21,6 +21,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 mod output;
+pub mod project;
 mod sandbox;
 pub mod secrets;
 pub mod store;

@@ -201,6 +201,10 @@ pub struct WorkspaceSeed {
     pub destination: String,
     pub entry_count: u64,
     pub bytes_written: u64,
+    /// project_path or repo_url when the server's project seeded it.
+    pub origin_kind: Option<String>,
+    /// The commit it came from.
+    pub origin_ref: Option<String>,
 }
 
 /// The last command run in a workspace.
@@ -244,6 +248,9 @@ pub struct WorkspaceInfo {
     pub execution_mode: String,
     pub backend: String,
     pub workspace_path: String,
+    // {mode, seed_path, destination, entry_count, bytes_written, origin_kind, origin_ref}
+    // (docs/contract.md); open in the output schema, which every workspace tool repeats.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub workspace_seed: WorkspaceSeed,
     // Declared secrets: names and source kinds, never values (objects in the schema, to keep
     // tools/list small).

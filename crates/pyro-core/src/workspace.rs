@@ -109,6 +109,8 @@ pub struct CreateWorkspace {
     pub allow_cidrs: Vec<String>,
     /// Secrets, kept on the host and given to commands that name them (`secret_env`).
     pub secrets: Vec<crate::secrets::SecretInput>,
+    /// Without `seed_path`: seed from this project (its tracked files, or a clone).
+    pub project: Option<std::sync::Arc<crate::project::ProjectSource>>,
 }
 
 impl CreateWorkspace {
@@ -127,6 +129,7 @@ impl CreateWorkspace {
             allow_hosts: Vec::new(),
             allow_cidrs: Vec::new(),
             secrets: Vec::new(),
+            project: None,
         }
     }
 }

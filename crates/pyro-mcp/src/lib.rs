@@ -58,12 +58,15 @@ pub struct ServerOptions {
     pub profile: Profile,
     /// Where client-named host paths may point.
     pub roots: Arc<HostRoots>,
+    /// What `workspace_create` without `seed_path` seeds from.
+    pub project: Option<Arc<pyro_core::project::ProjectSource>>,
 }
 
 struct Inner {
     pyro: Arc<Pyro>,
     profile: Profile,
     roots: Arc<HostRoots>,
+    project: Option<Arc<pyro_core::project::ProjectSource>>,
     tools: Vec<(ToolId, Tool)>,
 }
 
@@ -106,6 +109,7 @@ impl PyroMcp {
                 pyro,
                 profile: opts.profile,
                 roots: opts.roots,
+                project: opts.project,
                 tools,
             }),
         }
@@ -198,6 +202,7 @@ impl PyroMcp {
                 progress: sink,
                 paths: pyro_core::ops::PathPolicy::Confined(inner.roots.clone()),
                 output: None,
+                project: inner.project.clone(),
             };
             tools::call(tool, inner.profile, args, &inner.pyro, &cx).await
         });

@@ -185,6 +185,9 @@ pub struct Ctx {
     pub paths: PathPolicy,
     /// The live output of a command, if the caller streams it.
     pub output: Option<LiveOutput>,
+    /// The server's project: what a `create_workspace` without `seed_path` is seeded from
+    /// (`pyro mcp serve --project-path`, `--repo-url`).
+    pub project: Option<Arc<crate::project::ProjectSource>>,
 }
 
 impl Default for Ctx {
@@ -193,6 +196,7 @@ impl Default for Ctx {
             progress: crate::no_progress(),
             paths: PathPolicy::Local,
             output: None,
+            project: None,
         }
     }
 }

@@ -92,7 +92,8 @@ pub struct CreateWorkspaceRequest {
     /// Must be false (no host mode).
     #[serde(default)]
     pub allow_host_compat: bool,
-    /// Host directory or .tar/.tar.gz/.tgz/.tar.zst archive that fills /workspace.
+    /// Host directory or .tar/.tar.gz/.tgz/.tar.zst archive that fills /workspace (default:
+    /// the server's project, if any).
     #[serde(default)]
     pub seed_path: Option<HostPathParam>,
     /// Free-form, shown by the list.
@@ -126,6 +127,9 @@ impl CreateWorkspaceRequest {
             Some(p) => Some(cx.paths.existing("seed_path", p)?),
             None => None,
         };
+        if req.seed_path.is_none() {
+            req.project = cx.project.clone();
+        }
         req.name = self.name;
         req.labels = self.labels.unwrap_or_default();
         req.backend = backend(self.backend.as_deref())?;

@@ -39,11 +39,34 @@ impl Pyro {
             .map(crate::store::validate_name)
             .transpose()?;
         let labels = crate::store::validate_labels(&req.labels)?;
-        let seed = req
-            .seed_path
-            .as_ref()
-            .map(|p| Seed::open(p, "seed_path"))
-            .transpose()?;
+        // Without a seed, the server's project (its tracked files, or a clean clone).
+        let project = match (&req.seed_path, &req.project) {
+            (None, Some(p)) => {
+                let (p, scratch) = (p.as_ref().clone(), self.options().state_dir.join("tmp"));
+                Some(
+                    tokio::task::spawn_blocking(move || p.materialize(&scratch))
+                        .await
+                        .map_err(|e| CoreError::Invalid {
+                            field: "project",
+                            reason: e.to_string(),
+                        })??,
+                )
+            }
+            _ => None,
+        };
+        let seed = match (&req.seed_path, &project) {
+            (Some(p), _) => Some(Seed::open(p, "seed_path")?),
+            (None, Some(p)) => Some(Seed::open(&HostPath::from(p.tar.as_path()), "project")?),
+            (None, None) => None,
+        };
+        let origin: Option<(String, String, String)> = project.as_ref().map(|p| {
+            let shown = match req.project.as_deref() {
+                Some(crate::project::ProjectSource::Path(d)) => d.display().to_string(),
+                Some(crate::project::ProjectSource::Repo { url, .. }) => url.clone(),
+                None => String::new(),
+            };
+            (p.origin_kind.to_string(), p.origin_ref.clone(), shown)
+        });
         let choice = req.backend.unwrap_or(self.options().backend);
         let kind = crate::backend::resolve(choice, self.host_facts())?;
         self.check_network(policy)?;
@@ -88,10 +111,15 @@ impl Pyro {
                     None => "empty",
                 }
                 .into(),
-                seed_path: seed.as_ref().map(|s| s.path().display().to_string()),
+                seed_path: match &origin {
+                    Some((_, _, shown)) => Some(shown.clone()),
+                    None => seed.as_ref().map(|s| s.path().display().to_string()),
+                },
                 destination: WORKSPACE_ROOT.into(),
                 entry_count: stats.entry_count,
                 bytes_written: stats.bytes_written,
+                origin_kind: origin.as_ref().map(|o| o.0.clone()),
+                origin_ref: origin.as_ref().map(|o| o.1.clone()),
             };
             rec.seed_json = seed_json(&seed_info);
             store.insert_workspace(&rec)?;

@@ -557,6 +557,8 @@ impl Pyro {
         let last = store.last_command(&rec.id)?;
         let mode = rec.backend;
         let seed: WorkspaceSeed = serde_json::from_str(&rec.seed_json).unwrap_or(WorkspaceSeed {
+            origin_kind: None,
+            origin_ref: None,
             mode: "empty".into(),
             seed_path: None,
             destination: WORKSPACE_ROOT.into(),
