@@ -26,6 +26,7 @@ use crate::store::{NewCommand, Store, WorkspaceRecord, WorkspaceState};
 use crate::warm::BootMode;
 use crate::{ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
+mod disk;
 mod files;
 mod lifecycle;
 mod machine;
@@ -37,6 +38,10 @@ mod services;
 mod shells;
 mod teardown;
 
+pub use disk::{
+    DiskEntry, DiskExportResult, DiskListResult, DiskReadResult, MAX_DISK_LIST_ENTRIES, disk_path,
+    offline as disk_offline, parse_shown, show_bytes,
+};
 pub use files::*;
 pub use patch::*;
 pub use ports::MAX_PUBLISHED_PORTS;
