@@ -117,7 +117,7 @@ impl Image {
 
     /// The extended attributes of a raw inode: those in the inode, then those of its
     /// attribute block. Values stored in their own inode (`ea_inode`) are left out.
-    fn xattrs(&self, raw: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MergeError> {
+    fn xattrs(&self, raw: &[u8]) -> Result<Xattrs, MergeError> {
         let mut out = Vec::new();
         // In-inode: after the 128-byte base and i_extra_isize, a magic, then entries whose
         // value offsets count from the first entry.
@@ -146,6 +146,9 @@ impl Image {
 
 const XATTR_MAGIC: u32 = 0xEA02_0000;
 
+/// Extended attributes: full names (`trusted.overlay.opaque`) and values.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -156,7 +159,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Parses `ext4_xattr_entry` records in `area` from `at`; values are at `e_value_offs` in
 /// `values`. Stops at the terminating zero word or at the first record that does not fit.
-fn parse_entries(area: &[u8], mut at: usize, values: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+fn parse_entries(area: &[u8], mut at: usize, values: &[u8], out: &mut Xattrs) {
     // Each record takes at least 16 bytes, so this bounds the loop.
     while let Some(first) = u32_at(area, at) {
         if first == 0 {
