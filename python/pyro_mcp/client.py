@@ -540,6 +540,29 @@ class Pyro:
         """Writes a whole text file atomically (an existing file keeps its mode)."""
         return self._call("write_workspace_file", workspace_id=workspace_id, path=path, text=text)
 
+    def list_workspace_disk(
+        self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
+    ) -> Result:
+        """Lists a stopped workspace's disk without booting it, as the guest sees it
+        (relative paths in ``/workspace``, absolute ones anywhere)."""
+        return self._call(
+            "list_workspace_disk", workspace_id=workspace_id, path=path, recursive=recursive
+        )
+
+    def read_workspace_disk(
+        self, workspace_id: str, path: str, *, max_bytes: int = 65536
+    ) -> Result:
+        """Reads a regular file of a stopped workspace without booting it (secrets redacted)."""
+        return self._call(
+            "read_workspace_disk", workspace_id=workspace_id, path=path, max_bytes=max_bytes
+        )
+
+    def export_workspace_disk(self, workspace_id: str, *, output_path: PathLike) -> Result:
+        """Copies a stopped workspace's writable disk (raw ext4, sparse) to a new host path."""
+        return self._call(
+            "export_workspace_disk", workspace_id=workspace_id, output_path=_path(output_path)
+        )
+
     def apply_workspace_patch(self, workspace_id: str, *, patch: str) -> Result:
         """Applies a unified diff (``git diff`` output) atomically: all files or none."""
         return self._call("apply_workspace_patch", workspace_id=workspace_id, patch=patch)

@@ -75,6 +75,9 @@ FULL = CORE + [
     "vm_reap_expired",
     "workspace_stop",
     "workspace_start",
+    "workspace_disk_export",
+    "workspace_disk_list",
+    "workspace_disk_read",
     "shell_open",
     "shell_read",
     "shell_write",
@@ -95,7 +98,7 @@ PROFILES: Dict[str, List[str]] = {
 }
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
 # workspace-full grows with the features only it offers (network allowlists, secrets, shells
-# and services).
+# and services, disk tools).
 BUDGET = {"vm-run": 3_000, "workspace-core": 26_000, "workspace-full": 64_000}
 
 

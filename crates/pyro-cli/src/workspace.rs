@@ -32,6 +32,9 @@ pub enum WorkspaceCmd {
     /// List, read and write files.
     #[command(subcommand)]
     File(FileCmd),
+    /// List, read and export a stopped workspace's disk without booting it.
+    #[command(subcommand)]
+    Disk(DiskCmd),
     /// Apply a patch.
     #[command(subcommand)]
     Patch(PatchCmd),
@@ -344,6 +347,52 @@ pub enum FileCmd {
         /// A host file (UTF-8) holding the text.
         #[arg(long)]
         text_file: Option<PathBuf>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCmd {
+    /// List a path on the disk as the guest sees it (base image and upper layer merged).
+    List {
+        /// Workspace id.
+        workspace_id: String,
+        /// Relative: inside /workspace; absolute: any guest path. `\\` and `\xNN` as
+        /// listed.
+        #[arg(default_value = "/workspace")]
+        path: String,
+        /// Descend into subdirectories.
+        #[arg(long)]
+        recursive: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a regular file on the disk.
+    Read {
+        /// Workspace id.
+        workspace_id: String,
+        /// Relative: inside /workspace; absolute: any guest path.
+        path: String,
+        /// Bytes to read at most.
+        #[arg(long, default_value_t = pyro_core::ops::defaults::READ_BYTES)]
+        max_bytes: i64,
+        /// Print only the content.
+        #[arg(long, conflicts_with = "json")]
+        content_only: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the disk (raw ext4, sparse; the overlay's upper layer) to a new host path.
+    Export {
+        /// Workspace id.
+        workspace_id: String,
+        /// Host path to create (must not exist).
+        #[arg(long)]
+        output: PathBuf,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -758,6 +807,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             }
         }
         WorkspaceCmd::File(cmd) => return file(cmd).await,
+        WorkspaceCmd::Disk(cmd) => return disk(cmd).await,
         WorkspaceCmd::Patch(PatchCmd::Apply {
             workspace_id,
             patch,
@@ -931,6 +981,107 @@ async fn exec(a: ExecArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::from((r.exit_code & 0xff) as u8))
+}
+
+async fn disk(cmd: DiskCmd) -> Result<ExitCode, Failure> {
+    match cmd {
+        DiskCmd::List {
+            workspace_id,
+            path,
+            recursive,
+            json,
+        } => {
+            let f = fail(json);
+            let pyro = open_pyro(None).map_err(&f)?;
+            let r = pyro
+                .disk_list(&workspace_id, &path, recursive)
+                .await
+                .map_err(|e| f(e.into()))?;
+            if json {
+                render::print_json(&r);
+            } else {
+                println!(
+                    "Workspace disk path: {} (recursive={})",
+                    r.path,
+                    if r.recursive { "yes" } else { "no" }
+                );
+                if r.entries.is_empty() {
+                    println!("No workspace disk entries found.");
+                }
+                for e in &r.entries {
+                    let link = e
+                        .link_target
+                        .as_ref()
+                        .map(|t| format!(" -> {t}"))
+                        .unwrap_or_default();
+                    let kind = match &e.file_type {
+                        Some(t) => format!("{}:{t}", e.artifact_type),
+                        None => e.artifact_type.clone(),
+                    };
+                    println!("{} [{kind}] size={}{link}", e.path, e.size_bytes);
+                }
+                if r.truncated {
+                    println!(
+                        "(stopped at {} entries)",
+                        pyro_core::workspace::MAX_DISK_LIST_ENTRIES
+                    );
+                }
+            }
+        }
+        DiskCmd::Read {
+            workspace_id,
+            path,
+            max_bytes,
+            content_only,
+            json,
+        } => {
+            let f = fail(json);
+            let pyro = open_pyro(None).map_err(&f)?;
+            let r = pyro
+                .disk_read(&workspace_id, &path, max_bytes)
+                .await
+                .map_err(|e| f(e.into()))?;
+            if json {
+                render::print_json(&r);
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(r.content.as_bytes());
+                if !content_only {
+                    if !r.content.is_empty() && !r.content.ends_with('\n') {
+                        let _ = out.write_all(b"\n");
+                    }
+                    eprintln!(
+                        "[workspace-disk-read] workspace_id={} path={} size_bytes={} truncated={}",
+                        r.workspace_id,
+                        r.path,
+                        r.size_bytes,
+                        if r.truncated { "yes" } else { "no" }
+                    );
+                }
+            }
+        }
+        DiskCmd::Export {
+            workspace_id,
+            output,
+            json,
+        } => {
+            let f = fail(json);
+            let pyro = open_pyro(None).map_err(&f)?;
+            let r = pyro
+                .disk_export(&workspace_id, &output)
+                .await
+                .map_err(|e| f(e.into()))?;
+            if json {
+                render::print_json(&r);
+            } else {
+                println!(
+                    "[workspace-disk-export] workspace_id={} output_path={} disk_format={} bytes_written={}",
+                    r.workspace_id, r.output_path, r.disk_format, r.bytes_written
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn file(cmd: FileCmd) -> Result<ExitCode, Failure> {

@@ -906,3 +906,126 @@ fn warm_workspaces_are_their_own_and_keep_their_data_across_a_cold_restart() {
     }
     e.assert_clean();
 }
+
+fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(out.status.success());
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn disk_tools_read_a_stopped_workspace_without_changing_its_disk() {
+    let e = Env::new();
+    let out = e.pyro(&["workspace", "create", "debian:12", "--id-only"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    // Odd names, a long symlink, a FIFO, and a base file deleted (a whiteout).
+    let script = "set -e; mkdir -p /workspace/d && cd /workspace/d \
+        && printf spaced > 'with space.txt' \
+        && printf nl > \"$(printf 'new\\nline')\" \
+        && printf bad > \"$(printf 'bad\\377')\" \
+        && ln -s \"$(printf 'x%.0s' $(seq 200))\" long \
+        && mkfifo fifo && rm /etc/issue && sync";
+    let r = e.ok_json(&["workspace", "exec", &id, "--json", "--", "sh", "-c", script]);
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // A started workspace is refused, with the way out.
+    let err = e.err(&["workspace", "disk", "list", &id]);
+    assert!(err.contains("stop it first"), "{err}");
+    e.ok_json(&["workspace", "stop", &id, "--json"]);
+    let upper = e
+        .state
+        .path()
+        .join("workspaces")
+        .join(&id)
+        .join("upper.ext4");
+    let before = sha256_file(&upper);
+
+    let l = e.ok_json(&["workspace", "disk", "list", &id, "d", "--json"]);
+    let entries = l["entries"].as_array().unwrap();
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/workspace/d/bad\\xff",
+            "/workspace/d/fifo",
+            "/workspace/d/long",
+            "/workspace/d/new\nline",
+            "/workspace/d/with space.txt",
+        ]
+    );
+    let long = &entries[2];
+    assert_eq!(long["link_target"].as_str().unwrap().len(), 200);
+    assert_eq!(entries[1]["file_type"], "fifo");
+    // Listed paths read back.
+    for (p, want) in [(paths[0], "bad"), (paths[3], "nl"), (paths[4], "spaced")] {
+        let r = e.ok_json(&["workspace", "disk", "read", &id, p, "--json"]);
+        assert_eq!(r["content"], want, "{p}");
+    }
+    // The merged root: the deleted base file is gone, the others are there.
+    let l = e.ok_json(&["workspace", "disk", "list", &id, "/etc", "--json"]);
+    let etc: Vec<&str> = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    assert!(!etc.contains(&"/etc/issue"), "{etc:?}");
+    assert!(etc.contains(&"/etc/passwd"), "{etc:?}");
+    let r = e.ok_json(&[
+        "workspace",
+        "disk",
+        "read",
+        &id,
+        "/usr/lib/os-release",
+        "--json",
+    ]);
+    assert!(r["content"].as_str().unwrap().contains("Debian"), "{r}");
+    assert_eq!(
+        sha256_file(&upper),
+        before,
+        "the disk tools changed the disk"
+    );
+
+    // Export: a sparse copy that e2fsck finds clean.
+    let copy = e.work.path().join("out/disk.ext4");
+    let x = e.ok_json(&[
+        "workspace",
+        "disk",
+        "export",
+        &id,
+        "--output",
+        copy.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(x["disk_format"], "ext4");
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(x["bytes_written"].as_u64().unwrap(), meta.len());
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 < meta.len() / 4, "not sparse: {meta:?}");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{}", text(&fsck.stdout));
+    // The output must not exist.
+    let err = e.err(&[
+        "workspace",
+        "disk",
+        "export",
+        &id,
+        "--output",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(sha256_file(&upper), before);
+    e.ok_json(&["workspace", "delete", &id, "--json"]);
+    e.assert_clean();
+}

@@ -80,6 +80,20 @@ pub enum CoreError {
         /// Why it is in that state, when known.
         detail: Option<String>,
     },
+    /// A path the offline disk tools looked for is not on the workspace's disk.
+    #[error("`{path}` is not on the workspace's disk")]
+    DiskPathNotFound {
+        /// The guest path (escaped as the disk tools show paths).
+        path: String,
+    },
+    /// A workspace disk or base image could not be read (corrupt, or not ext4).
+    #[error("cannot read the disk image `{}`: {}", image.display(), one_line(reason))]
+    Disk {
+        /// The image file.
+        image: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The state database failed.
     #[error("state store")]
     Store(#[from] crate::store::StoreError),
@@ -300,7 +314,8 @@ impl CoreError {
             Self::VmNotFound { .. }
             | Self::WorkspaceNotFound { .. }
             | Self::ShellNotFound { .. }
-            | Self::ServiceNotFound { .. } => ErrorKind::NotFound,
+            | Self::ServiceNotFound { .. }
+            | Self::DiskPathNotFound { .. } => ErrorKind::NotFound,
             Self::WorkspaceState { .. } | Self::AgentUnresponsive { .. } => ErrorKind::State,
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {
                 ErrorKind::State

@@ -27,6 +27,7 @@ use crate::warm::BootMode;
 use crate::{ExecOptions, OutputFn, ProgressFn, Pyro, host};
 
 mod activity;
+mod disk;
 mod files;
 mod lifecycle;
 mod machine;
@@ -39,6 +40,10 @@ mod shells;
 mod teardown;
 
 pub use activity::ActivityEvent;
+pub use disk::{
+    DiskEntry, DiskExportResult, DiskListResult, DiskReadResult, MAX_DISK_LIST_ENTRIES, disk_path,
+    offline as disk_offline, parse_shown, show_bytes,
+};
 pub use files::*;
 pub use patch::*;
 pub use ports::MAX_PUBLISHED_PORTS;

@@ -23,6 +23,13 @@ pub fn sparse_copy(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
     })
 }
 
+/// Copies the first `len` bytes of `input` into `output` (an empty file) keeping holes: a
+/// reflink where the filesystem has them, else only the data extents; `output` is then set
+/// to `len` bytes.
+pub fn copy_sparse(input: &File, output: &File, len: u64) -> io::Result<()> {
+    copy_extents(input, output, len)
+}
+
 fn copy_extents(input: &File, output: &File, len: u64) -> io::Result<()> {
     let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
     // SAFETY: both descriptors stay open for the call; FICLONE takes the source descriptor

@@ -400,6 +400,12 @@ catalogue! {
     ReadWorkspaceFile(ReadWorkspaceFile),
     /// `write_workspace_file` / `workspace_file_write`
     WriteWorkspaceFile(WriteWorkspaceFile),
+    /// `list_workspace_disk` / `workspace_disk_list`
+    ListWorkspaceDisk(ListWorkspaceDisk),
+    /// `read_workspace_disk` / `workspace_disk_read`
+    ReadWorkspaceDisk(ReadWorkspaceDisk),
+    /// `export_workspace_disk` / `workspace_disk_export`
+    ExportWorkspaceDisk(ExportWorkspaceDisk),
     /// `apply_workspace_patch` / `workspace_patch_apply`
     ApplyWorkspacePatch(ApplyWorkspacePatch),
     /// `reset_workspace` / `workspace_reset`

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use super::vm::{ExecFields, backend, refuse_host_compat};
 use super::{Ctx, HostPathParam, Operation, defaults as d, output_callback};
 use crate::workspace::{
-    CreateWorkspace, DiffResult, ExportResult, FileListResult, FileReadResult, FileWriteResult,
-    PatchResult, SyncResult, UpdateWorkspace, WorkspaceDeleteResult, WorkspaceExecResult,
-    WorkspaceList, WorkspaceLogs,
+    CreateWorkspace, DiffResult, DiskExportResult, DiskListResult, DiskReadResult, ExportResult,
+    FileListResult, FileReadResult, FileWriteResult, PatchResult, SyncResult, UpdateWorkspace,
+    WorkspaceDeleteResult, WorkspaceExecResult, WorkspaceList, WorkspaceLogs,
 };
 use crate::{Command, CoreError, OutputFn, Pyro, Result, WorkspaceInfo};
 
@@ -369,6 +369,69 @@ impl Operation for ReadWorkspaceFile {
     async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<FileReadResult> {
         pyro.read_workspace_file(&self.workspace_id, &self.path, self.max_bytes)
             .await
+    }
+}
+
+/// List a stopped workspace's disk as the guest sees it (no boot).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListWorkspaceDisk {
+    pub workspace_id: String,
+    /// Relative: in /workspace; absolute: any guest path. `\\` and `\xNN` escapes as listed.
+    #[serde(default = "d::workspace_root")]
+    pub path: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+impl Operation for ListWorkspaceDisk {
+    const METHOD: &'static str = "list_workspace_disk";
+    const TOOL: Option<&'static str> = Some("workspace_disk_list");
+    type Output = DiskListResult;
+    async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<DiskListResult> {
+        pyro.disk_list(&self.workspace_id, &self.path, self.recursive)
+            .await
+    }
+}
+
+/// Read a regular file on a stopped workspace's disk (no boot).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadWorkspaceDisk {
+    pub workspace_id: String,
+    /// Relative: in /workspace; absolute: any guest path.
+    pub path: String,
+    #[serde(default = "d::read_bytes")]
+    #[schemars(range(min = 1, max = 16777216))]
+    pub max_bytes: i64,
+}
+
+impl Operation for ReadWorkspaceDisk {
+    const METHOD: &'static str = "read_workspace_disk";
+    const TOOL: Option<&'static str> = Some("workspace_disk_read");
+    type Output = DiskReadResult;
+    async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<DiskReadResult> {
+        pyro.disk_read(&self.workspace_id, &self.path, self.max_bytes)
+            .await
+    }
+}
+
+/// Copy a stopped workspace's disk (the raw ext4 upper layer, sparse) to the host.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportWorkspaceDisk {
+    pub workspace_id: String,
+    /// New host path (must not exist; parents are created).
+    pub output_path: HostPathParam,
+}
+
+impl Operation for ExportWorkspaceDisk {
+    const METHOD: &'static str = "export_workspace_disk";
+    const TOOL: Option<&'static str> = Some("workspace_disk_export");
+    type Output = DiskExportResult;
+    async fn run(self, pyro: &Pyro, cx: &Ctx) -> Result<DiskExportResult> {
+        let output = cx.paths.output("output_path", &self.output_path)?;
+        pyro.disk_export(&self.workspace_id, output).await
     }
 }
 
