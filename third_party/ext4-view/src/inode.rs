@@ -311,7 +311,9 @@ impl Inode {
 
         // An empty symlink target is not allowed, nor one longer than Linux's PATH_MAX
         // (pyro patch: the target is read into memory whole).
-        if self.metadata.size_in_bytes == 0 || self.metadata.size_in_bytes > 4096 {
+        if self.metadata.size_in_bytes == 0
+            || self.metadata.size_in_bytes > 4096
+        {
             return Err(CorruptKind::SymlinkTarget(self.index).into());
         }
 

@@ -647,7 +647,10 @@ impl Ext4 {
     /// # Errors
     ///
     /// As `symlink_metadata`.
-    pub fn symlink_inode_bytes<'p, P>(&self, path: P) -> Result<Vec<u8>, Ext4Error>
+    pub fn symlink_inode_bytes<'p, P>(
+        &self,
+        path: P,
+    ) -> Result<Vec<u8>, Ext4Error>
     where
         P: TryInto<Path<'p>>,
     {
