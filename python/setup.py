@@ -10,24 +10,27 @@ could shadow one on ``PATH``.
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 
 BUNDLED = (Path(__file__).resolve().parent / "pyro_mcp" / "bin" / "pyro").is_file()
 
 
+class BinaryDistribution(Distribution):
+    """A distribution with platform code: built into platlib, ``Root-Is-Purelib: false``."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
 def platform_wheel():  # type: ignore[no-untyped-def]
-    """A ``bdist_wheel`` that tags the wheel ``py3-none-linux_x86_64`` and installs it into
-    platlib."""
+    """A ``bdist_wheel`` that tags the wheel ``py3-none-linux_x86_64``: the binaries are x86_64
+    Linux, the Python code has no ABI."""
     try:  # setuptools >= 70.1 has bdist_wheel built in; older ones take it from `wheel`.
         from setuptools.command.bdist_wheel import bdist_wheel
     except ImportError:  # pragma: no cover - depends on the build environment
         from wheel.bdist_wheel import bdist_wheel
 
     class PlatformWheel(bdist_wheel):
-        def finalize_options(self) -> None:
-            super().finalize_options()
-            self.root_is_pure = False
-
         def get_tag(self):  # type: ignore[no-untyped-def]
             return "py3", "none", "linux_x86_64"
 
@@ -35,6 +38,7 @@ def platform_wheel():  # type: ignore[no-untyped-def]
 
 
 setup(
+    distclass=BinaryDistribution if BUNDLED else Distribution,
     cmdclass={"bdist_wheel": platform_wheel()} if BUNDLED else {},
     entry_points={"console_scripts": ["pyro = pyro_mcp._cli:main"]} if BUNDLED else {},
 )
