@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The wheel as a user gets it. Builds the platform wheel (scripts/build-wheel.sh), checks what
-# it contains, installs only it into a fresh virtualenv in a temporary directory (plus, best
-# effort, the `mcp` client library from PyPI), then, outside the checkout, without cargo on
-# PATH and with PYRO_BIN / PYRO_AGENT_BIN unset:
+# it contains, installs only it into a fresh virtualenv in a temporary directory, then,
+# outside the checkout, without cargo on PATH and with PYRO_BIN / PYRO_AGENT_BIN unset:
 #   - `pyro --version` through the installed console script;
 #   - `Pyro().run_in_vm(...)` finds the bundled binary and agent and boots a real sandbox;
-#   - `pyro mcp serve` through the official MCP client: tools/list and one vm_run.
+#   - `pyro mcp serve` through the official MCP client (installed from PyPI after the checks
+#     above; skipped with a message when unavailable): tools/list and one vm_run.
 # The environment cache is the shared one of scripts/test.sh ($PYRO_CACHE_DIR, default
 # ~/.cache/pyro), so debian:12 is not rebuilt.
 set -euo pipefail
@@ -39,8 +39,6 @@ venv="$tmp/venv"
 "$python" -m venv "$venv"
 pip_quiet=(--disable-pip-version-check --quiet)
 "$venv/bin/python" -m pip install "${pip_quiet[@]}" "$wheel"
-have_mcp=1
-"$venv/bin/python" -m pip install "${pip_quiet[@]}" mcp || have_mcp=0
 
 # What a user of the wheel has: the venv's bin/ first, no cargo, no pyro overrides.
 clean_path="$venv/bin"
@@ -80,6 +78,9 @@ assert r["exit_code"] == 0, r
 print(f"[test-wheel] run_in_vm through {binary}: ok")
 PY
 
+# The MCP client library comes only now: the checks above ran with nothing but the wheel.
+have_mcp=1
+"$venv/bin/python" -m pip install "${pip_quiet[@]}" mcp || have_mcp=0
 if [ "$have_mcp" = 1 ]; then
   run "$venv/bin/python" - <<'PY'
 import asyncio, os, shutil
