@@ -2,7 +2,8 @@
 
     python3 examples/python_run.py
 
-Needs the `pyro` binary ($PYRO_BIN, `pyro` on PATH, or a checkout's target/*/pyro).
+Needs the `pyro` binary ($PYRO_BIN, the one bundled in the pip wheel, `pyro` on PATH, or a
+checkout's target/*/pyro).
 """
 
 from __future__ import annotations

@@ -20,3 +20,5 @@ else
 fi
 # The Python SDK, the examples and the MCP server through a real MCP client (pytest).
 bash scripts/test-python.sh
+# The pip wheel as a user installs it: only the wheel in a fresh virtualenv, no cargo.
+bash scripts/test-wheel.sh

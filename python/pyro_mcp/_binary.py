@@ -12,6 +12,16 @@ from .errors import PyroProtocolError
 #: Environment variable naming the ``pyro`` binary explicitly.
 ENV_VAR = "PYRO_BIN"
 
+#: Where a platform wheel (``scripts/build-wheel.sh``) puts ``pyro`` and its guest agent.
+BUNDLED_DIR = Path(__file__).resolve().parent / "bin"
+
+
+def bundled_binary() -> Optional[str]:
+    """The ``pyro`` binary bundled in this package (a platform wheel install), or ``None``
+    (an install from source, which carries the SDK only)."""
+    p = BUNDLED_DIR / "pyro"
+    return str(p) if _executable(p) else None
+
 
 def _checkouts() -> Iterator[Path]:
     """Directories that may be a pyro repository checkout: the ones above the current
@@ -34,9 +44,10 @@ def _executable(p: Path) -> bool:
 def find_binary(explicit: Optional[str] = None) -> str:
     """Returns the path of the ``pyro`` binary to run.
 
-    Looks at, in order: ``explicit``; ``$PYRO_BIN``; ``pyro`` on ``PATH``; a repository
-    checkout's ``target/release/pyro`` then ``target/debug/pyro`` (found from the current
-    directory or this package's location).
+    Looks at, in order: ``explicit``; ``$PYRO_BIN``; the binary bundled in this package
+    (``pyro_mcp/bin/pyro``, present in a platform wheel install, with its guest agent beside
+    it); ``pyro`` on ``PATH``; a repository checkout's ``target/release/pyro`` then
+    ``target/debug/pyro`` (found from the current directory or this package's location).
 
     Raises:
         PyroProtocolError: when none is found, listing where it looked.
@@ -54,6 +65,10 @@ def find_binary(explicit: Optional[str] = None) -> str:
             return str(p.resolve())
         raise PyroProtocolError(f"${ENV_VAR}={env!r} does not exist or is not executable")
     looked.append(f"${ENV_VAR} (unset)")
+    bundled = bundled_binary()
+    if bundled:
+        return bundled
+    looked.append(str(BUNDLED_DIR / "pyro"))
     on_path = shutil.which("pyro")
     if on_path:
         return on_path
@@ -67,5 +82,6 @@ def find_binary(explicit: Optional[str] = None) -> str:
     raise PyroProtocolError(
         "cannot find the pyro binary (looked at: "
         + ", ".join(looked)
-        + "); build it with `cargo build --release -p pyro-cli` or set $PYRO_BIN"
+        + "); install the platform wheel (scripts/build-wheel.sh), build it with "
+        "`cargo build --release -p pyro-cli`, or set $PYRO_BIN"
     )

@@ -31,6 +31,7 @@ from pyro_mcp import (
     PyroTimeoutError,
     PyroUnavailableError,
 )
+from pyro_mcp import _binary
 from pyro_mcp._binary import find_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +81,30 @@ def test_binary_lookup_honours_pyro_bin(monkeypatch: pytest.MonkeyPatch, tmp_pat
         find_binary()
     monkeypatch.setenv("PYRO_BIN", BINARY)
     assert find_binary() == str(Path(BINARY).resolve())
+
+
+def test_binary_lookup_prefers_the_bundled_binary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A platform wheel install: pyro_mcp/bin/pyro wins over PATH, $PYRO_BIN over it.
+    bundled = tmp_path / "bin"
+    bundled.mkdir()
+    (bundled / "pyro").write_text("#!/bin/sh\n")
+    (bundled / "pyro").chmod(0o755)
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    (on_path / "pyro").write_text("#!/bin/sh\n")
+    (on_path / "pyro").chmod(0o755)
+    monkeypatch.setattr(_binary, "BUNDLED_DIR", bundled)
+    monkeypatch.setenv("PATH", str(on_path))
+    monkeypatch.delenv("PYRO_BIN", raising=False)
+    assert find_binary() == str(bundled / "pyro")
+    monkeypatch.setenv("PYRO_BIN", BINARY)
+    assert find_binary() == str(Path(BINARY).resolve())
+    # Without a bundled binary (an install from source): PATH, as before.
+    monkeypatch.delenv("PYRO_BIN")
+    (bundled / "pyro").unlink()
+    assert find_binary() == str(on_path / "pyro")
 
 
 def test_a_missing_binary_is_a_protocol_error(tmp_path: Path) -> None:
