@@ -457,7 +457,7 @@ fn doctor_reports_missing_ok_and_stale_and_repair_fixes_stale() {
     let servers = r["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 1, "{r}");
     assert_eq!(servers[0]["ok"], true, "{r}");
-    assert_eq!(servers[0]["tools"], 16);
+    assert_eq!(servers[0]["tools"], 17, "workspace-core's tools");
 
     // repair keeps the entry's profile.
     let fixed = home.ok_json(&["host", "repair", "cursor", "--json"]);

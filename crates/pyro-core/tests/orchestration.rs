@@ -1052,3 +1052,43 @@ fn a_summary_tells_what_happened_since_the_last_reset() {
         assert!(s.changes.is_none() && s.changes_note.is_some());
     });
 }
+
+#[test]
+fn a_cancelled_exec_call_kills_its_command() {
+    run(async {
+        let env = Env::new();
+        let id = env.create(None).await;
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let pyro = env.other();
+        let id2 = id.clone();
+        let call = tokio::spawn(pyro_core::ops::on_own_thread(
+            Some(cancelled),
+            move || async move {
+                let opts = ExecOptions::new(Command::Shell("sleep 31.5; echo done".into()));
+                pyro.exec_workspace(&id2, opts, None).await
+            },
+        ));
+        let sleeping = || {
+            std::process::Command::new("pgrep")
+                .args(["-f", "^sleep 31.5"])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sleeping() {
+            assert!(Instant::now() < deadline, "never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancel.send(true).unwrap();
+        assert!(call.await.unwrap().unwrap().is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleeping() {
+            assert!(
+                Instant::now() < deadline,
+                "the command outlived its cancelled call"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
