@@ -141,7 +141,7 @@ mod tests {
         }
         assert_eq!(
             lookup("debian:12").unwrap().packages(),
-            ["bash", "coreutils", "git", "ca-certificates"]
+            ["bash", "coreutils", "git", "ca-certificates", "python3"]
         );
         assert_eq!(
             lookup("debian:12-base").unwrap().default_packages,

@@ -191,7 +191,7 @@ mod tests {
     fn mmdebstrap_arguments_install_the_agent_safely() {
         let entry = crate::catalog::lookup("debian:12").unwrap();
         let args = mmdebstrap_args(entry, Path::new("/tmp/it's here/agent"));
-        assert!(args.contains(&"--include=bash,coreutils,git,ca-certificates".to_owned()));
+        assert!(args.contains(&"--include=bash,coreutils,git,ca-certificates,python3".to_owned()));
         assert!(
             args.contains(
                 &"--customize-hook=upload '/tmp/it'\\''s here/agent' /opt/pyro/bin/pyro-agent"
