@@ -1507,11 +1507,8 @@ async fn malformed_http_bodies_get_json_rpc_errors() {
 
 /// Regression test: `notifications/cancelled` for a running `workspace_exec` did not stop it;
 /// the command ran to its end in the guest.
-// Known gap: through QEMU's relay the call is abandoned at once but the guest command runs
-// on (the same path on the fake backend, where closing the session reaches the agent, kills
-// it: `pyro-core/tests/orchestration.rs::a_cancelled_exec_call_kills_its_command`). Run
-// with `--ignored` while fixing it.
-#[ignore = "cancellation does not yet reach a command behind QEMU's relay"]
+// Through QEMU's relay: the relay watches for the client's reset while the command is
+// silent (it used to notice only when the guest next printed something).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_exec_is_killed_in_the_guest() {
     let work = tempfile::tempdir().unwrap();

@@ -958,6 +958,24 @@ impl SendHalf {
         ))
     }
 
+    /// Waits until the stream can no longer send: the peer reset it, or the session ended.
+    /// The reason. A relay watches this while it waits for the other side, so that a
+    /// client's reset reaches the agent even when nothing flows (a silent command).
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.credit.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.credit.dead.load(Ordering::SeqCst) {
+                return match self.dead_error() {
+                    ProtoError::StreamReset { reason } => reason,
+                    other => other.to_string(),
+                };
+            }
+            notified.await;
+        }
+    }
+
     /// Aborts the whole stream with a reason the peer sees.
     pub fn reset(self, reason: &str) {
         let shared = &self.core.session.inner.shared;

@@ -442,10 +442,21 @@ async fn bridge(client: Stream, agent: Stream) {
     tokio::join!(pump(client_rx, agent_tx), pump(agent_rx, client_tx));
 }
 
-/// Copies one direction: messages in order, `End` as `finish`, failures as `reset`.
+/// Copies one direction: messages in order, `End` as `finish`, failures as `reset`. A reset
+/// of the destination (its peer went away) ends the copy at once, even while the source is
+/// silent: dropping `from` then resets the source stream once the other direction is done
+/// too (the client's request side ends early, so without this a client's reset of a call
+/// whose command prints nothing would never reach the agent).
 async fn pump(mut from: RecvHalf, mut to: SendHalf) {
     loop {
-        match from.recv().await {
+        let next = tokio::select! {
+            next = from.recv() => next,
+            reason = to.stopped() => {
+                tracing::trace!(%reason, "relay: destination stopped");
+                return;
+            }
+        };
+        match next {
             Ok(Some(msg)) => {
                 if let Err(e) = to.send(msg).await {
                     // The receiving side is gone. The other direction's pump sees the same
