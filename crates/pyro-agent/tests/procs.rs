@@ -450,7 +450,7 @@ fn shell_requests_are_validated() {
         open(&s, open_req("dup", a.scratch())).await;
         assert_eq!(
             call(Request::ShellOpen(open_req("dup", a.scratch()))).await,
-            ErrorCode::BadRequest
+            ErrorCode::Conflict
         );
         // (An input over SHELL_WRITE_MAX does not fit in one protocol message at all: the
         // agent's own check is unit-tested.)
@@ -744,7 +744,7 @@ fn service_stop_escalates_to_kill() {
         };
         assert_eq!(
             refuse(svc("busy", "true", a.scratch())).await,
-            ErrorCode::BadRequest
+            ErrorCode::Conflict
         );
         assert_eq!(
             refuse(svc("-bad", "true", a.scratch())).await,

@@ -239,15 +239,7 @@ impl TryFrom<&ExecArgs> for pyro_core::ops::ExecWorkspace {
             env: Some(parse_env_pairs(&a.env)?),
             max_output_bytes: a.max_output_bytes,
             stdin: None,
-            secret_env: Some(
-                a.secret_env
-                    .iter()
-                    .map(|s| match s.split_once('=') {
-                        Some((name, var)) => (name.to_string(), var.to_string()),
-                        None => (s.clone(), String::new()),
-                    })
-                    .collect(),
-            ),
+            secret_env: Some(crate::procs::secret_env_map(&a.secret_env)),
         })
     }
 }

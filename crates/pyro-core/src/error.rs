@@ -328,6 +328,7 @@ impl CoreError {
             Self::Agent(pyro_proto::api::CallError::Agent(e)) => match e.code {
                 pyro_proto::api::ErrorCode::BadRequest => ErrorKind::InvalidInput,
                 pyro_proto::api::ErrorCode::NotFound => ErrorKind::NotFound,
+                pyro_proto::api::ErrorCode::Conflict => ErrorKind::State,
                 _ => ErrorKind::Runtime,
             },
             _ => ErrorKind::Runtime,

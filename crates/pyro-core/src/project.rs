@@ -121,6 +121,7 @@ impl ProjectSource {
     pub fn materialize(&self, scratch_parent: &Path) -> Result<ProjectSeed> {
         self.check()?;
         crate::host::ensure_private_dir(scratch_parent)?;
+        remove_stale_scratch(scratch_parent);
         let scratch = scratch_parent.join(format!(
             "project-{}-{}",
             std::process::id(),
@@ -189,6 +190,42 @@ impl ProjectSource {
     }
 }
 
+/// Removes the scratch directories of processes that are gone (a create killed while it
+/// archived a project leaves its `project-<pid>-<hex>`).
+fn remove_stale_scratch(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("project-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && crate::host::process_start_ticks(pid).is_none()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether a component above `rel` in `root` is a symlink (a tracked directory replaced by a
+/// link in the work tree must not pull files from wherever it points).
+fn through_a_link(root: &Path, rel: &Path) -> bool {
+    let mut at = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if !m.file_type().is_symlink() => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
 /// A tar of the tracked paths (`ls-files -z` output) as they are in the work tree: regular
 /// files and symlinks; deleted files and submodules (directories) are skipped.
 fn write_tracked_tar(root: &Path, listed: &[u8], out: &Path) -> Result<()> {
@@ -198,6 +235,9 @@ fn write_tracked_tar(root: &Path, listed: &[u8], out: &Path) -> Result<()> {
     b.follow_symlinks(false);
     for name in listed.split(|&c| c == 0).filter(|n| !n.is_empty()) {
         let rel = Path::new(std::ffi::OsStr::from_bytes(name));
+        if through_a_link(root, rel) {
+            continue;
+        }
         let path = root.join(rel);
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -260,15 +300,23 @@ mod tests {
             &repo,
             "git init -q -b main && mkdir src && echo one > src/a.txt && echo t > b.txt && \
              git add . && git commit -q -m first && git tag v1 && echo two > src/a.txt && \
-             echo untracked > junk.txt && git rm -q --cached b.txt",
+             echo untracked > junk.txt && git rm -q --cached b.txt && \
+             mkdir lib && echo tracked > lib/x.txt && git add lib && git commit -q -m lib && \
+             mkdir ../outside && echo secret > ../outside/x.txt && rm -r lib && \
+             ln -s ../outside lib",
         );
+        // A stale scratch directory of a dead process is swept.
+        let stale = dir.path().join("scratch/project-999999999-abc");
+        std::fs::create_dir_all(&stale).unwrap();
         let seed = ProjectSource::Path(repo.join("src"))
             .materialize(&dir.path().join("scratch"))
             .unwrap();
         assert_eq!(seed.origin_kind, "project_path");
         assert_eq!(seed.origin_ref.len(), 40, "{}", seed.origin_ref);
-        // The work tree's content of tracked files; untracked and untracked-now files out.
+        // The work tree's content of tracked files; untracked and untracked-now files out,
+        // and nothing through a tracked directory now replaced by a symlink.
         assert_eq!(names(&seed.tar), [("src/a.txt".into(), "two\n".into())]);
+        assert!(!stale.exists(), "a dead process's scratch is removed");
         let scratch = seed.tar.parent().unwrap().to_path_buf();
         drop(seed);
         assert!(

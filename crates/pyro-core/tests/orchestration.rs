@@ -924,6 +924,18 @@ fn a_service_that_is_not_ready_is_an_error_and_stop_reports_how_it_ended() {
             )
             .await
             .unwrap();
+        // A running name is refused (the agent says Conflict, not a guess from its message).
+        match env
+            .pyro
+            .start_service(&id, service("polite", "true"), pyro_core::no_progress())
+            .await
+        {
+            Err(CoreError::Invalid { field, reason }) => {
+                assert_eq!(field, "service_name");
+                assert!(reason.contains("already running"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         let polite = env.pyro.stop_service(&id, "polite").await.unwrap();
         assert_eq!(
             (polite.state.as_str(), polite.stop_reason.as_deref()),

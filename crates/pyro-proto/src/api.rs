@@ -641,6 +641,8 @@ pub enum ErrorCode {
     BadRequest,
     /// A named object does not exist.
     NotFound,
+    /// The name is taken by something that still runs (a service of that name, a shell id).
+    Conflict,
     /// The agent does not support this request.
     Unsupported,
     /// An I/O operation in the guest failed.

@@ -51,6 +51,11 @@ pub(crate) fn not_found(message: impl Into<String>) -> AgentError {
     AgentError::new(ErrorCode::NotFound, message)
 }
 
+/// A [`ErrorCode::Conflict`] error.
+pub(crate) fn conflict(message: impl Into<String>) -> AgentError {
+    AgentError::new(ErrorCode::Conflict, message)
+}
+
 /// An [`ErrorCode::Io`] error.
 pub(crate) fn io_err(what: &str, e: &std::io::Error) -> AgentError {
     AgentError::new(ErrorCode::Io, format!("{what}: {e}"))

@@ -336,7 +336,10 @@ async fn launch(req: ServiceStart) -> Result<Arc<Service>, AgentError> {
         let mut t = table();
         if let Some(old) = t.get(&req.name) {
             if !old.ended() {
-                return Err(bad(format!("service {:?} is already running", req.name)));
+                return Err(super::conflict(format!(
+                    "service {:?} is already running",
+                    req.name
+                )));
             }
             t.remove(&req.name);
             remove_logs(&dir, &req.name);

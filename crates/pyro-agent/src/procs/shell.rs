@@ -302,7 +302,10 @@ pub async fn open(req: ShellOpen) -> Result<ShellState, AgentError> {
     {
         let t = table();
         if t.contains_key(&req.id) {
-            return Err(bad(format!("shell {:?} already exists", req.id)));
+            return Err(super::conflict(format!(
+                "shell {:?} already exists",
+                req.id
+            )));
         }
         if t.len() >= SHELLS_MAX {
             return Err(bad(format!("at most {SHELLS_MAX} shells")));
@@ -370,7 +373,10 @@ pub async fn open(req: ShellOpen) -> Result<ShellState, AgentError> {
             drop(t);
             killpg(pid, libc::SIGKILL);
             shell.closed.send_replace(true);
-            return Err(bad(format!("shell {:?} already exists", req.id)));
+            return Err(super::conflict(format!(
+                "shell {:?} already exists",
+                req.id
+            )));
         }
         t.insert(req.id.clone(), shell.clone());
     }

@@ -364,13 +364,12 @@ impl Pyro {
         })
         .await
         .map_err(|e| match e {
+            api::CallError::Agent(a) if a.code == api::ErrorCode::Conflict => CoreError::Invalid {
+                field: "service_name",
+                reason: format!("service `{}` is already running; stop it first", req.name),
+            },
             api::CallError::Agent(a) if a.code == api::ErrorCode::BadRequest => {
-                if a.message.contains("already running") {
-                    CoreError::Invalid {
-                        field: "service_name",
-                        reason: format!("service `{}` is already running; stop it first", req.name),
-                    }
-                } else if a.message.contains("cwd") {
+                if a.message.contains("cwd") {
                     cwd_error(api::CallError::Agent(a), &cwd)
                 } else {
                     CoreError::Invalid {
