@@ -197,21 +197,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pyro bench --network` (see [`crate::bench_net`]).
-async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// What the modes that build a namespace world share: this binary, the backend (the first
+/// `--backend`, else `default`), and the environment pulled first, from this process's
+/// namespace (the world has no route to the mirrors).
+async fn in_world_setup(
+    args: &BenchArgs,
+    default: &str,
+) -> anyhow::Result<(std::path::PathBuf, String, pyro_core::Pyro)> {
     let exe = std::env::current_exe()?;
     let backend = args
         .backends
         .first()
         .cloned()
-        .unwrap_or_else(|| "qemu".into());
-    // Built from this process's namespace: the bench's world has no route to the mirrors.
+        .unwrap_or_else(|| default.into());
     let pyro = crate::open_pyro(Some(&backend))?;
     pyro.pull_environment(
         &args.environment,
         crate::stderr_progress(args.environment.clone()),
     )
     .await?;
+    Ok((exe, backend, pyro))
+}
+
+/// `pyro bench --network` (see [`crate::bench_net`]).
+async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (exe, backend, _pyro) = in_world_setup(&args, "qemu").await?;
     let r = crate::bench_net::run(&exe, &backend, &args.environment, args.iterations).await?;
     if args.json {
         crate::render::print_json(&r);
@@ -253,19 +263,7 @@ async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// `pyro bench --procs` (see [`crate::bench_procs`]).
 async fn procs(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use crate::bench_procs::PortPart;
-    let exe = std::env::current_exe()?;
-    let backend = args
-        .backends
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "auto".into());
-    // Built from this process's namespace: the networked part's world has no route out.
-    let pyro = crate::open_pyro(Some(&backend))?;
-    pyro.pull_environment(
-        &args.environment,
-        crate::stderr_progress(args.environment.clone()),
-    )
-    .await?;
+    let (exe, _backend, pyro) = in_world_setup(&args, "auto").await?;
     let kind = pyro
         .backend(pyro.options().backend, &pyro_core::no_progress())
         .await?
