@@ -33,6 +33,7 @@ mod mcp;
 mod procs;
 mod render;
 mod rpc;
+mod snapshots;
 mod workspace;
 
 use std::collections::BTreeMap;

@@ -44,8 +44,15 @@ pub enum WorkspaceCmd {
     Summary(WsJson),
     /// Copy a path out of the workspace to the host.
     Export(ExportArgs),
-    /// Go back to the create-time baseline (fresh disk, baseline tree, empty history).
-    Reset(WsJson),
+    /// Go back to the create-time baseline (fresh disk, baseline tree, empty history), or
+    /// to a named snapshot (with --snapshot: its disk, and its running machine when taken
+    /// while started).
+    Reset(ResetArgs),
+    /// Named snapshots: the whole machine of a started workspace, the disk of a stopped one.
+    #[command(subcommand)]
+    Snapshot(crate::snapshots::SnapshotCmd),
+    /// Make new workspaces from a snapshot of this one (named, or taken now).
+    Fork(crate::snapshots::ForkArgs),
     /// Stop the workspace's VM (data is kept; the TTL pauses).
     Stop(WsJson),
     /// Start a stopped workspace.
@@ -66,6 +73,18 @@ pub enum WorkspaceCmd {
 
 #[derive(Args, Debug)]
 pub struct Json {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// Workspace id.
+    workspace_id: String,
+    /// The snapshot to go back to.
+    #[arg(long, default_value = pyro_core::workspace::BASELINE)]
+    snapshot: String,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -568,6 +587,10 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     );
     println!("Command count: {}", w.command_count);
     println!("Reset count: {}", w.reset_count);
+    println!(
+        "Snapshots: {} ({} bytes on disk)",
+        w.snapshot_count, w.snapshot_bytes
+    );
     if let Some(t) = w.last_reset_at {
         println!("Last reset at: {t}");
     }
@@ -800,6 +823,8 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
         }
         WorkspaceCmd::File(cmd) => return file(cmd).await,
         WorkspaceCmd::Disk(cmd) => return disk(cmd).await,
+        WorkspaceCmd::Snapshot(cmd) => return crate::snapshots::snapshot(cmd).await,
+        WorkspaceCmd::Fork(a) => return crate::snapshots::fork(a).await,
         WorkspaceCmd::Patch(PatchCmd::Apply {
             workspace_id,
             patch,
@@ -888,7 +913,7 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             let pyro = open_pyro(None).map_err(&f)?;
             let progress = progress_unless(a.json, "");
             let w = pyro
-                .reset_workspace(&a.workspace_id, progress)
+                .reset_workspace_to(&a.workspace_id, &a.snapshot, progress)
                 .await
                 .map_err(|e| f(e.into()))?;
             show(a.json, "Reset workspace", &w);

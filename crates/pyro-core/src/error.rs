@@ -208,6 +208,14 @@ pub enum CoreError {
         /// The name asked for.
         name: String,
     },
+    /// No snapshot with this name in the workspace.
+    #[error("workspace `{workspace_id}` has no snapshot `{}`", one_line(name))]
+    SnapshotNotFound {
+        /// The workspace.
+        workspace_id: String,
+        /// The name asked for.
+        name: String,
+    },
     /// A service did not become ready (it exited first, its readiness timed out, or a port
     /// could not be published); the error's data carries its [`crate::ServiceInfo`].
     #[error("service `{}` {}{}", info.service_name, failure_text(info), log_suffix(log_tail))]
@@ -315,6 +323,7 @@ impl CoreError {
             | Self::WorkspaceNotFound { .. }
             | Self::ShellNotFound { .. }
             | Self::ServiceNotFound { .. }
+            | Self::SnapshotNotFound { .. }
             | Self::DiskPathNotFound { .. } => ErrorKind::NotFound,
             Self::WorkspaceState { .. } | Self::AgentUnresponsive { .. } => ErrorKind::State,
             Self::WrongState { .. } | Self::Expired { .. } | Self::Capacity { .. } => {

@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod backend;
 pub mod error;
+mod fault;
 pub mod host;
 pub mod hostfs;
 pub mod ledger;
@@ -478,7 +479,10 @@ pub(crate) async fn connect_agent(machine: &mut dyn Machine, timeout: Duration) 
 
 /// [`connect_agent`] without setting the clock (a restored guest gets it with
 /// [`warm::reseed`]).
-async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> Result<Session> {
+pub(crate) async fn connect_agent_session(
+    machine: &mut dyn Machine,
+    timeout: Duration,
+) -> Result<Session> {
     let deadline = Instant::now() + timeout;
     loop {
         if !machine.is_alive() {
@@ -530,7 +534,7 @@ async fn connect_agent_session(machine: &mut dyn Machine, timeout: Duration) -> 
     }
 }
 
-async fn sync_clock(session: &Session) {
+pub(crate) async fn sync_clock(session: &Session) {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

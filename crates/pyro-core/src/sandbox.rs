@@ -48,11 +48,30 @@ pub(crate) struct BootPlan<'a> {
     pub(crate) after_failed_warm: &'a (dyn Fn() -> Result<()> + Send + Sync),
     /// Progress of a snapshot build.
     pub(crate) progress: &'a ProgressFn,
+    /// Restore this saved machine (a workspace snapshot's directory: the backend's state
+    /// files) instead of booting; the disk at `spec.upper` is already the snapshot's copy.
+    pub(crate) restore_from: Option<&'a Path>,
+    /// A cold boot makes a machine that can be snapshotted while it runs, where the
+    /// backend can ([`Backend::boot_recorded`]); workspaces ask for it.
+    pub(crate) recorded: bool,
 }
 
 impl Pyro {
     /// The one boot path of every sandbox (see the module docs).
     pub(crate) async fn boot_sandbox(&self, plan: BootPlan<'_>) -> Result<Sandbox> {
+        if let Some(dir) = plan.restore_from {
+            let card = own_card(&plan.spec);
+            let machine = plan
+                .backend
+                .restore(template_spec(&plan.spec, &card), dir)
+                .await?;
+            let (machine, session) = self.own_machine(machine, &plan, plan.spec.net).await?;
+            return Ok(Sandbox {
+                machine,
+                session,
+                mode: BootMode::Snapshot,
+            });
+        }
         let disk: &Path = plan.spec.upper;
         if plan.fresh_disk && self.snapshots_enabled() {
             match self
@@ -93,6 +112,19 @@ impl Pyro {
         if plan.fresh_disk && !disk.exists() {
             self.cache().create_upper_disk(disk, plan.disk_mib)?;
         }
+        if plan.recorded && plan.backend.boots_recorded() {
+            let card = own_card(&plan.spec);
+            let machine = plan
+                .backend
+                .boot_recorded(template_spec(&plan.spec, &card))
+                .await?;
+            let (machine, session) = self.own_machine(machine, &plan, plan.spec.net).await?;
+            return Ok(Sandbox {
+                machine,
+                session,
+                mode: BootMode::Cold,
+            });
+        }
         let boot_timeout = plan.spec.boot_timeout;
         let mut machine = plan.backend.boot(plan.spec).await?;
         if let Err(e) = (plan.on_spawn)(machine.as_ref()) {
@@ -110,5 +142,47 @@ impl Pyro {
                 Err(e)
             }
         }
+    }
+
+    /// Records a machine started with the template's card and no clock of its own, waits
+    /// for its agent and makes it its own ([`crate::warm::reseed_with`]: entropy, clock,
+    /// machine id, and `nic`'s MAC and address); halted again on any failure.
+    async fn own_machine(
+        &self,
+        mut machine: Box<dyn Machine>,
+        plan: &BootPlan<'_>,
+        nic: Option<&crate::backend::GuestNic>,
+    ) -> Result<(Box<dyn Machine>, Session)> {
+        let ready = async {
+            (plan.on_spawn)(machine.as_ref())?;
+            let session =
+                crate::connect_agent_session(machine.as_mut(), plan.spec.boot_timeout).await?;
+            crate::warm::reseed_with(&session, nic).await?;
+            Ok::<_, CoreError>(session)
+        }
+        .await;
+        match ready {
+            Ok(session) => Ok((machine, session)),
+            Err(e) => {
+                machine.halt().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The template's card for `spec`'s own (see [`crate::net::template_nic`]).
+fn own_card(spec: &BootSpec<'_>) -> Option<crate::backend::GuestNic> {
+    spec.net.map(crate::net::template_nic)
+}
+
+/// `spec` with `card` in place of its own network card.
+fn template_spec<'a>(
+    spec: &BootSpec<'a>,
+    card: &'a Option<crate::backend::GuestNic>,
+) -> BootSpec<'a> {
+    BootSpec {
+        net: card.as_ref(),
+        ..*spec
     }
 }

@@ -227,6 +227,8 @@ impl Pyro {
                 on_spawn: &on_spawn,
                 after_failed_warm: &|| Ok(()),
                 progress,
+                restore_from: None,
+                recorded: false,
             })
             .await;
         let sandbox = match sandbox {

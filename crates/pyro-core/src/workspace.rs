@@ -37,6 +37,7 @@ mod ports;
 mod procs;
 mod services;
 mod shells;
+mod snapshots;
 mod teardown;
 
 pub use activity::ActivityEvent;
@@ -52,6 +53,10 @@ pub use services::{
     StartService, check_service_name,
 };
 pub use shells::{OpenShell, ReadShell, SHELL_IDLE_MAX_MS, SHELL_READ_MAX_CHARS, SHELL_SIGNALS};
+pub use snapshots::{
+    BASELINE, ForkResult, ForkWorkspace, MAX_FORKS, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOTS,
+    SnapshotCreateResult, SnapshotDeleteResult, SnapshotInfo, SnapshotList, check_snapshot_name,
+};
 use teardown::Teardown;
 
 /// How long a started workspace's guest agent has to answer a call (the handshake and a

@@ -533,7 +533,6 @@ pub async fn launch(spec: &QemuSpec, opts: &LaunchOptions) -> Result<Qemu, QemuE
         workdir,
         argv,
         boot,
-        shared_memory: spec.memory_file.as_ref().is_some_and(|f| f.shared),
     };
     let exited = |qemu: &Qemu, status: ExitStatus| QemuError::Exited {
         status: status.to_string(),
@@ -719,7 +718,6 @@ pub struct Qemu {
     workdir: PathBuf,
     argv: Vec<String>,
     boot: BootParams,
-    shared_memory: bool,
 }
 
 impl Qemu {
@@ -785,53 +783,7 @@ impl Qemu {
     /// [`QemuError::Io`] creating the file, any QMP error, or [`QemuError::Migration`] when
     /// the migration fails or does not finish within [`SAVE_TIMEOUT`].
     pub async fn save_state(&self, path: &Path) -> Result<MigrationInfo, QemuError> {
-        use std::os::fd::AsFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        let started = Instant::now();
-        let mut qmp = self.qmp().await?;
-        qmp.stop().await?;
-        qmp.migrate_set_parameters(SAVE_BANDWIDTH).await?;
-        if self.shared_memory {
-            qmp.migrate_set_capability(IGNORE_SHARED, true).await?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| QemuError::Io {
-                op: "create",
-                path: path.to_owned(),
-                source,
-            })?;
-        qmp.getfd(STATE_FD_NAME, file.as_fd()).await?;
-        drop(file);
-        qmp.migrate(&format!("fd:{STATE_FD_NAME}")).await?;
-        loop {
-            let info = qmp.query_migrate().await?;
-            match info.status.as_deref() {
-                Some("completed") => {
-                    tracing::debug!(pid = self.pid, elapsed = ?started.elapsed(), ?info, "state saved");
-                    return Ok(info);
-                }
-                Some(status @ ("failed" | "cancelled")) => {
-                    return Err(QemuError::Migration {
-                        status: status.to_string(),
-                        desc: info.error_desc.unwrap_or_default(),
-                    });
-                }
-                _ => {}
-            }
-            if started.elapsed() >= SAVE_TIMEOUT {
-                let _ = qmp.execute("migrate_cancel", None).await;
-                return Err(QemuError::Migration {
-                    status: info.status.unwrap_or_default(),
-                    desc: format!("not finished within {SAVE_TIMEOUT:?}"),
-                });
-            }
-            tokio::time::sleep(SAVE_POLL).await;
-        }
+        save_state_at(&self.qmp_socket_path(), path).await
     }
 
     /// Kills QEMU with SIGKILL, reaps it and removes its sockets. Fine to call after it
@@ -908,6 +860,64 @@ impl Qemu {
         for name in [AGENT_SOCKET, QMP_SOCKET] {
             let _ = remove_stale(&self.workdir.join(name));
         }
+    }
+}
+
+/// [`Qemu::save_state`] for a QEMU reached through its QMP socket `qmp_socket` (one started
+/// by another process). Guest memory in a shared [`MemoryFile`] is left out of the stream;
+/// any other memory is in it (a zero page takes a few bytes). The machine is left paused;
+/// [`Qmp::cont`] resumes it.
+///
+/// # Errors
+///
+/// As [`Qemu::save_state`].
+pub async fn save_state_at(qmp_socket: &Path, path: &Path) -> Result<MigrationInfo, QemuError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let started = Instant::now();
+    let mut qmp = Qmp::connect(qmp_socket).await?;
+    qmp.stop().await?;
+    qmp.migrate_set_parameters(SAVE_BANDWIDTH).await?;
+    // Always set, so the stream's format is the one a restore (which sets it whenever the
+    // memory is a file) expects; only shared memory is left out by it.
+    qmp.migrate_set_capability(IGNORE_SHARED, true).await?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| QemuError::Io {
+            op: "create",
+            path: path.to_owned(),
+            source,
+        })?;
+    qmp.getfd(STATE_FD_NAME, file.as_fd()).await?;
+    drop(file);
+    qmp.migrate(&format!("fd:{STATE_FD_NAME}")).await?;
+    loop {
+        let info = qmp.query_migrate().await?;
+        match info.status.as_deref() {
+            Some("completed") => {
+                tracing::debug!(socket = %qmp_socket.display(), elapsed = ?started.elapsed(), ?info, "state saved");
+                return Ok(info);
+            }
+            Some(status @ ("failed" | "cancelled")) => {
+                return Err(QemuError::Migration {
+                    status: status.to_string(),
+                    desc: info.error_desc.unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
+        if started.elapsed() >= SAVE_TIMEOUT {
+            let _ = qmp.execute("migrate_cancel", None).await;
+            return Err(QemuError::Migration {
+                status: info.status.unwrap_or_default(),
+                desc: format!("not finished within {SAVE_TIMEOUT:?}"),
+            });
+        }
+        tokio::time::sleep(SAVE_POLL).await;
     }
 }
 

@@ -43,7 +43,7 @@ pub use error::QemuError;
 pub use launch::{
     AGENT_SOCKET, Accel, BootParams, CONSOLE_LOG, INCOMING_FD, LaunchOptions, MemoryFile, Nic,
     QEMU_BINARY, QEMU_ENV, QMP_SOCKET, Qemu, QemuSpec, RELAY_SOCKET, SAVE_TIMEOUT, STDERR_LOG,
-    build_argv, incoming_args, kernel_cmdline, launch, launch_argv, locate_qemu,
+    build_argv, incoming_args, kernel_cmdline, launch, launch_argv, locate_qemu, save_state_at,
 };
 pub use qmp::{MigrationInfo, Qmp};
 pub use relay::{RelayError, RelayOptions, run_relay, run_relay_with};

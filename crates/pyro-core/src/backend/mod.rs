@@ -335,6 +335,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Box::pin(async move { Err(self.no_snapshots()) })
     }
 
+    /// Boots a machine that can be snapshotted while it runs ([`Machine::save_state`] from
+    /// any later process) and restored with [`Self::restore`]: no clock on its command line
+    /// (the caller reseeds it once its agent answers), and `spec.net` must be the template's
+    /// card ([`crate::net::template_nic`]). Only where [`Self::boots_recorded`]; the
+    /// caller boots an ordinary machine elsewhere.
+    fn boot_recorded<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        let _ = spec;
+        Box::pin(async move { Err(self.no_snapshots()) })
+    }
+
+    /// Whether [`Self::boot_recorded`] is implemented.
+    fn boots_recorded(&self) -> bool {
+        false
+    }
+
     /// The error of the snapshot operations a backend does not have.
     fn no_snapshots(&self) -> CoreError {
         CoreError::BackendUnavailable {

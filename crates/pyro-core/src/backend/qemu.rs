@@ -106,12 +106,32 @@ struct QemuVmmRecord {
     version: String,
 }
 
+/// What a machine that can be snapshotted while it runs notes in its working directory
+/// ([`RECORDED_FILE`]), for [`Machine::save_state`] from a later process.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RecordedMachine {
+    /// As [`QemuVmmRecord::argv`].
+    argv: Vec<String>,
+    /// As [`QemuVmmRecord::tsc_khz`].
+    tsc_khz: Option<u64>,
+    /// The guest memory size: the placeholder memory file a snapshot carries has it.
+    mem_mib: u32,
+}
+
+/// The file in a machine's working directory that says how to snapshot it (present only
+/// for a machine whose memory is private: a workspace's).
+const RECORDED_FILE: &str = "recorded.json";
+
 /// How [`QemuBackend::start`] starts the machine.
 enum QemuStart<'a> {
     /// A fresh boot with the host's clock on the kernel command line.
     Boot,
-    /// A fresh boot whose command line a restore can reproduce.
+    /// A fresh boot whose command line a restore can reproduce (a warm template: its
+    /// memory is written through to a file).
     BootForSnapshot,
+    /// A fresh boot whose command line a restore can reproduce, with private memory (a
+    /// workspace, snapshotted while it runs with the memory in the state stream).
+    BootRecorded,
     /// A restore of the state saved in this directory.
     Restore(&'a Path),
 }
@@ -171,6 +191,14 @@ impl QemuBackend {
                 path: spec.workdir.join(QEMU_MEMORY_FILE),
                 shared: true,
             }),
+            QemuStart::BootRecorded => {
+                let path = spec.workdir.join(QEMU_MEMORY_FILE);
+                sparse_memory_file(&path, spec.mem_mib)?;
+                Some(pyro_qemu::MemoryFile {
+                    path,
+                    shared: false,
+                })
+            }
             QemuStart::Restore(dir) => Some(pyro_qemu::MemoryFile {
                 path: dir.join(QEMU_MEMORY_FILE),
                 shared: false,
@@ -184,7 +212,9 @@ impl QemuBackend {
         let restoring = matches!(how, QemuStart::Restore(_));
         let (boot, incoming) = match how {
             QemuStart::Boot => (None, None),
-            QemuStart::BootForSnapshot => (Some(pyro_qemu::BootParams::without_clock()), None),
+            QemuStart::BootForSnapshot | QemuStart::BootRecorded => {
+                (Some(pyro_qemu::BootParams::without_clock()), None)
+            }
             QemuStart::Restore(dir) => {
                 let path = dir.join(QEMU_VMM_FILE);
                 let bytes = std::fs::read(&path).map_err(|e| CoreError::io("read", &path, e))?;
@@ -224,7 +254,24 @@ impl QemuBackend {
             incoming,
             netns: spec.net.map(|n| n.netns.clone()),
         };
+        let private_memory = matches!(how, QemuStart::BootRecorded | QemuStart::Restore(_));
         let vm = pyro_qemu::launch(&qspec, &opts).await.map_err(boot_err)?;
+        if private_memory && !recorded_argv.is_empty() {
+            let note = RecordedMachine {
+                argv: recorded_argv.clone(),
+                tsc_khz: vm.boot_params().tsc_khz,
+                mem_mib: spec.mem_mib,
+            };
+            let path = spec.workdir.join(RECORDED_FILE);
+            let written = serde_json::to_vec(&note)
+                .map_err(std::io::Error::other)
+                .and_then(|body| std::fs::write(&path, body));
+            if let Err(e) = written {
+                let mut vm = vm;
+                let _ = vm.kill().await;
+                return Err(CoreError::io("write", &path, e));
+            }
+        }
         let agent_sock = vm.agent_socket_path();
         let socket = spec.workdir.join(pyro_qemu::RELAY_SOCKET);
         let listen = socket.clone();
@@ -280,6 +327,21 @@ impl QemuBackend {
             recorded_argv,
         }) as Box<dyn Machine>)
     }
+}
+
+/// Makes `path` a sparse file of `mem_mib` MiB (no blocks): the memory file a machine with
+/// private memory maps, which is never written.
+fn sparse_memory_file(path: &Path, mem_mib: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CoreError::io("create", path, e))?;
+    f.set_len(u64::from(mem_mib) << 20)
+        .map_err(|e| CoreError::io("size", path, e))
 }
 
 /// Names the writable disk `workdir/upper.ext4` (see [`UPPER_IN_WORKDIR`]), by a link when
@@ -350,6 +412,14 @@ impl Backend for QemuBackend {
         state_dir: &'a Path,
     ) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
         Box::pin(self.start(spec, QemuStart::Restore(state_dir)))
+    }
+
+    fn boot_recorded<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        Box::pin(self.start(spec, QemuStart::BootRecorded))
+    }
+
+    fn boots_recorded(&self) -> bool {
+        true
     }
 }
 
@@ -525,5 +595,72 @@ impl Machine for AttachedQemu {
     }
     fn console_tail(&self, max: usize) -> String {
         self.base.console_tail(max)
+    }
+    fn detach_agent(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // The relay's end closes the port: the agent ends its session and waits for the
+            // next relay's with its hello pending (the next connect starts one).
+            if let Some(relay) = self.base.rec.relay.take() {
+                ProcessRef::kill_and_wait(&[relay]).await;
+            }
+            let _ = std::fs::remove_file(&self.base.rec.socket);
+        })
+    }
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let qmp_path = self.base.rec.workdir.join(pyro_qemu::QMP_SOCKET);
+            let mut qmp = pyro_qemu::Qmp::connect(&qmp_path)
+                .await
+                .map_err(qemu_run_state("pause"))?;
+            qmp.stop().await.map_err(qemu_run_state("pause"))
+        })
+    }
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let qmp_path = self.base.rec.workdir.join(pyro_qemu::QMP_SOCKET);
+            let mut qmp = pyro_qemu::Qmp::connect(&qmp_path)
+                .await
+                .map_err(qemu_run_state("resume"))?;
+            qmp.cont().await.map_err(qemu_run_state("resume"))
+        })
+    }
+    fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let workdir = self.base.rec.workdir.clone();
+            let note_path = workdir.join(RECORDED_FILE);
+            let note: RecordedMachine = match std::fs::read(&note_path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CoreError::Boot {
+                    reason: format!("unreadable machine note {}: {e}", note_path.display()),
+                    console_tail: String::new(),
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(CoreError::BackendUnavailable {
+                        backend: BackendKind::Qemu.as_str(),
+                        reason: "this machine was booted by an older pyro, which cannot save its memory; `stop` and `start` the workspace once".into(),
+                    });
+                }
+                Err(e) => return Err(CoreError::io("read", &note_path, e)),
+            };
+            let state = dir.join(QEMU_STATE_FILE);
+            pyro_qemu::save_state_at(&workdir.join(pyro_qemu::QMP_SOCKET), &state)
+                .await
+                .map_err(|e| CoreError::Boot {
+                    reason: format!("saving the machine state failed: {e}"),
+                    console_tail: self.base.console_tail(2000),
+                })?;
+            let rec = QemuVmmRecord {
+                argv: note.argv,
+                tsc_khz: note.tsc_khz,
+                version: String::new(),
+            };
+            let path = dir.join(QEMU_VMM_FILE);
+            let body = serde_json::to_vec_pretty(&rec).map_err(|e| CoreError::Invalid {
+                field: "snapshot record",
+                reason: e.to_string(),
+            })?;
+            std::fs::write(&path, body).map_err(|e| CoreError::io("write", &path, e))?;
+            // Restores map a memory file privately and load every page from the stream.
+            sparse_memory_file(&dir.join(QEMU_MEMORY_FILE), note.mem_mib)
+        })
     }
 }

@@ -24,8 +24,7 @@
 //! - `allow_host_compat: true` is refused everywhere with `invalid_input`: pyro never runs
 //!   a command on the host, and saying yes to a request for it would be a lie.
 //! - `logs` pages default to [`defaults::LOGS_LIMIT`] entries and refuse `limit = 0`.
-//! - `reset` accepts only the snapshot `baseline` until named snapshots exist; any other
-//!   name is `not_found`-style `invalid_input` naming the snapshots that exist.
+//! - `reset` takes `baseline` or a named snapshot; an unknown name is `not_found`.
 //! - A command is a string (run by `/bin/sh -c`) or an array (argv, run directly) on every
 //!   face, MCP included.
 //! - Host paths resolve through the call's [`PathPolicy`] ([`paths`]).
@@ -107,6 +106,11 @@ pub mod defaults {
     }
     pub(crate) fn reset_snapshot() -> String {
         RESET_SNAPSHOT.to_string()
+    }
+    /// Workspaces one fork makes.
+    pub const FORK_COUNT: i64 = 1;
+    pub(crate) fn fork_count() -> i64 {
+        FORK_COUNT
     }
     /// Terminal columns of a new shell.
     pub const SHELL_COLS: i64 = 120;
@@ -412,6 +416,14 @@ catalogue! {
     ResetWorkspace(ResetWorkspace),
     /// `delete_workspace` / `workspace_delete`
     DeleteWorkspace(DeleteWorkspace),
+    /// `create_snapshot` / `snapshot_create`
+    CreateSnapshot(CreateSnapshot),
+    /// `list_snapshots` / `snapshot_list`
+    ListSnapshots(ListSnapshots),
+    /// `delete_snapshot` / `snapshot_delete`
+    DeleteSnapshot(DeleteSnapshot),
+    /// `fork_workspace` / `workspace_fork`
+    ForkWorkspace(ForkWorkspaceRequest),
     /// `open_shell` / `shell_open`
     OpenShell(OpenShellRequest),
     /// `read_shell` / `shell_read`

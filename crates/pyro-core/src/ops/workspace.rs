@@ -12,8 +12,9 @@ use super::vm::{ExecFields, backend, refuse_host_compat};
 use super::{Ctx, HostPathParam, Operation, defaults as d, output_callback};
 use crate::workspace::{
     CreateWorkspace, DiffResult, DiskExportResult, DiskListResult, DiskReadResult, ExportResult,
-    FileListResult, FileReadResult, FileWriteResult, PatchResult, SyncResult, UpdateWorkspace,
-    WorkspaceDeleteResult, WorkspaceExecResult, WorkspaceList, WorkspaceLogs,
+    FileListResult, FileReadResult, FileWriteResult, ForkResult, PatchResult, SnapshotCreateResult,
+    SnapshotDeleteResult, SnapshotList, SyncResult, UpdateWorkspace, WorkspaceDeleteResult,
+    WorkspaceExecResult, WorkspaceList, WorkspaceLogs,
 };
 use crate::{Command, CoreError, OutputFn, Pyro, Result, WorkspaceInfo};
 
@@ -477,13 +478,15 @@ impl Operation for ApplyWorkspacePatch {
     }
 }
 
-/// Restore a workspace to a snapshot of /workspace.
+/// Restore a workspace to a snapshot: `baseline` (the create-time tree on a fresh disk) or
+/// a named one (its disk, and its running machine when taken while started).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetWorkspace {
     pub workspace_id: String,
-    /// Only baseline (the create-time tree).
+    /// baseline, or a named snapshot.
     #[serde(default = "d::reset_snapshot")]
+    #[schemars(length(max = 64))]
     pub snapshot: String,
 }
 
@@ -492,17 +495,109 @@ impl Operation for ResetWorkspace {
     const TOOL: Option<&'static str> = Some("workspace_reset");
     type Output = WorkspaceInfo;
     async fn run(self, pyro: &Pyro, cx: &Ctx) -> Result<WorkspaceInfo> {
-        if self.snapshot != d::RESET_SNAPSHOT {
-            return Err(CoreError::Invalid {
-                field: "snapshot",
-                reason: format!(
-                    "snapshot `{}` does not exist: this version of pyro has no named \
-                     snapshots, only \"baseline\" (the create-time tree)",
-                    crate::error::one_line(&self.snapshot)
-                ),
-            });
-        }
-        pyro.reset_workspace(&self.workspace_id, cx.progress.clone())
+        pyro.reset_workspace_to(&self.workspace_id, &self.snapshot, cx.progress.clone())
+            .await
+    }
+}
+
+/// Snapshot a workspace: started, its whole machine (disk, memory, processes); stopped,
+/// its disk.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    pub workspace_id: String,
+    /// ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, not baseline.
+    #[schemars(length(max = 64))]
+    pub snapshot_name: String,
+}
+
+impl Operation for CreateSnapshot {
+    const METHOD: &'static str = "create_snapshot";
+    const TOOL: Option<&'static str> = Some("snapshot_create");
+    type Output = SnapshotCreateResult;
+    async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<SnapshotCreateResult> {
+        pyro.create_snapshot(&self.workspace_id, &self.snapshot_name)
+            .await
+    }
+}
+
+/// List a workspace's snapshots: baseline first, then named ones, newest first.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSnapshots {
+    pub workspace_id: String,
+}
+
+impl Operation for ListSnapshots {
+    const METHOD: &'static str = "list_snapshots";
+    const TOOL: Option<&'static str> = Some("snapshot_list");
+    type Output = SnapshotList;
+    async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<SnapshotList> {
+        pyro.list_snapshots(&self.workspace_id).await
+    }
+}
+
+/// Delete a named snapshot.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSnapshot {
+    pub workspace_id: String,
+    #[schemars(length(max = 64))]
+    pub snapshot_name: String,
+}
+
+impl Operation for DeleteSnapshot {
+    const METHOD: &'static str = "delete_snapshot";
+    const TOOL: Option<&'static str> = Some("snapshot_delete");
+    type Output = SnapshotDeleteResult;
+    async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<SnapshotDeleteResult> {
+        pyro.delete_snapshot(&self.workspace_id, &self.snapshot_name)
+            .await
+    }
+}
+
+/// Make new workspaces from a snapshot of one (named, or taken now).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkWorkspaceRequest {
+    pub workspace_id: String,
+    /// A named snapshot; omitted: the workspace as it is now.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub snapshot: Option<String>,
+    /// The forks' name (numbered -1, -2, ... when count > 1).
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub name: Option<String>,
+    #[serde(default = "d::fork_count")]
+    #[schemars(range(min = 1, max = 16))]
+    pub count: i64,
+    /// Copy the source's secrets and credentials into the forks.
+    #[serde(default)]
+    pub with_secrets: bool,
+}
+
+impl Operation for ForkWorkspaceRequest {
+    const METHOD: &'static str = "fork_workspace";
+    const TOOL: Option<&'static str> = Some("workspace_fork");
+    type Output = ForkResult;
+    async fn run(self, pyro: &Pyro, cx: &Ctx) -> Result<ForkResult> {
+        let count = u32::try_from(self.count)
+            .ok()
+            .filter(|c| (1..=crate::workspace::MAX_FORKS).contains(c))
+            .ok_or(CoreError::OutOfRange {
+                field: "count",
+                value: self.count,
+                min: 1,
+                max: i64::from(crate::workspace::MAX_FORKS),
+            })?;
+        let req = crate::workspace::ForkWorkspace {
+            snapshot: self.snapshot,
+            name: self.name,
+            count,
+            with_secrets: self.with_secrets,
+        };
+        pyro.fork_workspace(&self.workspace_id, req, cx.progress.clone())
             .await
     }
 }

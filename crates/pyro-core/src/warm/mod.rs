@@ -118,18 +118,21 @@ pub enum BootMode {
     /// Taken from the pre-warmed pool: started ahead of time, kept paused, resumed and
     /// reseeded when taken (see [`pool`]).
     Pooled,
+    /// Restored from a workspace's named snapshot (its memory and disk), then reseeded.
+    Snapshot,
 }
 
 impl BootMode {
     /// Every mode.
-    pub const ALL: [BootMode; 3] = [Self::Cold, Self::Warm, Self::Pooled];
+    pub const ALL: [BootMode; 4] = [Self::Cold, Self::Warm, Self::Pooled, Self::Snapshot];
 
-    /// `cold`, `warm` or `pooled`.
+    /// `cold`, `warm`, `pooled` or `snapshot`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Cold => "cold",
             Self::Warm => "warm",
             Self::Pooled => "pooled",
+            Self::Snapshot => "snapshot",
         }
     }
 }
@@ -142,7 +145,7 @@ impl std::fmt::Display for BootMode {
 
 /// A boot mode name that is not one of [`BootMode::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown boot mode `{input}` (expected cold, warm or pooled)")]
+#[error("unknown boot mode `{input}` (expected cold, warm, pooled or snapshot)")]
 pub struct UnknownBootMode {
     /// The text refused (cut to 64 characters).
     pub input: String,

@@ -239,6 +239,19 @@ fn entry_of(m: &Merged<'_>, e: &Entry) -> std::result::Result<DiskEntry, MergeEr
     })
 }
 
+/// Entries under directory `path` in the merged tree of `upper` over `base`, and the bytes of
+/// its regular files (at most [`MAX_DISK_LIST_ENTRIES`] entries counted); zeros when the
+/// images cannot be read. Blocking.
+pub(super) fn count_tree(upper: &Path, base: &Path, path: &str) -> (u64, u64) {
+    match list_blocking(upper, base, path.as_bytes(), true, MAX_DISK_LIST_ENTRIES) {
+        Ok((entries, _)) => {
+            let files = entries.iter().filter(|e| e.artifact_type == "file");
+            (entries.len() as u64, files.map(|e| e.size_bytes).sum())
+        }
+        Err(_) => (0, 0),
+    }
+}
+
 /// Lists `path` in the merged tree (blocking; the images are read here).
 fn list_blocking(
     upper: &Path,
@@ -358,7 +371,7 @@ impl Pyro {
     }
 
     /// The environment's read-only base image (the overlay's lower layer), from the cache.
-    fn base_image(&self, rec: &WorkspaceRecord) -> Result<PathBuf> {
+    pub(super) fn base_image(&self, rec: &WorkspaceRecord) -> Result<PathBuf> {
         let cache = self.cache();
         match cache.read_environment_manifest(&rec.environment)? {
             Some(m) if cache.has_blob(&m.artifacts.rootfs) => {

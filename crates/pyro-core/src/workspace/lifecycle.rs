@@ -123,7 +123,7 @@ impl Pyro {
             };
             rec.seed_json = seed_json(&seed_info);
             store.insert_workspace(&rec)?;
-            let (machine, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let (machine, session, mode) = self.ws_boot(&rec, &progress, true, None).await?;
             let imported = import_tar_file(
                 &session,
                 &d.baseline(),
@@ -483,7 +483,7 @@ impl Pyro {
                 detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
             });
         }
-        let (machine, _session, mode) = self.ws_boot(&rec, &progress, false).await?;
+        let (machine, _session, mode) = self.ws_boot(&rec, &progress, false, None).await?;
         let now = host::now();
         let rec = store.update_workspace(id, |r| {
             r.state = WorkspaceState::Started;
@@ -538,6 +538,20 @@ impl Pyro {
         })
     }
 
+    /// Puts the workspace back to snapshot `snapshot`: [`BASELINE`](super::BASELINE) (see
+    /// [`Self::reset_workspace`]) or a named one.
+    pub async fn reset_workspace_to(
+        &self,
+        id: &str,
+        snapshot: &str,
+        progress: ProgressFn,
+    ) -> Result<WorkspaceInfo> {
+        if snapshot == super::BASELINE {
+            return self.reset_workspace(id, progress).await;
+        }
+        self.reset_to_snapshot(id, snapshot, progress).await
+    }
+
     /// Puts the workspace back to its create-time baseline: a fresh writable disk (so
     /// everything outside `/workspace` is pristine too), the baseline tree, an empty history.
     pub async fn reset_workspace(&self, id: &str, progress: ProgressFn) -> Result<WorkspaceInfo> {
@@ -587,7 +601,7 @@ impl Pyro {
         let rebuilt = async {
             std::fs::rename(&fresh, d.upper())
                 .map_err(|e| CoreError::io("replace", d.upper(), e))?;
-            let (machine, session, mode) = self.ws_boot(&rec, &progress, true).await?;
+            let (machine, session, mode) = self.ws_boot(&rec, &progress, true, None).await?;
             let seeded = import_tar_file(
                 &session,
                 &d.baseline(),

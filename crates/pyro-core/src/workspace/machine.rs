@@ -161,6 +161,7 @@ impl Pyro {
             });
         }
         self.ensure_watchdog(&rec);
+        self.resume_abandoned_pause(&rec).await;
         Ok(rec)
     }
 
@@ -428,6 +429,7 @@ impl Pyro {
         rec: &WorkspaceRecord,
         progress: &ProgressFn,
         fresh_disk: bool,
+        restore_from: Option<&Path>,
     ) -> Result<(MachineRecord, Session, BootMode)> {
         let d = self.ws_dirs(&rec.id);
         // Nothing of an earlier boot may outlive into this one: a VMM left by a killed
@@ -487,6 +489,8 @@ impl Pyro {
                 on_spawn: &note_machine,
                 after_failed_warm: &prepare_vm_dir,
                 progress,
+                restore_from,
+                recorded: true,
             })
             .await;
         match sandbox {
@@ -567,6 +571,7 @@ impl Pyro {
         });
         let remaining = rec.remaining_ttl(now);
         let services = self.service_counts(&rec.id);
+        let snapshots = self.snapshot_totals(&rec.id);
         let network = if rec.state == WorkspaceState::Started {
             self.recorded_network(&rec.id).map(|plan| {
                 let mut info = crate::net::describe(
@@ -619,6 +624,8 @@ impl Pyro {
             last_reset_at: rec.last_reset_at,
             service_count: services.0,
             running_service_count: services.1,
+            snapshot_count: snapshots.0,
+            snapshot_bytes: snapshots.1,
             last_error: rec.last_error.clone(),
             metadata: rec
                 .boot_mode
