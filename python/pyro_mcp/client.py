@@ -568,9 +568,51 @@ class Pyro:
         return self._call("apply_workspace_patch", workspace_id=workspace_id, patch=patch)
 
     def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> Result:
-        """Goes back to the create-time baseline: fresh disk, baseline tree, empty history.
-        Only ``snapshot="baseline"`` (the default) exists in this version."""
+        """Goes back to the create-time baseline (fresh disk, baseline tree) or to a named
+        snapshot (its disk, and its running machine when it was taken while started:
+        processes, shells and services come back). The history is emptied either way."""
         return self._call("reset_workspace", workspace_id=workspace_id, snapshot=snapshot)
+
+    # --------------------------------------------------------------- snapshots
+
+    def create_snapshot(self, workspace_id: str, snapshot_name: str) -> Result:
+        """Takes a named snapshot: the whole machine of a started workspace (disk, memory,
+        processes; ``snapshot.pause_ms`` says how long the guest stood still), the disk of a
+        stopped one (``snapshot.has_memory`` false)."""
+        return self._call(
+            "create_snapshot", workspace_id=workspace_id, snapshot_name=snapshot_name
+        )
+
+    def list_snapshots(self, workspace_id: str) -> Result:
+        """The baseline, then named snapshots newest first, with ``size_bytes`` on disk."""
+        return self._call("list_snapshots", workspace_id=workspace_id)
+
+    def delete_snapshot(self, workspace_id: str, snapshot_name: str) -> Result:
+        """Deletes a named snapshot: ``{workspace_id, snapshot_name, deleted}``."""
+        return self._call(
+            "delete_snapshot", workspace_id=workspace_id, snapshot_name=snapshot_name
+        )
+
+    def fork_workspace(
+        self,
+        workspace_id: str,
+        *,
+        snapshot: Optional[str] = None,
+        name: Optional[str] = None,
+        count: int = 1,
+        with_secrets: bool = False,
+    ) -> Result:
+        """Makes ``count`` new workspaces from a named snapshot, or from the workspace as it
+        is now. Each has its own disk, memory, identity and network; secrets only with
+        ``with_secrets``. Returns ``{workspaces: [WorkspaceInfo], ...}``."""
+        return self._call(
+            "fork_workspace",
+            workspace_id=workspace_id,
+            snapshot=snapshot,
+            name=name,
+            count=count,
+            with_secrets=with_secrets,
+        )
 
     def delete_workspace(self, workspace_id: str) -> Result:
         """Deletes the workspace and all its data: ``{workspace_id, deleted, reason}``."""

@@ -78,6 +78,9 @@ FULL = CORE + [
     "workspace_disk_export",
     "workspace_disk_list",
     "workspace_disk_read",
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_delete",
     "shell_open",
     "shell_read",
     "shell_write",
@@ -90,6 +93,7 @@ FULL = CORE + [
     "service_stop",
     "shell_list",
     "shell_resize",
+    "workspace_fork",
 ]
 PROFILES: Dict[str, List[str]] = {
     "vm-run": ["vm_run"],
@@ -98,8 +102,8 @@ PROFILES: Dict[str, List[str]] = {
 }
 # Upper bounds for the compact JSON of the tools/list result, in bytes.
 # workspace-full grows with the features only it offers (network allowlists, secrets, shells
-# and services, disk tools).
-BUDGET = {"vm-run": 3_000, "workspace-core": 26_000, "workspace-full": 64_000}
+# and services, disk tools, snapshots and fork).
+BUDGET = {"vm-run": 3_000, "workspace-core": 26_000, "workspace-full": 74_000}
 
 
 def _server_env(tmp: Path) -> Dict[str, str]:

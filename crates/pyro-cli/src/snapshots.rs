@@ -23,6 +23,7 @@ pub struct SnapshotArgs {
     /// Workspace id.
     workspace_id: String,
     /// Snapshot name (^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$).
+    #[arg(allow_hyphen_values = true)]
     snapshot_name: String,
     /// Print the result as JSON on stdout.
     #[arg(long)]

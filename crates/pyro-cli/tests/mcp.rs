@@ -288,7 +288,7 @@ const CORE: [&str; 17] = [
     "workspace_delete",
 ];
 
-const FULL_EXTRA: [&str; 26] = [
+const FULL_EXTRA: [&str; 30] = [
     "vm_list_environments",
     "vm_create",
     "vm_start",
@@ -303,6 +303,9 @@ const FULL_EXTRA: [&str; 26] = [
     "workspace_disk_export",
     "workspace_disk_list",
     "workspace_disk_read",
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_delete",
     "shell_open",
     "shell_read",
     "shell_write",
@@ -315,6 +318,7 @@ const FULL_EXTRA: [&str; 26] = [
     "service_stop",
     "shell_list",
     "shell_resize",
+    "workspace_fork",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

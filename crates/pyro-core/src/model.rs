@@ -262,9 +262,9 @@ pub struct WorkspaceInfo {
     pub last_reset_at: Option<f64>,
     pub service_count: u64,
     pub running_service_count: u64,
-    /// Named snapshots (the baseline not counted).
+    // Named snapshots (the baseline not counted), and the bytes they take on the host's
+    // disk (no schema descriptions: every workspace result carries them).
     pub snapshot_count: u64,
-    /// Bytes the named snapshots take on the host's disk.
     pub snapshot_bytes: u64,
     pub last_error: Option<String>,
     pub metadata: BTreeMap<String, String>,

@@ -334,6 +334,9 @@ mod tests {
                 "workspace_disk_export",
                 "workspace_disk_list",
                 "workspace_disk_read",
+                "snapshot_create",
+                "snapshot_list",
+                "snapshot_delete",
                 "shell_open",
                 "shell_read",
                 "shell_write",
@@ -346,6 +349,7 @@ mod tests {
                 "service_stop",
                 "shell_list",
                 "shell_resize",
+                "workspace_fork",
             ]
         );
     }

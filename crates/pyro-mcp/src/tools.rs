@@ -250,11 +250,11 @@ pub const TOOLS: &[Row] = &[
         name: "workspace_reset",
         tier: Tier::WorkspaceCore,
         long: true,
-        title: "Reset a workspace to its baseline",
+        title: "Reset a workspace to its baseline or a snapshot",
         read_only: false,
         destructive: true,
         idempotent: true,
-        description: "Restore a workspace to its baseline: fresh filesystem, /workspace as seeded, empty history, same workspace_id. Discards every change.",
+        description: "Restore a workspace to its baseline (fresh filesystem, /workspace as seeded) or a named snapshot (with its processes if taken while started). Empty history, same workspace_id.",
     },
     Row {
         name: "workspace_delete",
@@ -407,6 +407,36 @@ pub const TOOLS: &[Row] = &[
         description: "Read a regular file of a stopped workspace without booting it, up to max_bytes, as text (secrets redacted).",
     },
     Row {
+        name: "snapshot_create",
+        tier: Tier::WorkspaceFull,
+        long: true,
+        title: "Snapshot a workspace",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        description: "Save a named snapshot. Started: the whole machine (disk, memory, processes, shells, services; the guest pauses briefly, pause_ms). Stopped: the disk. workspace_reset with snapshot=NAME goes back to it; workspace_fork copies it.",
+    },
+    Row {
+        name: "snapshot_list",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "List a workspace's snapshots",
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        description: "List the baseline and the named snapshots, with has_memory and size_bytes on disk.",
+    },
+    Row {
+        name: "snapshot_delete",
+        tier: Tier::WorkspaceFull,
+        long: false,
+        title: "Delete a snapshot",
+        read_only: false,
+        destructive: true,
+        idempotent: false,
+        description: "Delete a named snapshot (not the baseline).",
+    },
+    Row {
         name: "shell_open",
         tier: Tier::WorkspaceFull,
         long: false,
@@ -525,6 +555,16 @@ pub const TOOLS: &[Row] = &[
         destructive: false,
         idempotent: true,
         description: "Change a shell's terminal size (full-screen programs redraw).",
+    },
+    Row {
+        name: "workspace_fork",
+        tier: Tier::WorkspaceFull,
+        long: true,
+        title: "Fork a workspace",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        description: "Make count new workspaces from a named snapshot, or from the workspace as it is now. Each gets its own disk, memory, machine id, entropy and network; processes, shells and services come along when the snapshot has memory. Secrets only with with_secrets.",
     },
 ];
 
@@ -1004,6 +1044,7 @@ mod tests {
                 "vm_network_info",
                 "workspace_disk_list",
                 "workspace_disk_read",
+                "snapshot_list",
                 "shell_read",
                 "service_list",
                 "service_status",
@@ -1020,6 +1061,7 @@ mod tests {
             "workspace_stop",
             "vm_stop",
             "vm_delete",
+            "snapshot_delete",
         ] {
             let a = ToolId::from_name(name)
                 .unwrap()
