@@ -573,6 +573,41 @@ def test_shells_and_services_on_a_real_guest(pyro: Pyro) -> None:
         pyro.delete_workspace(wid)
 
 
+def test_snapshots_reset_and_fork_on_a_real_guest(pyro: Pyro) -> None:
+    wid = pyro.create_workspace(environment=ENV)["workspace_id"]
+    made = [wid]
+    try:
+        pyro.exec_workspace(wid, command="echo one > a.txt")
+        taken = pyro.create_snapshot(wid, "s1")
+        snap = taken["snapshot"]
+        assert (snap["snapshot_name"], snap["kind"], snap["has_memory"]) == ("s1", "named", True)
+        assert snap["pause_ms"] >= 0 and snap["size_bytes"] > 0
+        pyro.exec_workspace(wid, command="echo two > a.txt")
+        info = pyro.reset_workspace(wid, snapshot="s1")
+        assert info["metadata"]["boot_mode"] == "snapshot"
+        assert pyro.exec_workspace(wid, command="cat a.txt")["stdout"] == "one\n"
+        listed = pyro.list_snapshots(wid)
+        assert [s["snapshot_name"] for s in listed["snapshots"]] == ["baseline", "s1"]
+        assert listed["total_bytes"] >= snap["size_bytes"]
+        forked = pyro.fork_workspace(wid, snapshot="s1", count=2, name="kid")
+        made += [w["workspace_id"] for w in forked["workspaces"]]
+        assert [w["name"] for w in forked["workspaces"]] == ["kid-1", "kid-2"]
+        pyro.exec_workspace(made[1], command="echo fork > a.txt")
+        assert pyro.exec_workspace(made[2], command="cat a.txt")["stdout"] == "one\n"
+        assert pyro.exec_workspace(wid, command="cat a.txt")["stdout"] == "one\n"
+        deleted = pyro.delete_snapshot(wid, "s1")
+        assert deleted == {"workspace_id": wid, "snapshot_name": "s1", "deleted": True}
+        with pytest.raises(PyroNotFoundError):
+            pyro.reset_workspace(wid, snapshot="s1")
+        with pytest.raises(PyroInputError, match="snapshot_name"):
+            pyro.create_snapshot(wid, "no/slash")
+        with pytest.raises(PyroInputError, match="count"):
+            pyro.fork_workspace(wid, count=0)
+    finally:
+        for w in made:
+            pyro.delete_workspace(w)
+
+
 def test_workspaces_persist_across_instances(tmp_path: Path) -> None:
     with Pyro() as a:
         wid = a.create_workspace(environment=ENV)["workspace_id"]

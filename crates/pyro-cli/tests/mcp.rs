@@ -1658,3 +1658,83 @@ async fn a_project_seeds_workspaces_created_without_a_seed_path() {
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_reset_and_fork_through_tools() {
+    let work = tempfile::tempdir().unwrap();
+    let s = start("workspace-full", &[], work.path()).await;
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "echo one > a.txt"}),
+    )
+    .await;
+    let r = s
+        .ok(
+            "snapshot_create",
+            json!({"workspace_id": id, "snapshot_name": "s1"}),
+        )
+        .await;
+    assert_eq!(r["snapshot"]["has_memory"], true, "{r}");
+    s.ok(
+        "workspace_exec",
+        json!({"workspace_id": id, "command": "echo two > a.txt"}),
+    )
+    .await;
+    let w = s
+        .ok(
+            "workspace_reset",
+            json!({"workspace_id": id, "snapshot": "s1"}),
+        )
+        .await;
+    assert_eq!(w["metadata"]["boot_mode"], "snapshot", "{w}");
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "cat a.txt"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "one\n");
+    let f = s
+        .ok(
+            "workspace_fork",
+            json!({"workspace_id": id, "snapshot": "s1"}),
+        )
+        .await;
+    let fork = f["workspaces"][0]["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": fork, "command": "cat a.txt"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "one\n");
+    let l = s.ok("snapshot_list", json!({"workspace_id": id})).await;
+    assert_eq!(l["count"], 2, "{l}");
+    let err = s
+        .err(
+            "snapshot_delete",
+            json!({"workspace_id": id, "snapshot_name": "baseline"}),
+        )
+        .await;
+    assert!(err.contains("[invalid_input]"), "{err}");
+    let err = s
+        .err("workspace_fork", json!({"workspace_id": id, "count": 99}))
+        .await;
+    assert!(err.contains("count"), "{err}");
+    s.ok(
+        "snapshot_delete",
+        json!({"workspace_id": id, "snapshot_name": "s1"}),
+    )
+    .await;
+    for w in [&id, &fork] {
+        s.ok("workspace_delete", json!({"workspace_id": w})).await;
+    }
+    s.assert_clean().await;
+}
