@@ -12,7 +12,9 @@
 //! host's peak memory use.
 //!
 //! `pyro bench --network` measures networking ([`crate::bench_net`]); `pyro bench --procs`
-//! measures shells, services and published ports ([`crate::bench_procs`]).
+//! measures shells, services and published ports ([`crate::bench_procs`]); `pyro bench
+//! --workspace-snapshots` measures named snapshots, restores, forks and the disk tools
+//! ([`crate::bench_snap`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,6 +60,11 @@ pub struct BenchArgs {
     /// the --network namespace world) download throughput through a published port.
     #[arg(long, conflicts_with_all = ["workspaces", "snapshots", "network"])]
     procs: bool,
+    /// Measure named workspace snapshots: create (and the guest's pause) with 100 MB of
+    /// data and a running service, reset --snapshot against reset and a cold boot, fork of
+    /// 1 and of 10 with each fork's host memory, and the disk tools against the file tools.
+    #[arg(long, conflicts_with_all = ["workspaces", "snapshots", "network", "procs"])]
+    workspace_snapshots: bool,
     /// With --snapshots: how many sandboxes to restore at once (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [10, 50])]
     concurrency: Vec<usize>,
@@ -123,6 +130,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.procs {
         return procs(args).await;
+    }
+    if args.workspace_snapshots {
+        return workspace_snapshots(args).await;
     }
     let facts = HostFacts::probe();
     let kinds: Vec<BackendKind> = if args.backends.is_empty() {
@@ -256,6 +266,68 @@ async fn network(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!(
         "download into the guest, MB/s: {}",
         json["download_mb_per_s"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pyro bench --workspace-snapshots` (see [`crate::bench_snap`]).
+async fn workspace_snapshots(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (_exe, _backend, pyro) = in_world_setup(&args, "auto").await?;
+    let kind = pyro
+        .backend(pyro.options().backend, &pyro_core::no_progress())
+        .await?
+        .kind();
+    let r = crate::bench_snap::run(
+        &pyro,
+        kind.as_str(),
+        &args.environment,
+        args.mem_mib,
+        args.iterations,
+    )
+    .await?;
+    if args.json {
+        crate::render::print_json(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:<40} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "backend", "measure", "samples", "median_ms", "p95_ms", "min_ms", "max_ms"
+    );
+    for (name, s) in [
+        ("snapshot create (running, 100 MB)", &r.snapshot_create),
+        ("  guest pause during it", &r.snapshot_pause),
+        ("reset --snapshot (memory)", &r.reset_to_snapshot),
+        ("reset to baseline", &r.reset_to_baseline),
+        ("cold boot (start of a stopped one)", &r.cold_boot_start),
+        ("fork, count 1", &r.fork_1),
+        ("fork, count 10 (all answering)", &r.fork_10),
+        ("disk list -r /workspace (stopped)", &r.disk_list_stopped),
+        ("file list -r /workspace (started)", &r.file_list_started),
+        ("disk read 64 KiB (stopped)", &r.disk_read_stopped),
+        ("file read 64 KiB (started)", &r.file_read_started),
+    ] {
+        println!(
+            "{:<10} {:<40} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.backend, name, s.samples, s.median_ms, s.p95_ms, s.min_ms, s.max_ms
+        );
+    }
+    println!(
+        "guest memory {} MiB; snapshot size on disk: {:.1} MB",
+        r.mem_mib,
+        r.snapshot_size_bytes as f64 / 1e6
+    );
+    println!(
+        "reset --snapshot / cold boot: {:.2}x (median)",
+        r.snapshot_restore_vs_cold_boot
+    );
+    println!(
+        "host memory (PSS) per fork of 10, MiB: median {:.1} (each: {})",
+        r.fork_pss_mib_median,
+        r.fork_pss_mib
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,7 @@ macro_rules! print {
 mod bench;
 mod bench_net;
 mod bench_procs;
+mod bench_snap;
 mod doctor;
 mod host_config;
 mod mcp;

@@ -358,3 +358,71 @@ fn socket_of(machine: &dyn pyro_core::backend::Machine) -> std::path::PathBuf {
     let rec = serde_json::to_value(machine.record()).unwrap();
     std::path::PathBuf::from(rec["socket"].as_str().unwrap())
 }
+
+/// A workspace's machine is snapshotted from a later process (its record attached):
+/// paused, saved through its API socket into the snapshot directory, resumed; a fork or a
+/// `reset --snapshot` loads that directory into another sandbox.
+#[test]
+fn a_workspace_machine_is_saved_through_its_record_and_restored_elsewhere() {
+    let fx = Fixture::new();
+    let (ws, ws_upper) = fx.sandbox("workspace");
+    let (fork, fork_upper) = fx.sandbox("fork");
+    let snap = fx.dir.path().join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    rt().block_on(async {
+        assert!(fx.backend.boots_recorded());
+        let m = fx
+            .backend
+            .boot_recorded(fx.spec(&ws, &ws_upper, 256))
+            .await
+            .unwrap();
+        let boot = fx.take_requests();
+        let args = boot[1]["body"]["boot_args"].as_str().unwrap();
+        assert!(!args.contains("pyro.clock="), "{args}");
+        // Another process finds it again by its record.
+        let mut attached = pyro_core::backend::attach(&m.record());
+        attached.save_state(&snap).await.unwrap();
+        attached.resume().await.unwrap();
+        let calls: Vec<(String, String, Value)> = fx
+            .take_requests()
+            .into_iter()
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap().to_string(),
+                    r["path"].as_str().unwrap().to_string(),
+                    r["body"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("PATCH".into(), "/vm".into(), json!({"state": "Paused"})),
+                (
+                    "PUT".into(),
+                    "/snapshot/create".into(),
+                    json!({"snapshot_type": "Full", "snapshot_path": FC_STATE_FILE, "mem_file_path": FC_MEMORY_FILE})
+                ),
+                ("PATCH".into(), "/vm".into(), json!({"state": "Resumed"})),
+            ]
+        );
+        // The files were moved into the snapshot directory, none left in the sandbox.
+        for name in [FC_STATE_FILE, FC_MEMORY_FILE] {
+            assert!(snap.join(name).is_file(), "{name}");
+            assert!(!ws.join(name).exists(), "{name}");
+        }
+        let mut f = fx
+            .backend
+            .restore(fx.spec(&fork, &fork_upper, 256), &snap)
+            .await
+            .unwrap();
+        let load = fx.take_requests();
+        assert_eq!(load.len(), 1, "{load:?}");
+        assert_eq!(load[0]["path"], "/snapshot/load");
+        assert_eq!(load[0]["state_readable"], true);
+        assert_eq!(load[0]["memory_readable"], true);
+        assert!(same_inode(&fork_upper, &fork.join("drive-upper.img")));
+        f.halt().await;
+        attached.halt().await;
+    });
+}

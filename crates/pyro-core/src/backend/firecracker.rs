@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 
-use super::record::{ProcessRef, connect_vsock};
+use super::record::{AttachedMachine, ProcessRef, connect_vsock};
 use super::{
     Backend, BackendKind, BootSpec, BoxFuture, Machine, MachineRecord, clock_param, console_tail,
     file_fingerprint,
@@ -178,6 +178,16 @@ impl Backend for FirecrackerBackend {
         Box::pin(self.start(spec, false))
     }
 
+    fn boot_recorded<'a>(&'a self, spec: BootSpec<'a>) -> BoxFuture<'a, Result<Box<dyn Machine>>> {
+        // Any running Firecracker machine can be saved through its API socket; one booted
+        // without a clock restores like a warm clone (its caller reseeds it).
+        Box::pin(self.start(spec, false))
+    }
+
+    fn boots_recorded(&self) -> bool {
+        true
+    }
+
     fn restore<'a>(
         &'a self,
         spec: BootSpec<'a>,
@@ -281,6 +291,100 @@ impl Machine for FcMachine {
                 pyro_firecracker::vmm::drive_file_name("upper"),
             ] {
                 let _ = std::fs::remove_file(root.join(name));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A Firecracker machine found again from its record (a workspace's, in a later process):
+/// its API socket lies beside the agent's socket, in the directory where the VMM resolves
+/// relative paths (its chroot when jailed).
+#[derive(Debug)]
+struct AttachedFc {
+    base: AttachedMachine,
+}
+
+/// The machine a Firecracker record describes; see [`super::attach`].
+pub(super) fn attach(record: &MachineRecord) -> Box<dyn Machine> {
+    Box::new(AttachedFc {
+        base: AttachedMachine::new(record.clone()),
+    })
+}
+
+impl AttachedFc {
+    /// The VMM's root directory (where its sockets are).
+    fn root(&self) -> std::path::PathBuf {
+        self.base
+            .rec
+            .socket
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.base.rec.workdir.clone())
+    }
+
+    fn api(&self) -> pyro_firecracker::ApiClient {
+        pyro_firecracker::ApiClient::new(self.root().join(pyro_firecracker::vmm::API_SOCKET))
+    }
+
+    async fn set_state(&self, state: &str, step: &str) -> Result<()> {
+        self.api()
+            .patch("/vm", &serde_json::json!({ "state": state }))
+            .await
+            .map_err(|e| CoreError::Boot {
+                reason: format!("cannot {step} the machine: {e}"),
+                console_tail: String::new(),
+            })
+    }
+}
+
+impl Machine for AttachedFc {
+    fn pid(&self) -> u32 {
+        self.base.pid()
+    }
+    fn record(&self) -> MachineRecord {
+        self.base.record()
+    }
+    fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>> {
+        self.base.connect(timeout)
+    }
+    fn is_alive(&mut self) -> bool {
+        self.base.is_alive()
+    }
+    fn halt(&mut self) -> BoxFuture<'_, ()> {
+        self.base.halt()
+    }
+    fn console_tail(&self, max: usize) -> String {
+        self.base.console_tail(max)
+    }
+    fn pause(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.set_state("Paused", "pause").await })
+    }
+    fn resume(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.set_state("Resumed", "resume").await })
+    }
+    /// Pauses the machine and writes a full snapshot into `dir` (`fc-state.bin`,
+    /// `fc-mem.img`); the machine stays paused ([`Machine::resume`] resumes it).
+    fn save_state<'a>(&'a mut self, dir: &'a Path) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.set_state("Paused", "pause").await?;
+            let params = serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": FC_STATE_FILE,
+                "mem_file_path": FC_MEMORY_FILE,
+            });
+            self.api()
+                .with_timeout(Duration::from_secs(300))
+                .put("/snapshot/create", &params)
+                .await
+                .map_err(|e| CoreError::Boot {
+                    reason: format!("saving the machine state failed (snapshot): {e}"),
+                    console_tail: self.base.console_tail(2000),
+                })?;
+            let root = self.root();
+            for name in [FC_STATE_FILE, FC_MEMORY_FILE] {
+                let (from, to) = (root.join(name), dir.join(name));
+                move_file(&from, &to).map_err(|e| CoreError::io("move", &from, e))?;
             }
             Ok(())
         })

@@ -130,7 +130,7 @@ impl MachineRecord {
 pub fn attach(record: &MachineRecord) -> Box<dyn Machine> {
     match record.backend {
         BackendKind::Qemu => super::qemu::attach(record),
-        BackendKind::Firecracker => Box::new(AttachedMachine::new(record.clone())),
+        BackendKind::Firecracker => super::firecracker::attach(record),
         #[cfg(feature = "fake-backend")]
         BackendKind::Fake => super::fake::attach(record),
     }
