@@ -1415,3 +1415,64 @@ fn a_credential_reaches_only_its_host_and_the_guest_sees_only_a_placeholder() {
     world.json(&env, &["workspace", "delete", &id, "--json"]);
     assert_eq!(world.pyro_traces(), "");
 }
+
+#[test]
+fn forks_of_a_networked_workspace_have_their_own_mac_and_address() {
+    let Some(world) = World::new("pnf") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-fork");
+    pull(&env, "debian:12");
+    let src = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress",
+            "--json",
+        ],
+    );
+    let src_id = src["workspace_id"].as_str().unwrap().to_string();
+    let forked = world.json(
+        &env,
+        &["workspace", "fork", &src_id, "--count", "2", "--json"],
+    );
+    assert_eq!(forked["has_memory"], true, "{forked}");
+    let mut all = vec![src.clone()];
+    all.extend(forked["workspaces"].as_array().unwrap().iter().cloned());
+    let mut seen = Vec::new();
+    for ws in &all {
+        let id = ws["workspace_id"].as_str().unwrap();
+        let out = ws_exec(
+            &world,
+            &env,
+            id,
+            "cat /sys/class/net/eth0/address; awk '/32 host/ {print f} {f=$2}' /proc/net/fib_trie | grep -v '^127' | sort -u; git ls-remote http://repo.test/repo.git >/dev/null && echo world-ok",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], ws["network"]["mac_address"], "{out}");
+        assert_eq!(lines[1], ws["network"]["guest_ip"], "{out}");
+        assert_eq!(lines[2], "world-ok", "{out}");
+        seen.push((lines[0].to_string(), lines[1].to_string()));
+    }
+    for i in 0..seen.len() {
+        for j in i + 1..seen.len() {
+            assert_ne!(seen[i].0, seen[j].0, "MACs differ");
+            assert_ne!(seen[i].1, seen[j].1, "addresses differ");
+        }
+    }
+    for ws in &all {
+        world.json(
+            &env,
+            &[
+                "workspace",
+                "delete",
+                ws["workspace_id"].as_str().unwrap(),
+                "--json",
+            ],
+        );
+    }
+    assert_eq!(world.pyro_traces(), "");
+}

@@ -746,9 +746,15 @@ impl Pyro {
                 )
             }
         };
-        let result = self
-            .fork_from(&src, &found, &req, name.as_deref(), &progress)
-            .await;
+        // A snapshot being copied is not deleted meanwhile (delete takes the lock
+        // exclusively).
+        let result = match self.ws_lock(id, LockMode::Shared).await {
+            Ok(_guard) => {
+                self.fork_from(&src, &found, &req, name.as_deref(), &progress)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Some(hidden) = implicit {
             let _ = std::fs::remove_dir_all(hidden);
         }
