@@ -490,15 +490,17 @@ class Pyro:
         offset: int = 0,
         limit: int = 20,
         max_bytes: int = 65536,
+        output_offset: int = 0,
     ) -> Result:
         """The command history with outputs (default: the first 20 entries, 64 KiB of each
-        stream)."""
+        stream, from ``output_offset`` bytes into each stream)."""
         return self._call(
             "logs_workspace",
             workspace_id=workspace_id,
             offset=offset,
             limit=limit,
             max_bytes=max_bytes,
+            output_offset=output_offset,
         )
 
     def export_workspace(self, workspace_id: str, path: str, *, output_path: PathLike) -> Result:
@@ -529,11 +531,16 @@ class Pyro:
         )
 
     def read_workspace_file(
-        self, workspace_id: str, path: str, *, max_bytes: int = 65536
+        self, workspace_id: str, path: str, *, max_bytes: int = 65536, offset: int = 0
     ) -> Result:
-        """Reads a text file (default at most 65536 bytes)."""
+        """Reads a text file from byte ``offset`` (default at most 65536 bytes; the next page
+        starts at ``offset`` plus the bytes returned)."""
         return self._call(
-            "read_workspace_file", workspace_id=workspace_id, path=path, max_bytes=max_bytes
+            "read_workspace_file",
+            workspace_id=workspace_id,
+            path=path,
+            offset=offset,
+            max_bytes=max_bytes,
         )
 
     def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> Result:

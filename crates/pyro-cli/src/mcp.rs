@@ -101,6 +101,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.allow_host_path.clone()
     };
     let roots = HostRoots::new(&roots)?;
+    // Claude Code's own result limit, when its environment sets one (`budget.rs`).
+    let budget = pyro_mcp::ResultBudget::from_env()?;
     let project = project_source(&args)?;
     if let Some(p) = &project {
         tracing::info!(
@@ -116,6 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             profile,
             roots: Arc::new(roots),
             project: project.map(Arc::new),
+            budget,
         },
     );
     tracing::info!(%profile, "MCP server starting");

@@ -270,6 +270,7 @@ impl From<&LogsArgs> for pyro_core::ops::LogsWorkspace {
             offset: a.offset,
             limit: a.limit,
             max_bytes: a.max_bytes,
+            output_offset: a.output_offset,
         }
     }
 }
@@ -287,6 +288,9 @@ pub struct LogsArgs {
     /// Bytes of each stream shown per entry.
     #[arg(long, default_value_t = pyro_core::ops::defaults::LOG_ENTRY_BYTES)]
     max_bytes: u64,
+    /// Byte of each stream to start at (to page through one entry's output).
+    #[arg(long, default_value_t = 0)]
+    output_offset: u64,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -331,6 +335,9 @@ pub enum FileCmd {
         workspace_id: String,
         /// Path inside /workspace.
         path: String,
+        /// Byte to start at (the next page: offset + bytes returned).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
         /// Bytes to read at most.
         #[arg(long, default_value_t = pyro_core::ops::defaults::READ_BYTES)]
         max_bytes: i64,
@@ -774,7 +781,13 @@ pub async fn run(cmd: WorkspaceCmd) -> Result<ExitCode, Failure> {
             let pyro = open_pyro(None).map_err(&f)?;
             let req = pyro_core::ops::LogsWorkspace::from(&a);
             let logs = pyro
-                .logs_workspace(&req.workspace_id, req.offset, req.limit, req.max_bytes)
+                .logs_workspace_from(
+                    &req.workspace_id,
+                    req.offset,
+                    req.limit,
+                    req.max_bytes,
+                    req.output_offset,
+                )
                 .await
                 .map_err(|e| f(e.into()))?;
             if a.json {
@@ -1142,6 +1155,7 @@ async fn file(cmd: FileCmd) -> Result<ExitCode, Failure> {
         FileCmd::Read {
             workspace_id,
             path,
+            offset,
             max_bytes,
             content_only,
             json,
@@ -1149,7 +1163,7 @@ async fn file(cmd: FileCmd) -> Result<ExitCode, Failure> {
             let f = fail(json);
             let pyro = open_pyro(None).map_err(&f)?;
             let r = pyro
-                .read_workspace_file(&workspace_id, &path, max_bytes)
+                .read_workspace_file_at(&workspace_id, &path, offset, max_bytes)
                 .await
                 .map_err(|e| f(e.into()))?;
             if json {

@@ -138,9 +138,14 @@ impl Server {
             return;
         }
         let value = r.structured_content.as_ref().expect("structuredContent");
-        // The text item carries the same JSON.
-        let t: Value = serde_json::from_str(&text(r)).unwrap();
-        assert_eq!(&t, value);
+        // The text item carries the same JSON while it is small, a sentence otherwise.
+        if value.to_string().len() <= pyro_mcp::budget::DUPLICATE_MAX_BYTES {
+            let t: Value = serde_json::from_str(&text(r)).unwrap();
+            assert_eq!(&t, value);
+        } else {
+            let t = text(r);
+            assert!(t.len() < 1024 && t.contains("structuredContent"), "{t}");
+        }
         let schema = Value::Object(
             self.tools[name]
                 .output_schema
@@ -1558,6 +1563,16 @@ async fn a_cancelled_exec_is_killed_in_the_guest() {
         )
         .await;
     assert_eq!(r["stdout"], "no\n");
+    // The activity says the call was cancelled.
+    let sum = s.ok("workspace_summary", json!({"workspace_id": id})).await;
+    let events = sum["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "exec_cancelled"
+                && e["detail"].as_str().unwrap().contains("sleep 35")),
+        "{sum}"
+    );
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
 }
@@ -1736,5 +1751,131 @@ async fn snapshots_reset_and_fork_through_tools() {
     for w in [&id, &fork] {
         s.ok("workspace_delete", json!({"workspace_id": w})).await;
     }
+    s.assert_clean().await;
+}
+
+/// The bytes of the JSON-RPC message that carries `r` (what a stdio client reads as one line).
+fn message_bytes(r: &CallToolResult) -> usize {
+    json!({"jsonrpc": "2.0", "id": 1_000_000, "result": r})
+        .to_string()
+        .len()
+        + 1
+}
+
+/// Regression test (issue 14): 1 MiB of binary on each stream of a `vm_run`, or a 6 MiB file
+/// read, made results over the 10 MiB a TypeScript client accepts, which closed its session.
+/// Results now fit the budget (or, with an explicit size, the hard maximum), say they were
+/// cut, and the call they name returns exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_fit_and_page_to_the_exact_bytes() {
+    const TEN_MIB: usize = 10 * 1024 * 1024;
+    let budget = pyro_mcp::budget::DEFAULT_BUDGET_BYTES;
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().canonicalize().unwrap();
+    let s = start("workspace-core", &[&root], &root).await;
+
+    let r = s
+        .call(
+            "vm_run",
+            json!({"environment": "debian:12-base",
+                "command": "head -c 1048576 /dev/urandom; head -c 1048576 /dev/urandom >&2"}),
+        )
+        .await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    assert!(message_bytes(&r) <= budget + 4096, "{}", message_bytes(&r));
+    let v = r.structured_content.unwrap();
+    assert_eq!(v["stdout_bytes"], 1_048_576);
+    assert_eq!(v["stdout_truncated"], true);
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap()
+            .contains("run the command again"),
+        "{v}"
+    );
+    let kept = pyro_core::base64_decode(v["stdout_base64"].as_str().unwrap()).unwrap();
+    assert!(kept.len() > 20_000, "{}", kept.len());
+
+    let w = s
+        .ok("workspace_create", json!({"environment": "debian:12-base"}))
+        .await;
+    let id = w["workspace_id"].as_str().unwrap().to_string();
+    // Text on stdout, binary on stderr, 1 MiB and more each.
+    let r = s
+        .call(
+            "workspace_exec",
+            json!({"workspace_id": id,
+                "command": "seq 1 200000; head -c 1048576 /dev/urandom >&2; head -c 6291456 /dev/urandom > big.bin"}),
+        )
+        .await;
+    assert!(message_bytes(&r) <= budget + 4096, "{}", message_bytes(&r));
+    let v = r.structured_content.unwrap();
+    assert_eq!(v["stdout_truncated"], true);
+    let seq: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    let next = &v["next"];
+    assert_eq!(next["tool"], "workspace_logs", "{v}");
+    let from = next["arguments"]["output_offset"].as_u64().unwrap() as usize;
+    let shown = v["stdout"].as_str().unwrap();
+    assert!(shown.starts_with(&seq[..from]));
+    let r = s.call("workspace_logs", next["arguments"].clone()).await;
+    assert!(message_bytes(&r) <= budget + 4096, "{}", message_bytes(&r));
+    let logs = r.structured_content.unwrap();
+    let rest = logs["entries"][0]["stdout"].as_str().unwrap();
+    assert!(
+        rest.len() > 10_000 && seq[from..].starts_with(rest),
+        "{}",
+        &rest[..100]
+    );
+
+    // The 6 MiB file: pages (default, then the hard maximum) hold exactly its bytes.
+    s.ok(
+        "workspace_export",
+        json!({"workspace_id": id, "path": "big.bin", "output_path": "big.bin"}),
+    )
+    .await;
+    let want = std::fs::read(root.join("big.bin")).unwrap();
+    let mut got = Vec::new();
+    let mut args = json!({"workspace_id": id, "path": "big.bin"});
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls <= 5, "too many pages");
+        let r = s.call("workspace_file_read", args.clone()).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        let bytes = message_bytes(&r);
+        assert!(bytes < TEN_MIB, "{bytes}");
+        let v = r.structured_content.unwrap();
+        let page = match v["content_base64"].as_str() {
+            Some(b) => pyro_core::base64_decode(b).unwrap(),
+            None => v["content"].as_str().unwrap().as_bytes().to_vec(),
+        };
+        got.extend(page);
+        let Some(next) = v.get("next") else {
+            assert_eq!(v["truncated"], false);
+            break;
+        };
+        assert_eq!(v["truncated"], true);
+        assert!(
+            v["hint"].as_str().unwrap().contains("offset="),
+            "{}",
+            v["hint"]
+        );
+        args = next["arguments"].clone();
+        if calls == 1 {
+            // The largest page a client may ask for.
+            args["max_bytes"] = json!(pyro_mcp::budget::HARD_MAX_BYTES);
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the pages differ from the file");
+    // Over the hard maximum: refused, naming the argument and the maximum.
+    let e = s
+        .err(
+            "workspace_file_read",
+            json!({"workspace_id": id, "path": "big.bin", "max_bytes": 16_777_216}),
+        )
+        .await;
+    assert!(e.contains("max_bytes") && e.contains("8388608"), "{e}");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
 }

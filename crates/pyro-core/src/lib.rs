@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 pub use backend::{BackendChoice, BackendKind, HostFacts};
 pub use error::{CoreError, ErrorKind, Result};
 pub use model::*;
-pub use output::base64;
+pub use output::{base64, base64_decode};
 pub use validate::validate_exec;
 
 use backend::{Backend, BootSpec, Machine};

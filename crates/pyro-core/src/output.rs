@@ -288,6 +288,9 @@ pub(crate) fn render_output(data: &[u8], truncated: bool, total: u64) -> (String
     (text, exact)
 }
 
+/// Decodes standard base64 (RFC 4648; padding optional); `None` for any other character.
+pub use pyro_net::ca::base64_decode;
+
 /// Standard base64 (RFC 4648, with padding).
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -380,6 +383,14 @@ mod tests {
 
     fn err(s: &'static [u8]) -> Output {
         Output::Stderr(Bytes::from_static(s))
+    }
+
+    #[test]
+    fn base64_decode_inverts_base64() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"\xff\x00\x80bar"] {
+            assert_eq!(base64_decode(&base64(data)).as_deref(), Some(data));
+        }
+        assert_eq!(base64_decode("Zm9v!"), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! profile, title, annotations, description) naming an operation of the core's catalogue
 //! ([`pyro_core::ops`]), whose request and result types give the tool's schemas; a call
 //! parses the arguments into that request, runs it with [`pyro_core::Pyro::call`] and renders
-//! the result as `structuredContent` (plus the same JSON as a text item).
+//! the result as `structuredContent` (plus the same JSON as a text item while it is small),
+//! its output bounded to what clients accept ([`budget`]).
 //!
 //! - [`Profile`] picks the tools a client sees (`vm-run`, `workspace-core`, `workspace-full`);
 //!   [`ToolId`] is a row of the table (adding a tool is described in `tools.rs`).
@@ -24,6 +25,7 @@
 //! framing ([`framing`]) before rmcp sees it, so a malformed one is answered with the right
 //! JSON-RPC code and its `id`, and messages up to [`framing::MAX_MESSAGE_BYTES`] are taken.
 
+pub mod budget;
 mod error;
 pub mod framing;
 #[cfg(feature = "http")]
@@ -42,6 +44,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 
+pub use budget::ResultBudget;
 #[cfg(feature = "http")]
 pub use http::{HTTP_PATH, HttpError, serve_http};
 pub use profile::{Profile, UnknownProfile};
@@ -60,6 +63,8 @@ pub struct ServerOptions {
     pub roots: Arc<HostRoots>,
     /// What `workspace_create` without `seed_path` seeds from.
     pub project: Option<Arc<pyro_core::project::ProjectSource>>,
+    /// How large a result may be ([`budget`]).
+    pub budget: ResultBudget,
 }
 
 struct Inner {
@@ -67,6 +72,7 @@ struct Inner {
     profile: Profile,
     roots: Arc<HostRoots>,
     project: Option<Arc<pyro_core::project::ProjectSource>>,
+    budget: ResultBudget,
     tools: Vec<(ToolId, Tool)>,
 }
 
@@ -110,6 +116,7 @@ impl PyroMcp {
                 profile: opts.profile,
                 roots: opts.roots,
                 project: opts.project,
+                budget: opts.budget,
                 tools,
             }),
         }
@@ -173,6 +180,12 @@ impl PyroMcp {
         if let Err(e) = tools::check_limits(tool, &definition.input_schema, &args) {
             return e.into_result(name);
         }
+        // The size and paging arguments, which bound and continue the result.
+        let paging: JsonObject = args
+            .iter()
+            .filter(|(k, _)| budget::PAGING_ARGS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let progress = progress::Progress::start(
             name,
             context.meta.get_progress_token(),
@@ -234,10 +247,10 @@ impl PyroMcp {
         progress.finish().await;
         let ms = started.elapsed().as_millis();
         match outcome {
-            Ok(value) => {
+            Ok(mut value) => {
                 tracing::info!(tool = name, ms, "tool call done");
-                // One text item with the JSON, and the same value as structuredContent.
-                CallToolResult::structured(value)
+                let hint = budget::fit(name, &paging, &mut value, self.inner.budget);
+                budget::render(name, value, hint.as_deref())
             }
             Err(e) => {
                 tracing::info!(tool = name, ms, kind = %e.kind, "tool call failed: {}", e.message);

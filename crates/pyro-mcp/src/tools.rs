@@ -28,7 +28,7 @@ use crate::profile::{Profile, Tier};
 pub const SERVER_FIELDS: &[&str] = &["backend"];
 
 /// Exec fields a model expresses in the command itself (`cd dir && …`, `VAR=value cmd`, a
-/// heredoc) or that the tool descriptions fix (1 MiB per stream): left out so that every
+/// heredoc) or that the result budget bounds (`budget.rs`): left out so that every
 /// `tools/list` stays small. The SDK and the CLI offer them.
 pub const SHELL_FIELDS: &[&str] = &["cwd", "env", "stdin", "max_output_bytes"];
 
@@ -104,7 +104,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: false,
         idempotent: false,
-        description: "Run one shell command in a fresh microVM that is destroyed afterwards: nothing persists, so chain steps with && or use a workspace. Returns exit_code, stdout and stderr (1 MiB each at most).",
+        description: "Run one shell command in a fresh microVM that is destroyed afterwards: nothing persists, so chain steps with && or use a workspace. Returns exit_code, stdout and stderr (long output is cut to fit; hint says so).",
     },
     Row {
         name: "workspace_create",
@@ -144,7 +144,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: false,
-        description: "Run one shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (1 MiB each at most); calls may overlap.",
+        description: "Run one shell command (no stdin) in a started workspace; its effects persist. Returns exit_code, stdout and stderr (cut to fit: next continues); calls may overlap.",
     },
     Row {
         name: "workspace_sync_push",
@@ -214,7 +214,7 @@ pub const TOOLS: &[Row] = &[
         read_only: true,
         destructive: false,
         idempotent: true,
-        description: "Read a regular file in /workspace as text, up to max_bytes; truncated and size_bytes tell whether there is more.",
+        description: "Read a regular file in /workspace as text, from offset up to max_bytes; next continues a truncated read.",
     },
     Row {
         name: "workspace_file_write",
@@ -304,7 +304,7 @@ pub const TOOLS: &[Row] = &[
         read_only: false,
         destructive: true,
         idempotent: false,
-        description: "Run one shell command in a started VM, then delete the VM whatever the outcome. Returns exit_code, stdout and stderr (1 MiB each at most).",
+        description: "Run one shell command in a started VM, then delete the VM whatever the outcome. Returns exit_code, stdout and stderr.",
     },
     Row {
         name: "vm_stop",
@@ -633,7 +633,10 @@ impl ToolId {
     /// The definition `tools/list` advertises under `profile`.
     pub fn definition(self, profile: Profile) -> Tool {
         let (input, output) = match self.op() {
-            Some(op) => (input_schema(&op, profile, self.0.name), output_schema(&op)),
+            Some(op) => (
+                input_schema(&op, profile, self.0.name),
+                output_schema(&op, self.0.name),
+            ),
             None => {
                 // Only reachable if a row names no operation (a unit test guards).
                 tracing::error!("tool {} has no operation in the catalogue", self.name());
@@ -783,6 +786,16 @@ fn input_schema(op: &OpInfo, profile: Profile, tool: &str) -> JsonObject {
                 for f in hidden_fields(profile, tool) {
                     props.remove(f);
                 }
+                // Byte counts a result must hold stop at the hard maximum (`budget.rs`).
+                for (name, p) in props.iter_mut() {
+                    if crate::budget::capped_arg(tool, name)
+                        && let Value::Object(p) = p
+                    {
+                        let max = p.get("maximum").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                        let hard = crate::budget::HARD_MAX_BYTES as u64;
+                        p.insert("maximum".into(), Value::from(max.min(hard)));
+                    }
+                }
             }
             m
         }
@@ -790,16 +803,23 @@ fn input_schema(op: &OpInfo, profile: Profile, tool: &str) -> JsonObject {
     }
 }
 
-/// The advertised output schema of `op`: what serializing it writes, with every subschema
+/// The advertised output schema of `op` as `tool`'s: what serializing it writes (and what
+/// the result budget adds), with every subschema
 /// inlined (each nested struct appears once per result type, so `$defs` and `$ref`s would
 /// only add bytes), without the root's title and description.
-fn output_schema(op: &OpInfo) -> JsonObject {
+fn output_schema(op: &OpInfo, tool: &str) -> JsonObject {
     let mut v = op.output_schema(settings()).to_value();
     trim_output_schema(&mut v);
     match v {
         Value::Object(mut m) => {
             m.remove("title");
             m.remove("description");
+            // What a result cut to fit its size gains (`budget.rs`).
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                for (name, ty) in crate::budget::added_fields(tool) {
+                    props.insert((*name).into(), serde_json::json!({ "type": ty }));
+                }
+            }
             m
         }
         _ => JsonObject::new(),
@@ -807,7 +827,8 @@ fn output_schema(op: &OpInfo) -> JsonObject {
 }
 
 /// Refuses an argument over a `maxLength` (characters) or `maxItems` its tool's input
-/// `schema` advertises, before anything is parsed or echoed: the limits a client reads are
+/// `schema` advertises, or a byte count over the hard maximum of a result
+/// ([`crate::budget::HARD_MAX_BYTES`], its `maximum`), before anything is parsed or echoed: the limits a client reads are
 /// the ones enforced, and an oversized value is `invalid_input` naming its field. The core
 /// checks the same limits for every face; this answers first, without copying the value.
 pub(crate) fn check_limits(
@@ -827,6 +848,16 @@ pub(crate) fn check_limits(
             Some(Value::Array(any)) => any.iter().filter_map(Value::as_object).collect(),
             _ => vec![s],
         };
+        if crate::budget::capped_arg(tool.name(), field)
+            && let (Some(n), Some(max)) = (value.as_u64(), s.get("maximum").and_then(Value::as_u64))
+            && n > max
+        {
+            return Err(ToolError::invalid(format!(
+                "invalid {field}: {n}, over the maximum of {max} bytes a result can hold \
+                 (see {}'s input schema; page with offset instead)",
+                tool.name()
+            )));
+        }
         for m in members {
             let limit = |key: &str| m.get(key).and_then(Value::as_u64);
             let (n, max, unit) = match value {
@@ -931,6 +962,40 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn byte_counts_over_the_hard_maximum_are_refused_naming_it() {
+        let hard = crate::budget::HARD_MAX_BYTES as u64;
+        for name in [
+            "workspace_file_read",
+            "workspace_logs",
+            "workspace_disk_read",
+        ] {
+            let t = tool(name);
+            let d = t.definition(Profile::WorkspaceFull);
+            assert_eq!(
+                d.input_schema["properties"]["max_bytes"]["maximum"], hard,
+                "{name}"
+            );
+            let args = |n: u64| -> JsonObject {
+                serde_json::from_value(serde_json::json!({"workspace_id": "w", "max_bytes": n}))
+                    .unwrap()
+            };
+            check_limits(t, &d.input_schema, &args(hard)).unwrap();
+            let e = check_limits(t, &d.input_schema, &args(hard + 1)).unwrap_err();
+            assert_eq!(e.kind, "invalid_input");
+            assert!(
+                e.message.contains("max_bytes") && e.message.contains(&hard.to_string()),
+                "{}",
+                e.message
+            );
+        }
+        // Other maxima stay the core's to check, with its own message.
+        let d = tool("vm_run").definition(Profile::WorkspaceFull);
+        let args: JsonObject =
+            serde_json::from_value(serde_json::json!({"vcpu_count": 99})).unwrap();
+        check_limits(tool("vm_run"), &d.input_schema, &args).unwrap();
     }
 
     #[test]

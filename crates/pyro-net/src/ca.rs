@@ -347,7 +347,8 @@ pub(crate) fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
     out
 }
 
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+/// Decodes standard base64 (RFC 4648; padding optional); `None` for any other character.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0u32);
     for &c in text.trim_end_matches('=').as_bytes() {

@@ -295,6 +295,9 @@ pub struct LogsWorkspace {
     #[serde(default = "d::log_entry_bytes")]
     #[schemars(range(max = 67108864))]
     pub max_bytes: u64,
+    /// Byte of each stream to start at.
+    #[serde(default)]
+    pub output_offset: u64,
 }
 
 impl Operation for LogsWorkspace {
@@ -302,8 +305,14 @@ impl Operation for LogsWorkspace {
     const TOOL: Option<&'static str> = Some("workspace_logs");
     type Output = WorkspaceLogs;
     async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<WorkspaceLogs> {
-        pyro.logs_workspace(&self.workspace_id, self.offset, self.limit, self.max_bytes)
-            .await
+        pyro.logs_workspace_from(
+            &self.workspace_id,
+            self.offset,
+            self.limit,
+            self.max_bytes,
+            self.output_offset,
+        )
+        .await
     }
 }
 
@@ -358,6 +367,9 @@ pub struct ReadWorkspaceFile {
     pub workspace_id: String,
     /// File in /workspace.
     pub path: String,
+    /// Byte to start at.
+    #[serde(default)]
+    pub offset: u64,
     #[serde(default = "d::read_bytes")]
     #[schemars(range(min = 1, max = 16777216))]
     pub max_bytes: i64,
@@ -368,7 +380,7 @@ impl Operation for ReadWorkspaceFile {
     const TOOL: Option<&'static str> = Some("workspace_file_read");
     type Output = FileReadResult;
     async fn run(self, pyro: &Pyro, _: &Ctx) -> Result<FileReadResult> {
-        pyro.read_workspace_file(&self.workspace_id, &self.path, self.max_bytes)
+        pyro.read_workspace_file_at(&self.workspace_id, &self.path, self.offset, self.max_bytes)
             .await
     }
 }

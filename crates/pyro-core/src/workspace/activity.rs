@@ -31,7 +31,8 @@ pub struct ActivityEvent {
     /// Unix time.
     pub at: f64,
     /// file_write, patch, sync, export, shell_open, shell_close, service_start,
-    /// service_stop.
+    /// service_stop, exec_cancelled (a command whose call was cancelled: detail is the
+    /// command).
     pub kind: String,
     /// What it was about (a path, a name; at most 300 characters).
     pub detail: String,

@@ -141,7 +141,31 @@ impl Pyro {
         path: &str,
         max_bytes: i64,
     ) -> Result<FileReadResult> {
+        self.read_workspace_file_at(id, path, 0, max_bytes).await
+    }
+
+    /// Reads up to `max_bytes` of a regular file from byte `offset`: `truncated` says whether
+    /// more follows, and the next page starts at `offset` plus the bytes returned. The guest
+    /// sends the file from its start, so `offset + max_bytes` is at most
+    /// [`MAX_READ_BYTES`].
+    pub async fn read_workspace_file_at(
+        &self,
+        id: &str,
+        path: &str,
+        offset: u64,
+        max_bytes: i64,
+    ) -> Result<FileReadResult> {
         check("max_bytes", max_bytes, (1, MAX_READ_BYTES as i64))?;
+        let end = offset.saturating_add(max_bytes as u64);
+        if end > MAX_READ_BYTES {
+            return Err(CoreError::Invalid {
+                field: "offset",
+                reason: format!(
+                    "offset + max_bytes is {end}, over the limit of {MAX_READ_BYTES} bytes \
+                     from the file's start"
+                ),
+            });
+        }
         let path = normalize_workspace_path(path)?;
         let _guard = self.ws_lock(id, LockMode::Shared).await?;
         let store = self.store()?;
@@ -152,10 +176,14 @@ impl Pyro {
             api::ReadFile {
                 root: WORKSPACE_ROOT.into(),
                 path: rel(&path),
-                max_bytes: Some(max_bytes as u64),
+                max_bytes: Some(end),
             },
         )
         .await?;
+        let data = data
+            .get(offset as usize..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         let (content, content_base64) = match String::from_utf8(data) {
             Ok(s) => (s, None),
             Err(e) => {

@@ -319,9 +319,14 @@ impl Pyro {
             )
             .with_logs(LogFile::create(&out_tmp)?, LogFile::create(&err_tmp)?);
         let command_text = opts.command.display();
+        // A call dropped before its result (a client's cancellation) leaves an
+        // `exec_cancelled` event in the activity (declared after the lock: dropped first).
+        let mut cancelled = CancelledExec(Some((d.root.clone(), command_text.clone())));
         // The guest forwards everything up to the log's cap: the log keeps what the result
         // drops.
-        let res = output::exec(&session, &opts, &cwd, Some(MAX_LOG_BYTES), &mut pipe).await?;
+        let res = output::exec(&session, &opts, &cwd, Some(MAX_LOG_BYTES), &mut pipe).await;
+        cancelled.0 = None;
+        let res = res?;
         let out = pipe.finish(&res)?;
         let now = host::now();
         let logs = d.logs();
@@ -374,6 +379,20 @@ impl Pyro {
         limit: u64,
         max_bytes: u64,
     ) -> Result<WorkspaceLogs> {
+        self.logs_workspace_from(id, offset, limit, max_bytes, 0)
+            .await
+    }
+
+    /// [`Pyro::logs_workspace`] with each entry's streams read from byte `output_offset`
+    /// (to page through a long output: the next page starts at `output_offset + max_bytes`).
+    pub async fn logs_workspace_from(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: u64,
+        max_bytes: u64,
+        output_offset: u64,
+    ) -> Result<WorkspaceLogs> {
         let max_bytes = max_bytes.min(MAX_LOG_BYTES);
         if !(1..=MAX_LOG_PAGE).contains(&limit) {
             return Err(CoreError::OutOfRange {
@@ -390,13 +409,16 @@ impl Pyro {
         let mut entries = Vec::new();
         let mut page_bytes = 0u64;
         for c in store.commands(id, offset, limit)? {
-            let wants = c.stdout_bytes.min(max_bytes) + c.stderr_bytes.min(max_bytes);
+            let left = |n: u64| n.saturating_sub(output_offset).min(max_bytes);
+            let wants = left(c.stdout_bytes) + left(c.stderr_bytes);
             if !entries.is_empty() && page_bytes + wants > MAX_LOG_PAGE_BYTES {
                 break;
             }
             page_bytes += wants;
-            let (stdout, so_t) = read_capped(&d.logs().join(&c.stdout_path), max_bytes);
-            let (stderr, se_t) = read_capped(&d.logs().join(&c.stderr_path), max_bytes);
+            let read = |p: &str| read_capped(&d.logs().join(p), output_offset, max_bytes);
+            let (stdout, so_t) = read(&c.stdout_path);
+            let (stderr, se_t) = read(&c.stderr_path);
+            let past = |n: u64| n > output_offset.saturating_add(max_bytes);
             entries.push(LogEntry {
                 sequence: c.sequence,
                 command: c.command,
@@ -409,8 +431,8 @@ impl Pyro {
                 stderr,
                 stdout_bytes: c.stdout_bytes,
                 stderr_bytes: c.stderr_bytes,
-                stdout_truncated: so_t || c.stdout_bytes > max_bytes,
-                stderr_truncated: se_t || c.stderr_bytes > max_bytes,
+                stdout_truncated: so_t || past(c.stdout_bytes),
+                stderr_truncated: se_t || past(c.stderr_bytes),
                 timed_out: c.timed_out,
             });
         }
@@ -653,11 +675,29 @@ impl Pyro {
     }
 }
 
-pub(super) fn read_capped(path: &Path, max: u64) -> (String, bool) {
-    use std::io::Read;
-    let Ok(f) = std::fs::File::open(path) else {
+/// Records an `exec_cancelled` activity event (the command, in the workspace directory) when
+/// dropped still armed: the exec's future was dropped while its command ran, which is how a
+/// cancelled call ends.
+struct CancelledExec(Option<(std::path::PathBuf, String)>);
+
+impl Drop for CancelledExec {
+    fn drop(&mut self) {
+        if let Some((root, command)) = self.0.take() {
+            super::activity::record(&root, "exec_cancelled", &command);
+        }
+    }
+}
+
+/// Up to `max` bytes of the file at `path` from byte `offset`, as lossy text, and whether
+/// more follows.
+fn read_capped(path: &Path, offset: u64, max: u64) -> (String, bool) {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = std::fs::File::open(path) else {
         return (String::new(), false);
     };
+    if offset > 0 && f.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return (String::new(), false);
+    }
     let mut buf = Vec::new();
     let _ = f.take(max + 1).read_to_end(&mut buf);
     let truncated = buf.len() as u64 > max;
