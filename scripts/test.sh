@@ -20,5 +20,7 @@ else
 fi
 # The Python SDK, the examples and the MCP server through a real MCP client (pytest).
 bash scripts/test-python.sh
+# The MCP server through a third client implementation: the TypeScript MCP SDK (npm).
+bash scripts/test-ts.sh
 # The pip wheel as a user installs it: only the wheel in a fresh virtualenv, no cargo.
 bash scripts/test-wheel.sh
