@@ -452,7 +452,7 @@ def test_workspace_session(pyro: Pyro, tmp_path: Path) -> None:
         assert reset["reset_count"] == 1 and reset["command_count"] == 0
         assert pyro.read_workspace_file(wid, "/workspace/src/main.py")["content"] == "print('v1')\n"
         assert pyro.diff_workspace(wid)["changed"] is False
-        with pytest.raises(PyroInputError, match="snapshot"):
+        with pytest.raises(PyroNotFoundError, match="no snapshot `later`"):
             pyro.reset_workspace(wid, snapshot="later")
     finally:
         deleted = pyro.delete_workspace(wid)
