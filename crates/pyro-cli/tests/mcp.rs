@@ -1879,3 +1879,93 @@ async fn large_results_fit_and_page_to_the_exact_bytes() {
     s.ok("workspace_delete", json!({"workspace_id": id})).await;
     s.assert_clean().await;
 }
+
+/// Regression test (issue 14): cancellation stops a `vm_run`'s command and deletes its VM,
+/// and never leaves a lifecycle operation half done: a cancelled `workspace_create` runs to
+/// its end (the workspace is `started`, usable, deletable), its answer unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_stop_commands_and_never_leave_half_a_workspace() {
+    let work = tempfile::tempdir().unwrap();
+    // Cold boots, so that a create is still under way when it is cancelled.
+    let s = start_env(
+        "workspace-core",
+        &[],
+        work.path(),
+        &[],
+        &[("PYRO_SNAPSHOTS", "0")],
+    )
+    .await;
+    let send = |name: &str, args: Value| {
+        let call = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
+            params(name, args),
+        ));
+        let peer = s.client.peer().clone();
+        async move {
+            peer.send_cancellable_request(call, rmcp::service::PeerRequestOptions::no_options())
+                .await
+                .unwrap()
+        }
+    };
+    let running = || pyro_core::host::processes_with_cwd_in(s._state.path());
+    let vm_dirs = || {
+        std::fs::read_dir(s._state.path().join("vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+
+    // vm_run: wait until its VM runs the command, cancel, and the VM is gone long before
+    // the command would have ended.
+    let handle = send(
+        "vm_run",
+        json!({"environment": "debian:12-base", "command": "sleep 60"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running().is_empty() {
+        assert!(Instant::now() < deadline, "the VM never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    let cancelled = Instant::now();
+    while !running().is_empty() || vm_dirs() > 0 {
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(8),
+            "the VM of a cancelled vm_run is still there: processes {:?}, {} VM directories",
+            running(),
+            vm_dirs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // workspace_create, cancelled while it builds: it finishes whole.
+    let handle = send("workspace_create", json!({"environment": "debian:12-base"})).await;
+    // Cancelled once its machine runs (a boot takes seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running().is_empty() {
+        assert!(Instant::now() < deadline, "the workspace's VM never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.cancel(Some("test".into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let id = loop {
+        let l = s.ok("workspace_list", json!({})).await;
+        if let Some(w) = l["workspaces"].as_array().unwrap().first() {
+            assert_ne!(w["state"], "error", "{l}");
+            if w["state"] == "started" {
+                break w["workspace_id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no started workspace: {l}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let r = s
+        .ok(
+            "workspace_exec",
+            json!({"workspace_id": id, "command": "echo whole"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "whole\n");
+    s.ok("workspace_delete", json!({"workspace_id": id})).await;
+    s.assert_clean().await;
+}

@@ -208,6 +208,9 @@ pub enum CoreError {
         /// The name asked for.
         name: String,
     },
+    /// The caller cancelled the call; what it had started was ended.
+    #[error("the call was cancelled")]
+    Cancelled,
     /// No snapshot with this name in the workspace.
     #[error("workspace `{workspace_id}` has no snapshot `{}`", one_line(name))]
     SnapshotNotFound {

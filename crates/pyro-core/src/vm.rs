@@ -643,6 +643,21 @@ impl Pyro {
         progress: ProgressFn,
         on_output: Option<OutputFn<'_>>,
     ) -> Result<VmExecResult> {
+        self.run_in_vm_until(create, exec, progress, on_output, None)
+            .await
+    }
+
+    /// [`Self::run_in_vm`], ended early when `cancelled` turns true: the VM is created and
+    /// started to the end (never left half made), then its command is killed (its agent
+    /// stream dropped) and the VM deleted; the result is [`CoreError::Cancelled`].
+    pub async fn run_in_vm_until(
+        &self,
+        create: CreateVm,
+        exec: ExecOptions,
+        progress: ProgressFn,
+        on_output: Option<OutputFn<'_>>,
+        cancelled: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<VmExecResult> {
         validate_exec(&exec)?;
         self.validate_create(&create)?;
         let id = match self.take_pooled(&create, &progress).await {
@@ -670,7 +685,22 @@ impl Pyro {
             vm_id: Some(id.clone()),
         });
         // exec_vm deletes the VM on success and failure alike.
-        self.exec_vm(&id, exec, on_output).await
+        let Some(mut cancelled) = cancelled else {
+            return self.exec_vm(&id, exec, on_output).await;
+        };
+        let cancel = async {
+            // A sender that went away without cancelling cancels nothing.
+            if cancelled.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = self.exec_vm(&id, exec, on_output) => r,
+            () = cancel => {
+                self.destroy(&id).await;
+                Err(CoreError::Cancelled)
+            }
+        }
     }
 
     /// Boots one VM and measures `n` exec round trips (`true`) and `n` protocol pings on it,

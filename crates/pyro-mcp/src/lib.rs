@@ -200,8 +200,9 @@ impl PyroMcp {
         // hashing, file copies) never hold up the runtime's workers or another call, and a
         // panic becomes an error result instead of a request that never gets an answer.
         // rmcp cancels the request's token on `notifications/cancelled` (and when the
-        // session ends): the call's future is then dropped at its next await, which drops
-        // its agent stream, and the agent kills the command's process tree.
+        // session ends): the future of a cancellable call (`ToolId::is_cancellable`) is then
+        // dropped at its next await, which drops its agent stream, and the agent kills the
+        // command's process tree; any other call runs to its end, its answer unsent.
         let (cancel, cancelled) = tokio::sync::watch::channel(false);
         let ct = context.ct.clone();
         let watcher = tokio::spawn(async move {
@@ -210,12 +211,15 @@ impl PyroMcp {
         });
         let inner = self.inner.clone();
         let sink = progress.sink();
-        let task = pyro_core::ops::on_own_thread(Some(cancelled), move || async move {
+        let watch = cancelled.clone();
+        let cancelled = tool.is_cancellable().then_some(cancelled);
+        let task = pyro_core::ops::on_own_thread(cancelled, move || async move {
             let cx = pyro_core::ops::Ctx {
                 progress: sink,
                 paths: pyro_core::ops::PathPolicy::Confined(inner.roots.clone()),
                 output: None,
                 project: inner.project.clone(),
+                cancelled: Some(watch),
             };
             tools::call(tool, inner.profile, args, &inner.pyro, &cx).await
         });

@@ -606,6 +606,17 @@ impl ToolId {
         self.0.long
     }
 
+    /// Whether a cancelled call may be abandoned at its next await: tools that only look,
+    /// and those that run a command in an existing sandbox (dropping the call's agent
+    /// stream kills the command's process tree; nothing else is half done). `vm_run` stops
+    /// its command itself and deletes its VM (it watches the call's `Ctx::cancelled`).
+    /// Every other tool changes lifecycle state (a workspace being created, reset,
+    /// snapshotted or forked, a guest paused for a save, a file being replaced) and runs to
+    /// its end when cancelled: its answer is dropped, its work is whole.
+    pub fn is_cancellable(self) -> bool {
+        self.0.read_only || matches!(self.name(), "workspace_exec" | "vm_exec")
+    }
+
     /// The tools a profile offers, in table order.
     pub fn for_profile(profile: Profile) -> Vec<ToolId> {
         Self::all().filter(|t| profile.includes(t.tier())).collect()

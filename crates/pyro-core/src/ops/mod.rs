@@ -192,6 +192,9 @@ pub struct Ctx {
     /// The server's project: what a `create_workspace` without `seed_path` is seeded from
     /// (`pyro mcp serve --project-path`, `--repo-url`).
     pub project: Option<Arc<crate::project::ProjectSource>>,
+    /// Turns true when the caller cancels the call; an operation that can stop cleanly in
+    /// the middle watches it (`run_in_vm`: its command is killed and its VM deleted).
+    pub cancelled: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for Ctx {
@@ -201,6 +204,7 @@ impl Default for Ctx {
             paths: PathPolicy::Local,
             output: None,
             project: None,
+            cancelled: None,
         }
     }
 }

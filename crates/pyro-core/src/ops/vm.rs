@@ -173,7 +173,8 @@ impl Operation for RunInVm {
         let (create, exec) = self.into_parts(cx)?;
         let mut cb = output_callback(cx);
         let on = cb.as_mut().map(|f| f as OutputFn<'_>);
-        pyro.run_in_vm(create, exec, cx.progress.clone(), on).await
+        pyro.run_in_vm_until(create, exec, cx.progress.clone(), on, cx.cancelled.clone())
+            .await
     }
 }
 
