@@ -640,10 +640,31 @@ impl Pyro {
             }
         }
         .await;
+        self.finish_reset(&store, id, rebuilt, "the reset failed", |root| {
+            // A reset starts over: the old boot's services are history, not state.
+            let _ = std::fs::remove_dir_all(root.join(super::services::SERVICES_DIR));
+            Ok(())
+        })
+        .await
+    }
+
+    /// The end of a reset, to the baseline or to a snapshot. When the rebuild failed the
+    /// workspace reads `error` (`failed` and the cause). Otherwise its history, activity
+    /// and logs start over, `records` puts its shell and service records in place (given
+    /// the workspace's directory), and it is `started` again with `reset_count` + 1.
+    pub(super) async fn finish_reset(
+        &self,
+        store: &Store,
+        id: &str,
+        rebuilt: Result<(MachineRecord, BootMode)>,
+        failed: &str,
+        records: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<WorkspaceInfo> {
+        let d = self.ws_dirs(id);
         let (machine, mode) = match rebuilt {
             Ok(v) => v,
             Err(e) => {
-                let msg = format!("the reset failed: {e}; `reset` again, or delete it");
+                let msg = format!("{failed}: {e}; `reset` again, or delete it");
                 let _ = store.update_workspace(id, |r| {
                     r.state = WorkspaceState::Error;
                     r.last_error = Some(msg);
@@ -654,8 +675,7 @@ impl Pyro {
         };
         store.clear_commands(id)?;
         super::activity::clear(&d.root);
-        // A reset starts over: the old boot's services are history, not state.
-        let _ = std::fs::remove_dir_all(d.root.join(super::services::SERVICES_DIR));
+        records(&d.root)?;
         let _ = std::fs::remove_dir_all(d.logs());
         host::ensure_private_dir(&d.logs())?;
         let now = host::now();
@@ -671,7 +691,7 @@ impl Pyro {
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(id);
-        self.info(&store, &rec)
+        self.info(store, &rec)
     }
 }
 

@@ -88,6 +88,12 @@ struct ServiceRecord {
 
 /// Checks a service name: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
 pub fn check_service_name(name: &str) -> Result<()> {
+    check_object_name("service_name", name)
+}
+
+/// Checks the name of something in a workspace (a service, a snapshot), reported as `field`:
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+pub(super) fn check_object_name(field: &'static str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -96,7 +102,7 @@ pub fn check_service_name(name: &str) -> Result<()> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !ok {
         return Err(CoreError::Invalid {
-            field: "service_name",
+            field,
             reason: format!(
                 "`{}` must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
                 crate::error::one_line(name)

@@ -130,24 +130,9 @@ struct SnapshotMeta {
     environment: String,
 }
 
-/// Checks a snapshot name: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+/// Checks a snapshot name: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` (as a service name).
 pub fn check_snapshot_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !ok {
-        return Err(CoreError::Invalid {
-            field: "snapshot_name",
-            reason: format!(
-                "`{}` must match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}$",
-                crate::error::one_line(name)
-            ),
-        });
-    }
-    Ok(())
+    super::services::check_object_name("snapshot_name", name)
 }
 
 /// The snapshot size limit: `PYRO_MAX_SNAPSHOT_BYTES`, else [`MAX_SNAPSHOT_BYTES`].
@@ -642,40 +627,13 @@ impl Pyro {
             Ok::<_, CoreError>((machine, mode))
         }
         .await;
-        let (machine, mode) = match rebuilt {
-            Ok(v) => v,
-            Err(e) => {
-                let msg = format!(
-                    "the reset to snapshot `{name}` failed: {e}; `reset` again, or delete it"
-                );
-                let _ = store.update_workspace(id, |r| {
-                    r.state = WorkspaceState::Error;
-                    r.last_error = Some(msg);
-                    Ok::<(), CoreError>(())
-                });
-                return Err(e);
-            }
-        };
-        store.clear_commands(id)?;
-        super::activity::clear(&d.root);
-        self.restore_records(&found, &d.root)?;
-        let _ = std::fs::remove_dir_all(d.logs());
-        host::ensure_private_dir(&d.logs())?;
-        super::activity::record(&d.root, "snapshot_restore", name);
-        let now = host::now();
-        let rec = store.update_workspace(id, |r| {
-            r.state = WorkspaceState::Started;
-            r.resume_ttl(now);
-            r.machine = Some(machine);
-            r.reset_count += 1;
-            r.last_reset_at = Some(now);
-            r.last_error = None;
-            r.last_activity_at = now;
-            r.boot_mode = Some(mode);
-            Ok::<(), CoreError>(())
-        })?;
-        self.spawn_watchdog(id);
-        self.info(&store, &rec)
+        let failed = format!("the reset to snapshot `{name}` failed");
+        self.finish_reset(&store, id, rebuilt, &failed, |root| {
+            self.restore_records(&found, root)?;
+            super::activity::record(root, "snapshot_restore", name);
+            Ok(())
+        })
+        .await
     }
 
     /// Replaces the host's shell and service records of the workspace in `root` with the
