@@ -651,6 +651,14 @@ def test_example_python_workspace() -> None:
     assert "diff: changed=True" in out and "reset: reset_count=1" in out and "deleted" in out
 
 
+def test_example_python_snapshots() -> None:
+    out = run_example("python_snapshots.py")
+    assert "memory=True" in out, out
+    assert "after reset: boot_mode=snapshot served=good" in out, out
+    assert "source and forks serve: good, trial0, trial1" in out, out
+    assert "deleted" in out, out
+
+
 class _FakeResponses(http.server.BaseHTTPRequestHandler):
     """A Responses endpoint that asks for one vm_run call, then answers with its output."""
 
