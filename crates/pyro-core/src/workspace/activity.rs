@@ -32,7 +32,7 @@ pub struct ActivityEvent {
     pub at: f64,
     /// file_write, patch, sync, export, shell_open, shell_close, service_start,
     /// service_stop, exec_cancelled (a command whose call was cancelled: detail is the
-    /// command).
+    /// command), snapshot_create, snapshot_delete, snapshot_restore, fork.
     pub kind: String,
     /// What it was about (a path, a name; at most 300 characters).
     pub detail: String,
