@@ -630,7 +630,10 @@ async fn refused_host_paths_and_bad_arguments_are_tool_errors() {
             json!({"workspace_id": "0123456789ab", "snapshot": "before"}),
         )
         .await;
-    assert!(e.contains("baseline"), "{e}");
+    assert!(
+        e.contains("[not_found]") && e.contains("0123456789ab"),
+        "{e}"
+    );
     let e = s
         .err("workspace_status", json!({"workspace_id": "0123456789ab"}))
         .await;

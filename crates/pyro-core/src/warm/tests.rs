@@ -280,7 +280,8 @@ fn boot_modes_parse_from_their_names_only() {
         let err = bad.parse::<BootMode>().unwrap_err();
         assert_eq!(err.input, bad);
         assert!(
-            err.to_string().contains("expected cold, warm or pooled"),
+            err.to_string()
+                .contains("expected cold, warm, pooled or snapshot"),
             "{err}"
         );
     }
