@@ -1476,3 +1476,99 @@ fn forks_of_a_networked_workspace_have_their_own_mac_and_address() {
     }
     assert_eq!(world.pyro_traces(), "");
 }
+
+/// A service's published port comes back with a reset to a snapshot (the same host port), and
+/// a fork's copy of the service gets one of its own; each record names its own workspace.
+#[test]
+fn published_ports_come_back_with_a_snapshot_and_forks_get_their_own() {
+    let Some(world) = World::new("psn") else {
+        return;
+    };
+    let env = Env::with_prefix("pyro-net-snapport");
+    pull(&env, "debian:12");
+    let ws = world.json(
+        &env,
+        &[
+            "workspace",
+            "create",
+            "debian:12",
+            "--network-policy",
+            "egress+published-ports",
+            "--json",
+        ],
+    );
+    let id = ws["workspace_id"].as_str().unwrap().to_string();
+    let svc = world.json(
+        &env,
+        &[
+            "workspace",
+            "service",
+            "start",
+            &id,
+            "web",
+            "--ready-tcp",
+            "127.0.0.1:8000",
+            "--publish",
+            "8000",
+            "--json",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+    );
+    let port = svc["published_ports"][0]["host_port"].as_u64().unwrap() as u16;
+    assert!(http_get_on_host(&world, port).contains("200"), "before");
+    world.json(
+        &env,
+        &["workspace", "snapshot", "create", &id, "s", "--json"],
+    );
+    world.json(
+        &env,
+        &["workspace", "reset", &id, "--snapshot", "s", "--json"],
+    );
+    let status = world.json(
+        &env,
+        &["workspace", "service", "status", &id, "web", "--json"],
+    );
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["workspace_id"], id.as_str(), "{status}");
+    assert_eq!(
+        status["published_ports"][0]["host_port"].as_u64(),
+        Some(u64::from(port)),
+        "{status}"
+    );
+    assert!(
+        http_get_on_host(&world, port).contains("200"),
+        "after reset"
+    );
+    let forked = world.json(
+        &env,
+        &["workspace", "fork", &id, "--snapshot", "s", "--json"],
+    );
+    let fork = forked["workspaces"][0]["workspace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fsvc = world.json(
+        &env,
+        &["workspace", "service", "status", &fork, "web", "--json"],
+    );
+    assert_eq!(fsvc["workspace_id"], fork.as_str(), "{fsvc}");
+    let fport = fsvc["published_ports"][0]["host_port"].as_u64().unwrap() as u16;
+    assert_ne!(fport, port, "{fsvc}");
+    assert!(
+        http_get_on_host(&world, fport).contains("200"),
+        "the fork's"
+    );
+    assert!(
+        http_get_on_host(&world, port).contains("200"),
+        "the source's"
+    );
+    for w in [&id, &fork] {
+        world.json(&env, &["workspace", "delete", w, "--json"]);
+    }
+    assert!(http_get_on_host(&world, fport).starts_with("connect:"));
+    assert_eq!(world.pyro_traces(), "");
+}

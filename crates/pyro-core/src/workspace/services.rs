@@ -636,6 +636,68 @@ impl Pyro {
         })
     }
 
+    /// After a restore into workspace `id` (a reset to a snapshot, a fork) its service
+    /// records are the snapshot's: they name `id` from now on, and their published ports
+    /// (whose relays ended with the machine they were published for) are dropped. Returns the
+    /// ports of the live services, for [`Self::republish_service_ports`].
+    pub(super) fn adopt_restored_services(
+        &self,
+        id: &str,
+    ) -> Vec<(String, crate::model::PublishedPort)> {
+        let mut again = Vec::new();
+        for r in load_records::<ServiceRecord>(&self.services_dir(id)) {
+            let mut info = r.info;
+            info.workspace_id = id.to_string();
+            let live = info.is_live();
+            for p in std::mem::take(&mut info.published_ports) {
+                if live {
+                    again.push((info.service_name.clone(), p));
+                }
+            }
+            if let Err(e) = self.save_service(id, &info) {
+                tracing::warn!(
+                    workspace = id,
+                    "cannot update a restored service record: {e}"
+                );
+            }
+        }
+        again
+    }
+
+    /// Publishes again the ports [`Self::adopt_restored_services`] returned (the workspace
+    /// started, its lock free): the same host port when it is free, else one the OS picks. A
+    /// port that cannot be published is left out of its service's record, with a warning.
+    pub(super) async fn republish_service_ports(
+        &self,
+        id: &str,
+        ports: Vec<(String, crate::model::PublishedPort)>,
+    ) {
+        for (name, p) in ports {
+            let guest = i64::from(p.guest_port);
+            let published = match self
+                .publish_port(id, guest, Some(i64::from(p.host_port)))
+                .await
+            {
+                Ok(x) => Ok(x),
+                Err(_) => self.publish_port(id, guest, None).await,
+            };
+            match published {
+                Ok(x) => {
+                    if let Ok(mut info) = self.service_record(id, &name) {
+                        info.published_ports.push(x);
+                        let _ = self.save_service(id, &info);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    workspace = id,
+                    service = name,
+                    "cannot publish guest port {} again: {e}",
+                    p.guest_port
+                ),
+            }
+        }
+    }
+
     /// The machine of workspace `id` is gone (stopped, crashed, reset): live services are
     /// `stopped`/`workspace_stopped` (their ports went with the machine's helpers), and no
     /// shell survives.

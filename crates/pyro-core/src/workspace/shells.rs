@@ -153,6 +153,18 @@ impl Pyro {
         }
     }
 
+    /// After a restore into workspace `id`, its shell records (the snapshot's) name `id`.
+    pub(super) fn adopt_restored_shells(&self, id: &str) {
+        let dir = records_dir(&self.ws_dirs(id).root, SHELLS_DIR);
+        for mut s in load_records::<ShellInfo>(&dir) {
+            s.workspace_id = id.to_string();
+            let name = s.shell_id.clone();
+            if let Err(e) = save_record(&dir, &name, &s) {
+                tracing::warn!(workspace = id, "cannot update a restored shell record: {e}");
+            }
+        }
+    }
+
     /// The shell's host record, or `ShellNotFound`.
     fn shell_record(&self, id: &str, shell_id: &str) -> Result<ShellInfo> {
         check_shell_id(shell_id)?;

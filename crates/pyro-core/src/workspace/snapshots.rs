@@ -15,6 +15,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::model::PublishedPort;
 
 /// The directory of a workspace's named snapshots.
 pub(super) const SNAPSHOTS_DIR: &str = "snapshots";
@@ -585,6 +586,21 @@ impl Pyro {
         name: &str,
         progress: ProgressFn,
     ) -> Result<WorkspaceInfo> {
+        let (info, ports) = self.reset_to_snapshot_locked(id, name, progress).await?;
+        if ports.is_empty() {
+            return Ok(info);
+        }
+        // Its services' ports, published again now that the workspace is unlocked.
+        self.republish_service_ports(id, ports).await;
+        self.status_workspace(id).await
+    }
+
+    async fn reset_to_snapshot_locked(
+        &self,
+        id: &str,
+        name: &str,
+        progress: ProgressFn,
+    ) -> Result<(WorkspaceInfo, Vec<(String, PublishedPort)>)> {
         let _guard = self.ws_lock(id, LockMode::Exclusive).await?;
         let store = self.store()?;
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
@@ -628,24 +644,30 @@ impl Pyro {
         }
         .await;
         let failed = format!("the reset to snapshot `{name}` failed");
-        self.finish_reset(&store, id, rebuilt, &failed, |root| {
-            self.restore_records(&found, root)?;
-            super::activity::record(root, "snapshot_restore", name);
-            Ok(())
-        })
-        .await
+        let mut ports = Vec::new();
+        let info = self
+            .finish_reset(&store, id, rebuilt, &failed, |root| {
+                ports = self.restore_records(&found, id)?;
+                super::activity::record(root, "snapshot_restore", name);
+                Ok(())
+            })
+            .await?;
+        Ok((info, ports))
     }
 
-    /// Replaces the host's shell and service records of the workspace in `root` with the
-    /// snapshot's (none for a snapshot without memory: nothing runs).
-    fn restore_records(&self, found: &Found, root: &Path) -> Result<()> {
+    /// Replaces the host's shell and service records of workspace `id` with the snapshot's
+    /// (none for a snapshot without memory: nothing runs), made its own; returns the ports
+    /// its live services had published, to publish again once the workspace is unlocked.
+    fn restore_records(&self, found: &Found, id: &str) -> Result<Vec<(String, PublishedPort)>> {
+        let root = self.ws_dirs(id).root;
         for sub in [super::shells::SHELLS_DIR, super::services::SERVICES_DIR] {
             remove_if_exists(&root.join(sub))?;
             if found.meta.info.has_memory {
                 copy_tree(&found.dir.join(RECORDS_DIR).join(sub), &root.join(sub))?;
             }
         }
-        Ok(())
+        self.adopt_restored_shells(id);
+        Ok(self.adopt_restored_services(id))
     }
 
     /// Makes `req.count` new workspaces from a snapshot of workspace `id` (named, or one
@@ -758,10 +780,21 @@ impl Pyro {
                 "fork {n} of {} from workspace {}",
                 req.count, src.id
             )));
-            match self
+            let one = match self
                 .fork_one(src, found, req.with_secrets, fork_name, progress, &mut made)
                 .await
             {
+                Ok((info, ports)) if ports.is_empty() => Ok(info),
+                Ok((info, ports)) => {
+                    // The fork is unlocked now: its services' ports are published again
+                    // (new host ports where the source's are taken).
+                    self.republish_service_ports(&info.workspace_id, ports)
+                        .await;
+                    self.status_workspace(&info.workspace_id).await
+                }
+                Err(e) => Err(e),
+            };
+            match one {
                 Ok(info) => infos.push(info),
                 Err(e) => {
                     for fid in &made {
@@ -787,7 +820,7 @@ impl Pyro {
         name: Option<String>,
         progress: &ProgressFn,
         made: &mut Vec<String>,
-    ) -> Result<WorkspaceInfo> {
+    ) -> Result<(WorkspaceInfo, Vec<(String, PublishedPort)>)> {
         let store = self.store()?;
         self.check_capacity(&store)?;
         let src_dirs = self.ws_dirs(&src.id);
@@ -824,7 +857,7 @@ impl Pyro {
         store.insert_workspace(&rec)?;
         let restore_from = found.meta.info.has_memory.then_some(found.dir.as_path());
         let (machine, _session, mode) = self.ws_boot(&rec, progress, false, restore_from).await?;
-        self.restore_records(found, &d.root)?;
+        let ports = self.restore_records(found, &fid)?;
         super::activity::record(
             &d.root,
             "fork",
@@ -840,7 +873,7 @@ impl Pyro {
             Ok::<(), CoreError>(())
         })?;
         self.spawn_watchdog(&fid);
-        self.info(&store, &rec)
+        Ok((self.info(&store, &rec)?, ports))
     }
 }
 
