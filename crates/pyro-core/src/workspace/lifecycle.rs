@@ -589,37 +589,12 @@ impl Pyro {
                 detail: Some("its baseline archive is missing".into()),
             });
         }
-        if rec.remaining_ttl(host::now()) <= 0.0 {
-            return Err(CoreError::WorkspaceState {
-                id: id.into(),
-                state: rec.state.as_str().into(),
-                operation: "workspace_reset",
-                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
-            });
-        }
-        if rec.state != WorkspaceState::Started {
-            self.check_capacity(&store)?;
-        }
+        self.check_resettable(&store, &rec)?;
         // The new disk is made beside the old one first: a failure there leaves the
         // workspace untouched.
         let fresh = d.root.join("upper.ext4.new");
         self.cache().create_upper_disk(&fresh, WORKSPACE_DISK_MIB)?;
-        // `creating` (its builder recorded) before anything is thrown away: the halt below
-        // loses what the guest had not written back and the swap empties the disk, so a
-        // reset killed from here on must read as interrupted (`reset` again rebuilds it),
-        // never as a stopped workspace that `start` boots without its data
-        // (tests/faults.rs, reset kills).
-        self.mark_builder(id);
-        let now = host::now();
-        store.update_workspace(id, |r| {
-            r.pause_ttl(now);
-            // `creating` until the baseline is back: a reset killed half-way is reported.
-            r.state = WorkspaceState::Creating;
-            r.last_activity_at = now;
-            r.forget_processes();
-            Ok::<(), CoreError>(())
-        })?;
-        self.halt(&rec).await;
+        self.begin_reset(&store, &rec).await?;
         let rebuilt = async {
             std::fs::rename(&fresh, d.upper())
                 .map_err(|e| CoreError::io("replace", d.upper(), e))?;
@@ -646,6 +621,42 @@ impl Pyro {
             Ok(())
         })
         .await
+    }
+
+    /// What every reset checks before it changes anything: the TTL has time left, and a
+    /// workspace that is not running may start (the running-workspace limit).
+    pub(super) fn check_resettable(&self, store: &Store, rec: &WorkspaceRecord) -> Result<()> {
+        if rec.remaining_ttl(host::now()) <= 0.0 {
+            return Err(CoreError::WorkspaceState {
+                id: rec.id.clone(),
+                state: rec.state.as_str().into(),
+                operation: "workspace_reset",
+                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
+            });
+        }
+        if rec.state != WorkspaceState::Started {
+            self.check_capacity(store)?;
+        }
+        Ok(())
+    }
+
+    /// The point of no return of a reset: `creating` (its builder recorded) before anything
+    /// is thrown away, then the machine halted. The halt loses what the guest had not
+    /// written back and the swap that follows replaces the disk, so a reset killed from here
+    /// on must read as interrupted (`reset` again rebuilds it), never as a stopped workspace
+    /// that `start` boots without its data (tests/faults.rs, reset kills).
+    pub(super) async fn begin_reset(&self, store: &Store, rec: &WorkspaceRecord) -> Result<()> {
+        self.mark_builder(&rec.id);
+        let now = host::now();
+        store.update_workspace(&rec.id, |r| {
+            r.pause_ttl(now);
+            r.state = WorkspaceState::Creating;
+            r.last_activity_at = now;
+            r.forget_processes();
+            Ok::<(), CoreError>(())
+        })?;
+        self.halt(rec).await;
+        Ok(())
     }
 
     /// The end of a reset, to the baseline or to a snapshot. When the rebuild failed the

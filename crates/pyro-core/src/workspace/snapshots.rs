@@ -606,34 +606,14 @@ impl Pyro {
         let rec = store.get_workspace(id)?.ok_or_else(|| ws_not_found(id))?;
         let found = self.find_snapshot(id, name)?;
         check_shape(&rec, &found.meta)?;
-        if rec.remaining_ttl(host::now()) <= 0.0 {
-            return Err(CoreError::WorkspaceState {
-                id: id.into(),
-                state: rec.state.as_str().into(),
-                operation: "workspace_reset",
-                detail: Some("its TTL is used up; extend it with `update --ttl-seconds N`".into()),
-            });
-        }
-        if rec.state != WorkspaceState::Started {
-            self.check_capacity(&store)?;
-        }
+        self.check_resettable(&store, &rec)?;
         let d = self.ws_dirs(id);
         // The copy is made beside the disk first: a failure there changes nothing.
         let fresh = d.root.join("upper.ext4.new");
         let _ = std::fs::remove_file(&fresh);
         crate::warm::copy_disk(&found.dir.join(UPPER_FILE), &fresh)
             .map_err(|e| CoreError::io("copy the snapshot's disk to", &fresh, e))?;
-        self.mark_builder(id);
-        let now = host::now();
-        store.update_workspace(id, |r| {
-            r.pause_ttl(now);
-            r.state = WorkspaceState::Creating;
-            r.last_activity_at = now;
-            r.forget_processes();
-            Ok::<(), CoreError>(())
-        })?;
-        self.end_watchdogs(id).await;
-        self.halt(&rec).await;
+        self.begin_reset(&store, &rec).await?;
         let restore_from = found.meta.info.has_memory.then_some(found.dir.as_path());
         let rebuilt = async {
             std::fs::rename(&fresh, d.upper())
