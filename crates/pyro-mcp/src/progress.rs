@@ -85,8 +85,10 @@ impl Progress {
                     *last = (p.phase, Some(Instant::now()));
                     let line = p.message.lines().next().unwrap_or("");
                     let line: String = line.chars().take(120).collect();
+                    // A pull of an installed environment reports its steps as cached:
+                    // nothing is built then, so the message does not say so.
                     format!(
-                        "building environment: step {}/{} {} ({:.0} s) {}",
+                        "environment: step {}/{} {} ({:.0} s) {}",
                         p.step,
                         p.total,
                         p.phase,
