@@ -102,7 +102,8 @@ impl Refusal {
         }
     }
 
-    /// The JSON-RPC error code.
+    /// The JSON-RPC error code (the HTTP transport picks its status by it).
+    #[cfg(any(feature = "http", test))]
     pub(crate) fn code(&self) -> i64 {
         self.reply["error"]["code"]
             .as_i64()
