@@ -577,9 +577,11 @@ impl Machine for AttachedQemu {
     }
     fn connect(&mut self, timeout: Duration) -> BoxFuture<'_, Result<tokio::net::UnixStream>> {
         Box::pin(async move {
-            // A relay known to be gone (a snapshot's save ends it) is restarted at once,
-            // rather than after the connect timeout.
-            self.restart_dead_relay()?;
+            // A record without a relay (a snapshot's save ended it on purpose) gets one at
+            // once, rather than after the connect timeout.
+            if self.base.rec.relay.is_none() {
+                self.restart_dead_relay()?;
+            }
             match connect_vsock(&self.base.rec.socket, timeout).await {
                 Ok(stream) => Ok(stream),
                 // A relay that died (while QEMU lives) is restarted once.

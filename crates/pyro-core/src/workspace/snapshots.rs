@@ -467,6 +467,14 @@ impl Pyro {
             // The saved agent must wait for a new host, as a warm template's does: its
             // session with this relay would mean nothing to a restored machine's.
             machine.detach_agent().await;
+            // Recorded without its relay, so the next connection starts one at once.
+            let detached = machine.record();
+            self.store()?.update_workspace(&rec.id, |r| {
+                if r.machine == rec.machine {
+                    r.machine = Some(detached.clone());
+                }
+                Ok::<(), CoreError>(())
+            })?;
             tokio::time::sleep(DETACH_SETTLE).await;
             let mark = d.vm().join(PAUSE_MARK);
             pyro_host::fs::atomic_write(&mark, owner_tag().as_bytes(), 0o600)
@@ -487,7 +495,9 @@ impl Pyro {
             saved?;
             resumed?;
             // A new relay (recorded), and the clock that stood still while it was paused.
-            let session = self.ws_session(rec).await?;
+            let mut now = rec.clone();
+            now.machine = Some(machine.record());
+            let session = self.ws_session(&now).await?;
             crate::sync_clock(&session).await;
             copy_tree(
                 &d.root.join(super::shells::SHELLS_DIR),
