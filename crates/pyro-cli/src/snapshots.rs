@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use pyro_core::workspace::{ForkWorkspace, SnapshotInfo};
 
-use crate::{Failure, fail, input_err, open_pyro, progress_unless, render};
+use crate::{Failure, fail, open_pyro, progress_unless, render};
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
@@ -141,13 +141,6 @@ pub async fn snapshot(cmd: SnapshotCmd) -> Result<ExitCode, Failure> {
 
 pub async fn fork(a: ForkArgs) -> Result<ExitCode, Failure> {
     let f = fail(a.json);
-    if a.count == 0 || a.count > pyro_core::workspace::MAX_FORKS {
-        return Err(f(input_err(format!(
-            "--count must be 1 to {}, not {}",
-            pyro_core::workspace::MAX_FORKS,
-            a.count
-        ))));
-    }
     let pyro = open_pyro(None).map_err(&f)?;
     let progress = progress_unless(a.json, "");
     let req = ForkWorkspace {
